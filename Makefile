@@ -1,0 +1,44 @@
+# Two entry points: `make demo` (the main job) and `make test` (lint + tests). Both are idempotent.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= runs/default
+
+.PHONY: demo test lint format setup data clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first (the CPU wheel on this disk), then the project; re-run only when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# Fashion-MNIST from Debian when we are root on Debian and it is missing (otherwise: see README).
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ "$$(id -u)" = 0 ] \
+	   && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: setup
+	$(BIN)/mmcompress run --out $(OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests examples benchmarks
+	$(BIN)/ruff check --fix src tests examples benchmarks
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""mmcompress: compress multimodal PyTorch models (quantize, prune, distill, export) and measure them.
+
+Example:
+    >>> import mmcompress
+    >>> model = mmcompress.load_model("fashion-clip")
+    >>> rec = mmcompress.quantize(model, mmcompress.QuantConfig(weight_bits=8))
+    >>> mmcompress.measure(model).compression
+"""
+
+__version__ = "0.1.0"
+
+from mmcompress.data.registry import list_datasets, load_dataset
+from mmcompress.evaluate.measure import Measurement, measure
+from mmcompress.graph.export import export_onnx
+from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.models.adapter import Adapter
+from mmcompress.models.zoo import list_models, load_model
+from mmcompress.prune.api import PruneConfig, prune
+from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.recipe.runner import compress
+from mmcompress.recipe.schema import Recipe, load_recipe
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.loop import fit
+
+__all__ = [
+    "Adapter",
+    "Measurement",
+    "PruneConfig",
+    "QuantConfig",
+    "Recipe",
+    "TrainConfig",
+    "compress",
+    "export_onnx",
+    "fit",
+    "list_datasets",
+    "list_models",
+    "load_compact",
+    "load_dataset",
+    "load_model",
+    "load_recipe",
+    "measure",
+    "prune",
+    "quantize",
+    "save_compact",
+]

@@ -1,0 +1,70 @@
+"""Batch conventions: tensor -> model(x), tuple -> model(*x), dict -> model(**x)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.errors import DataError
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run `model` on one batch of inputs following the batch convention.
+
+    Example:
+        >>> call_model(model, {"image": x, "input_ids": ids, "attention_mask": mask})
+    """
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def tensors_in(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(path, tensor)` for every tensor inside nested dicts/tuples/lists."""
+    if isinstance(obj, torch.Tensor):
+        yield "", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            for sub, t in tensors_in(value):
+                yield f"{key}{'.' + sub if sub else ''}", t
+    elif isinstance(obj, (tuple, list)):
+        for i, value in enumerate(obj):
+            for sub, t in tensors_in(value):
+                yield f"[{i}]{'.' + sub if sub else ''}", t
+
+
+def check_finite(inputs: Any, where: str = "batch") -> None:
+    """Raise DataError naming the first input that holds NaN or Inf."""
+    for path, t in tensors_in(inputs):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise DataError(f"{where} input {path or 'tensor'} contains NaN or Inf; clean the data first")
+
+
+def move_to(obj: Any, device: torch.device | str) -> Any:
+    """Move every tensor in a nested batch to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move_to(v, device) for v in obj)
+    return obj
+
+
+def first_batch(batches: Iterable[Any], where: str = "data") -> Any:
+    """Return the first batch, or raise DataError when the iterable is empty."""
+    for batch in batches:
+        return batch
+    raise DataError(f"{where} is empty; give at least one batch")
+
+
+def batch_size_of(inputs: Any) -> int:
+    """Leading dimension of the first tensor in a batch."""
+    for _, t in tensors_in(inputs):
+        return int(t.shape[0])
+    raise DataError("batch holds no tensor")

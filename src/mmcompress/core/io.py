@@ -1,0 +1,105 @@
+"""Atomic writes and safe loads: nothing half-written, nothing unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcompress.errors import MMCompressError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to `path` via a temp file in the same folder and an atomic rename.
+
+    Example:
+        >>> atomic_write_bytes("out/x.bin", b"abc")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write JSON (sorted keys, indented)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    """Atomically `torch.save` a checkpoint made of tensors and plain containers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """Load a checkpoint with `weights_only=True`; a corrupted file is a clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises many types for corrupted files
+        raise MMCompressError(
+            f"checkpoint {path} is corrupted or not an mmcompress checkpoint ({err.__class__.__name__}); "
+            "delete it and run again"
+        ) from None
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and check that files can be written there.
+
+    Example:
+        >>> ensure_writable_dir("runs/demo")
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise MMCompressError(
+            f"output directory {path} is not writable ({err.strerror}); choose another with --out"
+        ) from None
+    return path
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Short SHA-256 of the canonical JSON form of `obj` (config hashes, cache keys).
+
+    Example:
+        >>> stable_hash({"a": 1})
+        '015abd7f5cc5'
+    """
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -1,0 +1,65 @@
+"""The JSON-serializable record of what a technique did (replayable)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of the packages that determine results.
+
+    Example:
+        >>> "torch" in environment_versions()
+        True
+    """
+    import numpy
+    import torch
+
+    import mmcompress
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "mmcompress": mmcompress.__version__,
+    }
+
+
+@dataclass
+class Record:
+    """What one technique did to a model.
+
+    Attributes:
+        technique: registered name ("quantize", "prune", ...).
+        config: the config(s) applied, keyed by target key.
+        modules: per-module details (config used, scales shape, sparsity...).
+        metrics: numbers measured while applying it.
+
+    Example:
+        >>> rec = Record("prune", {"_default": {"sparsity": 0.5}})
+        >>> Record.from_json(rec.to_json()) == rec
+        True
+    """
+
+    technique: str
+    config: dict[str, Any]
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        return cls.from_dict(json.loads(text))

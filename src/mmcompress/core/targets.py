@@ -1,0 +1,81 @@
+"""Choose a config per module by name: exact name, `re:` regex, `modality:` tag or `_default`.
+
+The first matching key wins (torchao's FqnToConfig, Distiller's overrides). A value of
+`None` means "skip this module".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from torch import nn
+
+from mmcompress.errors import ConfigError, UnsupportedError
+
+
+def _key_matches(key: str, name: str, modality: str | None) -> bool:
+    if key == "_default":
+        return True
+    if key.startswith("re:"):
+        return re.fullmatch(key[3:], name) is not None
+    if key.startswith("modality:"):
+        return modality == key[len("modality:") :]
+    return key == name
+
+
+def validate_mapping(mapping: Mapping[str, Any]) -> None:
+    """Check that every key is well formed and every regex compiles."""
+    if not mapping:
+        raise ConfigError("target mapping is empty; give at least one key such as '_default'")
+    for key in mapping:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"target key {key!r} must be a non-empty string")
+        if key.startswith("re:"):
+            try:
+                re.compile(key[3:])
+            except re.error as err:
+                raise ConfigError(f"target key {key!r} is not a valid regex: {err}") from None
+
+
+def resolve_targets(
+    model: nn.Module,
+    mapping: Mapping[str, Any],
+    is_supported: Callable[[nn.Module], bool],
+    modality_of: Callable[[str], str | None],
+) -> Iterator[tuple[str, nn.Module, Any]]:
+    """Yield `(name, module, config)` for every supported module with a non-None config.
+
+    An exact-name key that names an unsupported or missing module is an error.
+
+    Args:
+        model: the model to walk.
+        mapping: ordered mapping of key -> config (or None to skip).
+        is_supported: predicate for module types the algorithm can handle.
+        modality_of: maps a module name to its modality tag (or None).
+
+    Example:
+        >>> list(resolve_targets(model, {"modality:text": None, "_default": cfg},
+        ...                      lambda m: isinstance(m, nn.Linear), adapter.modality_of))
+    """
+    validate_mapping(mapping)
+    modules = dict(model.named_modules())
+    for key in mapping:
+        if key.startswith(("re:", "modality:")) or key == "_default":
+            continue
+        if key not in modules:
+            raise ConfigError(f"target {key!r} names no module of the model")
+        if mapping[key] is not None and not is_supported(modules[key]):
+            raise UnsupportedError(
+                f"target {key!r} is a {type(modules[key]).__name__}, which this algorithm does not support"
+            )
+    for name, module in modules.items():
+        if not name or not is_supported(module):
+            continue
+        modality = modality_of(name)
+        for key, config in mapping.items():
+            if _key_matches(key, name, modality):
+                if config is not None:
+                    yield name, module, config
+                break

@@ -1,0 +1,73 @@
+"""`load_dataset(name)`: the allow-listed built-in datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mmcompress.data.captions import make_caption_dataset
+from mmcompress.data.digits import load_digits
+from mmcompress.data.fashion_mnist import load_fashion_mnist
+from mmcompress.errors import DataError, unknown_name
+
+CAPTION_SEEDS = {"train": 1, "test": 2}
+
+
+def _fashion(split: str, data_dir: Path | None, download_dir: Path | None) -> Any:
+    return load_fashion_mnist(split, data_dir, download_dir)
+
+
+def _captions(split: str, data_dir: Path | None, download_dir: Path | None) -> Any:
+    return make_caption_dataset(load_fashion_mnist(split, data_dir, download_dir), seed=CAPTION_SEEDS[split])
+
+
+def _digits(split: str, data_dir: Path | None, download_dir: Path | None) -> Any:
+    return load_digits(split)
+
+
+DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
+    "fashion-mnist": (_fashion, "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale images, 10 classes"),
+    "fashion-captions": (_captions, "Fashion-MNIST images paired with varied, sometimes ambiguous captions"),
+    "digits": (_digits, "scikit-learn's bundled 8x8 digits (1,437 train / 360 test), upsampled to 28x28"),
+}
+
+
+def list_datasets() -> dict[str, str]:
+    """Built-in dataset names and one-line descriptions.
+
+    Example:
+        >>> sorted(list_datasets())
+        ['digits', 'fashion-captions', 'fashion-mnist']
+    """
+    return {name: desc for name, (_, desc) in DATASETS.items()}
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | Path | None = None,
+    download_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> Any:
+    """Load a built-in dataset split.
+
+    Args:
+        name: one of `list_datasets()`.
+        split: "train" or "test".
+        data_dir: a folder to search first for data files (e.g. from --data-dir / MMCOMPRESS_DATA).
+        download_dir: where to download Fashion-MNIST if it is nowhere else (None: never download).
+        limit: keep only the first `limit` samples.
+
+    Example:
+        >>> ds = load_dataset("fashion-captions", "test", limit=100)
+        >>> image, caption_id, label = ds[0]
+    """
+    if name not in DATASETS:
+        raise DataError(unknown_name("dataset", name, list(DATASETS)))
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; valid splits: train, test")
+    loader, _ = DATASETS[name]
+    ds = loader(split, Path(data_dir) if data_dir else None, Path(download_dir) if download_dir else None)
+    return ds.subset(limit)

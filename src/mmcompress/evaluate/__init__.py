@@ -1,0 +1,1 @@
+"""Task metrics, size/latency measurement."""

@@ -1,0 +1,1 @@
+"""Storage formats, ONNX export and runtime."""

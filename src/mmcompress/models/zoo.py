@@ -1,0 +1,192 @@
+"""Built-in models: `load_model(name)` builds, trains (or loads from cache) and returns a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mmcompress.core.io import stable_hash
+from mmcompress.data.registry import load_dataset
+from mmcompress.errors import ModelError, unknown_name
+from mmcompress.models import cache
+from mmcompress.models.clip import DualEncoder
+from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnly, LateFusion, TextOnly
+from mmcompress.models.layers import SmallCNN
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.tasks import CaptionClassificationTask, ClassificationTask, ContrastiveTask, Task
+
+CACHE_VERSION = 1
+
+
+class ImageClassifier(nn.Module):
+    """SmallCNN + linear head for plain image classification (fashion-mnist, digits)."""
+
+    def __init__(self, widths=(16, 32, 64), classes: int = 10) -> None:
+        super().__init__()
+        self.features = SmallCNN(tuple(widths))
+        self.head = nn.Linear(widths[-1], classes)
+
+    def forward(self, image):
+        return self.head(self.features(image))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model: how to build it, which data and task train it, and the default training."""
+
+    build: Callable[..., nn.Module]
+    dataset: str
+    make_task: Callable[[nn.Module, Any], Task]
+    train: TrainConfig
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _caption_task(model, ds):
+    return CaptionClassificationTask(model, ds)
+
+
+_FUSION_TRAIN = TrainConfig(epochs=3, batch_size=128, lr=2e-3)
+MODELS: dict[str, ModelSpec] = {
+    "fashion-clip": ModelSpec(
+        DualEncoder,
+        "fashion-captions",
+        lambda m, ds: ContrastiveTask(m, ds),
+        TrainConfig(epochs=4, batch_size=256, lr=3e-3, freeze=("text_tower",)),
+        "CLIP-style dual encoder: CNN image tower + real all-MiniLM-L6-v2 text tower (frozen in training)",
+    ),
+    "fusion-early": ModelSpec(
+        EarlyFusion, "fashion-captions", _caption_task, _FUSION_TRAIN, "single-stream transformer over patches+tokens"
+    ),
+    "fusion-late": ModelSpec(
+        LateFusion, "fashion-captions", _caption_task, _FUSION_TRAIN, "CNN + text transformer fused by an MLP head"
+    ),
+    "fusion-xattn": ModelSpec(
+        CrossAttentionFusion, "fashion-captions", _caption_task, _FUSION_TRAIN, "layer-wise cross-attention fusion"
+    ),
+    "baseline-image": ModelSpec(
+        ImageOnly, "fashion-captions", _caption_task, _FUSION_TRAIN, "image-only baseline for the fusion models"
+    ),
+    "baseline-text": ModelSpec(
+        TextOnly, "fashion-captions", _caption_task, _FUSION_TRAIN, "caption-only baseline for the fusion models"
+    ),
+    "fashion-cnn": ModelSpec(
+        ImageClassifier,
+        "fashion-mnist",
+        lambda m, ds: ClassificationTask(),
+        TrainConfig(epochs=3, batch_size=128),
+        "small CNN classifier on Fashion-MNIST",
+    ),
+    "digits-cnn": ModelSpec(
+        ImageClassifier,
+        "digits",
+        lambda m, ds: ClassificationTask(),
+        TrainConfig(epochs=15, batch_size=64),
+        "small CNN classifier on scikit-learn digits",
+    ),
+}
+
+
+def list_models() -> dict[str, str]:
+    """Built-in model names and one-line descriptions.
+
+    Example:
+        >>> "fashion-clip" in list_models()
+        True
+    """
+    return {name: spec.description for name, spec in MODELS.items()}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ModelError(unknown_name("model", name, list(MODELS)))
+    return MODELS[name]
+
+
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """An untrained built-in model (pretrained towers such as MiniLM still load their weights).
+
+    Example:
+        >>> build_model("fusion-late")
+    """
+    spec = get_spec(name)
+    return spec.build(**{**spec.kwargs, **overrides})
+
+
+def cache_key(name: str, train: TrainConfig, train_limit: int | None, overrides: dict[str, Any]) -> str:
+    spec = get_spec(name)
+    payload = {"v": CACHE_VERSION, "name": name, "kwargs": {**spec.kwargs, **overrides}}
+    payload.update(train=train.to_dict(), limit=train_limit, dataset=spec.dataset)
+    return stable_hash(payload)
+
+
+def load_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    train: TrainConfig | None = None,
+    train_limit: int | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Load a built-in model, trained: from the cache when its config was trained before, else train it.
+
+    Args:
+        name: one of `list_models()`.
+        pretrained: False returns the untrained architecture.
+        cache_dir: checkpoint cache (default `~/.cache/mmcompress`).
+        data_dir: where to look for dataset files first.
+        train: training config (default: the model's own); part of the cache key.
+        train_limit: train on the first N samples only (part of the cache key).
+        progress: show progress bars while training.
+        retrain: train even on a cache hit (and overwrite the cache entry).
+        checkpoint_dir: per-epoch training checkpoints (an interrupted training resumes).
+        overrides: build arguments (e.g. `cnn_widths=(16, 32, 64)`), part of the cache key.
+
+    Example:
+        >>> model = load_model("fashion-clip")
+        >>> model.mmcompress_info["metrics"]["zero_shot_accuracy"]
+    """
+    from mmcompress.train.distributed import world
+    from mmcompress.train.loop import fit
+
+    spec = get_spec(name)
+    model = build_model(name, **overrides)
+    if not pretrained:
+        return model
+    train = train or spec.train
+    cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
+    key = cache_key(name, train, train_limit, overrides)
+    info = None if retrain else cache.load_cached(cache_dir, name, key, model)
+    if info is None:
+        train_ds = load_dataset(spec.dataset, "train", data_dir=data_dir, limit=train_limit)
+        test_ds = load_dataset(spec.dataset, "test", data_dir=data_dir)
+        result = fit(model, spec.make_task(model, train_ds), train_ds, train, checkpoint_dir=checkpoint_dir,
+                     progress=progress)
+        metrics = spec.make_task(model, test_ds).evaluate(model, test_ds)
+        info = {"metrics": metrics, "history": result.history, "train": train.to_dict(), "dataset": spec.dataset}
+        if world()[0] == 0:
+            cache.save_cached(cache_dir, name, key, model, info)
+    model.eval()
+    model.mmcompress_info = info
+    return model
+
+
+def task_for(model: nn.Module, dataset: Any) -> Task:
+    """The task of a built-in model class; plain classification for any other model.
+
+    Example:
+        >>> task_for(nn.Linear(64, 10), digits_train)
+    """
+    for spec in MODELS.values():
+        if type(model) is spec.build:
+            return spec.make_task(model, dataset)
+    return ClassificationTask()

@@ -1,0 +1,1 @@
+"""Pruning: importance, masks, and the `prune` verb."""

@@ -1,0 +1,1 @@
+"""Quantization: pure primitives, integer-storage modules and the `quantize` verb."""

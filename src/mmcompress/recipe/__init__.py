@@ -1,0 +1,1 @@
+"""Recipes: a YAML list of registered passes, validated and run stage by stage."""

@@ -1,0 +1,140 @@
+"""The built-in passes: evaluate, prune, finetune, quantize, export_onnx."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.core.record import Record
+from mmcompress.evaluate.measure import measure
+from mmcompress.graph.export import export_onnx
+from mmcompress.prune.api import PruneConfig, prune, replay_prune
+from mmcompress.quant.api import QuantConfig, quantize, replay_quantize
+from mmcompress.recipe.context import RunContext, StageOutcome
+from mmcompress.recipe.passes import PASSES, Pass
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.loop import fit
+
+
+class EvaluateConfig(FrozenConfig):
+    """Evaluation settings: metric batch size, latency batch size and repeats."""
+
+    batch_size: int = Field(512, ge=1)
+    latency_batch: int = Field(8, ge=1)
+    latency_repeats: int = Field(20, ge=1)
+
+
+def size_metrics(ctx: RunContext, latency_batch: int, repeats: int) -> dict[str, float]:
+    """Size (total and per modality) and latency of the current model, flattened to floats."""
+    m = measure(ctx.model, ctx.example_batch(latency_batch), repeats=repeats)
+    out = {
+        "params": float(m.total.params),
+        "nonzeros": float(m.total.nonzeros),
+        "stored_bytes": float(m.total.stored_bytes),
+        "float32_bytes": float(m.total.float32_bytes),
+        "compression": m.compression,
+        "latency_ms": m.latency_ms.get("median", float("nan")),
+    }
+    for tower, size in m.per_modality.items():
+        out[f"stored_bytes.{tower}"] = float(size.stored_bytes)
+    return out
+
+
+@PASSES.register("evaluate")
+class EvaluatePass(Pass):
+    """Task metrics on the test data plus size and latency."""
+
+    Config = EvaluateConfig
+    changes_model = False
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        metrics = dict(ctx.task.evaluate(ctx.model, ctx.test_data, self.config.batch_size))
+        metrics.update(size_metrics(ctx, self.config.latency_batch, self.config.latency_repeats))
+        return StageOutcome(metrics)
+
+
+class _TargetedPass(Pass):
+    accepts_targets = True
+
+    def mapping(self) -> object:
+        return self.targets if self.targets is not None else self.config
+
+
+@PASSES.register("prune")
+class PrunePass(_TargetedPass):
+    """Unstructured magnitude pruning (global or per-layer threshold, per-target budgets)."""
+
+    Config = PruneConfig
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        record = prune(ctx.model, self.mapping())
+        return StageOutcome(dict(record.metrics), record)
+
+    def restore(self, ctx: RunContext, record: Record) -> None:
+        replay_prune(ctx.model, record)
+
+
+@PASSES.register("quantize")
+class QuantizePass(_TargetedPass):
+    """Per-channel symmetric weight quantization with real int8 storage."""
+
+    Config = QuantConfig
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        record = quantize(ctx.model, self.mapping())
+        sqnr = [m["sqnr_db"] for m in record.modules.values()]
+        metrics = {**record.metrics, "min_weight_sqnr_db": min(sqnr) if sqnr else float("nan")}
+        return StageOutcome(metrics, record)
+
+    def replay(self, ctx: RunContext, record: Record) -> None:
+        replay_quantize(ctx.model, record)
+
+
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning defaults: one short epoch at a lower learning rate."""
+
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+
+
+@PASSES.register("finetune")
+class FinetunePass(Pass):
+    """Train with the task loss; pruning masks are kept; resumes from its per-epoch checkpoint."""
+
+    Config = FinetuneConfig
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        cfg = self.config.model_copy(update={"seed": ctx.seed + self.config.seed})
+        result = fit(ctx.model, ctx.task, ctx.train_data, cfg, checkpoint_dir=ctx.stage_dir, progress=ctx.progress)
+        return StageOutcome({"final_loss": result.metrics.get("loss", float("nan"))}, extra={"history": result.history})
+
+
+class ExportConfig(FrozenConfig):
+    """ONNX export: opset, file name, and how many test samples to evaluate through ONNX Runtime."""
+
+    opset: int = Field(17, ge=13, le=21)
+    filename: str = Field("model.onnx", pattern=r"^[\w.-]+\.onnx$")
+    check_batch: int = Field(16, ge=1)
+    eval_limit: int | None = Field(2000, ge=1)
+
+
+@PASSES.register("export_onnx")
+class ExportPass(Pass):
+    """Export to ONNX (int8 weights stay int8), check it, and evaluate the ONNX Runtime artifact."""
+
+    Config = ExportConfig
+    changes_model = False
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        from mmcompress.graph.ort_module import OrtModule
+
+        path = ctx.output_dir / self.config.filename
+        res = export_onnx(ctx.model, ctx.example_batch(self.config.check_batch), path, opset=self.config.opset)
+        metrics = {"file_bytes": float(res.file_bytes), "int8_weights": float(res.int8_weights)}
+        metrics.update(max_abs_error=res.max_abs_error, output_cosine=res.cosine)
+        subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
+        deployed = OrtModule.load(path, ctx.model)
+        primary = ctx.task.primary_metric
+        metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
+        metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]
+        return StageOutcome(metrics, artifacts={"onnx": str(path)})

@@ -1,0 +1,51 @@
+"""What a pass gets to work with, and what it gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.record import Record
+from mmcompress.train.tasks import Task
+
+
+@dataclass
+class RunContext:
+    """Shared state of a recipe run.
+
+    Attributes:
+        model: the model being compressed (edited in place by passes).
+        task: builds batches, computes the loss and the metrics.
+        train_data / test_data: datasets the task can index.
+        output_dir: the run's folder; `stage_dir` is the current stage's folder.
+        seed: the recipe seed; progress: show progress bars.
+    """
+
+    model: nn.Module
+    task: Task
+    train_data: Any
+    test_data: Any
+    output_dir: Path
+    stage_dir: Path
+    seed: int = 0
+    progress: bool = True
+
+    def example_batch(self, size: int = 8) -> Any:
+        """A real batch of test inputs (for latency, export and agreement checks)."""
+        n = min(size, len(self.test_data))
+        inputs, _ = self.task.batch(self.test_data, torch.arange(n))
+        return inputs
+
+
+@dataclass
+class StageOutcome:
+    """Metrics a pass measured, its replayable record (if it changed the model), and artifacts."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    record: Record | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,219 @@
+"""`compress(model, recipe, data)`: run stages in order, checkpoint each, resume, write the record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.io import atomic_write_json, ensure_writable_dir, stable_hash
+from mmcompress.core.record import Record, environment_versions
+from mmcompress.errors import ModelError
+from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.recipe.context import RunContext, StageOutcome
+from mmcompress.recipe.passes import build_pass, load_builtin_passes
+from mmcompress.recipe.schema import Recipe, load_recipe
+from mmcompress.train.loop import seed_everything
+from mmcompress.train.tasks import Task
+
+STAGE_FILE = "stage.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class StageResult:
+    """One finished stage as written to record.json."""
+
+    index: int
+    label: str
+    pass_name: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    record: dict[str, Any] | None
+    seconds: float
+    artifacts: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@dataclass
+class RunResult:
+    """All stages of a run and where its outputs are."""
+
+    output_dir: Path
+    stages: list[StageResult]
+    record_path: Path
+
+    def metrics(self, label: str) -> dict[str, float]:
+        """Metrics of the last stage with this label (e.g. 'baseline', 'compressed')."""
+        for stage in reversed(self.stages):
+            if stage.label == label:
+                return stage.metrics
+        raise KeyError(f"no stage labelled {label!r}")
+
+
+def compress(
+    model: nn.Module,
+    recipe: Recipe | str | Path | dict | None = None,
+    *,
+    data: tuple[Any, Any] | dict[str, Any],
+    output_dir: str | Path,
+    task: Task | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_stage=None,
+) -> RunResult:
+    """Run a recipe on a model: each stage is a pass; the model is edited in place.
+
+    Every stage writes `stages/NN-label/` (compact weights + stage.json); an interrupted run
+    with the same recipe resumes after the last finished stage. `record.json` holds configs,
+    metrics, seeds and versions; `model.safetensors` the final weights.
+
+    Args:
+        model: the model to compress (the trained baseline).
+        recipe: a Recipe, a YAML path, a dict, or None for the built-in default.
+        data: `(train, test)` or `{"train": ..., "test": ...}` datasets the task can index.
+        task: batches, loss and metrics (default: the built-in model's task, else classification).
+        output_dir: the run folder (created; must be writable).
+        resume: reuse finished stages of an earlier identical run.
+        progress: show progress bars.
+        on_stage: optional callback(StageResult) after each stage (the CLI prints a table).
+
+    Example:
+        >>> result = compress(model, "recipe.yaml", data=(train, test), output_dir="runs/x")
+        >>> result.metrics("compressed")["compression"]
+    """
+    from mmcompress.models.zoo import task_for
+
+    load_builtin_passes()
+    train_data, test_data = (data["train"], data["test"]) if isinstance(data, dict) else data
+    task = task or task_for(model, train_data)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    out = ensure_writable_dir(output_dir)
+    passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
+    ctx = RunContext(model, task, train_data, test_data, out, out, recipe.seed, progress)
+    keys = _stage_keys(recipe, _fingerprint(model))
+    done = _resume(ctx, recipe, passes, keys) if resume else []
+    if not resume and (out / "stages").exists():
+        shutil.rmtree(out / "stages")
+    results = list(done)
+    for i in range(len(done), len(passes)):
+        stage = recipe.stages[i]
+        ctx.stage_dir = _stage_dir(out, i, stage.label)
+        ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(recipe.seed + i)
+        start = time.perf_counter()
+        outcome: StageOutcome = passes[i].run(ctx)
+        result = StageResult(
+            i, stage.label, stage.pass_, passes[i].config.to_dict(), outcome.metrics,
+            outcome.record.to_dict() if outcome.record else None, time.perf_counter() - start, outcome.artifacts,
+        )
+        if passes[i].changes_model:
+            save_compact(ctx.model, ctx.stage_dir / WEIGHTS_FILE)
+        (ctx.stage_dir / "last.pt").unlink(missing_ok=True)  # training checkpoint: the stage is done
+        atomic_write_json(ctx.stage_dir / STAGE_FILE, {"key": keys[i], **result.__dict__})
+        results.append(result)
+        if on_stage is not None:
+            on_stage(result)
+    save_compact(ctx.model, out / WEIGHTS_FILE, extra={"recipe": recipe.to_dict()})
+    record_path = atomic_write_json(out / "record.json", _record(recipe, results, model, task))
+    return RunResult(out, results, record_path)
+
+
+def _stage_dir(out: Path, index: int, label: str) -> Path:
+    return out / "stages" / f"{index:02d}-{label}"
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-1 over the starting model's tensors: a resumed run must start from the same weights."""
+    digest = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _stage_keys(recipe: Recipe, base: str) -> list[str]:
+    """Key of stage i = hash of the start model, the recipe header and stages 0..i."""
+    head = recipe.to_dict()
+    head.pop("stages")
+    head["base_model"] = base
+    stages = recipe.to_dict()["stages"]
+    return [stable_hash({"head": head, "stages": stages[: i + 1]}) for i in range(len(stages))]
+
+
+def _resume(ctx: RunContext, recipe: Recipe, passes: list, keys: list[str]) -> list[StageResult]:
+    done: list[StageResult] = []
+    for i, stage in enumerate(recipe.stages):
+        info_path = _stage_dir(ctx.output_dir, i, stage.label) / STAGE_FILE
+        if not info_path.exists():
+            break
+        info = json.loads(info_path.read_text())
+        if info.get("key") != keys[i]:
+            break
+        info.pop("key")
+        done.append(StageResult(**{**info, "resumed": True}))
+    if not done:
+        return []
+    for i, result in enumerate(done):
+        if result.record:
+            passes[i].replay(ctx, Record.from_dict(result.record))
+    saved = [_stage_dir(ctx.output_dir, r.index, r.label) / WEIGHTS_FILE for r in done if passes[r.index].changes_model]
+    if not saved:
+        return done
+    state, _ = load_compact(saved[-1])
+    missing, unexpected = ctx.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(
+            f"stage checkpoint in {ctx.output_dir} does not fit this model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors); use another --out or --no-resume"
+        )
+    for i, result in enumerate(done):
+        if result.record:
+            passes[i].restore(ctx, Record.from_dict(result.record))
+    return done
+
+
+def _record(recipe: Recipe, results: list[StageResult], model: nn.Module, task: Task) -> dict[str, Any]:
+    return {
+        "primary_metric": task.primary_metric,
+        "recipe": recipe.to_dict(),
+        "seed": recipe.seed,
+        "versions": environment_versions(),
+        "model_class": type(model).__name__,
+        "stages": [r.__dict__ for r in results],
+    }
+
+
+def load_run(run_dir: str | Path, base_model: nn.Module) -> nn.Module:
+    """Rebuild a run's compressed model: replay each stage's record on `base_model`, load final weights.
+
+    Example:
+        >>> model = load_run("runs/default", load_model("fashion-clip"))
+    """
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / "record.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{run_dir} holds no readable record.json ({err})") from None
+    recipe = Recipe.from_dict(record["recipe"], "record.recipe")
+    passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
+    ctx = RunContext(base_model, None, None, None, run_dir, run_dir)  # type: ignore[arg-type]
+    stages = record["stages"]
+    for stage in stages:
+        if stage["record"]:
+            passes[stage["index"]].replay(ctx, Record.from_dict(stage["record"]))
+    state, _ = load_compact(run_dir / WEIGHTS_FILE)
+    missing, unexpected = base_model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{run_dir / WEIGHTS_FILE} does not fit model {type(base_model).__name__}")
+    for stage in stages:
+        if stage["record"]:
+            passes[stage["index"]].restore(ctx, Record.from_dict(stage["record"]))
+    return base_model.eval()

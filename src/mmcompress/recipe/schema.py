@@ -1,0 +1,102 @@
+"""Recipe schema: model, dataset, and an ordered list of stages, each a registered pass + config."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ConfigDict, Field
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.errors import ConfigError
+
+
+class StageSpec(FrozenConfig):
+    """One stage: `pass` names a registered pass; `config` its fields; `targets` per-module overrides.
+
+    Example:
+        >>> StageSpec.from_dict({"pass": "prune", "config": {"sparsity": 0.5}}).pass_
+        'prune'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    pass_: str = Field(alias="pass")
+    name: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    targets: dict[str, dict[str, Any] | None] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.pass_
+
+
+class DataSpec(FrozenConfig):
+    """Which part of the data a run uses (small subsets for quick runs and tests)."""
+
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+
+
+class Recipe(FrozenConfig):
+    """A compression recipe.
+
+    Attributes:
+        model: built-in model name (see `mmcompress models`); ignored by `compress` when a model is given.
+        dataset: dataset name (default: the model's own).
+        seed: seeds every stage.
+        data: subset sizes.
+        stages: the ordered passes.
+
+    Example:
+        >>> recipe = load_recipe(None)  # the built-in default recipe
+        >>> [s.pass_ for s in recipe.stages][:2]
+        ['evaluate', 'prune']
+    """
+
+    model: str = "fashion-clip"
+    dataset: str | None = None
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    stages: list[StageSpec] = Field(min_length=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def default_recipe_text() -> str:
+    return resources.files("mmcompress.recipe").joinpath("default.yaml").read_text()
+
+
+def load_recipe(source: str | Path | dict | None) -> Recipe:
+    """Load and fully validate a recipe (schema + every stage's pass config).
+
+    Args:
+        source: a YAML file path, a dict, or None for the built-in default recipe.
+
+    Example:
+        >>> load_recipe("recipes/quick.yaml").stages[0].label
+        'baseline'
+    """
+    from mmcompress.recipe.passes import validate_stage
+
+    if source is None:
+        data = yaml.safe_load(default_recipe_text())
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a mapping with 'stages'")
+    recipe = Recipe.from_dict(data, "recipe")
+    for i, stage in enumerate(recipe.stages):
+        validate_stage(stage, f"recipe.stages[{i}]")
+    return recipe

@@ -1,0 +1,1 @@
+"""Markdown + self-contained HTML report with matplotlib plots."""

@@ -1,0 +1,59 @@
+"""Data parallelism over torch.distributed: shard batches, average gradients, sync parameters."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) when no process group is initialised.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_model(model: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if world()[1] == 1:
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(model: nn.Module) -> None:
+    """All-reduce and average the gradients of every trainable parameter (one flat buffer)."""
+    _, size = world()
+    if size == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= size
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(synced)
+
+
+def shard(index: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a global batch of sample indices."""
+    rank, size = world()
+    return index[rank::size]
+
+
+def all_mean(value: float) -> float:
+    """Mean of a float over ranks."""
+    _, size = world()
+    if size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / size

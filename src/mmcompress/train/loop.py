@@ -1,0 +1,187 @@
+"""One training loop for every model: AMP, seeds, per-epoch checkpoints with resume, DDP, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.batches import check_finite, move_to
+from mmcompress.core.io import atomic_torch_save, safe_torch_load, stable_hash
+from mmcompress.errors import DataError, ModelError
+from mmcompress.prune.masks import apply_masks
+from mmcompress.train import distributed as ddp
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.tasks import Task
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history (loss, metrics) and the final metrics."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelError("device 'cuda' requested but no GPU is available; use device 'cpu'")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a config value on a device (None: full precision)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    for name, module in model.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            module.eval()
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(False)
+
+
+def _schedule(total_steps: int):
+    warmup = max(1, total_steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return factor
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    train_data: Any,
+    config: TrainConfig,
+    *,
+    val_data: Any = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `train_data` with `task`'s loss.
+
+    Under torchrun (an initialised process group) each process takes its share of every global
+    batch and gradients are averaged, so the result matches one process with the same batch.
+
+    Args:
+        model: the model (edited in place).
+        task: batch construction, loss and evaluation.
+        train_data: a dataset the task can index.
+        config: a TrainConfig.
+        val_data: evaluated after each epoch (metrics go into the history).
+        checkpoint_dir: where `last.pt` is written each epoch; an existing one is resumed.
+        progress: show a rich progress bar.
+
+    Example:
+        >>> fit(model, ClassificationTask(), load_dataset("digits"), TrainConfig(epochs=2))
+    """
+    if len(train_data) == 0:
+        raise DataError("training data is empty")
+    rank, size = ddp.world()
+    device = resolve_device(config.device)
+    model.to(device)
+    seed_everything(config.seed)
+    _freeze(model, config.freeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("nothing to train: every parameter is frozen")
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * config.epochs))
+    dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    result, start_epoch = TrainResult(), 0
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    config_hash = stable_hash(config.to_dict())
+    if ckpt is not None and ckpt.exists():
+        start_epoch, result.history = _resume(ckpt, config_hash, model, optimizer, scheduler)
+    ddp.broadcast_model(model)
+    task.prepare(model)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        _freeze(model, config.freeze)
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(len(train_data), generator=gen)
+        losses = []
+        with _progress(progress and rank == 0, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as tick:
+            for step in range(steps_per_epoch):
+                index = ddp.shard(order[step * config.batch_size : (step + 1) * config.batch_size])
+                inputs, targets = task.batch(train_data, index)
+                check_finite(inputs, "training")
+                inputs, targets = move_to(inputs, device), move_to(targets, device)
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = task.loss(model, inputs, targets)
+                if not torch.isfinite(loss):
+                    raise DataError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower the lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                ddp.average_gradients(model)
+                scaler.unscale_(optimizer)
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                apply_masks(model)
+                losses.append(float(loss.detach()))
+                tick(losses[-1])
+        entry = {"epoch": epoch + 1, "loss": ddp.all_mean(sum(losses) / len(losses))}
+        if val_data is not None:
+            entry.update(task.evaluate(model, val_data))
+        result.history.append(entry)
+        if ckpt is not None and rank == 0:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            state.update(scheduler=scheduler.state_dict(), epoch=epoch + 1, history=result.history)
+            atomic_torch_save(ckpt, {**state, "config_hash": config_hash})
+    model.eval()
+    if result.history:
+        result.metrics = {k: v for k, v in result.history[-1].items() if k != "epoch"}
+    return result
+
+
+def _resume(ckpt: Path, config_hash: str, model, optimizer, scheduler) -> tuple[int, list]:
+    state = safe_torch_load(ckpt)
+    if state.get("config_hash") != config_hash:
+        raise ModelError(
+            f"checkpoint {ckpt} was written for another training config; delete it or use another output folder"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(state["history"])
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str, total: int):
+    if not enabled:
+        yield lambda loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, TextColumn("loss {task.fields[loss]:.4f}"), transient=True) as bar:
+        handle = bar.add_task(label, total=total, loss=float("nan"))
+        yield lambda loss: bar.update(handle, advance=1, loss=loss)

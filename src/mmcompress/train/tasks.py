@@ -1,0 +1,176 @@
+"""Tasks: how a model kind turns a dataset into batches, a loss, and evaluation metrics."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcompress.core.batches import call_model
+from mmcompress.data.captions import TEMPLATES, ZERO_SHOT_PHRASES
+from mmcompress.data.fashion_mnist import to_float_image
+from mmcompress.evaluate.metrics import accuracy, precision_at_k, zero_shot_accuracy
+
+
+class Task(abc.ABC):
+    """Interface every task implements.
+
+    Example:
+        >>> task = ClassificationTask()
+        >>> inputs, targets = task.batch(dataset, torch.arange(32))
+        >>> loss = task.loss(model, inputs, targets)
+    """
+
+    primary_metric: str = "accuracy"
+
+    @abc.abstractmethod
+    def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
+        """Build `(inputs, targets)` for the samples at `index`."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        """Scalar training loss."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 512) -> dict[str, float]:
+        """Metrics on a dataset; must include `primary_metric`."""
+
+    def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
+        """Called once before training starts (e.g. to cache frozen features)."""
+
+
+class ClassificationTask(Task):
+    """Items are `(inputs, label)`; cross-entropy loss; accuracy."""
+
+    def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
+        if hasattr(dataset, "images") and hasattr(dataset, "labels"):  # built-in image sets: vectorised
+            return to_float_image(dataset.images[index]), dataset.labels[index]
+        items = [dataset[int(i)] for i in index]
+        return torch.utils.data.default_collate(items)
+
+    def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        return F.cross_entropy(call_model(model, inputs).float(), targets)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 512) -> dict[str, float]:
+        logits, labels = _predict(self, model, dataset, batch_size)
+        return {"accuracy": accuracy(logits, labels)}
+
+
+def _predict(task: Task, model: nn.Module, dataset: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    outs, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        inputs, targets = task.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
+        outs.append(call_model(model, inputs).float())
+        labels.append(targets)
+    return torch.cat(outs), torch.cat(labels)
+
+
+class CaptionClassificationTask(ClassificationTask):
+    """Image + caption -> class, for the fusion models; also reports the ambiguous-caption split."""
+
+    def __init__(self, model: nn.Module, dataset: Any) -> None:
+        self.tokens = model.tokenize(dataset.captions)
+
+    def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
+        cid = dataset.caption_ids[index]
+        inputs = {"image": to_float_image(dataset.images[index])}
+        inputs.update({k: v[cid] for k, v in self.tokens.items()})
+        return inputs, dataset.labels[index]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 512) -> dict[str, float]:
+        logits, labels = _predict(self, model, dataset, batch_size)
+        amb = dataset.sample_ambiguous()
+        out = {"accuracy": accuracy(logits, labels)}
+        if amb.any():
+            out["accuracy_ambiguous"] = accuracy(logits[amb], labels[amb])
+        if (~amb).any():
+            out["accuracy_specific"] = accuracy(logits[~amb], labels[~amb])
+        return out
+
+
+class ContrastiveTask(Task):
+    """CLIP training on image-caption pairs; zero-shot accuracy and text->image precision@10.
+
+    Several images share one caption text, so a text's positives are all images in the batch
+    with the same caption (multi-positive InfoNCE), not only its own pair.
+    """
+
+    primary_metric = "zero_shot_accuracy"
+
+    def __init__(self, model: nn.Module, dataset: Any) -> None:
+        self.tokens = model.tokenize(dataset.captions)
+        self.text_cache: torch.Tensor | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        frozen = not any(p.requires_grad for p in model.text_tower.parameters())
+        self.text_cache = None
+        if frozen:  # frozen text tower: encode each distinct caption once
+            model.text_tower.eval()
+            with torch.no_grad():
+                self.text_cache = model.text_tower(**self.tokens)
+
+    def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
+        cid = dataset.caption_ids[index]
+        inputs = {"image": to_float_image(dataset.images[index])}
+        inputs.update({k: v[cid] for k, v in self.tokens.items()})
+        return inputs, cid
+
+    def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        img = model.encode_image(inputs["image"])
+        if self.text_cache is not None:
+            txt = model.project_text(self.text_cache[targets])
+        else:
+            txt = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+        logits = model.logit_scale.exp().clamp(max=100) * img.float() @ txt.float().T  # (B, B)
+        same = (targets[:, None] == targets[None, :]).float()
+        soft = same / same.sum(1, keepdim=True)
+        return 0.5 * (_soft_ce(logits, soft) + _soft_ce(logits.T, soft))
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, dataset: Any, batch_size: int = 512) -> dict[str, float]:
+        """Zero-shot accuracy and text->image precision@10, using only `model(**inputs)`.
+
+        Only the forward pass is used (images paired with a blank text, texts with a blank
+        image), so the same code evaluates an ONNX Runtime artifact.
+        """
+        model.eval()
+        images = torch.cat(
+            [image_embeddings(model, to_float_image(dataset.images[s : s + batch_size]))
+             for s in range(0, len(dataset), batch_size)]
+        )
+        class_embeds = class_prompt_embeddings(model)
+        used = torch.unique(dataset.caption_ids)
+        queries = text_embeddings(model, [dataset.captions[i] for i in used.tolist()])
+        relevant = dataset.caption_classes[used][:, dataset.labels]  # (Q, N)
+        return {
+            "zero_shot_accuracy": zero_shot_accuracy(images, class_embeds, dataset.labels),
+            "retrieval_p@10": precision_at_k(queries @ images.T, relevant, k=10),
+        }
+
+
+def image_embeddings(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """Image embeddings (N, D) from a dual encoder's forward, paired with a blank caption."""
+    blank = model.tokenize([""] * images.shape[0])
+    return model(image=images, **blank)[0].float()
+
+
+def text_embeddings(model: Any, texts: list[str]) -> torch.Tensor:
+    """Text embeddings (N, D) from a dual encoder's forward, paired with a blank image."""
+    return model(image=torch.zeros(len(texts), 1, 28, 28), **model.tokenize(texts))[1].float()
+
+
+def class_prompt_embeddings(model: Any) -> torch.Tensor:
+    """One embedding per class: the mean over caption templates of its prompt, re-normalised. (C, D)"""
+    texts = [t.format(p) for p in ZERO_SHOT_PHRASES for t in TEMPLATES]
+    emb = text_embeddings(model, texts).view(len(ZERO_SHOT_PHRASES), len(TEMPLATES), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
