@@ -37,12 +37,15 @@ class ExportResult:
 class _Positional(nn.Module):
     """Call a model that takes named inputs with positional tensors (for the exporter)."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
+    def __init__(self, model: nn.Module, names: list[str], keyword: bool) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.keyword = model, names, keyword
 
     def forward(self, *tensors: torch.Tensor):
-        out = self.model(**dict(zip(self.names, tensors, strict=True)))
+        if self.keyword:
+            out = self.model(**dict(zip(self.names, tensors, strict=True)))
+        else:
+            out = self.model(*tensors)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
 
@@ -73,7 +76,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
     """
     named = _named_inputs(example_inputs)
     model = model.eval()
-    wrapper = _Positional(model, list(named))
+    wrapper = _Positional(model, list(named), keyword=isinstance(example_inputs, dict))
     with torch.no_grad():
         reference = wrapper(*named.values())
     reference = list(reference) if isinstance(reference, tuple) else [reference]
@@ -93,13 +96,17 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         raise MMCompressError(f"ONNX export failed: {err.__class__.__name__}: {str(err)[:300]}") from None
     proto = onnx.load_from_string(buffer.getvalue())
     has_quant = any(isinstance(m, QUANT_MODULES) for m in model.modules())
-    replaced = rewrite_int8(proto, model) if has_quant else 0
+    if has_quant:
+        rewrite_int8(proto, model)
+    int8_weights = sum(
+        1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
+    )
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     got = OrtModel.from_bytes(data).run(named)
     max_err, cosine = _compare(reference, got)
     atomic_write_bytes(path, data)
-    return ExportResult(str(path), len(data), replaced, max_err, cosine)
+    return ExportResult(str(path), len(data), int8_weights, max_err, cosine)
 
 
 def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:

@@ -8,7 +8,7 @@ from mmcompress.core.io import ensure_writable_dir
 from mmcompress.data.registry import load_dataset
 from mmcompress.models.zoo import get_spec, load_model
 from mmcompress.recipe.runner import RunResult, compress
-from mmcompress.recipe.schema import Recipe, load_recipe
+from mmcompress.recipe.schema import Recipe, baseline_train_config, load_recipe
 from mmcompress.report.render import write_report
 
 
@@ -40,7 +40,10 @@ def run_recipe(
     dataset = recipe.dataset or spec.dataset
     train = load_dataset(dataset, "train", data_dir=data_dir, limit=recipe.data.train_limit)
     test = load_dataset(dataset, "test", data_dir=data_dir, limit=recipe.data.test_limit)
-    model = load_model(recipe.model, cache_dir=cache_dir, data_dir=data_dir, progress=progress)
+    model = load_model(
+        recipe.model, cache_dir=cache_dir, data_dir=data_dir, progress=progress,
+        train=baseline_train_config(recipe), train_limit=recipe.data.train_limit,
+    )
     result = compress(
         model, recipe, data=(train, test), output_dir=output_dir, resume=resume, progress=progress, on_stage=on_stage
     )

@@ -47,7 +47,8 @@ class Recipe(FrozenConfig):
         model: built-in model name (see `mmcompress models`); ignored by `compress` when a model is given.
         dataset: dataset name (default: the model's own).
         seed: seeds every stage.
-        data: subset sizes.
+        data: subset sizes (`train_limit` also applies to training the baseline).
+        train: TrainConfig overrides for training the baseline when it is not cached.
         stages: the ordered passes.
 
     Example:
@@ -60,6 +61,7 @@ class Recipe(FrozenConfig):
     dataset: str | None = None
     seed: int = 0
     data: DataSpec = DataSpec()
+    train: dict[str, Any] | None = None
     stages: list[StageSpec] = Field(min_length=1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +99,16 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping with 'stages'")
     recipe = Recipe.from_dict(data, "recipe")
+    baseline_train_config(recipe)
     for i, stage in enumerate(recipe.stages):
         validate_stage(stage, f"recipe.stages[{i}]")
     return recipe
+
+
+def baseline_train_config(recipe: Recipe):
+    """The TrainConfig for the recipe's baseline: the model's default with `recipe.train` overrides."""
+    from mmcompress.models.zoo import get_spec
+    from mmcompress.train.config import TrainConfig
+
+    base = get_spec(recipe.model).train.to_dict()
+    return TrainConfig.from_dict({**base, **(recipe.train or {})}, "recipe.train")
