@@ -21,13 +21,16 @@ from mmcompress.recipe.runner import compress
 from mmcompress.recipe.schema import Recipe, load_recipe
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
+from mmcompress.train.tasks import ClassificationTask, Task
 
 __all__ = [
     "Adapter",
+    "ClassificationTask",
     "Measurement",
     "PruneConfig",
     "QuantConfig",
     "Recipe",
+    "Task",
     "TrainConfig",
     "compress",
     "export_onnx",

@@ -53,10 +53,23 @@ def load_cached(cache_dir: Path, name: str, key: str, model: nn.Module) -> dict[
         raise ModelError(f"cached checkpoint {weights} is corrupted ({err}); delete it to retrain") from None
     if info.get("key") != key:
         raise ModelError(f"cached checkpoint {weights} belongs to another config; delete it to retrain")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    load_state_checked(model, state, f"cached checkpoint {weights}", "delete it to retrain")
+    return info
+
+
+def load_state_checked(model: nn.Module, state: dict, what: str, fix: str) -> None:
+    """Load a state dict; any missing, unexpected or mis-shaped tensor is a ModelError naming `what`.
+
+    Example:
+        >>> load_state_checked(model, state, "checkpoint x.safetensors", "delete it")
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ModelError(f"{what} does not fit model {type(model).__name__} ({first[:200]}); {fix}") from None
     if missing or unexpected:
         raise ModelError(
-            f"cached checkpoint {weights} does not fit model {name!r} "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); delete it to retrain"
+            f"{what} does not fit model {type(model).__name__} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); {fix}"
         )
-    return info

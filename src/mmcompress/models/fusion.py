@@ -59,7 +59,11 @@ class TextEncoder(nn.Module):
 class EarlyFusion(_CaptionModel):
     """Single stream: [CLS] + image patches + text tokens, with modality embeddings, one transformer."""
 
-    towers = {"image": ("patch_embed",), "text": ("token_embed",), "fusion": ("type_embed", "encoder", "head")}
+    towers = {
+        "image": ("patch_embed",),
+        "text": ("token_embed",),
+        "fusion": ("type_embed", "cls", "encoder", "norm", "head"),
+    }
 
     def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10) -> None:
         super().__init__()
@@ -103,8 +107,8 @@ class CrossAttentionFusion(_CaptionModel):
     """Layer-wise fusion: per block, each stream self-attends, then cross-attends to the other."""
 
     towers = {
-        "image": ("patch_embed", "image_blocks"),
-        "text": ("token_embed", "text_blocks"),
+        "image": ("patch_embed", "image_blocks", "norm_i"),
+        "text": ("token_embed", "text_blocks", "norm_t"),
         "fusion": ("head",),
     }
 

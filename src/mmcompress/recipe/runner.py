@@ -17,6 +17,7 @@ from mmcompress.core.io import atomic_write_json, ensure_writable_dir, stable_ha
 from mmcompress.core.record import Record, environment_versions
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.models.cache import load_state_checked
 from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import build_pass, load_builtin_passes
 from mmcompress.recipe.schema import Recipe, load_recipe
@@ -168,12 +169,7 @@ def _resume(ctx: RunContext, recipe: Recipe, passes: list, keys: list[str]) -> l
     if not saved:
         return done
     state, _ = load_compact(saved[-1])
-    missing, unexpected = ctx.model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelError(
-            f"stage checkpoint in {ctx.output_dir} does not fit this model ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors); use another --out or --no-resume"
-        )
+    load_state_checked(ctx.model, state, f"stage checkpoint {saved[-1]}", "use another --out or --no-resume")
     for i, result in enumerate(done):
         if result.record:
             passes[i].restore(ctx, Record.from_dict(result.record))
@@ -210,9 +206,7 @@ def load_run(run_dir: str | Path, base_model: nn.Module) -> nn.Module:
         if stage["record"]:
             passes[stage["index"]].replay(ctx, Record.from_dict(stage["record"]))
     state, _ = load_compact(run_dir / WEIGHTS_FILE)
-    missing, unexpected = base_model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelError(f"{run_dir / WEIGHTS_FILE} does not fit model {type(base_model).__name__}")
+    load_state_checked(base_model, state, str(run_dir / WEIGHTS_FILE), "was the run made from this model?")
     for stage in stages:
         if stage["record"]:
             passes[stage["index"]].restore(ctx, Record.from_dict(stage["record"]))

@@ -99,7 +99,9 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping with 'stages'")
     recipe = Recipe.from_dict(data, "recipe")
-    baseline_train_config(recipe)
+    from mmcompress.train.config import TrainConfig
+
+    TrainConfig.from_dict(recipe.train, "recipe.train")  # overrides must be valid training fields
     for i, stage in enumerate(recipe.stages):
         validate_stage(stage, f"recipe.stages[{i}]")
     return recipe

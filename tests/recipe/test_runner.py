@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+
+from mmcompress.models.zoo import ImageClassifier
+from mmcompress.recipe.runner import compress, load_run
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.loop import fit
+from mmcompress.train.tasks import ClassificationTask
+
+RECIPE = {
+    "seed": 3,
+    "stages": [
+        {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        {"pass": "prune", "config": {"sparsity": 0.5, "scope": "layer"}},
+        {"pass": "finetune", "config": {"epochs": 3, "lr": 2e-3, "batch_size": 64}},
+        {"pass": "quantize"},
+        {"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        {"pass": "export_onnx"},
+    ],
+}
+MAX_ACCURACY_DROP = 0.03
+
+
+@pytest.fixture
+def trained(digits):
+    torch.manual_seed(0)
+    model = ImageClassifier((8, 16, 32))
+    fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=6, batch_size=64, lr=5e-3), progress=False)
+    return model
+
+
+def test_compress_runs_every_stage_and_writes_artifacts(trained, digits, tmp_path):
+    res = compress(trained, RECIPE, data=digits, output_dir=tmp_path, progress=False)
+    base, comp = res.metrics("baseline"), res.metrics("compressed")
+    assert comp["compression"] > 4 and base["accuracy"] - comp["accuracy"] < MAX_ACCURACY_DROP
+    exported = res.metrics("export_onnx")
+    assert exported["output_cosine"] > 0.999 and abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.01
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["seed"] == 3 and "torch" in record["versions"] and len(record["stages"]) == 6
+    assert record["stages"][3]["record"]["technique"] == "quantize"
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "model.onnx").exists()
+
+
+def test_interrupted_run_resumes_after_last_finished_stage(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    first = compress(trained, RECIPE, data=digits, output_dir=tmp_path, progress=False)
+    # simulate a crash after stage 3: forget the later stages
+    for d in sorted((tmp_path / "stages").iterdir())[4:]:
+        (d / "stage.json").unlink()
+    again = compress(start, RECIPE, data=digits, output_dir=tmp_path, progress=False)
+    assert [s.resumed for s in again.stages] == [True] * 4 + [False] * 2
+    assert again.metrics("compressed")["accuracy"] == pytest.approx(first.metrics("compressed")["accuracy"])
+
+
+def test_changed_recipe_or_model_invalidates_later_stages(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    compress(copy.deepcopy(start), RECIPE, data=digits, output_dir=tmp_path, progress=False)
+    changed = json.loads(json.dumps(RECIPE))
+    changed["stages"][1]["config"]["sparsity"] = 0.4
+    res = compress(copy.deepcopy(start), changed, data=digits, output_dir=tmp_path, progress=False)
+    assert [s.resumed for s in res.stages] == [True] + [False] * 5
+    other = ImageClassifier((8, 16, 32))
+    res = compress(other, changed, data=digits, output_dir=tmp_path, progress=False)
+    assert not any(s.resumed for s in res.stages)
+
+
+def test_load_run_rebuilds_the_compressed_model(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    res = compress(trained, RECIPE, data=digits, output_dir=tmp_path, progress=False)
+    rebuilt = load_run(tmp_path, start)
+    acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
+    assert acc == pytest.approx(res.metrics("compressed")["accuracy"])

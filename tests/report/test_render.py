@@ -1,0 +1,24 @@
+import pytest
+
+from mmcompress.errors import MMCompressError
+from mmcompress.models.zoo import ImageClassifier
+from mmcompress.recipe.runner import compress
+from mmcompress.report.render import write_report
+
+
+def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
+    recipe = {"stages": [{"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
+                         {"pass": "quantize"},
+                         {"name": "int8", "pass": "evaluate", "config": {"latency_repeats": 2}}]}
+    compress(ImageClassifier((8, 8, 8)), recipe, data=digits, output_dir=tmp_path, progress=False)
+    md, page = write_report(tmp_path)
+    text = md.read_text()
+    assert "x smaller" in text and "| 2 | int8 | evaluate |" in text
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert (tmp_path / "plots" / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_record_is_an_error(tmp_path):
+    with pytest.raises(MMCompressError, match="record.json"):
+        write_report(tmp_path)
