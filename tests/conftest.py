@@ -37,8 +37,10 @@ class TwoTower(nn.Module):
         self.head = nn.Linear(8 + 16, 10)
 
     def adapter(self) -> Adapter:
-        return Adapter(towers={"image": ("image",), "text": ("text",), "fusion": ("head",)},
-                       example_inputs=lambda b: (torch.randn(b, 1, 8, 8), torch.randint(0, 50, (b, 4))))
+        return Adapter(
+            towers={"image": ("image",), "text": ("text",), "fusion": ("head",)},
+            example_inputs=lambda b: (torch.randn(b, 1, 8, 8), torch.randint(0, 50, (b, 4))),
+        )
 
     def forward(self, image, ids):
         return self.head(torch.cat([self.image(image), self.text(ids)], dim=-1))

@@ -34,11 +34,17 @@ def _friendly(fn):
 
 def _data_options(fn):
     fn = click.option(
-        "--data-dir", envvar="MMCOMPRESS_DATA", type=click.Path(path_type=Path), default=None,
+        "--data-dir",
+        envvar="MMCOMPRESS_DATA",
+        type=click.Path(path_type=Path),
+        default=None,
         help="Folder searched first for dataset files (env MMCOMPRESS_DATA).",
     )(fn)
     fn = click.option(
-        "--cache-dir", envvar="MMCOMPRESS_CACHE", type=click.Path(path_type=Path), default=None,
+        "--cache-dir",
+        envvar="MMCOMPRESS_CACHE",
+        type=click.Path(path_type=Path),
+        default=None,
         help="Trained-model cache (env MMCOMPRESS_CACHE; default ~/.cache/mmcompress).",
     )(fn)
     return fn
@@ -61,20 +67,30 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/default"), show_default=True,
-              help="Output folder (report, record.json, weights, ONNX).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/default"),
+    show_default=True,
+    help="Output folder (report, record.json, weights, ONNX).",
+)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_data_options
 @_friendly
 def run(recipe: Path | None, out: Path, resume: bool, quiet: bool, data_dir: Path | None, cache_dir: Path | None):
     """Run RECIPE (YAML; default: the built-in recipe on fashion-clip) and write a report."""
+    from mmcompress.core.io import check_writable
+    from mmcompress.models.zoo import get_spec
     from mmcompress.recipe.builtin_run import run_recipe
     from mmcompress.recipe.schema import load_recipe
 
     spec = load_recipe(recipe)  # validate before any work
-    console.print(f"[bold]recipe[/bold] {recipe or 'built-in default'}: model {spec.model}, "
-                  f"{len(spec.stages)} stages -> {out}")
+    get_spec(spec.model)
+    check_writable(out)
+    console.print(
+        f"[bold]recipe[/bold] {recipe or 'built-in default'}: model {spec.model}, {len(spec.stages)} stages -> {out}"
+    )
 
     def show(stage) -> None:
         metrics = {k: v for k, v in stage.metrics.items() if not k.startswith("stored_bytes.")}
@@ -93,8 +109,12 @@ def run(recipe: Path | None, out: Path, resume: bool, quiet: bool, data_dir: Pat
 @click.option("--amp", type=click.Choice(["auto", "none", "bf16", "fp16"]), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--limit", type=int, default=None, help="Train on the first N samples only.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Per-epoch checkpoints here (resumed if present) and metrics.json.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Per-epoch checkpoints here (resumed if present) and metrics.json.",
+)
 @click.option("--quiet", is_flag=True)
 @_data_options
 @_friendly
@@ -105,12 +125,21 @@ def train(model, epochs, batch_size, lr, amp, seed, limit, out, quiet, data_dir,
 
     _init_distributed()
     spec = get_spec(model)
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, amp=amp, seed=seed).items()
-                 if v is not None}
+    overrides = {
+        k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, amp=amp, seed=seed).items() if v is not None
+    }
     config = spec.train.model_copy(update=overrides)
     config = type(config).from_dict(config.to_dict())  # re-validate overrides
-    trained = load_model(model, cache_dir=cache_dir, data_dir=data_dir, train=config, train_limit=limit,
-                         progress=not quiet, retrain=True, checkpoint_dir=out)
+    trained = load_model(
+        model,
+        cache_dir=cache_dir,
+        data_dir=data_dir,
+        train=config,
+        train_limit=limit,
+        progress=not quiet,
+        retrain=True,
+        checkpoint_dir=out,
+    )
     metrics = trained.mmcompress_info["metrics"]
     if world()[0] == 0:
         if out is not None:
@@ -135,8 +164,13 @@ def _init_distributed() -> None:
 
 @cli.command(name="eval")
 @click.argument("model")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
-              help="Evaluate the compressed model of this run folder instead of the baseline.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Evaluate the compressed model of this run folder instead of the baseline.",
+)
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N test samples.")
 @_data_options
 @_friendly
@@ -150,18 +184,25 @@ def evaluate(model, run_dir, limit, data_dir, cache_dir):
     console.print(_table(f"{model} test metrics", task_for(net, test).evaluate(net, test)))
 
 
-def _load(model: str, run_dir: Path | None, data_dir, cache_dir):
-    from mmcompress.models.zoo import load_model
+def _load(model: str, run_dir: Path | None, data_dir, cache_dir, trained: bool = True):
+    """The baseline (trained or cached), or a run's compressed model (its own weights: no training)."""
+    from mmcompress.models.zoo import build_model, load_model
     from mmcompress.recipe.runner import load_run
 
-    net = load_model(model, cache_dir=cache_dir, data_dir=data_dir)
-    return load_run(run_dir, net) if run_dir else net
+    if run_dir:
+        return load_run(run_dir, build_model(model))
+    return load_model(model, cache_dir=cache_dir, data_dir=data_dir, pretrained=trained)
 
 
 @cli.command(name="measure")
 @click.argument("model")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
-              help="Measure the compressed model of this run folder.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Measure the compressed model of this run folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @_data_options
 @_friendly
@@ -169,7 +210,7 @@ def measure_cmd(model, run_dir, as_json, data_dir, cache_dir):
     """Parameters, non-zeros, stored bytes per modality tower, and latency of MODEL."""
     from mmcompress.evaluate.measure import measure
 
-    result = measure(_load(model, run_dir, data_dir, cache_dir))
+    result = measure(_load(model, run_dir, data_dir, cache_dir, trained=False))  # size needs no training
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -177,8 +218,13 @@ def measure_cmd(model, run_dir, as_json, data_dir, cache_dir):
     for col in ("tower", "params", "non-zeros", "stored MB", "float32 MB"):
         table.add_column(col, justify="right")
     for name, size in [*result.per_modality.items(), ("total", result.total)]:
-        table.add_row(name, f"{size.params:,}", f"{size.nonzeros:,}", f"{size.stored_bytes / 1e6:.3f}",
-                      f"{size.float32_bytes / 1e6:.3f}")
+        table.add_row(
+            name,
+            f"{size.params:,}",
+            f"{size.nonzeros:,}",
+            f"{size.stored_bytes / 1e6:.3f}",
+            f"{size.float32_bytes / 1e6:.3f}",
+        )
     console.print(table)
     console.print(_table("latency (ms, batch 8)", result.latency_ms))
 

@@ -21,8 +21,9 @@ def test_export_runs_in_onnxruntime_and_matches_pytorch(two_tower, tmp_path, int
     res = export_onnx(two_tower, _inputs(3), tmp_path / "m.onnx")
     assert res.cosine > MIN_COSINE and res.max_abs_error < MAX_ABS_ERR
     proto = onnx.load(str(tmp_path / "m.onnx"))
-    int8_inits = [i for i in proto.graph.initializer
-                  if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")]
+    int8_inits = [
+        i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
+    ]
     assert len(int8_inits) == (4 if int8 else 0) == res.int8_weights  # conv, embedding, 2 linear
     # dynamic batch: another batch size runs and matches
     x = _inputs(7)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmcompress.quant.primitives import dequantize_symmetric, quantize_symmetric, qrange, sqnr_db, symmetric_scale
+from mmcompress.quant.primitives import dequantize_symmetric, qrange, quantize_symmetric, sqnr_db, symmetric_scale
 
 # 8-bit per-channel symmetric on Gaussian weights: SQNR ~ 6.02*8 - 10log10(3*range^2/sigma^2) ~ 40 dB
 MIN_SQNR_8BIT_DB = 35.0

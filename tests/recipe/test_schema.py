@@ -19,8 +19,10 @@ def test_default_recipe_is_valid_and_round_trips():
         ({"stages": [{"pass": "prune", "colour": 1}]}, "unknown field"),
         ({"stages": []}, "stages"),
         ({"stages": [{"pass": "evaluate", "targets": {"_default": {}}}]}, "does not take targets"),
-        ({"stages": [{"pass": "quantize", "targets": {"modality:text": {"weight_bits": 0}}}]},
-         r"targets\[modality:text\]"),
+        (
+            {"stages": [{"pass": "quantize", "targets": {"modality:text": {"weight_bits": 0}}}]},
+            r"targets\[modality:text\]",
+        ),
         ({"train": {"epochs": 0}, "stages": [{"pass": "evaluate"}]}, r"recipe\.train\.epochs"),
     ],
 )

@@ -7,9 +7,13 @@ from mmcompress.report.render import write_report
 
 
 def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
-    recipe = {"stages": [{"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
-                         {"pass": "quantize"},
-                         {"name": "int8", "pass": "evaluate", "config": {"latency_repeats": 2}}]}
+    recipe = {
+        "stages": [
+            {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "quantize"},
+            {"name": "int8", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
     compress(ImageClassifier((8, 8, 8)), recipe, data=digits, output_dir=tmp_path, progress=False)
     md, page = write_report(tmp_path)
     text = md.read_text()

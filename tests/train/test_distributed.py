@@ -11,9 +11,24 @@ MAX_ACCURACY_GAP = 0.05
 
 def _train(tmp_path, nproc):
     out = tmp_path / f"run{nproc}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "mmcompress", "train", "digits-cnn", "--epochs", "8", "--quiet",
-           "--out", str(out), "--cache-dir", str(tmp_path / f"cache{nproc}")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mmcompress",
+        "train",
+        "digits-cnn",
+        "--epochs",
+        "8",
+        "--quiet",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / f"cache{nproc}"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((out / "metrics.json").read_text())

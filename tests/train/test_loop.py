@@ -12,8 +12,14 @@ DIGITS_MIN_ACCURACY = 0.85
 
 def test_trains_digits_to_useful_accuracy(digits):
     model = ImageClassifier((8, 16, 32))
-    res = fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=6, batch_size=64, lr=5e-3), progress=False,
-              val_data=digits[1])
+    res = fit(
+        model,
+        ClassificationTask(),
+        digits[0],
+        TrainConfig(epochs=6, batch_size=64, lr=5e-3),
+        progress=False,
+        val_data=digits[1],
+    )
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert res.metrics["accuracy"] > DIGITS_MIN_ACCURACY
 
@@ -35,22 +41,28 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(digits, tmp_
 
     torch.manual_seed(0)
     part = ImageClassifier((8, 16, 16))
-    fit(part, ClassificationTask(), digits[0], cfg.model_copy(update={"epochs": 1}), progress=False,
-        checkpoint_dir=tmp_path)
+    fit(
+        part,
+        ClassificationTask(),
+        digits[0],
+        cfg.model_copy(update={"epochs": 1}),
+        progress=False,
+        checkpoint_dir=tmp_path,
+    )
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     # the checkpoint was written under the 1-epoch config: another config must not resume it
     with pytest.raises(ModelError, match="another training config"):
-        fit(ImageClassifier((8, 16, 16)), ClassificationTask(), digits[0], cfg, checkpoint_dir=tmp_path,
-            progress=False)
+        fit(ImageClassifier((8, 16, 16)), ClassificationTask(), digits[0], cfg, checkpoint_dir=tmp_path, progress=False)
 
 
 def test_resume_same_config_skips_finished_epochs(digits, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=128)
     model = ImageClassifier((8, 16, 16))
     first = fit(model, ClassificationTask(), digits[0], cfg, checkpoint_dir=tmp_path, progress=False)
-    again = fit(ImageClassifier((8, 16, 16)), ClassificationTask(), digits[0], cfg, checkpoint_dir=tmp_path,
-                progress=False)
+    again = fit(
+        ImageClassifier((8, 16, 16)), ClassificationTask(), digits[0], cfg, checkpoint_dir=tmp_path, progress=False
+    )
     assert again.history == first.history  # nothing left to train: history restored from the checkpoint
 
 

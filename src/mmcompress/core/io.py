@@ -94,6 +94,23 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
+def check_writable(path: str | Path) -> None:
+    """Fail early, creating nothing, when `path` could not be created or written.
+
+    Example:
+        >>> check_writable("runs/demo")
+    """
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        reason = "a file is in the way" if not probe.is_dir() else "permission denied"
+        raise MMCompressError(
+            f"output directory {path} is not writable ({reason} at {probe}); choose another with --out"
+        )
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Short SHA-256 of the canonical JSON form of `obj` (config hashes, cache keys).
 

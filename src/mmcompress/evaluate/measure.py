@@ -45,9 +45,7 @@ class Measurement:
         return {**asdict(self), "compression": self.compression}
 
 
-def measure(
-    model: nn.Module, example_inputs: Any = None, *, repeats: int = 20, warmup: int = 3
-) -> Measurement:
+def measure(model: nn.Module, example_inputs: Any = None, *, repeats: int = 20, warmup: int = 3) -> Measurement:
     """Measure size (as stored: int8 codes as 1 byte, sparse tensors as bitmap + values) and latency.
 
     Args:

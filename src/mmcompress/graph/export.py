@@ -81,16 +81,25 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         reference = wrapper(*named.values())
     reference = list(reference) if isinstance(reference, tuple) else [reference]
     outputs = [f"output_{i}" for i in range(len(reference))]
-    dynamic = {n: ({0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"})
-               for n, t in named.items()}
+    dynamic = {
+        n: ({0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"})
+        for n, t in named.items()
+    }
     dynamic.update({o: {0: "batch"} for o in outputs})
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, tuple(named.values()), buffer, dynamo=False, input_names=list(named),
-                output_names=outputs, dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+                wrapper,
+                tuple(named.values()),
+                buffer,
+                dynamo=False,
+                input_names=list(named),
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
             )
     except Exception as err:  # the exporter raises many types
         raise MMCompressError(f"ONNX export failed: {err.__class__.__name__}: {str(err)[:300]}") from None

@@ -63,7 +63,10 @@ def rewrite_int8(onnx_model: onnx.ModelProto, model: nn.Module) -> int:
         )
         new_nodes.append(
             helper.make_node(
-                "DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"], [name], axis=axis,
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                [name],
+                axis=axis,
                 name=f"{name}_dequantize",
             )
         )

@@ -39,7 +39,11 @@ class DualEncoder(nn.Module):
 
     def adapter(self) -> Adapter:
         return Adapter(
-            towers={"image": ("image_tower",), "text": ("text_tower",), "fusion": ("image_proj", "text_proj", "logit_scale")},
+            towers={
+                "image": ("image_tower",),
+                "text": ("text_tower",),
+                "fusion": ("image_proj", "text_proj", "logit_scale"),
+            },
             example_inputs=self.example_inputs,
         )
 

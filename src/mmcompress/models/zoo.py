@@ -169,8 +169,9 @@ def load_model(
     if info is None:
         train_ds = load_dataset(spec.dataset, "train", data_dir=data_dir, limit=train_limit)
         test_ds = load_dataset(spec.dataset, "test", data_dir=data_dir)
-        result = fit(model, spec.make_task(model, train_ds), train_ds, train, checkpoint_dir=checkpoint_dir,
-                     progress=progress)
+        result = fit(
+            model, spec.make_task(model, train_ds), train_ds, train, checkpoint_dir=checkpoint_dir, progress=progress
+        )
         metrics = spec.make_task(model, test_ds).evaluate(model, test_ds)
         info = {"metrics": metrics, "history": result.history, "train": train.to_dict(), "dataset": spec.dataset}
         if world()[0] == 0:

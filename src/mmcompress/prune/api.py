@@ -39,7 +39,7 @@ class PruneConfig(FrozenConfig):
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv")
 
 
-def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] = PruneConfig()) -> Record:
+def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] | None = None) -> Record:
     """Prune weights in place by magnitude; masks stay attached so fine-tuning keeps zeros.
 
     Each distinct config in a target mapping forms its own group, so
@@ -48,7 +48,8 @@ def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] = PruneCo
 
     Args:
         model: edited in place.
-        config: a PruneConfig or a target mapping of key -> PruneConfig / dict / None.
+        config: a PruneConfig or a target mapping of key -> PruneConfig / dict / None
+            (default: PruneConfig()).
 
     Returns:
         A Record with each module's sparsity and the achieved overall sparsity.
@@ -58,7 +59,7 @@ def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] = PruneCo
         >>> round(rec.metrics["sparsity"], 2)
         0.5
     """
-    mapping = as_mapping(config, PruneConfig)
+    mapping = as_mapping(config if config is not None else PruneConfig(), PruneConfig)
     adapter = adapter_for(model)
 
     def supported(module: nn.Module) -> bool:

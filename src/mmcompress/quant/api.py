@@ -55,13 +55,13 @@ def as_mapping(config, cls) -> dict[str, object]:
     }
 
 
-def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] = QuantConfig()) -> Record:
+def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None = None) -> Record:
     """Quantize Linear/Conv2d/Embedding weights in place to per-channel symmetric integers.
 
     Args:
         model: edited in place (layers are swapped for Quant* modules holding int8 codes).
         config: one QuantConfig, or a target mapping (exact name, `re:`, `modality:`, `_default`)
-            of key -> QuantConfig / dict / None (skip). First match wins.
+            of key -> QuantConfig / dict / None (skip). First match wins. Default: QuantConfig().
 
     Returns:
         A Record listing each quantized module with its bits and weight SQNR (dB).
@@ -71,7 +71,7 @@ def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] = Quan
         >>> rec.metrics["modules"]
         37.0
     """
-    mapping = as_mapping(config, QuantConfig)
+    mapping = as_mapping(config if config is not None else QuantConfig(), QuantConfig)
     adapter = adapter_for(model)
 
     def supported(module: nn.Module) -> bool:

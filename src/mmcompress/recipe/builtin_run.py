@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmcompress.core.io import ensure_writable_dir
+from mmcompress.core.io import check_writable, ensure_writable_dir
 from mmcompress.data.registry import load_dataset
 from mmcompress.models.zoo import get_spec, load_model
 from mmcompress.recipe.runner import RunResult, compress
@@ -35,14 +35,19 @@ def run_recipe(
         >>> result = run_recipe(None, "runs/default")
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    ensure_writable_dir(output_dir)  # fail before hours of work
     spec = get_spec(recipe.model)
+    check_writable(output_dir)  # fail before any work, creating nothing
     dataset = recipe.dataset or spec.dataset
     train = load_dataset(dataset, "train", data_dir=data_dir, limit=recipe.data.train_limit)
     test = load_dataset(dataset, "test", data_dir=data_dir, limit=recipe.data.test_limit)
+    ensure_writable_dir(output_dir)
     model = load_model(
-        recipe.model, cache_dir=cache_dir, data_dir=data_dir, progress=progress,
-        train=baseline_train_config(recipe), train_limit=recipe.data.train_limit,
+        recipe.model,
+        cache_dir=cache_dir,
+        data_dir=data_dir,
+        progress=progress,
+        train=baseline_train_config(recipe),
+        train_limit=recipe.data.train_limit,
     )
     result = compress(
         model, recipe, data=(train, test), output_dir=output_dir, resume=resume, progress=progress, on_stage=on_stage

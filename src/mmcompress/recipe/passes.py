@@ -74,4 +74,3 @@ def validate_stage(stage, where: str) -> None:
 def load_builtin_passes() -> None:
     """Import the modules that register the built-in passes."""
     from mmcompress.recipe import builtin_passes  # noqa: F401
-

@@ -104,6 +104,9 @@ def compress(
     if not resume and (out / "stages").exists():
         shutil.rmtree(out / "stages")
     results = list(done)
+    for result in done:
+        if on_stage is not None:
+            on_stage(result)
     for i in range(len(done), len(passes)):
         stage = recipe.stages[i]
         ctx.stage_dir = _stage_dir(out, i, stage.label)
@@ -112,8 +115,14 @@ def compress(
         start = time.perf_counter()
         outcome: StageOutcome = passes[i].run(ctx)
         result = StageResult(
-            i, stage.label, stage.pass_, passes[i].config.to_dict(), outcome.metrics,
-            outcome.record.to_dict() if outcome.record else None, time.perf_counter() - start, outcome.artifacts,
+            i,
+            stage.label,
+            stage.pass_,
+            passes[i].config.to_dict(),
+            outcome.metrics,
+            outcome.record.to_dict() if outcome.record else None,
+            time.perf_counter() - start,
+            outcome.artifacts,
         )
         if passes[i].changes_model:
             save_compact(ctx.model, ctx.stage_dir / WEIGHTS_FILE)

@@ -97,7 +97,8 @@ def _markdown(record, stages, evals, metric, plot_names) -> str:
 def _html(record, stages, evals, metric, plots) -> str:
     rows = stage_table(stages)
     table = "".join(
-        "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>" for c in r)
+        "<tr>"
+        + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>" for c in r)
         + "</tr>"
         for i, r in enumerate(rows)
     )

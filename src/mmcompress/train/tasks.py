@@ -141,8 +141,10 @@ class ContrastiveTask(Task):
         """
         model.eval()
         images = torch.cat(
-            [image_embeddings(model, to_float_image(dataset.images[s : s + batch_size]))
-             for s in range(0, len(dataset), batch_size)]
+            [
+                image_embeddings(model, to_float_image(dataset.images[s : s + batch_size]))
+                for s in range(0, len(dataset), batch_size)
+            ]
         )
         class_embeds = class_prompt_embeddings(model)
         used = torch.unique(dataset.caption_ids)

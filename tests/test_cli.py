@@ -1,0 +1,87 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mmcompress.cli import cli
+
+QUICK = Path(__file__).resolve().parents[1] / "recipes" / "quick.yaml"
+
+
+def _run(*args, env=None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_lists_and_help():
+    assert "fashion-clip" in _run("models").output
+    assert "fashion-captions" in _run("datasets").output
+    for command in ("run", "train", "eval", "measure", "models", "datasets", "report"):
+        result = _run(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def _one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert pattern in lines[0]
+
+
+def test_unknown_model_is_one_line_error_with_valid_names(tmp_path):
+    _one_line_error(_run("eval", "gpt", "--cache-dir", str(tmp_path)), "unknown model 'gpt'; valid names:")
+    _one_line_error(_run("train", "gpt", "--cache-dir", str(tmp_path)), "valid names: baseline-image")
+
+
+def test_invalid_recipe_fails_before_writing_anything(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("stages:\n  - pass: prune\n    config: {sparsity: 1.5}\n")
+    out = tmp_path / "out"
+    _one_line_error(_run("run", str(recipe), "--out", str(out)), "recipe.stages[0].config.sparsity")
+    assert not out.exists()
+    recipe.write_text("model: gpt\nstages:\n  - pass: evaluate\n")
+    _one_line_error(_run("run", str(recipe), "--out", str(out)), "unknown model 'gpt'")
+    assert not out.exists()
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(_run("run", str(QUICK), "--out", str(blocker / "out")), "not writable")
+
+
+def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("mmcompress.data.fashion_mnist.DEBIAN_DIR", tmp_path / "none")
+    result = _run("run", str(QUICK), "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "nodata"))
+    assert "apt-get install dataset-fashion-mnist" in result.output and result.exit_code == 2
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_run_quick_recipe_end_to_end_then_resume_measure_and_report(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    result = _run("run", str(QUICK), "--out", str(out), "--cache-dir", str(cache), "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in ("report.md", "report.html", "record.json", "model.safetensors", "model.onnx"):
+        assert (out / name).stat().st_size > 0, name
+    record = json.loads((out / "record.json").read_text())
+    stages = {s["label"]: s["metrics"] for s in record["stages"]}
+    assert stages["compressed"]["compression"] > 4.0
+    assert stages["compressed"]["stored_bytes"] < stages["baseline"]["stored_bytes"] / 4
+    assert stages["export_onnx"]["output_cosine"] > 0.999 and stages["export_onnx"]["int8_weights"] > 40
+    onnx_gap = stages["export_onnx"]["ort_zero_shot_accuracy"] - stages["export_onnx"]["torch_zero_shot_accuracy"]
+    assert abs(onnx_gap) < 0.02
+    assert "stage 5: export_onnx" in result.output  # a table per stage
+
+    again = _run("run", str(QUICK), "--out", str(out), "--cache-dir", str(cache), "--quiet")
+    assert again.exit_code == 0 and again.output.count("(resumed)") == 6
+
+    measured = _run("measure", "fashion-clip", "--run", str(out), "--json", "--cache-dir", str(cache))
+    assert measured.exit_code == 0, measured.output
+    sizes = json.loads(measured.output[measured.output.index("{") :])
+    assert sizes["total"]["stored_bytes"] == pytest.approx(stages["compressed"]["stored_bytes"], rel=0.01)
+
+    (out / "report.md").unlink()
+    shutil.rmtree(out / "plots")
+    assert _run("report", str(out)).exit_code == 0 and (out / "report.md").exists()
