@@ -38,4 +38,5 @@ def bitmap_bytes(t: torch.Tensor) -> int:
 
 
 def dense_bytes(t: torch.Tensor) -> int:
+    """Bytes of the tensor stored densely."""
     return t.numel() * t.element_size()

@@ -20,6 +20,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_paths(cache_dir: Path, name: str, key: str) -> tuple[Path, Path]:
+    """(weights, metadata) paths of one cache entry."""
     stem = cache_dir / "models" / f"{name}-{key}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 

@@ -102,6 +102,7 @@ def list_models() -> dict[str, str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec of a built-in model; an unknown name is an error listing the valid ones."""
     if name not in MODELS:
         raise ModelError(unknown_name("model", name, list(MODELS)))
     return MODELS[name]
@@ -118,6 +119,7 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def cache_key(name: str, train: TrainConfig, train_limit: int | None, overrides: dict[str, Any]) -> str:
+    """Hash of everything that determines a trained checkpoint (build args, training, data)."""
     spec = get_spec(name)
     payload = {"v": CACHE_VERSION, "name": name, "kwargs": {**spec.kwargs, **overrides}}
     payload.update(train=train.to_dict(), limit=train_limit, dataset=spec.dataset)

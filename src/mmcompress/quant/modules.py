@@ -56,7 +56,12 @@ class QuantLinear(_QuantWeight):
 
 
 class QuantConv2d(_QuantWeight):
-    """Conv2d with int8 weight codes (per output channel)."""
+    """Conv2d with int8 weight codes (per output channel).
+
+    Example:
+        >>> QuantConv2d.from_float(nn.Conv2d(1, 4, 3), bits=8)(torch.randn(1, 1, 8, 8)).shape
+        torch.Size([1, 4, 6, 6])
+    """
 
     def __init__(self, conv: nn.Conv2d, bits: int = 8) -> None:
         super().__init__()
@@ -78,7 +83,12 @@ class QuantConv2d(_QuantWeight):
 
 
 class QuantEmbedding(_QuantWeight):
-    """Embedding with int8 rows (one scale per row): only looked-up rows are dequantized."""
+    """Embedding with int8 rows (one scale per row): only looked-up rows are dequantized.
+
+    Example:
+        >>> QuantEmbedding.from_float(nn.Embedding(10, 4), bits=8)(torch.tensor([1, 2])).shape
+        torch.Size([2, 4])
+    """
 
     def __init__(self, emb: nn.Embedding, bits: int = 8) -> None:
         super().__init__()

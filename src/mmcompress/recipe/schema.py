@@ -69,6 +69,7 @@ class Recipe(FrozenConfig):
 
 
 def default_recipe_text() -> str:
+    """The YAML text of the built-in default recipe."""
     return resources.files("mmcompress.recipe").joinpath("default.yaml").read_text()
 
 

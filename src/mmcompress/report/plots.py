@@ -32,21 +32,27 @@ def accuracy_vs_size(points: list[tuple[str, float, float]], metric: str) -> byt
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs stored size")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.2)
     return _png(fig)
 
 
 def size_per_modality(stages: list[str], towers: dict[str, list[float]]) -> bytes:
-    """Stacked bars: stored MB per modality tower for each evaluated stage.
+    """Grouped bars (log scale, labelled): stored MB of each modality tower at each evaluated stage.
 
     Example:
         >>> png = size_per_modality(["baseline", "compressed"], {"text": [90.0, 18.0], "image": [0.1, 0.02]})
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bottom = [0.0] * len(stages)
-    for tower, values in towers.items():
-        ax.bar(stages, values, bottom=bottom, label=tower)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_ylabel("stored size (MB)")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(towers)
+    width = 0.8 / max(1, len(stages))
+    for i, stage in enumerate(stages):
+        xs = [t + i * width for t in range(len(names))]
+        values = [towers[n][i] for n in names]
+        bars = ax.bar(xs, values, width=width, label=stage)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+    ax.set_xticks([t + width * (len(stages) - 1) / 2 for t in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("stored size (MB, log scale)")
     ax.set_title("size per modality tower")
     ax.legend()
     return _png(fig)

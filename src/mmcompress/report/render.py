@@ -41,6 +41,36 @@ def stage_table(stages: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def tower_table(evals: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of stored MB per modality tower (columns) for each evaluated stage."""
+    towers = sorted({k.split(".", 1)[1] for s in evals for k in s["metrics"] if k.startswith("stored_bytes.")})
+    rows = [["stage", *towers, "total"]]
+    for s in evals:
+        m = s["metrics"]
+        rows.append(
+            [
+                s["label"],
+                *(f"{m.get('stored_bytes.' + t, 0) / 1e6:.3f}" for t in towers),
+                f"{m['stored_bytes'] / 1e6:.3f}",
+            ]
+        )
+    return rows
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + [
+        "| " + " | ".join(r) + " |" for r in rows[1:]
+    ]
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    cells = []
+    for i, row in enumerate(rows):
+        tag = "th" if i == 0 else "td"
+        cells.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>")
+    return "<table>" + "".join(cells) + "</table>"
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` (with embedded PNG plots) from `record.json`.
 
@@ -74,11 +104,11 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
         return []
     first, last = evals[0]["metrics"], evals[-1]["metrics"]
     ratio = first["stored_bytes"] / max(1.0, last["stored_bytes"])
-    drop = 100 * (first[metric] - last[metric])
+    change = 100 * (last[metric] - first[metric])
     return [
         f"- Stored size: {first['stored_bytes'] / 1e6:.2f} MB -> {last['stored_bytes'] / 1e6:.2f} MB "
         f"(**{ratio:.2f}x smaller**)",
-        f"- {metric}: {first[metric]:.4f} -> {last[metric]:.4f} (drop {drop:.2f} points)",
+        f"- {metric}: {first[metric]:.4f} -> {last[metric]:.4f} ({change:+.2f} points)",
         f"- Latency (median, batch of 8): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
     ]
 
@@ -86,10 +116,10 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
 def _markdown(record, stages, evals, metric, plot_names) -> str:
     lines = [f"# mmcompress report: {record['recipe'].get('model', '')}", ""]
     lines += _summary(evals, metric) + [""]
-    rows = stage_table(stages)
-    lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += [""] + [f"![{n}](plots/{n})" for n in plot_names]
+    lines += ["## Stages", "", *_md_table(stage_table(stages)), ""]
+    if evals:
+        lines += ["## Stored size per modality tower (MB)", "", *_md_table(tower_table(evals)), ""]
+    lines += [f"![{n}](plots/{n})" for n in plot_names]
     lines += ["", f"Versions: {json.dumps(record['versions'])}; seed {record['seed']}.", ""]
     return "\n".join(lines)
 
@@ -112,6 +142,6 @@ def _html(record, stages, evals, metric, plots) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}"
         f"table{{border-collapse:collapse;font-size:13px}}</style></head><body><h1>{title}</h1>"
-        f"<ul>{summary}</ul><table>{table}</table>{images}"
+        f"<ul>{summary}</ul><h2>Stages</h2>{table}{images}"
         f"<p>Versions: {html.escape(json.dumps(record['versions']))}; seed {record['seed']}.</p></body></html>\n"
     )

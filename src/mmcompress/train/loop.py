@@ -36,6 +36,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" -> this process's GPU when there is one, else CPU; "cuda" without a GPU is an error."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ModelError("device 'cuda' requested but no GPU is available; use device 'cpu'")
@@ -107,6 +108,10 @@ def fit(
     if not params:
         raise ModelError("nothing to train: every parameter is frozen")
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    if 0 < len(train_data) % config.batch_size < size:  # a last batch too small to give every process a sample
+        steps_per_epoch -= 1
+    if steps_per_epoch == 0:
+        raise DataError(f"training data has {len(train_data)} samples: too few for {size} processes")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -43,7 +43,12 @@ class Task(abc.ABC):
 
 
 class ClassificationTask(Task):
-    """Items are `(inputs, label)`; cross-entropy loss; accuracy."""
+    """Items are `(inputs, label)`; cross-entropy loss; accuracy.
+
+    Example:
+        >>> ClassificationTask().evaluate(model, load_dataset("digits", "test"))
+        {'accuracy': 0.97}
+    """
 
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
         if hasattr(dataset, "images") and hasattr(dataset, "labels"):  # built-in image sets: vectorised
@@ -71,7 +76,12 @@ def _predict(task: Task, model: nn.Module, dataset: Any, batch_size: int) -> tup
 
 
 class CaptionClassificationTask(ClassificationTask):
-    """Image + caption -> class, for the fusion models; also reports the ambiguous-caption split."""
+    """Image + caption -> class, for the fusion models; also reports the ambiguous-caption split.
+
+    Example:
+        >>> task = CaptionClassificationTask(model, test)
+        >>> task.evaluate(model, test)  # accuracy, accuracy_ambiguous, accuracy_specific
+    """
 
     def __init__(self, model: nn.Module, dataset: Any) -> None:
         self.tokens = model.tokenize(dataset.captions)
@@ -99,6 +109,10 @@ class ContrastiveTask(Task):
 
     Several images share one caption text, so a text's positives are all images in the batch
     with the same caption (multi-positive InfoNCE), not only its own pair.
+
+    Example:
+        >>> task = ContrastiveTask(clip, test)
+        >>> task.evaluate(clip, test)  # zero_shot_accuracy, retrieval_p@10
     """
 
     primary_metric = "zero_shot_accuracy"

@@ -1,0 +1,34 @@
+"""Write one named section of docs/benchmarks.md (other sections are kept)."""
+
+from __future__ import annotations
+
+import platform
+import re
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from mmcompress.core.io import atomic_write_text
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEach section is written by the script named in it; rerun the script to refresh it.\n"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}"
+
+
+def update_section(name: str, body: str) -> None:
+    """Replace (or append) the block between `<!-- name -->` and `<!-- /name -->`."""
+    text = DOC.read_text() if DOC.exists() else HEADER
+    block = f"<!-- {name} -->\n{body.strip()}\n<!-- /{name} -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(DOC, text)
+
+
+def table(rows: list[list[str]]) -> str:
+    head, *rest = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rest])
