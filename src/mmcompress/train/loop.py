@@ -36,7 +36,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> this process's GPU when there is one, else CPU; "cuda" without a GPU is an error."""
+    """ "auto" -> this process's GPU when there is one, else CPU; "cuda" without a GPU is an error."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ModelError("device 'cuda' requested but no GPU is available; use device 'cpu'")
