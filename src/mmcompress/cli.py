@@ -50,6 +50,10 @@ def _data_options(fn):
     return fn
 
 
+def _run_option(help_text: str):
+    return click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None, help=help_text)
+
+
 def _table(title: str, rows: dict[str, object]) -> Table:
     table = Table(title=title, show_header=True)
     table.add_column("metric")
@@ -164,13 +168,7 @@ def _init_distributed() -> None:
 
 @cli.command(name="eval")
 @click.argument("model")
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Evaluate the compressed model of this run folder instead of the baseline.",
-)
+@_run_option("Evaluate the compressed model of this run folder instead of the baseline.")
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N test samples.")
 @_data_options
 @_friendly
@@ -196,13 +194,7 @@ def _load(model: str, run_dir: Path | None, data_dir, cache_dir, trained: bool =
 
 @cli.command(name="measure")
 @click.argument("model")
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Measure the compressed model of this run folder.",
-)
+@_run_option("Measure the compressed model of this run folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @_data_options
 @_friendly

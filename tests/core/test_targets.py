@@ -32,3 +32,15 @@ def test_unknown_name_and_bad_regex_are_errors(two_tower):
         _resolve(two_tower, {"re:(": "x"})
     with pytest.raises(ConfigError, match="empty"):
         _resolve(two_tower, {})
+
+
+def test_mapping_that_matches_nothing_is_an_error_not_a_no_op():
+    from mmcompress.prune.api import prune
+    from mmcompress.quant.api import quantize
+
+    plain = nn.Sequential(nn.Linear(4, 4))  # no adapter: no modalities
+    with pytest.raises(ConfigError, match="matched no supported module"):
+        prune(plain, {"modality:text": {"sparsity": 0.5}})
+    with pytest.raises(ConfigError, match="matched no supported module"):
+        quantize(plain, {"re:encoder.*": {}})
+    assert quantize(plain, {"_default": None}).metrics["modules"] == 0  # explicit skip-all is fine

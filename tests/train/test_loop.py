@@ -79,3 +79,16 @@ def test_nan_inputs_and_empty_data_are_errors(digits):
         fit(model, Bad(), digits[0], TrainConfig(epochs=1), progress=False)
     with pytest.raises(DataError, match="empty"):
         fit(model, ClassificationTask(), [], TrainConfig(epochs=1), progress=False)
+
+
+def test_freeze_prefix_that_matches_nothing_is_an_error(digits):
+    from mmcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="text_tower"):
+        fit(
+            ImageClassifier((8, 8, 8)),
+            ClassificationTask(),
+            digits[0],
+            TrainConfig(freeze=("text_tower",)),
+            progress=False,
+        )

@@ -60,6 +60,24 @@ def resolve_targets(
         ...                      lambda m: isinstance(m, nn.Linear), adapter.modality_of))
     """
     validate_mapping(mapping)
+    yield from _matches(model, mapping, is_supported, modality_of)
+
+
+def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) -> list:
+    """Raise ConfigError when a target mapping selected no module at all (never a silent no-op).
+
+    Example:
+        >>> chosen = require_matches(list(resolve_targets(...)), mapping, model)
+    """
+    if not chosen and any(v is not None for v in mapping.values()):
+        raise ConfigError(
+            f"targets {list(mapping)} matched no supported module of {type(model).__name__}; "
+            "check module names, regexes and modality tags (a model without an adapter has no modalities)"
+        )
+    return chosen
+
+
+def _matches(model, mapping, is_supported, modality_of):
     modules = dict(model.named_modules())
     for key in mapping:
         if key.startswith(("re:", "modality:")) or key == "_default":

@@ -11,7 +11,7 @@ from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
-from mmcompress.core.targets import resolve_targets
+from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.models.adapter import adapter_for
 from mmcompress.prune.magnitude import layer_masks
 from mmcompress.prune.masks import masks_from_zeros, set_mask
@@ -69,6 +69,7 @@ def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] | None = 
     for name, module, cfg in resolve_targets(model, mapping, supported, adapter.modality_of):
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types):
             groups[cfg].append((name, module))
+    require_matches([m for members in groups.values() for m in members], mapping, model)
     record = Record("prune", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     total = zeros = 0
     for cfg, members in groups.items():

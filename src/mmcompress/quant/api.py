@@ -10,7 +10,7 @@ from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
-from mmcompress.core.targets import resolve_targets
+from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.modules import FLOAT_TO_QUANT
@@ -82,6 +82,7 @@ def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None
         for name, module, cfg in resolve_targets(model, mapping, supported, adapter.modality_of)
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types)
     ]
+    require_matches(chosen, mapping, model)
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, module, cfg in chosen:
         qmodule = FLOAT_TO_QUANT[type(module)].from_float(module, cfg.weight_bits)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmcompress.core.batches import check_finite, move_to
 from mmcompress.core.io import atomic_torch_save, safe_torch_load, stable_hash
-from mmcompress.errors import DataError, ModelError
+from mmcompress.errors import ConfigError, DataError, ModelError
 from mmcompress.prune.masks import apply_masks
 from mmcompress.train import distributed as ddp
 from mmcompress.train.config import TrainConfig
@@ -52,6 +52,10 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    names = [name for name, _ in model.named_modules()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ConfigError(f"freeze prefix {prefix!r} matches no module of {type(model).__name__}")
     for name, module in model.named_modules():
         if any(name == p or name.startswith(p + ".") for p in prefixes):
             module.eval()
