@@ -19,7 +19,7 @@ def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
     text = md.read_text()
     assert "x smaller" in text and "| 2 | int8 | evaluate |" in text
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == 2  # stages, towers
     assert (tmp_path / "plots" / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 

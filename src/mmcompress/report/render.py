@@ -125,13 +125,9 @@ def _markdown(record, stages, evals, metric, plot_names) -> str:
 
 
 def _html(record, stages, evals, metric, plots) -> str:
-    rows = stage_table(stages)
-    table = "".join(
-        "<tr>"
-        + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>" for c in r)
-        + "</tr>"
-        for i, r in enumerate(rows)
-    )
+    table = _html_table(stage_table(stages))
+    if evals:
+        table += "<h2>Stored size per modality tower (MB)</h2>" + _html_table(tower_table(evals))
     summary = "".join(f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in _summary(evals, metric))
     images = "".join(
         f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
