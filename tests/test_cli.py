@@ -53,6 +53,8 @@ def test_unwritable_output_directory(tmp_path):
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("mmcompress.data.fashion_mnist.DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr("mmcompress.data.fashion_mnist.OFFICIAL_URL", "http://127.0.0.1:9/")  # no network here
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     result = _run("run", str(QUICK), "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "nodata"))
     assert "apt-get install dataset-fashion-mnist" in result.output and result.exit_code == 2
     assert not (tmp_path / "o").exists()

@@ -83,7 +83,8 @@ def _download(folder: Path, filename: str) -> None:
 def find_fashion_mnist(data_dir: str | Path | None = None, download_dir: Path | None = None) -> Path:
     """Folder holding the four Fashion-MNIST files, searched in the documented order.
 
-    Order: `data_dir` (user), the Debian package folder, then a download into `download_dir`.
+    Order: `data_dir` (user), the Debian package folder, an earlier download in `download_dir`,
+    then a new download into `download_dir` (None: never download).
 
     Example:
         >>> find_fashion_mnist()
@@ -91,7 +92,7 @@ def find_fashion_mnist(data_dir: str | Path | None = None, download_dir: Path | 
     """
     names = [f for pair in FILES.values() for f in pair[:2]]
     candidates = [Path(data_dir)] if data_dir else []
-    candidates += [DEBIAN_DIR]
+    candidates += [DEBIAN_DIR] + ([download_dir] if download_dir else [])
     for folder in candidates:
         for sub in (folder, folder / "fashion-mnist"):
             if all((sub / n).exists() for n in names):

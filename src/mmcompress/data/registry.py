@@ -48,7 +48,7 @@ def load_dataset(
     split: str = "train",
     *,
     data_dir: str | Path | None = None,
-    download_dir: str | Path | None = None,
+    download_dir: str | Path | None = "auto",
     limit: int | None = None,
 ) -> Any:
     """Load a built-in dataset split.
@@ -57,7 +57,8 @@ def load_dataset(
         name: one of `list_datasets()`.
         split: "train" or "test".
         data_dir: a folder to search first for data files (e.g. from --data-dir / MMCOMPRESS_DATA).
-        download_dir: where to download Fashion-MNIST if it is nowhere else (None: never download).
+        download_dir: where to download Fashion-MNIST if it is nowhere else; "auto" is
+            `~/.cache/mmcompress/datasets/fashion-mnist`, None never downloads.
         limit: keep only the first `limit` samples.
 
     Example:
@@ -69,5 +70,7 @@ def load_dataset(
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; valid splits: train, test")
     loader, _ = DATASETS[name]
+    if download_dir == "auto":
+        download_dir = Path.home() / ".cache" / "mmcompress" / "datasets" / "fashion-mnist"
     ds = loader(split, Path(data_dir) if data_dir else None, Path(download_dir) if download_dir else None)
     return ds.subset(limit)

@@ -158,13 +158,14 @@ def load_model(
         >>> model.mmcompress_info["metrics"]["zero_shot_accuracy"]
     """
     from mmcompress.train.distributed import world
-    from mmcompress.train.loop import fit
+    from mmcompress.train.loop import fit, seed_everything
 
     spec = get_spec(name)
+    train = train or spec.train
+    seed_everything(train.seed)  # initial weights depend only on the config
     model = build_model(name, **overrides)
     if not pretrained:
         return model
-    train = train or spec.train
     cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
     key = cache_key(name, train, train_limit, overrides)
     info = None if retrain else cache.load_cached(cache_dir, name, key, model)
