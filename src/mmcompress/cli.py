@@ -55,7 +55,7 @@ def _run_option(help_text: str):
 
 
 def _table(title: str, rows: dict[str, object]) -> Table:
-    table = Table(title=title, show_header=True)
+    table = Table(title=title, show_header=True, min_width=len(title) + 4)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in rows.items():
@@ -218,7 +218,10 @@ def measure_cmd(model, run_dir, as_json, data_dir, cache_dir):
             f"{size.float32_bytes / 1e6:.3f}",
         )
     console.print(table)
-    console.print(_table("latency (ms, batch 8)", result.latency_ms))
+    if result.latency_ms:
+        console.print(_table("latency (ms, batch 8)", result.latency_ms))
+    else:
+        console.print("latency: not measured (the model's adapter gives no example inputs)")
 
 
 @cli.command()

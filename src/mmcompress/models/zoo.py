@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from mmcompress.core.io import stable_hash
 from mmcompress.data.registry import load_dataset
 from mmcompress.errors import ModelError, unknown_name
 from mmcompress.models import cache
+from mmcompress.models.adapter import Adapter
 from mmcompress.models.clip import DualEncoder
 from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnly, LateFusion, TextOnly
 from mmcompress.models.layers import SmallCNN
@@ -29,6 +31,9 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.features = SmallCNN(tuple(widths))
         self.head = nn.Linear(widths[-1], classes)
+
+    def adapter(self) -> Adapter:
+        return Adapter(towers={"image": ("features", "head")}, example_inputs=lambda b: torch.zeros(b, 1, 28, 28))
 
     def forward(self, image):
         return self.head(self.features(image))
