@@ -76,13 +76,13 @@ def measure(model: nn.Module, example_inputs: Any = None, *, repeats: int = 20, 
 
 def _float_overhead(name: str, size: int) -> int:
     """Bytes a bookkeeping tensor would also take in the float model (quantization scales: none)."""
-    return 0 if name.rpartition(".")[2] == "scale" else size
+    return 0 if name.rpartition(".")[2] in ("scale", "zero_point") else size
 
 
 def _logical_params(name: str, t: torch.Tensor) -> int:
     """Weight elements a tensor stands for (0 for bookkeeping such as scales, BN counters)."""
     leaf = name.rpartition(".")[2]
-    if leaf in ("scale", "num_batches_tracked") or leaf.endswith(("running_mean", "running_var")):
+    if leaf in ("scale", "zero_point", "num_batches_tracked") or leaf.endswith(("running_mean", "running_var")):
         return 0
     if not (t.is_floating_point() or leaf == "qweight"):
         return 0

@@ -22,16 +22,21 @@ def _digest(array: np.ndarray) -> str:
 
 
 def quantized_weights(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """Digest of each dequantized weight (and 2-D transpose) -> (int8 codes, scales, channel axis)."""
+    """Digest of each dequantized weight (and 2-D transpose) -> (int8 codes, steps, zero points, axis).
+
+    Group-wise weights (several steps per channel) are left as float initializers: per-axis
+    DequantizeLinear cannot express them (4-bit MatMulNBits export is the quantization suite's).
+    """
     table = {}
     for module in model.modules():
-        if isinstance(module, QUANT_MODULES):
+        if isinstance(module, QUANT_MODULES) and module.scale.shape[1] == 1:  # one step per channel
             codes = module.qweight.cpu().numpy()
-            scale = module.scale.cpu().numpy().astype(np.float32)
+            scale = module.scale[:, 0].cpu().numpy().astype(np.float32)
+            zero = module._zero()[:, 0].cpu().numpy()
             weight = module.dequantized_weight().cpu().numpy()
-            table[_digest(weight)] = (codes, scale, 0)
+            table[_digest(weight)] = (codes, scale, zero, 0)
             if weight.ndim == 2:
-                table[_digest(weight.T)] = (np.ascontiguousarray(codes.T), scale, 1)
+                table[_digest(weight.T)] = (np.ascontiguousarray(codes.T), scale, zero, 1)
     return table
 
 
@@ -51,14 +56,14 @@ def rewrite_int8(onnx_model: onnx.ModelProto, model: nn.Module) -> int:
         entry = table.get(_digest(array))
         if entry is None or entry[0].shape != array.shape:
             continue
-        codes, scale, axis = entry
+        codes, scale, zero, axis = entry
         name = init.name
         graph.initializer.remove(init)
         graph.initializer.extend(
             [
                 numpy_helper.from_array(codes, f"{name}_int8"),
                 numpy_helper.from_array(scale, f"{name}_scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero"),
+                numpy_helper.from_array(zero.astype(np.int8), f"{name}_zero"),
             ]
         )
         new_nodes.append(

@@ -1,5 +1,7 @@
-"""Compact weight files: safetensors holding int8 codes, and bitmap-sparse tensors where smaller.
+"""Compact weight files: safetensors where each tensor takes its smallest encoding.
 
+Encodings: dense; bitmap (a bit per element + the non-zero values); and, for integer codes of
+fewer than 8 bits, packed (a bit stream of b-bit codes) and bitmap + packed non-zero codes.
 The measured "stored bytes" of a model is exactly the payload this format writes.
 """
 
@@ -16,6 +18,8 @@ from torch import nn
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import ModelError
 from mmcompress.graph.sparse import bitmap_bytes, decode_bitmap, dense_bytes, encode_bitmap
+from mmcompress.quant.modules import QUANT_MODULES
+from mmcompress.quant.packing import pack_codes, packed_nbytes, unpack_codes
 
 FORMAT = "mmcompress-compact-v1"
 
@@ -31,9 +35,28 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def tensor_stored_bytes(t: torch.Tensor) -> int:
-    """Bytes one tensor takes in the compact format (the smaller of dense and bitmap-sparse)."""
-    return min(dense_bytes(t), bitmap_bytes(t)) if t.numel() >= 64 else dense_bytes(t)
+def code_bits(model: nn.Module) -> dict[str, int]:
+    """State-dict name -> bit width for integer weight codes narrower than 8 bits."""
+    return {
+        f"{name}.qweight": m.bits for name, m in model.named_modules() if isinstance(m, QUANT_MODULES) and m.bits < 8
+    }
+
+
+def _encodings(t: torch.Tensor, bits: int | None) -> dict[str, int]:
+    """Bytes of each encoding that applies to `t`."""
+    sizes = {"dense": dense_bytes(t)}
+    if t.numel() >= 64:
+        sizes["bitmap"] = bitmap_bytes(t)
+    if bits is not None:
+        nnz = int((t != 0).sum())
+        sizes["packed"] = packed_nbytes(t.numel(), bits)
+        sizes["bitmap_packed"] = (t.numel() + 7) // 8 + packed_nbytes(nnz, bits)
+    return sizes
+
+
+def tensor_stored_bytes(t: torch.Tensor, bits: int | None = None) -> int:
+    """Bytes one tensor takes in the compact format (its smallest encoding)."""
+    return min(_encodings(t, bits).values())
 
 
 def stored_bytes(model: nn.Module) -> dict[str, int]:
@@ -43,7 +66,8 @@ def stored_bytes(model: nn.Module) -> dict[str, int]:
         >>> sum(stored_bytes(nn.Linear(4, 4)).values())
         80
     """
-    return {name: tensor_stored_bytes(t) for name, t in unique_state(model).items()}
+    bits = code_bits(model)
+    return {name: tensor_stored_bytes(t, bits.get(name)) for name, t in unique_state(model).items()}
 
 
 def save_compact(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
@@ -53,17 +77,41 @@ def save_compact(model: nn.Module, path: str | Path, extra: dict | None = None) 
         >>> save_compact(model, "out/model.safetensors")
     """
     tensors, layout = {}, {}
+    bits_of = code_bits(model)
     for name, t in unique_state(model).items():
         t = t.detach().cpu().contiguous()
-        if t.numel() >= 64 and bitmap_bytes(t) < dense_bytes(t):
-            bitmap, values = encode_bitmap(t)
-            tensors[f"{name}::bitmap"], tensors[f"{name}::values"] = bitmap, values
-            layout[name] = {"encoding": "bitmap", "shape": list(t.shape)}
-        else:
+        bits = bits_of.get(name)
+        sizes = _encodings(t, bits)
+        encoding = min(sizes, key=sizes.get)
+        info = {"encoding": encoding, "shape": list(t.shape)}
+        if encoding == "dense":
             tensors[name] = t
-            layout[name] = {"encoding": "dense"}
+        elif encoding == "bitmap":
+            tensors[f"{name}::bitmap"], tensors[f"{name}::values"] = encode_bitmap(t)
+        elif encoding == "packed":
+            tensors[f"{name}::packed"], info["bits"] = pack_codes(t, bits), bits
+        else:  # bitmap_packed
+            bitmap, values = encode_bitmap(t)
+            tensors[f"{name}::bitmap"], tensors[f"{name}::packed"] = bitmap, pack_codes(values, bits)
+            info.update(bits=bits, nnz=values.numel())
+        layout[name] = info
     meta = {"format": FORMAT, "layout": json.dumps(layout), "extra": json.dumps(extra or {})}
     return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _decode(fh, name: str, info: dict) -> torch.Tensor:
+    shape = tuple(info.get("shape", ()))
+    encoding = info["encoding"]
+    if encoding == "dense":
+        return fh.get_tensor(name)
+    if encoding == "bitmap":
+        return decode_bitmap(fh.get_tensor(f"{name}::bitmap"), fh.get_tensor(f"{name}::values"), shape)
+    if encoding == "packed":
+        return unpack_codes(fh.get_tensor(f"{name}::packed"), info["bits"], shape)
+    if encoding == "bitmap_packed":
+        values = unpack_codes(fh.get_tensor(f"{name}::packed"), info["bits"], (info["nnz"],))
+        return decode_bitmap(fh.get_tensor(f"{name}::bitmap"), values, shape)
+    raise ValueError(f"unknown encoding {encoding!r} for {name}")
 
 
 def load_compact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -79,14 +127,7 @@ def load_compact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             if meta.get("format") != FORMAT:
                 raise ModelError(f"{path} is not an mmcompress compact weight file")
             layout = json.loads(meta["layout"])
-            state = {}
-            for name, info in layout.items():
-                if info["encoding"] == "bitmap":
-                    state[name] = decode_bitmap(
-                        fh.get_tensor(f"{name}::bitmap"), fh.get_tensor(f"{name}::values"), tuple(info["shape"])
-                    )
-                else:
-                    state[name] = fh.get_tensor(name)
+            state = {name: _decode(fh, name, info) for name, info in layout.items()}
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise ModelError(f"{path} is corrupted or truncated ({err}); re-create it") from None
     return state, json.loads(meta.get("extra", "{}"))

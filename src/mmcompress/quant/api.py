@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
-from mmcompress.errors import ConfigError
+from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for
-from mmcompress.quant.modules import FLOAT_TO_QUANT
+from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 
 LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
@@ -23,21 +25,36 @@ class QuantConfig(FrozenConfig):
     """Weight quantization settings.
 
     Attributes:
-        weight_bits: 2..8; codes are stored in int8 containers (sub-byte packing comes with the
-            quantization suite, and until then the measured size counts one byte per code).
-        scheme: "symmetric" (zero point 0).
-        granularity: "per_channel" (one step per output channel / embedding row).
+        weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
+            so the measured size is the packed size.
+        scheme: "symmetric" (zero point 0) or "asymmetric" (an int8 zero point per step).
+        granularity: "per_channel" (a step per output channel / embedding row), "per_group"
+            (a step per `group_size` inputs of a channel) or "per_tensor".
+        group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
+        observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
         layer_types: which layer types `_default`/regex/modality keys select.
 
     Example:
-        >>> QuantConfig(weight_bits=8).to_dict()["granularity"]
-        'per_channel'
+        >>> QuantConfig(weight_bits=4, granularity="per_group", group_size=128).to_dict()["scheme"]
+        'symmetric'
     """
 
     weight_bits: int = Field(8, ge=2, le=8)
-    scheme: Literal["symmetric"] = "symmetric"
-    granularity: Literal["per_channel"] = "per_channel"
+    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    granularity: Literal["per_channel", "per_group", "per_tensor"] = "per_channel"
+    group_size: int = Field(128, ge=2)
+    observer: Literal["minmax", "mse"] = "minmax"
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv", "embedding")
+
+    def grid(self) -> WeightGrid:
+        """The WeightGrid these settings describe."""
+        return WeightGrid(
+            bits=self.weight_bits,
+            symmetric=self.scheme == "symmetric",
+            group_size=self.group_size if self.granularity == "per_group" else None,
+            per_tensor=self.granularity == "per_tensor",
+            observer=self.observer,
+        )
 
 
 def as_mapping(config, cls) -> dict[str, object]:
@@ -56,7 +73,7 @@ def as_mapping(config, cls) -> dict[str, object]:
 
 
 def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None = None) -> Record:
-    """Quantize Linear/Conv2d/Embedding weights in place to per-channel symmetric integers.
+    """Quantize Linear/Conv2d/Embedding weights in place to integer codes (weight-only).
 
     Args:
         model: edited in place (layers are swapped for Quant* modules holding int8 codes).
@@ -85,15 +102,26 @@ def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None
     require_matches(chosen, mapping, model)
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, module, cfg in chosen:
-        qmodule = FLOAT_TO_QUANT[type(module)].from_float(module, cfg.weight_bits)
+        qmodule = _quantize_module(name, module, cfg.grid())
         _replace(model, name, qmodule)
         record.modules[name] = {
             "type": type(qmodule).__name__,
             "bits": cfg.weight_bits,
+            "grid": asdict(qmodule.grid),
             "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
         }
     record.metrics["modules"] = float(len(chosen))
     return record
+
+
+def _quantize_module(name: str, module: nn.Module, grid: WeightGrid) -> nn.Module:
+    """Quantize one layer; problems are errors that name the layer."""
+    if not torch.isfinite(module.weight).all():
+        raise DataError(f"layer {name!r} has NaN or Inf weights; it cannot be quantized")
+    try:
+        return FLOAT_TO_QUANT[type(module)].from_float(module, grid)
+    except ValueError as err:
+        raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -110,4 +138,5 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
     """
     for name, info in record.modules.items():
         module = model.get_submodule(name)
-        _replace(model, name, FLOAT_TO_QUANT[type(module)].from_float(module, int(info["bits"])))
+        grid = WeightGrid(**info["grid"]) if "grid" in info else WeightGrid(bits=int(info["bits"]))
+        _replace(model, name, FLOAT_TO_QUANT[type(module)].from_float(module, grid))

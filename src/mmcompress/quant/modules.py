@@ -1,80 +1,137 @@
-"""Modules that store weights as real int8 codes + per-channel float scales (weight-only)."""
+"""Modules that store weights as integer codes + float steps (+ zero points); weight-only compute.
+
+Codes live in int8 tensors in memory (any 2..8 bits); the compact file format packs codes of
+fewer than 8 bits into a bit stream, so stored sizes are real.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.quant.primitives import dequantize_symmetric, quantize_symmetric, symmetric_scale
+from mmcompress.quant.observers import mse_clip_ratios
+from mmcompress.quant.primitives import affine_params, dequantize_affine, quantize_affine, to_groups
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """How one weight is quantized.
+
+    Attributes:
+        bits: 2..8.
+        symmetric: zero point 0 (else asymmetric with an int8 zero point per group).
+        group_size: inputs per step (None: one step per output channel / row).
+        per_tensor: one step for the whole tensor (overrides group_size).
+        observer: "minmax" or "mse" (search a clipping ratio per group).
+
+    Example:
+        >>> WeightGrid(bits=4, group_size=128)
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    group_size: int | None = None
+    per_tensor: bool = False
+    observer: str = "minmax"
+
+
+def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (weight's shape, int8), steps (out, G) and zero points (out, G) for a weight.
+
+    Example:
+        >>> codes, scale, zero = quantize_weight(torch.randn(8, 64), WeightGrid(bits=4, group_size=32))
+    """
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight holds NaN or Inf")
+    groups = to_groups(weight, grid.group_size)  # (out, G, g)
+    if grid.per_tensor:
+        groups = weight.reshape(1, 1, -1)
+    ratio = mse_clip_ratios(groups, grid.bits, grid.symmetric) if grid.observer == "mse" else 1.0
+    scale, zero = affine_params(groups, grid.bits, grid.symmetric, ratio)
+    codes = quantize_affine(groups, scale, zero, grid.bits, grid.symmetric).view_as(weight)
+    if grid.per_tensor:  # store one step per row so every module has the same layout
+        scale, zero = scale.expand(weight.shape[0], 1).clone(), zero.expand(weight.shape[0], 1).clone()
+    return codes, scale.float(), zero
 
 
 class _QuantWeight(nn.Module):
-    """Holds `qweight` (int8) and `scale` (float32, one per output channel / row)."""
+    """Holds `qweight` (int8 codes), `scale` (out, G) and, when asymmetric, `zero_point` (out, G)."""
 
-    bits: int
+    grid: WeightGrid
 
-    def _init_quant(self, weight: torch.Tensor, bits: int) -> None:
-        scale = symmetric_scale(weight, bits, axis=0)
-        self.register_buffer("qweight", quantize_symmetric(weight, scale, bits, axis=0))
+    def _init_quant(self, weight: torch.Tensor, grid: WeightGrid) -> None:
+        codes, scale, zero = quantize_weight(weight.detach(), grid)
+        self.register_buffer("qweight", codes)
         self.register_buffer("scale", scale)
-        self.bits = bits
+        if not grid.symmetric:
+            self.register_buffer("zero_point", zero)
+        self.grid = grid
+
+    @property
+    def bits(self) -> int:
+        return self.grid.bits
+
+    def _zero(self) -> torch.Tensor:
+        zero = getattr(self, "zero_point", None)
+        return torch.zeros_like(self.scale, dtype=torch.int8) if zero is None else zero
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float weight the module computes with: codes * step."""
-        return dequantize_symmetric(self.qweight, self.scale, axis=0)
+        """The float weight the module computes with: (codes - zero) * step."""
+        groups = self.qweight.reshape(self.qweight.shape[0], self.scale.shape[1], -1)  # (out, G, g)
+        return dequantize_affine(groups, self.scale, self._zero()).view(self.qweight.shape)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.qweight.shape)}, bits={self.bits}"
+        g = self.grid
+        shape = "per-tensor" if g.per_tensor else f"group {g.group_size}" if g.group_size else "per-channel"
+        return f"{tuple(self.qweight.shape)}, bits={g.bits}, {'sym' if g.symmetric else 'asym'}, {shape}"
 
 
 class QuantLinear(_QuantWeight):
-    """Linear with int8 weight codes; computes in float with the dequantized weight.
+    """Linear with integer weight codes; computes in float with the dequantized weight.
 
     Example:
-        >>> q = QuantLinear.from_float(nn.Linear(8, 4), bits=8)
+        >>> q = QuantLinear.from_float(nn.Linear(8, 4), WeightGrid(bits=8))
         >>> q(torch.randn(2, 8)).shape
         torch.Size([2, 4])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int = 8) -> None:
+    def __init__(self, layer: nn.Linear, grid: WeightGrid) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_quant(torch.zeros(out_features, in_features), bits)
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._init_quant(layer.weight, grid)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, bits: int) -> QuantLinear:
-        q = cls(layer.in_features, layer.out_features, layer.bias is not None, bits)
-        q._init_quant(layer.weight.detach(), bits)
-        if layer.bias is not None:
-            q.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
-        return q.to(layer.weight.device)
+    def from_float(cls, layer: nn.Linear, grid: WeightGrid) -> QuantLinear:
+        return cls(layer, grid).to(layer.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
 
 
 class QuantConv2d(_QuantWeight):
-    """Conv2d with int8 weight codes (per output channel).
+    """Conv2d with integer weight codes (steps per output channel or per group of inputs).
 
     Example:
-        >>> QuantConv2d.from_float(nn.Conv2d(1, 4, 3), bits=8)(torch.randn(1, 1, 8, 8)).shape
+        >>> QuantConv2d.from_float(nn.Conv2d(1, 4, 3), WeightGrid())(torch.randn(1, 1, 8, 8)).shape
         torch.Size([1, 4, 6, 6])
     """
 
-    def __init__(self, conv: nn.Conv2d, bits: int = 8) -> None:
+    def __init__(self, conv: nn.Conv2d, grid: WeightGrid) -> None:
         super().__init__()
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.groups, self.padding_mode = conv.groups, conv.padding_mode
         if conv.padding_mode != "zeros":
             raise ValueError(f"Conv2d padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
-        self._init_quant(conv.weight.detach(), bits)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self._init_quant(conv.weight, grid)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: int) -> QuantConv2d:
-        return cls(conv, bits).to(conv.weight.device)
+    def from_float(cls, conv: nn.Conv2d, grid: WeightGrid) -> QuantConv2d:
+        return cls(conv, grid).to(conv.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -83,28 +140,32 @@ class QuantConv2d(_QuantWeight):
 
 
 class QuantEmbedding(_QuantWeight):
-    """Embedding with int8 rows (one scale per row): only looked-up rows are dequantized.
+    """Embedding with integer rows (steps per row or per group of columns); only looked-up rows are dequantized.
 
     Example:
-        >>> QuantEmbedding.from_float(nn.Embedding(10, 4), bits=8)(torch.tensor([1, 2])).shape
+        >>> QuantEmbedding.from_float(nn.Embedding(10, 4), WeightGrid())(torch.tensor([1, 2])).shape
         torch.Size([2, 4])
     """
 
-    def __init__(self, emb: nn.Embedding, bits: int = 8) -> None:
+    def __init__(self, emb: nn.Embedding, grid: WeightGrid) -> None:
         super().__init__()
-        self.padding_idx = emb.padding_idx
-        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
-        self._init_quant(emb.weight.detach(), bits)
-
-    @classmethod
-    def from_float(cls, emb: nn.Embedding, bits: int) -> QuantEmbedding:
         if emb.max_norm is not None or emb.sparse:
             raise ValueError("Embedding with max_norm or sparse gradients is not supported")
-        return cls(emb, bits).to(emb.weight.device)
+        self.padding_idx = emb.padding_idx
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
+        self._init_quant(emb.weight, grid)
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, grid: WeightGrid) -> QuantEmbedding:
+        return cls(emb, grid).to(emb.weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.qweight)  # (..., D) int8
-        return rows.float() * F.embedding(ids, self.scale[:, None])
+        n_groups = self.scale.shape[1]
+        rows = rows.view(*ids.shape, n_groups, -1).float()  # (..., G, g)
+        scale = F.embedding(ids, self.scale)[..., None]  # (..., G, 1)
+        zero = F.embedding(ids, self._zero().float())[..., None]
+        return ((rows - zero) * scale).view(*ids.shape, self.embedding_dim)
 
 
 FLOAT_TO_QUANT: dict[type[nn.Module], type[_QuantWeight]] = {

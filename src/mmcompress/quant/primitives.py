@@ -69,3 +69,81 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(signal / noise))
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Signed code range: symmetric drops -2^(b-1) so that 0 is exact and the range is balanced.
+
+    Asymmetric codes use the full signed range [-2^(b-1), 2^(b-1) - 1] with a zero point.
+
+    Example:
+        >>> code_range(4, symmetric=False)
+        (-8, 7)
+    """
+    lo, hi = qrange(bits)
+    return (lo, hi) if symmetric else (lo - 1, hi)
+
+
+def to_groups(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(out, ...) -> (out, n_groups, group) along the flattened input dims; one group when None.
+
+    Example:
+        >>> to_groups(torch.zeros(4, 256), 128).shape
+        torch.Size([4, 2, 128])
+    """
+    flat = weight.reshape(weight.shape[0], -1)  # (out, in)
+    size = flat.shape[1] if group_size is None else group_size
+    if size <= 0 or flat.shape[1] % size:
+        raise ValueError(f"group size {group_size} does not divide the {flat.shape[1]} inputs per channel")
+    return flat.view(flat.shape[0], flat.shape[1] // size, size)
+
+
+def affine_params(
+    groups: torch.Tensor, bits: int, symmetric: bool, clip_ratio: torch.Tensor | float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step and zero point per group from the (clipped) range: (out, G, g) -> (out, G), (out, G).
+
+    Symmetric: q = max|w|*r / qmax, zero 0. Asymmetric: q = (max - min)*r / (2^b - 1), zero so that
+    w = 0 maps to an integer code (0 stays exact).
+
+    Example:
+        >>> s, z = affine_params(torch.tensor([[[0.0, 1.0, 3.0]]]), 8, symmetric=False)
+    """
+    lo, hi = code_range(bits, symmetric)
+    tiny = torch.finfo(torch.float32).tiny
+    g = groups.detach().float()
+    if symmetric:
+        scale = (g.abs().amax(-1) * clip_ratio / hi).clamp_min(tiny)
+        return scale, torch.zeros_like(scale, dtype=torch.int8)
+    w_min = (g.amin(-1).clamp(max=0) * clip_ratio).clamp(max=0)
+    w_max = (g.amax(-1).clamp(min=0) * clip_ratio).clamp(min=0)
+    scale = ((w_max - w_min) / (hi - lo)).clamp_min(tiny)
+    zero = (lo - torch.round(w_min / scale)).clamp(lo, hi)
+    return scale, zero.to(torch.int8)
+
+
+def quantize_affine(
+    groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool
+) -> torch.Tensor:
+    """Codes round(w / q) + z clamped to the code range: (out, G, g) -> (out, G, g) int8."""
+    lo, hi = code_range(bits, symmetric)
+    codes = torch.round(groups.detach().float() / scale[..., None]) + zero[..., None].float()
+    return codes.clamp_(lo, hi).to(torch.int8)
+
+
+def dequantize_affine(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Float values (q - z) * step: (out, G, g) int8 -> (out, G, g) float32."""
+    return (codes.float() - zero[..., None].float()) * scale[..., None]
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, symmetric: bool, group_size: int | None, clip_ratio=1.0):
+    """Quantize then dequantize a weight with the given grid (same shape out as in).
+
+    Example:
+        >>> fake_quantize(torch.randn(8, 64), 4, True, 32).shape
+        torch.Size([8, 64])
+    """
+    groups = to_groups(weight, group_size)
+    scale, zero = affine_params(groups, bits, symmetric, clip_ratio)
+    codes = quantize_affine(groups, scale, zero, bits, symmetric)
+    return dequantize_affine(codes, scale, zero).view_as(weight)
