@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -15,10 +16,24 @@ from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for
+from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 
 LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
+
+
+class GPTQConfig(FrozenConfig):
+    """GPTQ settings: columns per block, Hessian damping (fraction of its mean diagonal), act-order.
+
+    Example:
+        >>> GPTQConfig(act_order=True).damp
+        0.01
+    """
+
+    block_size: int = Field(128, ge=1)
+    damp: float = Field(0.01, gt=0, le=1)
+    act_order: bool = False
 
 
 class QuantConfig(FrozenConfig):
@@ -32,6 +47,9 @@ class QuantConfig(FrozenConfig):
             (a step per `group_size` inputs of a channel) or "per_tensor".
         group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
         observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
+        method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
+            embeddings fall back to rtn, which the record reports).
+        gptq: GPTQ settings.
         layer_types: which layer types `_default`/regex/modality keys select.
 
     Example:
@@ -44,6 +62,8 @@ class QuantConfig(FrozenConfig):
     granularity: Literal["per_channel", "per_group", "per_tensor"] = "per_channel"
     group_size: int = Field(128, ge=2)
     observer: Literal["minmax", "mse"] = "minmax"
+    method: Literal["rtn", "gptq"] = "rtn"
+    gptq: GPTQConfig = GPTQConfig()
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv", "embedding")
 
     def grid(self) -> WeightGrid:
@@ -72,13 +92,22 @@ def as_mapping(config, cls) -> dict[str, object]:
     }
 
 
-def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None = None) -> Record:
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | Mapping[str, object] | None = None,
+    *,
+    calib: Iterable[Any] | None = None,
+    max_calib_batches: int | None = None,
+) -> Record:
     """Quantize Linear/Conv2d/Embedding weights in place to integer codes (weight-only).
 
     Args:
         model: edited in place (layers are swapped for Quant* modules holding int8 codes).
         config: one QuantConfig, or a target mapping (exact name, `re:`, `modality:`, `_default`)
             of key -> QuantConfig / dict / None (skip). First match wins. Default: QuantConfig().
+        calib: calibration batches (needed by method "gptq"); every tower with such a target
+            must receive data.
+        max_calib_batches: use at most this many calibration batches.
 
     Returns:
         A Record listing each quantized module with its bits and weight SQNR (dB).
@@ -100,13 +129,15 @@ def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types)
     ]
     require_matches(chosen, mapping, model)
+    params = _gptq_params(model, chosen, calib, adapter.modality_of, max_calib_batches)
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, module, cfg in chosen:
-        qmodule = _quantize_module(name, module, cfg.grid())
+        qmodule = _quantize_module(name, module, cfg.grid(), params.get(name))
         _replace(model, name, qmodule)
         record.modules[name] = {
             "type": type(qmodule).__name__,
             "bits": cfg.weight_bits,
+            "method": "gptq" if name in params else "rtn",
             "grid": asdict(qmodule.grid),
             "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
         }
@@ -114,12 +145,31 @@ def quantize(model: nn.Module, config: QuantConfig | Mapping[str, object] | None
     return record
 
 
-def _quantize_module(name: str, module: nn.Module, grid: WeightGrid) -> nn.Module:
-    """Quantize one layer; problems are errors that name the layer."""
+def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
+    """GPTQ solutions for the chosen layers whose config asks for it (embeddings: rtn, with a warning)."""
+    wanted = {n: (m, c.grid(), c.gptq) for n, m, c in chosen if c.method == "gptq" and not isinstance(m, nn.Embedding)}
+    skipped = [n for n, m, c in chosen if c.method == "gptq" and isinstance(m, nn.Embedding)]
+    if skipped:
+        warnings.warn(f"GPTQ does not apply to embeddings; rounding to nearest for {skipped}", stacklevel=3)
+    if not wanted:
+        return {}
+    if calib is None:
+        raise ConfigError("method 'gptq' needs calibration data: pass calib=<iterable of batches>")
+    for name, (module, _, _) in wanted.items():
+        _check_finite_weight(name, module)
+    return gptq_params(model, wanted, calib, modality_of, max_batches)
+
+
+def _check_finite_weight(name: str, module: nn.Module) -> None:
     if not torch.isfinite(module.weight).all():
         raise DataError(f"layer {name!r} has NaN or Inf weights; it cannot be quantized")
+
+
+def _quantize_module(name: str, module: nn.Module, grid: WeightGrid, params: tuple | None = None) -> nn.Module:
+    """Quantize one layer; problems are errors that name the layer."""
+    _check_finite_weight(name, module)
     try:
-        return FLOAT_TO_QUANT[type(module)].from_float(module, grid)
+        return FLOAT_TO_QUANT[type(module)].from_float(module, grid, params)
     except ValueError as err:
         raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
 

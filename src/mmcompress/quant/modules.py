@@ -62,8 +62,10 @@ class _QuantWeight(nn.Module):
 
     grid: WeightGrid
 
-    def _init_quant(self, weight: torch.Tensor, grid: WeightGrid) -> None:
-        codes, scale, zero = quantize_weight(weight.detach(), grid)
+    def _init_quant(self, weight: torch.Tensor, grid: WeightGrid, params: tuple | None = None) -> None:
+        """Quantize `weight` on `grid`, or take precomputed `params` = (codes, scale, zero) (e.g. GPTQ)."""
+        codes, scale, zero = params if params is not None else quantize_weight(weight.detach(), grid)
+        codes = codes.reshape(weight.shape).to(torch.int8)
         self.register_buffer("qweight", codes)
         self.register_buffer("scale", scale)
         if not grid.symmetric:
@@ -98,15 +100,15 @@ class QuantLinear(_QuantWeight):
         torch.Size([2, 4])
     """
 
-    def __init__(self, layer: nn.Linear, grid: WeightGrid) -> None:
+    def __init__(self, layer: nn.Linear, grid: WeightGrid, params: tuple | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        self._init_quant(layer.weight, grid)
+        self._init_quant(layer.weight, grid, params)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, grid: WeightGrid) -> QuantLinear:
-        return cls(layer, grid).to(layer.weight.device)
+    def from_float(cls, layer: nn.Linear, grid: WeightGrid, params: tuple | None = None) -> QuantLinear:
+        return cls(layer, grid, params).to(layer.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -121,17 +123,17 @@ class QuantConv2d(_QuantWeight):
         torch.Size([1, 4, 6, 6])
     """
 
-    def __init__(self, conv: nn.Conv2d, grid: WeightGrid) -> None:
+    def __init__(self, conv: nn.Conv2d, grid: WeightGrid, params: tuple | None = None) -> None:
         super().__init__()
         if conv.padding_mode != "zeros":
             raise ValueError(f"Conv2d padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        self._init_quant(conv.weight, grid)
+        self._init_quant(conv.weight, grid, params)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, grid: WeightGrid) -> QuantConv2d:
-        return cls(conv, grid).to(conv.weight.device)
+    def from_float(cls, conv: nn.Conv2d, grid: WeightGrid, params: tuple | None = None) -> QuantConv2d:
+        return cls(conv, grid, params).to(conv.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -147,17 +149,17 @@ class QuantEmbedding(_QuantWeight):
         torch.Size([2, 4])
     """
 
-    def __init__(self, emb: nn.Embedding, grid: WeightGrid) -> None:
+    def __init__(self, emb: nn.Embedding, grid: WeightGrid, params: tuple | None = None) -> None:
         super().__init__()
         if emb.max_norm is not None or emb.sparse:
             raise ValueError("Embedding with max_norm or sparse gradients is not supported")
         self.padding_idx = emb.padding_idx
         self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
-        self._init_quant(emb.weight, grid)
+        self._init_quant(emb.weight, grid, params)
 
     @classmethod
-    def from_float(cls, emb: nn.Embedding, grid: WeightGrid) -> QuantEmbedding:
-        return cls(emb, grid).to(emb.weight.device)
+    def from_float(cls, emb: nn.Embedding, grid: WeightGrid, params: tuple | None = None) -> QuantEmbedding:
+        return cls(emb, grid, params).to(emb.weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.qweight)  # (..., D) int8

@@ -85,14 +85,16 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def to_groups(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """(out, ...) -> (out, n_groups, group) along the flattened input dims; one group when None.
+    """(out, ...) -> (out, n_groups, group) along the flattened input dims.
+
+    One group per row when `group_size` is None or not smaller than the row; otherwise it must divide it.
 
     Example:
         >>> to_groups(torch.zeros(4, 256), 128).shape
         torch.Size([4, 2, 128])
     """
     flat = weight.reshape(weight.shape[0], -1)  # (out, in)
-    size = flat.shape[1] if group_size is None else group_size
+    size = flat.shape[1] if group_size is None else min(group_size, flat.shape[1])  # a row is one group at most
     if size <= 0 or flat.shape[1] % size:
         raise ValueError(f"group size {group_size} does not divide the {flat.shape[1]} inputs per channel")
     return flat.view(flat.shape[0], flat.shape[1] // size, size)

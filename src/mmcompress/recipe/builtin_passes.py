@@ -74,14 +74,23 @@ class PrunePass(_TargetedPass):
         replay_prune(ctx.model, record)
 
 
+class QuantPassConfig(QuantConfig):
+    """QuantConfig plus how much training data calibrates (used by GPTQ)."""
+
+    calib_samples: int = Field(512, ge=1)
+    calib_batch_size: int = Field(64, ge=1)
+
+
 @PASSES.register("quantize")
 class QuantizePass(_TargetedPass):
-    """Per-channel symmetric weight quantization with real int8 storage."""
+    """Weight quantization (2-8 bits, per channel/group/tensor, rtn or GPTQ) with packed storage."""
 
-    Config = QuantConfig
+    Config = QuantPassConfig
 
     def run(self, ctx: RunContext) -> StageOutcome:
-        record = quantize(ctx.model, self.mapping())
+        cfg = self.config
+        calib = ctx.calibration_batches(cfg.calib_samples, cfg.calib_batch_size)
+        record = quantize(ctx.model, self.mapping(), calib=calib)
         sqnr = [m["sqnr_db"] for m in record.modules.values()]
         metrics = {**record.metrics, "min_weight_sqnr_db": min(sqnr) if sqnr else float("nan")}
         return StageOutcome(metrics, record)

@@ -34,6 +34,14 @@ class RunContext:
     seed: int = 0
     progress: bool = True
 
+    def calibration_batches(self, samples: int, batch_size: int) -> list[Any]:
+        """Model inputs from a seeded random subset of the training data."""
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.train_data), generator=gen)[:samples]
+        return [
+            self.task.batch(self.train_data, order[s : s + batch_size])[0] for s in range(0, len(order), batch_size)
+        ]
+
     def example_batch(self, size: int = 8) -> Any:
         """A real batch of test inputs (for latency, export and agreement checks)."""
         n = min(size, len(self.test_data))

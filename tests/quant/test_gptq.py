@@ -1,0 +1,71 @@
+"""GPTQ: lower output error than round-to-nearest on a real layer, and the full quantize() path."""
+
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.errors import ConfigError, DataError, UnsupportedError
+from mmcompress.quant.api import GPTQConfig, QuantConfig, quantize
+from mmcompress.quant.gptq import accumulate_hessian, gptq_quantize
+from mmcompress.quant.primitives import dequantize_affine, fake_quantize
+
+GPTQ_ERROR_RATIO_VS_RTN = 0.5  # GPTQ must at least halve RTN's output error on calibration inputs
+
+
+@pytest.fixture(scope="module")
+def minilm_ffn():
+    """The real first FFN layer of all-MiniLM-L6-v2 and its real inputs on caption sentences."""
+    from mmcompress.data.captions import caption_vocabulary
+    from mmcompress.models.minilm import MiniLMEncoder, load_minilm_tokenizer
+
+    enc, tok = MiniLMEncoder(), load_minilm_tokenizer()
+    layer = enc.bert.encoder.layer[0].intermediate.dense
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    batch = tok([t for t, _, _ in caption_vocabulary()], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        enc(batch["input_ids"], batch["attention_mask"])
+    handle.remove()
+    return layer.weight.detach().clone(), seen[0].reshape(-1, 384)
+
+
+def _rel_err(x, w, wq):
+    ref = x @ w.T
+    return float((x @ wq.T - ref).pow(2).mean() / ref.pow(2).mean())
+
+
+@pytest.mark.parametrize(("bits", "group"), [(4, 128), (3, None)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_beats_round_to_nearest_on_real_minilm_layer(minilm_ffn, bits, group, act_order):
+    w, x = minilm_ffn
+    h, _ = accumulate_hessian(torch.zeros(384, 384, dtype=torch.float64), 0, x)
+    codes, scale, zero = gptq_quantize(w, h, bits, group_size=group, act_order=act_order)
+    wq = dequantize_affine(codes.view(w.shape[0], scale.shape[1], -1), scale, zero).view_as(w)
+    rtn = fake_quantize(w, bits, True, group)
+    assert _rel_err(x, w, wq) < GPTQ_ERROR_RATIO_VS_RTN * _rel_err(x, w, rtn)
+    lo = -(2 ** (bits - 1)) + 1
+    assert int(codes.min()) >= lo and int(codes.max()) <= -lo
+
+
+def test_quantize_with_gptq_on_linear_and_conv_uses_calibration(two_tower):
+    torch.manual_seed(0)
+    calib = [(torch.randn(16, 1, 8, 8), torch.randint(0, 50, (16, 4))) for _ in range(4)]
+    with pytest.warns(UserWarning, match="embeddings"):
+        rec = quantize(two_tower, QuantConfig(weight_bits=4, method="gptq"), calib=calib)
+    assert rec.modules["head"]["method"] == "gptq" and rec.modules["image.0"]["method"] == "gptq"
+    assert rec.modules["text.0"]["method"] == "rtn"
+
+
+def test_gptq_errors(two_tower):
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        quantize(two_tower, {"modality:fusion": QuantConfig(method="gptq"), "_default": None})
+    with pytest.raises(DataError, match="calibration never reached 1 module.*first: unused"):
+        model = nn.ModuleDict({"used": nn.Linear(4, 4), "unused": nn.Linear(4, 4)})
+        model.forward = lambda x: model["used"](x)  # type: ignore[method-assign]
+        quantize(model, QuantConfig(method="gptq"), calib=[torch.randn(2, 4)])
+    with pytest.raises(DataError, match="empty"):
+        quantize(two_tower, {"head": QuantConfig(method="gptq"), "_default": None}, calib=[])
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(UnsupportedError, match="grouped convolution '0'"):
+        quantize(conv, QuantConfig(method="gptq"), calib=[torch.randn(1, 4, 8, 8)])
+    assert GPTQConfig.from_dict(GPTQConfig(act_order=True).to_dict()).act_order
