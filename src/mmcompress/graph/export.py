@@ -15,6 +15,7 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
+from mmcompress.graph.onnx_dynamic import rewrite_dynamic_int8
 from mmcompress.graph.onnx_int8 import rewrite_int8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.quant.modules import QUANT_MODULES
@@ -86,27 +87,19 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         for n, t in named.items()
     }
     dynamic.update({o: {0: "batch"} for o in outputs})
-    buffer = io.BytesIO()
+    simulated = [m for m in model.modules() if getattr(m, "act_dynamic", False)]
+    for module in simulated:  # the rewrite inserts the real DynamicQuantizeLinear: trace without the simulation
+        module.act_dynamic = False
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                tuple(named.values()),
-                buffer,
-                dynamo=False,
-                input_names=list(named),
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-    except Exception as err:  # the exporter raises many types
-        raise MMCompressError(f"ONNX export failed: {err.__class__.__name__}: {str(err)[:300]}") from None
-    proto = onnx.load_from_string(buffer.getvalue())
+        traced = _trace(wrapper, named, outputs, dynamic, opset)
+    finally:
+        for module in simulated:
+            module.act_dynamic = True
+    proto = onnx.load_from_string(traced)
     has_quant = any(isinstance(m, QUANT_MODULES) for m in model.modules())
     if has_quant:
-        rewrite_int8(proto, model)
+        rewrite_dynamic_int8(proto, model)  # W8A8-dynamic Linear layers: integer kernels
+        rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear
     int8_weights = sum(
         1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
     )
@@ -116,6 +109,20 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
     max_err, cosine = _compare(reference, got)
     atomic_write_bytes(path, data)
     return ExportResult(str(path), len(data), int8_weights, max_err, cosine)
+
+
+def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opset: int) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, tuple(named.values()), buffer, dynamo=False, input_names=list(named),
+                output_names=outputs, dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+            )  # fmt: skip
+    except Exception as err:  # the exporter raises many types
+        raise MMCompressError(f"ONNX export failed: {err.__class__.__name__}: {str(err)[:300]}") from None
+    return buffer.getvalue()
 
 
 def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:

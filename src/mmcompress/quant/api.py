@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
@@ -47,6 +47,10 @@ class QuantConfig(FrozenConfig):
             (a step per `group_size` inputs of a channel) or "per_tensor".
         group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
         observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
+        activations: "none" (weight-only) or "dynamic" (Linear inputs quantized per call to uint8,
+            per tensor, as ONNX Runtime's integer kernels do; needs symmetric per-channel weights of
+            7 or 8 bits; other layer types stay weight-only). Use 7-bit weights on x86 CPUs without
+            VNNI: their u8s8 kernels add pairs of products in int16, which 8-bit weights overflow.
         method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
             embeddings fall back to rtn, which the record reports).
         gptq: GPTQ settings.
@@ -62,9 +66,20 @@ class QuantConfig(FrozenConfig):
     granularity: Literal["per_channel", "per_group", "per_tensor"] = "per_channel"
     group_size: int = Field(128, ge=2)
     observer: Literal["minmax", "mse"] = "minmax"
+    activations: Literal["none", "dynamic"] = "none"
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv", "embedding")
+
+    @model_validator(mode="after")
+    def _dynamic_needs_int8_channels(self) -> QuantConfig:
+        if self.activations == "dynamic" and (
+            self.weight_bits not in (7, 8) or self.granularity != "per_channel" or self.scheme != "symmetric"
+        ):
+            raise ValueError(
+                "activations 'dynamic' needs weight_bits 7 or 8, granularity 'per_channel' and scheme 'symmetric'"
+            )
+        return self
 
     def grid(self) -> WeightGrid:
         """The WeightGrid these settings describe."""
@@ -133,11 +148,13 @@ def quantize(
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, module, cfg in chosen:
         qmodule = _quantize_module(name, module, cfg.grid(), params.get(name))
+        qmodule.act_dynamic = cfg.activations == "dynamic" and isinstance(module, nn.Linear)
         _replace(model, name, qmodule)
         record.modules[name] = {
             "type": type(qmodule).__name__,
             "bits": cfg.weight_bits,
             "method": "gptq" if name in params else "rtn",
+            "activations": "dynamic" if qmodule.act_dynamic else "none",
             "grid": asdict(qmodule.grid),
             "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
         }
@@ -189,4 +206,6 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
     for name, info in record.modules.items():
         module = model.get_submodule(name)
         grid = WeightGrid(**info["grid"]) if "grid" in info else WeightGrid(bits=int(info["bits"]))
-        _replace(model, name, FLOAT_TO_QUANT[type(module)].from_float(module, grid))
+        qmodule = FLOAT_TO_QUANT[type(module)].from_float(module, grid)
+        qmodule.act_dynamic = info.get("activations") == "dynamic"
+        _replace(model, name, qmodule)

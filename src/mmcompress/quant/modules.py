@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.quant.observers import mse_clip_ratios
-from mmcompress.quant.primitives import affine_params, dequantize_affine, quantize_affine, to_groups
+from mmcompress.quant.primitives import (
+    affine_params,
+    dequantize_affine,
+    fake_quantize_dynamic_uint8,
+    quantize_affine,
+    to_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,12 @@ class QuantLinear(_QuantWeight):
     def from_float(cls, layer: nn.Linear, grid: WeightGrid, params: tuple | None = None) -> QuantLinear:
         return cls(layer, grid, params).to(layer.weight.device)
 
+    act_dynamic: bool = False  # W8A8 dynamic: inputs quantized per call to uint8 (ONNX DynamicQuantizeLinear)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.act_dynamic:
+            x = fake_quantize_dynamic_uint8(x)
         return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
 
 

@@ -149,3 +149,23 @@ def fake_quantize(weight: torch.Tensor, bits: int, symmetric: bool, group_size: 
     scale, zero = affine_params(groups, bits, symmetric, clip_ratio)
     codes = quantize_affine(groups, scale, zero, bits, symmetric)
     return dequantize_affine(codes, scale, zero).view_as(weight)
+
+
+def fake_quantize_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ONNX DynamicQuantizeLinear, quantized then dequantized: per-tensor uint8 over the whole input.
+
+    The range always includes 0; steps and zero point follow the ONNX definition, so PyTorch
+    and ONNX Runtime's int8 kernels see the same integers.
+
+    Example:
+        >>> fake_quantize_dynamic_uint8(torch.tensor([-1.0, 0.0, 3.0]))  # step 4/255
+        tensor([-1.0039,  0.0000,  2.9961])
+    """
+    x_min = torch.clamp(x.detach().min(), max=0.0)
+    x_max = torch.clamp(x.detach().max(), min=0.0)
+    scale = (x_max - x_min) / 255.0
+    if float(scale) == 0.0:
+        return x
+    zero = torch.clamp(torch.round(-x_min / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
+    return (q - zero) * scale
