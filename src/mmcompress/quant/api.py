@@ -51,6 +51,8 @@ class QuantConfig(FrozenConfig):
             per tensor, as ONNX Runtime's integer kernels do; needs symmetric per-channel weights of
             7 or 8 bits; other layer types stay weight-only). Use 7-bit weights on x86 CPUs without
             VNNI: their u8s8 kernels add pairs of products in int16, which 8-bit weights overflow.
+        clip_ratio: fraction of each step's range kept with observer "minmax" (see
+            `analyze_quantization_error`, which searches it per layer).
         method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
             embeddings fall back to rtn, which the record reports).
         gptq: GPTQ settings.
@@ -66,6 +68,7 @@ class QuantConfig(FrozenConfig):
     granularity: Literal["per_channel", "per_group", "per_tensor"] = "per_channel"
     group_size: int = Field(128, ge=2)
     observer: Literal["minmax", "mse"] = "minmax"
+    clip_ratio: float = Field(1.0, gt=0, le=1)
     activations: Literal["none", "dynamic"] = "none"
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
@@ -89,6 +92,7 @@ class QuantConfig(FrozenConfig):
             group_size=self.group_size if self.granularity == "per_group" else None,
             per_tensor=self.granularity == "per_tensor",
             observer=self.observer,
+            clip_ratio=self.clip_ratio,
         )
 
 

@@ -32,6 +32,7 @@ class WeightGrid:
         group_size: inputs per step (None: one step per output channel / row).
         per_tensor: one step for the whole tensor (overrides group_size).
         observer: "minmax" or "mse" (search a clipping ratio per group).
+        clip_ratio: fraction of the range kept with "minmax" (layer-wise step search sets it).
 
     Example:
         >>> WeightGrid(bits=4, group_size=128)
@@ -42,6 +43,7 @@ class WeightGrid:
     group_size: int | None = None
     per_tensor: bool = False
     observer: str = "minmax"
+    clip_ratio: float = 1.0
 
 
 def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,7 +57,7 @@ def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tenso
     groups = to_groups(weight, grid.group_size)  # (out, G, g)
     if grid.per_tensor:
         groups = weight.reshape(1, 1, -1)
-    ratio = mse_clip_ratios(groups, grid.bits, grid.symmetric) if grid.observer == "mse" else 1.0
+    ratio = mse_clip_ratios(groups, grid.bits, grid.symmetric) if grid.observer == "mse" else grid.clip_ratio
     scale, zero = affine_params(groups, grid.bits, grid.symmetric, ratio)
     codes = quantize_affine(groups, scale, zero, grid.bits, grid.symmetric).view_as(weight)
     if grid.per_tensor:  # store one step per row so every module has the same layout

@@ -147,3 +147,45 @@ class ExportPass(Pass):
         metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
         metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]
         return StageOutcome(metrics, artifacts={"onnx": str(path)})
+
+
+class AnalyzeQuantConfig(QuantPassConfig):
+    """The grid to analyse (as for quantize) and how much training data calibrates."""
+
+
+@PASSES.register("analyze_quant")
+class AnalyzeQuantPass(_TargetedPass):
+    """Per-layer quantization error (weight, SQNR, output) with a step search; writes a table and a plot."""
+
+    Config = AnalyzeQuantConfig
+    changes_model = False
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        from mmcompress.core.io import atomic_write_bytes, atomic_write_text
+        from mmcompress.quant.analysis import analyze_quantization_error, error_table
+        from mmcompress.report.plots import layer_errors
+
+        cfg = self.config
+        calib = ctx.calibration_batches(cfg.calib_samples, cfg.calib_batch_size)
+        rows = analyze_quantization_error(ctx.model, self.mapping(), calib)
+        table = error_table(rows)
+        lines = ["| " + " | ".join(r) + " |" for r in table]
+        lines.insert(1, "|" + "---|" * len(table[0]))
+        md = atomic_write_text(ctx.stage_dir / "quant_error.md", "\n".join(lines) + "\n")
+        png = layer_errors(
+            [r.name for r in rows],
+            [r.output_rel_error for r in rows],
+            [r.best_output_rel_error for r in rows],
+            [r.modality or "-" for r in rows],
+        )
+        plot = atomic_write_bytes(ctx.stage_dir / "quant_error.png", png)
+        worst = max(rows, key=lambda r: r.output_rel_error)
+        metrics = {
+            "layers": float(len(rows)),
+            "min_sqnr_db": min(r.sqnr_db for r in rows),
+            "max_output_rel_error": worst.output_rel_error,
+            "max_output_rel_error_searched": max(r.best_output_rel_error for r in rows),
+        }
+        return StageOutcome(
+            metrics, artifacts={"table": str(md), "plot": str(plot)}, extra={"layers": [r.to_dict() for r in rows]}
+        )

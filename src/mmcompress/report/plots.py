@@ -56,3 +56,24 @@ def size_per_modality(stages: list[str], towers: dict[str, list[float]]) -> byte
     ax.set_title("size per modality tower")
     ax.legend()
     return _png(fig)
+
+
+def layer_errors(names: list[str], before: list[float], after: list[float], towers: list[str]) -> bytes:
+    """Per-layer relative output error (log scale) at the default step and after the step search.
+
+    Example:
+        >>> png = layer_errors(["fc1", "fc2"], [1e-3, 4e-3], [8e-4, 2e-3], ["text", "text"])
+    """
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 4))
+    xs = range(len(names))
+    colors = {t: f"C{i}" for i, t in enumerate(sorted(set(towers)))}
+    ax.bar(xs, before, color=[colors[t] for t in towers], alpha=0.45, label="min/max step")
+    ax.scatter(xs, after, color="black", marker="_", s=80, label="searched step", zorder=3)
+    for tower, color in colors.items():
+        ax.bar([0], [0], color=color, label=f"tower: {tower}")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
+    ax.set_ylabel("relative output error")
+    ax.set_title("quantization error per layer")
+    ax.legend(fontsize=7)
+    return _png(fig)
