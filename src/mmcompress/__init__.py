@@ -17,6 +17,7 @@ from mmcompress.models.adapter import Adapter
 from mmcompress.models.zoo import list_models, load_model
 from mmcompress.prune.api import PruneConfig, prune
 from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.saving import load_quantized, save_quantized
 from mmcompress.recipe.runner import compress
 from mmcompress.recipe.schema import Recipe, load_recipe
 from mmcompress.train.config import TrainConfig
@@ -40,9 +41,11 @@ __all__ = [
     "load_compact",
     "load_dataset",
     "load_model",
+    "load_quantized",
     "load_recipe",
     "measure",
     "prune",
     "quantize",
     "save_compact",
+    "save_quantized",
 ]

@@ -1,0 +1,69 @@
+"""Save and load quantized models: compact safetensors + a JSON quantization map. No pickle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from mmcompress.core.io import atomic_write_json
+from mmcompress.core.record import Record
+from mmcompress.errors import ModelError
+from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.models.cache import load_state_checked
+from mmcompress.quant.api import replay_quantize
+from mmcompress.quant.modules import QUANT_MODULES
+
+WEIGHTS, QUANT_MAP = "weights.safetensors", "quant_map.json"
+
+
+def quant_map(model: nn.Module) -> dict:
+    """Every quantized module: its type, grid and activation mode (what `load_quantized` rebuilds)."""
+    return {
+        name: {
+            "type": type(m).__name__,
+            "bits": m.bits,
+            "grid": asdict(m.grid),
+            "activations": "dynamic" if getattr(m, "act_dynamic", False) else "none",
+        }
+        for name, m in model.named_modules()
+        if isinstance(m, QUANT_MODULES)
+    }
+
+
+def save_quantized(model: nn.Module, folder: str | Path) -> Path:
+    """Write `weights.safetensors` (packed codes, steps, zero points, float rest) and `quant_map.json`.
+
+    Example:
+        >>> save_quantized(model, "out/w4")
+    """
+    folder = Path(folder)
+    save_compact(model, folder / WEIGHTS)
+    atomic_write_json(folder / QUANT_MAP, {"format": "mmcompress-quant-v1", "modules": quant_map(model)})
+    return folder
+
+
+def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Rebuild a saved quantized model on a float model of the same architecture; outputs are bit-exact.
+
+    Example:
+        >>> model = load_quantized(build_model("fashion-clip"), "out/w4")
+    """
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / QUANT_MAP).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder / QUANT_MAP} is missing or not JSON ({err})") from None
+    if info.get("format") != "mmcompress-quant-v1":
+        raise ModelError(f"{folder / QUANT_MAP} is not an mmcompress quantization map")
+    modules = dict(model.named_modules())
+    for name, entry in info["modules"].items():
+        expected = entry["type"].replace("Quant", "")
+        if name not in modules or type(modules[name]).__name__ != expected:
+            raise ModelError(f"quantized module {name!r} ({expected}) is not in {type(model).__name__}")
+    replay_quantize(model, Record("quantize", {}, info["modules"]))
+    state, _ = load_compact(folder / WEIGHTS)
+    load_state_checked(model, state, str(folder / WEIGHTS), "was it saved from this architecture?")
+    return model.eval()
