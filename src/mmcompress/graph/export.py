@@ -17,6 +17,7 @@ from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
 from mmcompress.graph.onnx_dynamic import rewrite_dynamic_int8
 from mmcompress.graph.onnx_int8 import rewrite_int8
+from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.quant.modules import QUANT_MODULES
 
@@ -99,6 +100,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
     has_quant = any(isinstance(m, QUANT_MODULES) for m in model.modules())
     if has_quant:
         rewrite_dynamic_int8(proto, model)  # W8A8-dynamic Linear layers: integer kernels
+        rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
         rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear
     int8_weights = sum(
         1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
