@@ -31,7 +31,10 @@ VARIANTS = {
     "W7A8 dynamic (ours, ORT integer kernels)": {**EMB, "_default": QuantConfig(activations="dynamic", weight_bits=7)},
     "W8A8 dynamic (ours, PyTorch only)": {**EMB, "_default": QuantConfig(activations="dynamic")},
     "W4 g128 rtn (ours)": {**EMB, "_default": QuantConfig(weight_bits=4, granularity="per_group")},
-    "W4 g128 GPTQ (ours)": {**EMB, "_default": QuantConfig(weight_bits=4, granularity="per_group", method="gptq")},
+    "W4 g128 GPTQ (ours, ORT MatMulNBits)": {
+        **EMB,
+        "_default": QuantConfig(weight_bits=4, granularity="per_group", method="gptq"),
+    },
 }
 
 
@@ -66,7 +69,7 @@ def main() -> None:
         with torch.no_grad():
             mean, low = cosine(model(**evaluation), reference)
         ort_cos = "-"
-        if "ORT" in name or "weight-only" in name:
+        if "ORT" in name or "weight-only" in name or "GPTQ" in name:
             path = work / (name.split()[0] + ".onnx")
             export_onnx(model, speed_inputs, path)
             ort_mean, _ = cosine(torch.from_numpy(OrtModel.from_path(path).run(evaluation)[0]), reference)
@@ -93,6 +96,7 @@ def main() -> None:
         "ONNX Runtime float32": timed("ort", str(work / "float.onnx")),
         "ONNX Runtime quantize_dynamic (peer)": timed("ort", str(work / "ort_dyn.onnx")),
         "ONNX Runtime W7A8 dynamic (ours)": timed("ort", str(work / "W7A8.onnx")),
+        "ONNX Runtime W4 g128 GPTQ, MatMulNBits (ours)": timed("ort", str(work / "W4.onnx")),
     }
     ref_ms = speed["PyTorch float32 eager"]["median"]
     speed_rows = [["runtime", "median ms", "p10-p90 ms", "speed-up vs PyTorch float32"]] + [
