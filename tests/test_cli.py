@@ -22,7 +22,7 @@ def test_lists_and_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
-def _one_line_error(result, pattern):
+def check_one_line_error(result, pattern):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
@@ -30,25 +30,25 @@ def _one_line_error(result, pattern):
 
 
 def test_unknown_model_is_one_line_error_with_valid_names(tmp_path):
-    _one_line_error(_run("eval", "gpt", "--cache-dir", str(tmp_path)), "unknown model 'gpt'; valid names:")
-    _one_line_error(_run("train", "gpt", "--cache-dir", str(tmp_path)), "valid names: baseline-image")
+    check_one_line_error(_run("eval", "gpt", "--cache-dir", str(tmp_path)), "unknown model 'gpt'; valid names:")
+    check_one_line_error(_run("train", "gpt", "--cache-dir", str(tmp_path)), "valid names: baseline-image")
 
 
 def test_invalid_recipe_fails_before_writing_anything(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("stages:\n  - pass: prune\n    config: {sparsity: 1.5}\n")
     out = tmp_path / "out"
-    _one_line_error(_run("run", str(recipe), "--out", str(out)), "recipe.stages[0].config.sparsity")
+    check_one_line_error(_run("run", str(recipe), "--out", str(out)), "recipe.stages[0].config.sparsity")
     assert not out.exists()
     recipe.write_text("model: gpt\nstages:\n  - pass: evaluate\n")
-    _one_line_error(_run("run", str(recipe), "--out", str(out)), "unknown model 'gpt'")
+    check_one_line_error(_run("run", str(recipe), "--out", str(out)), "unknown model 'gpt'")
     assert not out.exists()
 
 
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(_run("run", str(QUICK), "--out", str(blocker / "out")), "not writable")
+    check_one_line_error(_run("run", str(QUICK), "--out", str(blocker / "out")), "not writable")
 
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):

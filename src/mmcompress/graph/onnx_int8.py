@@ -7,18 +7,13 @@ per-channel scales and a DequantizeLinear node, so the file holds real int8 weig
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
+from mmcompress.graph.onnx_rewrite import digest as _digest
 from mmcompress.quant.modules import QUANT_MODULES
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
 def quantized_weights(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
