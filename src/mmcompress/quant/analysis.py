@@ -12,6 +12,7 @@ from torch import nn
 
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.core.walker import run_calibration
+from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.api import LAYER_TYPES, QuantConfig, as_mapping
 from mmcompress.quant.gptq_apply import _columns
@@ -96,7 +97,10 @@ def analyze_quantization_error(
 
 def _layer_error(name, module, cfg, rows, modality, ratios) -> LayerError:
     w = module.weight.detach().float().reshape(module.weight.shape[0], -1)
-    wq = _dequantized(w, cfg, 1.0)
+    try:
+        wq = _dequantized(w, cfg, 1.0)
+    except ValueError as err:
+        raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
     x = torch.cat(rows) if rows else None
     err = (
         (lambda q: _output_error(x, w, q))

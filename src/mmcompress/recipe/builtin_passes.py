@@ -189,3 +189,47 @@ class AnalyzeQuantPass(_TargetedPass):
         return StageOutcome(
             metrics, artifacts={"table": str(md), "plot": str(plot)}, extra={"layers": [r.to_dict() for r in rows]}
         )
+
+
+class MixedPassConfig(FrozenConfig):
+    """Mixed-precision settings plus how much training data calibrates."""
+
+    mixed: dict = Field(default_factory=dict)
+    calib_samples: int = Field(256, ge=1)
+    calib_batch_size: int = Field(64, ge=1)
+
+
+@PASSES.register("quantize_mixed")
+class QuantizeMixedPass(Pass):
+    """Per-layer bits from measured sensitivity under an average-bits budget (per tower if given)."""
+
+    Config = MixedPassConfig
+
+    def __init__(self, config: FrozenConfig, targets=None) -> None:
+        from mmcompress.quant.mixed import MixedPrecisionConfig
+
+        super().__init__(config, targets)
+        self.mixed = MixedPrecisionConfig.from_dict(config.mixed, "quantize_mixed.config.mixed")
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        from mmcompress.core.io import atomic_write_bytes
+        from mmcompress.quant.mixed import quantize_mixed
+        from mmcompress.report.plots import sensitivity_heatmap
+
+        calib = ctx.calibration_batches(self.config.calib_samples, self.config.calib_batch_size)
+        record, plan = quantize_mixed(ctx.model, self.mixed, calib)
+        names = list(plan.bits)
+        options = sorted(set(self.mixed.bits_options))
+        png = sensitivity_heatmap(
+            names, options, [[plan.sensitivity[n][b] for b in options] for n in names], [plan.bits[n] for n in names]
+        )
+        plot = atomic_write_bytes(ctx.stage_dir / "sensitivity.png", png)
+        return StageOutcome(
+            dict(record.metrics),
+            record,
+            artifacts={"plot": str(plot)},
+            extra={"bits": plan.bits, "sensitivity": plan.sensitivity},
+        )
+
+    def replay(self, ctx: RunContext, record: Record) -> None:
+        replay_quantize(ctx.model, record)

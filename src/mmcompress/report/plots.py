@@ -77,3 +77,24 @@ def layer_errors(names: list[str], before: list[float], after: list[float], towe
     ax.set_title("quantization error per layer")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def sensitivity_heatmap(names: list[str], bits: list[int], errors: list[list[float]], chosen: list[int]) -> bytes:
+    """Layers x bit widths heatmap of relative output error (log colour), chosen bits marked.
+
+    Example:
+        >>> png = sensitivity_heatmap(["fc1", "fc2"], [2, 4, 8], [[0.1, 0.01, 1e-4], [0.2, 0.02, 2e-4]], [4, 8])
+    """
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    data = np.array(errors).T  # (bits, layers)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 2.5 + 0.3 * len(bits)))
+    image = ax.imshow(np.clip(data, 1e-8, None), aspect="auto", norm=LogNorm(), cmap="viridis")
+    ax.scatter(range(len(names)), [bits.index(b) for b in chosen], color="red", marker="x", label="chosen")
+    ax.set_yticks(range(len(bits)), [f"{b} bits" for b in bits])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_title("per-layer sensitivity (relative output error)")
+    fig.colorbar(image, ax=ax)
+    ax.legend(fontsize=7)
+    return _png(fig)

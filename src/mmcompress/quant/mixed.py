@@ -1,0 +1,132 @@
+"""Mixed precision: per-layer bit widths chosen from measured sensitivity under a size budget.
+
+Sensitivity of a layer at b bits = the relative error of its output on calibration data when that
+layer alone is quantized at b bits (`analyze_quantization_error`). A greedy allocator starts every
+layer at the widest option and repeatedly narrows the layer that adds the least error per bit
+saved, until the average bits per weight meets the budget — per modality tower when the tower has
+its own budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+from torch import nn
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.core.record import Record
+from mmcompress.errors import ConfigError
+from mmcompress.quant.analysis import analyze_quantization_error
+from mmcompress.quant.api import QuantConfig, quantize
+
+
+class MixedPrecisionConfig(FrozenConfig):
+    """Budget and options for mixed precision.
+
+    Attributes:
+        bits_options: candidate bit widths per layer.
+        average_bits: budget, average bits per weight over every targeted layer.
+        modality_budgets: tower -> its own average-bits budget (e.g. {"image": 6, "text": 4}).
+        base: grid settings shared by every layer (granularity, group size, method, ...).
+
+    Example:
+        >>> MixedPrecisionConfig(average_bits=4.5, modality_budgets={"image": 8.0})
+    """
+
+    bits_options: tuple[int, ...] = (2, 3, 4, 8)
+    average_bits: float = Field(4.5, ge=2, le=8)
+    modality_budgets: dict[str, float] = Field(default_factory=dict)
+    base: QuantConfig = QuantConfig(granularity="per_group", group_size=128, layer_types=("linear", "conv"))
+
+
+@dataclass
+class Allocation:
+    """Chosen bits per layer, with the sensitivities and sizes that led to them."""
+
+    bits: dict[str, int]
+    sensitivity: dict[str, dict[int, float]]
+    numel: dict[str, int]
+    modality: dict[str, str | None]
+    average_bits: dict[str, float] = field(default_factory=dict)
+
+
+def _at_bits(base: QuantConfig, bits: int) -> QuantConfig:
+    return QuantConfig.from_dict({**base.to_dict(), "weight_bits": bits}, "mixed precision bits_options")
+
+
+def allocate_bits(sensitivity: dict[str, dict[int, float]], numel: dict[str, int], budget: float) -> dict[str, int]:
+    """Greedy: narrow the layer with the least added error per saved bit until the budget holds.
+
+    Example:
+        >>> allocate_bits({"a": {4: 0.1, 8: 0.0}, "b": {4: 0.01, 8: 0.0}}, {"a": 10, "b": 10}, 6.0)
+        {'a': 8, 'b': 4}
+    """
+    bits = {name: max(options) for name, options in sensitivity.items()}
+    total = sum(numel.values())
+
+    def average() -> float:
+        return sum(bits[n] * numel[n] for n in bits) / total
+
+    while average() > budget + 1e-9:
+        best, best_cost = None, float("inf")
+        for name, options in sensitivity.items():
+            lower = [b for b in options if b < bits[name]]
+            if not lower:
+                continue
+            nxt = max(lower)
+            cost = (options[nxt] - options[bits[name]]) / ((bits[name] - nxt) * numel[name])
+            if cost < best_cost:
+                best, best_cost = (name, nxt), cost
+        if best is None:
+            raise ConfigError(f"budget {budget} bits per weight is below the narrowest option ({average():.2f})")
+        bits[best[0]] = best[1]
+    return bits
+
+
+def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any]) -> Allocation:
+    """Measure every target layer at every bit option and allocate bits (per tower where budgeted).
+
+    Example:
+        >>> plan = plan_mixed_precision(model, MixedPrecisionConfig(average_bits=4.5), batches)
+    """
+    calib = list(calib)
+    sensitivity: dict[str, dict[int, float]] = {}
+    modality, numel = {}, {}
+    for b in sorted(set(config.bits_options)):
+        for row in analyze_quantization_error(model, _at_bits(config.base, b), calib):
+            sensitivity.setdefault(row.name, {})[b] = row.output_rel_error
+            modality[row.name] = row.modality
+    modules = dict(model.named_modules())
+    numel = {name: modules[name].weight.numel() for name in sensitivity}
+    unknown = set(config.modality_budgets) - set(modality.values())
+    if unknown:
+        raise ConfigError(f"modality_budgets names towers with no target layer: {sorted(unknown)}")
+    bits: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
+    for name in sensitivity:
+        tower = modality[name] if modality[name] in config.modality_budgets else "_rest"
+        groups.setdefault(tower, []).append(name)
+    for tower, names in groups.items():
+        budget = config.modality_budgets.get(tower, config.average_bits)
+        bits.update(allocate_bits({n: sensitivity[n] for n in names}, {n: numel[n] for n in names}, budget))
+    plan = Allocation(bits, sensitivity, numel, modality)
+    for tower, names in groups.items():
+        plan.average_bits[tower] = sum(bits[n] * numel[n] for n in names) / sum(numel[n] for n in names)
+    return plan
+
+
+def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any]) -> tuple[Record, Allocation]:
+    """Plan bits per layer, then quantize each layer at its bits (layers outside the plan stay float).
+
+    Example:
+        >>> record, plan = quantize_mixed(model, MixedPrecisionConfig(average_bits=4.5), batches)
+    """
+    calib = list(calib)
+    plan = plan_mixed_precision(model, config, calib)
+    mapping = {name: _at_bits(config.base, b) for name, b in plan.bits.items()}
+    record = quantize(model, mapping, calib=calib)
+    record.metrics.update({f"average_bits.{k}": v for k, v in plan.average_bits.items()})
+    return record, plan
