@@ -78,3 +78,22 @@ def test_load_run_rebuilds_the_compressed_model(trained, digits, tmp_path):
     rebuilt = load_run(tmp_path, start)
     acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
     assert acc == pytest.approx(res.metrics("compressed")["accuracy"])
+
+
+def test_qat_pass_in_a_recipe_converts_and_resumes(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    recipe = {
+        "stages": [
+            {"pass": "qat", "config": {"bits": 4, "epochs": 4, "batch_size": 64, "lr": 2e-3}},
+            {"name": "qat4", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert res.metrics("qat4")["accuracy"] > 0.85 and res.metrics("qat4")["compression"] > 4
+    assert {"float_loss", "quant_loss"} <= set(res.metrics("qat"))
+    rebuilt = load_run(tmp_path, start)
+    assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
+        res.metrics("qat4")["accuracy"]
+    )

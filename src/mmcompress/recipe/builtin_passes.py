@@ -233,3 +233,35 @@ class QuantizeMixedPass(Pass):
 
     def replay(self, ctx: RunContext, record: Record) -> None:
         replay_quantize(ctx.model, record)
+
+
+class QATPassConfig(FinetuneConfig):
+    """Training settings plus the weight bits learned with LSQ and layers kept in float."""
+
+    bits: int = Field(4, ge=2, le=8)
+    skip: tuple[str, ...] = ()
+
+
+@PASSES.register("qat")
+class QATPass(Pass):
+    """Quantization-aware training (STE + learned steps), then conversion to integer codes."""
+
+    Config = QATPassConfig
+
+    def run(self, ctx: RunContext) -> StageOutcome:
+        from mmcompress.quant.qat import quantization_aware_training
+
+        fields = {k: v for k, v in self.config.to_dict().items() if k in TrainConfig.model_fields}
+        train = TrainConfig.from_dict({**fields, "seed": ctx.seed + self.config.seed})
+        record, history = quantization_aware_training(
+            ctx.model, ctx.task, ctx.train_data, train, self.config.bits, ctx.test_data, self.config.skip
+        )
+        last = history[-1] if history else {}
+        metrics = {
+            "float_loss": last.get("float_loss", float("nan")),
+            "quant_loss": last.get("quant_loss", float("nan")),
+        }
+        return StageOutcome({**metrics, **record.metrics}, record, extra={"history": history})
+
+    def replay(self, ctx: RunContext, record: Record) -> None:
+        replay_quantize(ctx.model, record)

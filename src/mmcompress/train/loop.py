@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def fit(
     val_data: Any = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    on_epoch_end: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `train_data` with `task`'s loss.
 
@@ -97,6 +99,7 @@ def fit(
         val_data: evaluated after each epoch (metrics go into the history).
         checkpoint_dir: where `last.pt` is written each epoch; an existing one is resumed.
         progress: show a rich progress bar.
+        on_epoch_end: called with the model after each epoch; its numbers join the history.
 
     Example:
         >>> fit(model, ClassificationTask(), load_dataset("digits"), TrainConfig(epochs=2))
@@ -160,6 +163,9 @@ def fit(
         entry = {"epoch": epoch + 1, "loss": ddp.all_mean(sum(losses) / len(losses))}
         if val_data is not None:
             entry.update(task.evaluate(model, val_data))
+        if on_epoch_end is not None:
+            entry.update(on_epoch_end(model))
+            model.train()
         result.history.append(entry)
         if ckpt is not None and rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
