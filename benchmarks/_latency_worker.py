@@ -6,11 +6,10 @@ Usage: _latency_worker.py KIND PATH CACHE BATCH  (KIND: torch-float, torch-compr
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 
 import torch
+from _results import time_calls
 
 from mmcompress.data.registry import load_dataset
 from mmcompress.models.zoo import build_model, get_spec, load_model, task_for
@@ -31,15 +30,7 @@ def main() -> None:
 
         model = OrtModule.load(path, build_model("fashion-clip"), threads=2)
     inputs, _ = task_for(build_model("fashion-clip") if kind == "ort" else model, test).batch(test, torch.arange(batch))
-    times = []
-    with torch.inference_mode():
-        for i in range(25):
-            start = time.perf_counter()
-            model(**inputs)
-            if i >= 5:
-                times.append(1000 * (time.perf_counter() - start))
-    times.sort()
-    print(json.dumps({"median": statistics.median(times), "p10": times[2], "p90": times[-3]}))
+    print(json.dumps(time_calls(lambda: model(**inputs), warmup=5, repeats=20)))
 
 
 if __name__ == "__main__":

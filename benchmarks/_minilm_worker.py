@@ -6,12 +6,11 @@ Usage: _minilm_worker.py KIND PATH BATCH TOKENS   KIND: torch-float | torch-ao |
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 
 import torch
 from _minilm_data import long_batch
+from _results import time_calls
 
 
 def main() -> None:
@@ -32,15 +31,7 @@ def main() -> None:
 
             model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         run = lambda: model(**inputs)  # noqa: E731
-    times = []
-    with torch.inference_mode():
-        for i in range(13):
-            start = time.perf_counter()
-            run()
-            if i >= 3:
-                times.append(1000 * (time.perf_counter() - start))
-    times.sort()
-    print(json.dumps({"median": statistics.median(times), "p10": times[1], "p90": times[-2]}))
+    print(json.dumps(time_calls(run, warmup=3, repeats=10)))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,20 @@ def table(rows: list[list[str]]) -> str:
     head, *rest = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rest])
+
+
+def time_calls(run, warmup: int, repeats: int) -> dict[str, float]:
+    """Median, 10th and 90th percentile (ms) of `repeats` calls of `run` after `warmup` calls."""
+    import statistics
+    import time
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    return {"median": statistics.median(times), "p10": times[len(times) // 10], "p90": times[-1 - len(times) // 10]}
