@@ -25,6 +25,17 @@ def test_save_load_reproduces_outputs_bit_for_bit(two_tower, tmp_path):
     assert loaded.head.act_dynamic and loaded.image[0].bits == 3
 
 
+def test_save_load_w8a8_static_smoothquant_bit_for_bit(two_tower, tmp_path):
+    x = (torch.randn(5, 1, 8, 8), torch.randint(0, 50, (5, 4)))
+    cfg = QuantConfig(weight_bits=7, activations="static", act_observer="mse", smoothquant=0.5)
+    quantize(two_tower, {"re:head": cfg, "_default": QuantConfig()}, calib=[x])
+    save_quantized(two_tower, tmp_path / "q")
+    loaded = load_quantized(type(two_tower)(), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(*x), two_tower(*x))
+    assert loaded.head.act.mode == "static" and float(loaded.head.act_step) == float(two_tower.head.act_step)
+
+
 def test_load_into_wrong_model_or_corrupted_map_is_an_error(two_tower, tmp_path):
     quantize(two_tower, QuantConfig())
     save_quantized(two_tower, tmp_path / "q")

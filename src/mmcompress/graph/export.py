@@ -15,9 +15,9 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
-from mmcompress.graph.onnx_dynamic import rewrite_dynamic_int8
 from mmcompress.graph.onnx_int8 import rewrite_int8
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
+from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.quant.modules import QUANT_MODULES
 
@@ -88,18 +88,18 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         for n, t in named.items()
     }
     dynamic.update({o: {0: "batch"} for o in outputs})
-    simulated = [m for m in model.modules() if getattr(m, "act_dynamic", False)]
-    for module in simulated:  # the rewrite inserts the real DynamicQuantizeLinear: trace without the simulation
-        module.act_dynamic = False
+    simulated = [m for m in model.modules() if getattr(m, "act", None) is not None]
+    for module in simulated:  # the rewrite inserts the real activation quantization: trace without the simulation
+        module.simulate_activations = False
     try:
         traced = _trace(wrapper, named, outputs, dynamic, opset)
     finally:
         for module in simulated:
-            module.act_dynamic = True
+            module.simulate_activations = True
     proto = onnx.load_from_string(traced)
     has_quant = any(isinstance(m, QUANT_MODULES) for m in model.modules())
     if has_quant:
-        rewrite_dynamic_int8(proto, model)  # W8A8-dynamic Linear layers: integer kernels
+        rewrite_w8a8(proto, model)  # W8A8 Linear layers (dynamic / per-token / static): integer kernels
         rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
         rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear
     int8_weights = sum(

@@ -28,7 +28,7 @@ def _entry(module: QuantLinear) -> dict | None:
     n, k = module.qweight.shape
     blocks = module.scale.shape[1]
     block = k // blocks
-    if module.bits != 4 or module.act_dynamic or block not in BLOCK_SIZES or blocks * block != k:
+    if module.bits != 4 or module.act is not None or block not in BLOCK_SIZES or blocks * block != k:
         return None
     codes = module.qweight.cpu().numpy().astype(np.int16) + 8  # (N, K) in 0..15
     entry = {

@@ -16,6 +16,8 @@ from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for
+from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
+from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
@@ -37,7 +39,7 @@ class GPTQConfig(FrozenConfig):
 
 
 class QuantConfig(FrozenConfig):
-    """Weight quantization settings.
+    """Weight (and Linear input) quantization settings.
 
     Attributes:
         weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
@@ -47,10 +49,17 @@ class QuantConfig(FrozenConfig):
             (a step per `group_size` inputs of a channel) or "per_tensor".
         group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
         observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
-        activations: "none" (weight-only) or "dynamic" (Linear inputs quantized per call to uint8,
-            per tensor, as ONNX Runtime's integer kernels do; needs symmetric per-channel weights of
-            7 or 8 bits; other layer types stay weight-only). Use 7-bit weights on x86 CPUs without
-            VNNI: their u8s8 kernels add pairs of products in int16, which 8-bit weights overflow.
+        activations: "none" (weight-only), "dynamic" (Linear inputs quantized per call) or
+            "static" (Linear inputs quantized with a step fixed from calibration data). Both need
+            symmetric per-channel weights of 7 or 8 bits; other layer types stay weight-only. Use
+            7-bit weights on x86 CPUs without VNNI: their u8s8 kernels add pairs of products in
+            int16, which 8-bit weights overflow.
+        act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
+            "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic only.
+        act_observer: range observer of "static": "minmax", "percentile", "mse" or "kl".
+        smoothquant: SmoothQuant migration strength alpha in (0, 1) (None: off). Divides each input
+            channel by s_j = max|x_j|^alpha / max|w_j|^(1-alpha) and folds s into the weight, so
+            activation outlier channels shrink; needs calibration data and activations.
         clip_ratio: fraction of each step's range kept with observer "minmax" (see
             `analyze_quantization_error`, which searches it per layer).
         method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
@@ -69,20 +78,34 @@ class QuantConfig(FrozenConfig):
     group_size: int = Field(128, ge=2)
     observer: Literal["minmax", "mse"] = "minmax"
     clip_ratio: float = Field(1.0, gt=0, le=1)
-    activations: Literal["none", "dynamic"] = "none"
+    activations: Literal["none", "dynamic", "static"] = "none"
+    act_granularity: Literal["per_tensor", "per_token"] = "per_tensor"
+    act_observer: Literal["minmax", "percentile", "mse", "kl"] = "minmax"
+    smoothquant: float | None = Field(None, gt=0, lt=1)
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv", "embedding")
 
     @model_validator(mode="after")
-    def _dynamic_needs_int8_channels(self) -> QuantConfig:
-        if self.activations == "dynamic" and (
+    def _activations_need_int8_channels(self) -> QuantConfig:
+        if self.activations != "none" and (
             self.weight_bits not in (7, 8) or self.granularity != "per_channel" or self.scheme != "symmetric"
         ):
             raise ValueError(
-                "activations 'dynamic' needs weight_bits 7 or 8, granularity 'per_channel' and scheme 'symmetric'"
+                f"activations {self.activations!r} needs weight_bits 7 or 8, granularity 'per_channel' "
+                "and scheme 'symmetric'"
             )
+        if self.act_granularity == "per_token" and self.activations != "dynamic":
+            raise ValueError("act_granularity 'per_token' needs activations 'dynamic'")
+        if self.smoothquant is not None and self.activations == "none":
+            raise ValueError("smoothquant migrates activation outliers: it needs activations 'dynamic' or 'static'")
         return self
+
+    def act_spec(self) -> ActSpec | None:
+        """The activation quantization these settings describe (None: weight-only)."""
+        if self.activations == "none":
+            return None
+        return ActSpec(self.activations, self.act_granularity, self.act_observer)
 
     def grid(self) -> WeightGrid:
         """The WeightGrid these settings describe."""
@@ -118,14 +141,14 @@ def quantize(
     calib: Iterable[Any] | None = None,
     max_calib_batches: int | None = None,
 ) -> Record:
-    """Quantize Linear/Conv2d/Embedding weights in place to integer codes (weight-only).
+    """Quantize Linear/Conv2d/Embedding weights in place to integer codes (+ Linear inputs for W8A8).
 
     Args:
         model: edited in place (layers are swapped for Quant* modules holding int8 codes).
         config: one QuantConfig, or a target mapping (exact name, `re:`, `modality:`, `_default`)
             of key -> QuantConfig / dict / None (skip). First match wins. Default: QuantConfig().
-        calib: calibration batches (needed by method "gptq"); every tower with such a target
-            must receive data.
+        calib: calibration batches (needed by method "gptq", activations "static" and
+            smoothquant); every tower with such a target must receive data.
         max_calib_batches: use at most this many calibration batches.
 
     Returns:
@@ -148,22 +171,51 @@ def quantize(
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types)
     ]
     require_matches(chosen, mapping, model)
-    params = _gptq_params(model, chosen, calib, adapter.modality_of, max_calib_batches)
+    built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
-    for name, module, cfg in chosen:
-        qmodule = _quantize_module(name, module, cfg.grid(), params.get(name))
-        qmodule.act_dynamic = cfg.activations == "dynamic" and isinstance(module, nn.Linear)
+    for name, (qmodule, info) in built.items():  # swap only once every layer succeeded
         _replace(model, name, qmodule)
-        record.modules[name] = {
-            "type": type(qmodule).__name__,
-            "bits": cfg.weight_bits,
-            "method": "gptq" if name in params else "rtn",
-            "activations": "dynamic" if qmodule.act_dynamic else "none",
-            "grid": asdict(qmodule.grid),
-            "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
-        }
+        record.modules[name] = info
     record.metrics["modules"] = float(len(chosen))
     return record
+
+
+def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str, tuple[nn.Module, dict]]:
+    """Quantized replacements with their record entries; the model itself is left unchanged."""
+    linear = {n: (m, c) for n, m, c in chosen if isinstance(m, nn.Linear) and c.activations != "none"}
+    smooth = {n: (m, c.smoothquant) for n, (m, c) in linear.items() if c.smoothquant is not None}
+    static = {n: (m, c.act_observer) for n, (m, c) in linear.items() if c.activations == "static"}
+    if (smooth or static) and calib is None:
+        first = next(iter(smooth or static))
+        raise ConfigError(f"smoothquant and static activations need calibration data (layer {first!r}): pass calib=")
+    factors = smoothquant_factors(model, smooth, calib, modality_of, max_batches) if smooth else {}
+    built = {}
+    with smoothed({n: m for n, (m, _) in smooth.items()}, factors):
+        ranges = static_ranges(model, static, calib, modality_of, max_batches) if static else {}
+        params = _gptq_params(model, chosen, calib, modality_of, max_batches)
+        for name, module, cfg in chosen:
+            qmodule = _quantize_module(name, module, cfg.grid(), params.get(name))
+            spec = cfg.act_spec() if name in linear else None
+            if spec is not None:
+                qmodule.set_activations(spec, 1.0 / factors[name] if name in factors else None)
+            if name in ranges:
+                qmodule.act_step.fill_(ranges[name][0])
+                qmodule.act_zero.fill_(ranges[name][1])
+            built[name] = (qmodule, _record_entry(name, module, qmodule, cfg, params))
+    return built
+
+
+def _record_entry(name: str, module: nn.Module, qmodule: nn.Module, cfg: QuantConfig, params: dict) -> dict:
+    spec = getattr(qmodule, "act", None)
+    return {
+        "type": type(qmodule).__name__,
+        "bits": cfg.weight_bits,
+        "method": "gptq" if name in params else "rtn",
+        "activations": "none" if spec is None else asdict(spec),
+        "smoothquant": cfg.smoothquant if hasattr(qmodule, "act_smooth") else None,
+        "grid": asdict(qmodule.grid),
+        "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
+    }
 
 
 def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
@@ -211,5 +263,17 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
         module = model.get_submodule(name)
         grid = WeightGrid(**info["grid"]) if "grid" in info else WeightGrid(bits=int(info["bits"]))
         qmodule = FLOAT_TO_QUANT[type(module)].from_float(module, grid)
-        qmodule.act_dynamic = info.get("activations") == "dynamic"
+        spec = activation_spec(info.get("activations", "none"))
+        if spec is not None or info.get("smoothquant") is not None:
+            smooth = torch.ones(module.in_features) if info.get("smoothquant") is not None else None
+            qmodule.set_activations(spec, smooth)
         _replace(model, name, qmodule)
+
+
+def activation_spec(entry: str | dict) -> ActSpec | None:
+    """The ActSpec a record entry describes ("none", "dynamic" or the ActSpec fields)."""
+    if entry == "none":
+        return None
+    if entry == "dynamic":
+        return ActSpec("dynamic")
+    return ActSpec(**entry)

@@ -26,7 +26,8 @@ def quant_map(model: nn.Module) -> dict:
             "type": type(m).__name__,
             "bits": m.bits,
             "grid": asdict(m.grid),
-            "activations": "dynamic" if getattr(m, "act_dynamic", False) else "none",
+            "activations": "none" if getattr(m, "act", None) is None else asdict(m.act),
+            "smoothquant": True if hasattr(m, "act_smooth") else None,
         }
         for name, m in model.named_modules()
         if isinstance(m, QUANT_MODULES)

@@ -75,7 +75,7 @@ class PrunePass(_TargetedPass):
 
 
 class QuantPassConfig(QuantConfig):
-    """QuantConfig plus how much training data calibrates (used by GPTQ)."""
+    """QuantConfig plus how much training data calibrates (GPTQ, static activations, SmoothQuant)."""
 
     calib_samples: int = Field(512, ge=1)
     calib_batch_size: int = Field(64, ge=1)

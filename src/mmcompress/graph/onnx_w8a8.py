@@ -1,0 +1,106 @@
+"""Rewrite MatMul/Gemm nodes of W8A8 Linear layers into ONNX Runtime's integer kernels.
+
+Every form feeds uint8 activations and int8 per-channel weights to MatMulInteger (u8s8, the fast
+x86 path), then scales the int32 result back to float:
+- dynamic per tensor: DynamicQuantizeLinear (ONNX Runtime fuses the chain into
+  DynamicQuantizeMatMul);
+- dynamic per token: step = max|row| / 127 per token, codes round(x / step) + 128 (zero point 128);
+- static: QuantizeLinear with the calibrated step and zero point.
+A SmoothQuant factor is already in the traced graph (a Mul before the layer). The integers are
+exactly those the PyTorch model simulates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from torch import nn
+
+from mmcompress.graph.onnx_rewrite import linear_keys, replace_linear_nodes
+from mmcompress.quant.activations import TOKEN_LEVELS
+from mmcompress.quant.modules import QuantLinear
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+def _const(name: str, value, dtype) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _quantize_input(entry: dict, x: str, p: str):
+    """Nodes producing the uint8 input codes `{p}_xq`, its zero point and its step (a name)."""
+    if entry["mode"] == "static":
+        inits = [_const(f"{p}_xs", entry["step"], np.float32), _const(f"{p}_xzp", entry["zero"], np.uint8)]
+        return [helper.make_node("QuantizeLinear", [x, f"{p}_xs", f"{p}_xzp"], [f"{p}_xq"])], inits
+    if entry["granularity"] == "per_tensor":
+        return [helper.make_node("DynamicQuantizeLinear", [x], [f"{p}_xq", f"{p}_xs", f"{p}_xzp"])], []
+    inits = [
+        _const(f"{p}_tiny", np.finfo(np.float32).tiny, np.float32),
+        _const(f"{p}_levels", TOKEN_LEVELS, np.float32),
+        _const(f"{p}_offset", 128.0, np.float32),
+        _const(f"{p}_xzp", 128, np.uint8),
+    ]
+    nodes = [
+        helper.make_node("Abs", [x], [f"{p}_abs"]),
+        helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_amax"], axes=[-1], keepdims=1),
+        helper.make_node("Max", [f"{p}_amax", f"{p}_tiny"], [f"{p}_amax1"]),
+        helper.make_node("Div", [f"{p}_amax1", f"{p}_levels"], [f"{p}_xs"]),
+        helper.make_node("Div", [x, f"{p}_xs"], [f"{p}_scaled"]),
+        helper.make_node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),
+        helper.make_node("Add", [f"{p}_rounded", f"{p}_offset"], [f"{p}_shifted"]),
+        helper.make_node("Cast", [f"{p}_shifted"], [f"{p}_xq"], to=onnx.TensorProto.UINT8),
+    ]
+    return nodes, inits
+
+
+def _build(entry: dict, x: str, out: str, p: str):
+    nodes, inits = _quantize_input(entry, x, p)
+    inits += [
+        numpy_helper.from_array(entry["codes"], f"{p}_wq"),
+        _const(f"{p}_wzp", np.zeros(entry["codes"].shape[1]), np.int8),
+        numpy_helper.from_array(entry["scale"], f"{p}_ws"),
+    ]
+    nodes += [
+        helper.make_node("MatMulInteger", [f"{p}_xq", f"{p}_wq", f"{p}_xzp", f"{p}_wzp"], [f"{p}_i32"]),
+        helper.make_node("Cast", [f"{p}_i32"], [f"{p}_f32"], to=FLOAT),
+    ]
+    if entry["granularity"] == "per_token":  # steps per row: keep ORT's MatMulIntegerToFloat fusion
+        nodes += [  # (which takes one input step or one per column) away from this chain
+            helper.make_node("Mul", [f"{p}_f32", f"{p}_xs"], [f"{p}_fx"]),
+            helper.make_node("Mul", [f"{p}_fx", f"{p}_ws"], [out]),
+        ]
+    else:  # the pattern ONNX Runtime fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat
+        nodes += [
+            helper.make_node("Mul", [f"{p}_xs", f"{p}_ws"], [f"{p}_step"]),
+            helper.make_node("Mul", [f"{p}_f32", f"{p}_step"], [out]),
+        ]
+    return nodes, inits
+
+
+def _entry(module: QuantLinear) -> dict:
+    spec = module.act
+    entry = {
+        "mode": spec.mode,
+        "granularity": spec.granularity,
+        "codes": np.ascontiguousarray(module.qweight.cpu().numpy().T),  # (in, out) int8
+        "scale": module.scale[:, 0].cpu().numpy().astype(np.float32),  # (out,)
+    }
+    if spec.mode == "static":
+        entry["step"], entry["zero"] = float(module.act_step), int(module.act_zero)
+    return entry
+
+
+def rewrite_w8a8(proto: onnx.ModelProto, model: nn.Module) -> int:
+    """Replace the MatMul/Gemm nodes of W8A8 QuantLinear layers with integer kernels; returns how many.
+
+    Example:
+        >>> n = rewrite_w8a8(proto, w8a8_model)
+    """
+    table = {}
+    for module in model.modules():
+        if isinstance(module, QuantLinear) and module.act is not None:
+            entry = _entry(module)
+            for key, is_gemm in linear_keys(module.dequantized_weight().cpu().numpy()).items():
+                table[key] = (is_gemm, entry)
+    return replace_linear_nodes(proto, table, _build, "w8a8") if table else 0

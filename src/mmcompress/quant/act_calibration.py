@@ -1,0 +1,115 @@
+"""Model plumbing for W8A8: SmoothQuant statistics and static activation ranges from calibration.
+
+Both walk the calibration batches with `run_calibration`, so a tower that gets no data is an
+error naming it. Smoothing is applied to the float model as an exact rewrite (weight columns
+times s, inputs divided by s through a temporary pre-hook) so that everything calibrated after
+it (static ranges, GPTQ Hessians) sees the smoothed inputs the quantized layer will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.walker import run_calibration
+from mmcompress.errors import DataError
+from mmcompress.quant.activations import smoothing_factors, static_params
+from mmcompress.quant.observers import observe_range
+
+SAMPLES_PER_BATCH = 1 << 18  # values kept per layer and batch for the percentile/MSE/KL observers
+
+
+def channel_absmax(
+    model: nn.Module, layers: dict[str, nn.Linear], calib: Iterable[Any], modality_of: Callable, max_batches=None
+) -> dict[str, torch.Tensor]:
+    """Largest |input| per input channel of each Linear layer over the calibration batches.
+
+    Example:
+        >>> channel_absmax(model, {"fc": model.fc}, batches, str)["fc"].shape
+        torch.Size([64])
+    """
+    stats: dict[str, torch.Tensor] = {}
+
+    def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise DataError(f"calibration input of layer {name!r} holds NaN or Inf")
+        amax = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
+        stats[name] = torch.maximum(stats[name], amax) if name in stats else amax
+
+    run_calibration(model, layers, calib, collect, modality_of, max_batches)
+    return stats
+
+
+@contextmanager
+def smoothed(layers: dict[str, nn.Linear], factors: dict[str, torch.Tensor]):
+    """Temporarily smooth each layer: weight columns times s, inputs divided by s (exact in float).
+
+    The original weights come back on exit, also after an error.
+
+    Example:
+        >>> with smoothed({"fc": model.fc}, {"fc": s}):
+        ...     model(x)  # same output, smoothed inputs inside fc
+    """
+    originals = {name: layers[name].weight.data for name in factors}
+    handles = []
+    try:
+        for name, s in factors.items():
+            layer = layers[name]
+            layer.weight.data = layer.weight.data * s.to(layer.weight.dtype)
+            inverse = (1.0 / s).to(layer.weight.dtype)
+            handles.append(layer.register_forward_pre_hook(lambda m, args, inv=inverse: (args[0] * inv, *args[1:])))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, weight in originals.items():
+            layers[name].weight.data = weight
+
+
+def smoothquant_factors(
+    model: nn.Module, layers: dict[str, tuple[nn.Linear, float]], calib, modality_of: Callable, max_batches=None
+) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors per layer from calibration: name -> s (in,), for (layer, alpha) targets.
+
+    Example:
+        >>> smoothquant_factors(model, {"fc": (model.fc, 0.5)}, batches, str)["fc"].shape
+    """
+    absmax = channel_absmax(model, {n: m for n, (m, _) in layers.items()}, calib, modality_of, max_batches)
+    return {n: smoothing_factors(absmax[n], m.weight, alpha) for n, (m, alpha) in layers.items()}
+
+
+def static_ranges(
+    model: nn.Module, layers: dict[str, tuple[nn.Linear, str]], calib, modality_of: Callable, max_batches=None
+) -> dict[str, tuple[float, int]]:
+    """uint8 (step, zero point) of each layer's input from calibration with the named observer.
+
+    Example:
+        >>> static_ranges(model, {"fc": (model.fc, "percentile")}, batches, str)["fc"]
+        (0.0123, 87)
+    """
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    extremes: dict[str, tuple[float, float]] = {}
+
+    def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        flat = x.reshape(-1).float()
+        if not torch.isfinite(flat).all():
+            raise DataError(f"calibration input of layer {name!r} holds NaN or Inf")
+        lo, hi = extremes.get(name, (float("inf"), float("-inf")))
+        extremes[name] = (min(lo, float(flat.min())), max(hi, float(flat.max())))
+        if layers[name][1] != "minmax":
+            stride = max(1, flat.numel() // SAMPLES_PER_BATCH)
+            seen[name].append(flat[::stride].clone())
+
+    run_calibration(model, {n: m for n, (m, _) in layers.items()}, calib, collect, modality_of, max_batches)
+    ranges = {}
+    for name, (_, observer) in layers.items():
+        if observer == "minmax":
+            lo, hi = extremes[name]
+        else:
+            lo, hi = observe_range(torch.cat(seen[name] + [torch.tensor(extremes[name])]), observer)
+        ranges[name] = static_params(lo, hi)
+    return ranges
