@@ -1,16 +1,45 @@
-"""Fixed sentence sets for the MiniLM benchmark (built from the caption corpus, deterministic)."""
+"""Fixed sentence sets for the MiniLM benchmark (deterministic, offline).
+
+Evaluation: the 304 distinct fashion captions plus 200 varied English sentences taken from the
+Python documentation that ships with the interpreter (`pydoc_data`), so the set mixes short
+templated captions with real technical prose of 6 to 40 words.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import numpy as np
+import torch
 
 from mmcompress.data.captions import caption_vocabulary
 from mmcompress.models.minilm import load_minilm_tokenizer
 
+CODE_CHARS = r"[*=()\[\]{}`|>\"'-]"  # sentences with these are code or markup, not prose
+
 
 def short_sentences() -> list[str]:
-    """The 304 distinct captions: the evaluation set for embedding cosine similarity."""
+    """The 304 distinct captions."""
     return [text for text, _, _ in caption_vocabulary()]
+
+
+def varied_sentences(n: int = 200) -> list[str]:
+    """`n` prose sentences from the bundled Python docs, chosen by a stable hash (same on every run)."""
+    from pydoc_data.topics import topics
+
+    text = re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics)))
+    candidates = {
+        s
+        for s in re.split(r"(?<=[.!?])\s+", text)
+        if 6 <= len(s.split()) <= 40 and s[:1].isupper() and s.endswith(".") and not re.search(CODE_CHARS, s)
+    }
+    ranked = sorted(candidates, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    return ranked[:n]
+
+
+def evaluation_sentences() -> list[str]:
+    return short_sentences() + varied_sentences()
 
 
 def long_sentences(n: int, seed: int = 0) -> list[str]:
@@ -31,3 +60,17 @@ def tokenize(texts: list[str], tokens: int | None = None) -> dict:
 
 def long_batch(batch: int, tokens: int) -> dict:
     return tokenize(long_sentences(batch, seed=1), tokens)
+
+
+def calibration_batches() -> list[dict]:
+    """4 x 64 long sentences of 128 tokens (disjoint from the evaluation and speed inputs)."""
+    return [tokenize(long_sentences(64, seed=s), 128) for s in (10, 11, 12, 13)]
+
+
+def embed(run, sentences: list[str], batch: int = 32) -> torch.Tensor:
+    """Embeddings in batches of `batch` sentences (padded per batch, as a service would): (N, 384)."""
+    out = []
+    for start in range(0, len(sentences), batch):
+        result = run(tokenize(sentences[start : start + batch]))
+        out.append(torch.as_tensor(result[0] if isinstance(result, list) else result).detach().float())
+    return torch.cat(out)

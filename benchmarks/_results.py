@@ -35,8 +35,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def time_calls(run, warmup: int, repeats: int) -> dict[str, float]:
-    """Median, 10th and 90th percentile (ms) of `repeats` calls of `run` after `warmup` calls."""
-    import statistics
+    """`summarize` of `repeats` calls of `run` (ms) after `warmup` calls."""
     import time
 
     with torch.inference_mode():
@@ -47,5 +46,17 @@ def time_calls(run, warmup: int, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             run()
             times.append(1000 * (time.perf_counter() - start))
-    times.sort()
-    return {"median": statistics.median(times), "p10": times[len(times) // 10], "p90": times[-1 - len(times) // 10]}
+    return summarize(times)
+
+
+def summarize(times: list[float]) -> dict:
+    """Median, 10th and 90th percentile (ms) of call times, and the sorted times themselves."""
+    import statistics
+
+    times = sorted(times)
+    return {
+        "median": statistics.median(times),
+        "p10": times[len(times) // 10],
+        "p90": times[-1 - len(times) // 10],
+        "times": times,
+    }

@@ -1,9 +1,11 @@
-"""all-MiniLM-L6-v2 (real weights): accuracy and speed of our quantization variants and peers.
+"""all-MiniLM-L6-v2 (real weights): accuracy, size and speed of our quantization variants and peers.
 
-Run: .venv/bin/python benchmarks/minilm_int8.py   (about 3 minutes on 2 cores)
-Writes the `minilm-int8` section of docs/benchmarks.md. Accuracy: mean/min cosine similarity of
-sentence embeddings to float32 on the 304 distinct captions. Speed: batch 32 x 128 tokens, each
-runtime in its own process with 2 threads, median of 10 calls after 3 warm-up calls.
+Run: .venv/bin/python benchmarks/minilm_int8.py   (about 25 minutes on 2 cores; peers need
+`pip install -e '.[bench]'`). Writes the `minilm-int8` section of docs/benchmarks.md.
+Accuracy: mean/min cosine similarity of sentence embeddings to float32 on 504 sentences (304
+captions + 200 prose sentences), embedded in batches of 32. Speed: batch 32 x 128 and 1 x 128
+tokens, every runtime in its own process with 2 threads, 3 rounds taken in turn (machine drift
+hits all runtimes alike), median over all calls.
 """
 
 from __future__ import annotations
@@ -16,25 +18,50 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _minilm_data import long_batch, long_sentences, short_sentences, tokenize
-from _results import machine, table, update_section
+from _minilm_data import calibration_batches, embed, evaluation_sentences, long_batch
+from _minilm_peers import ONNX_PEERS, TORCH_PEERS
+from _results import machine, summarize, table, update_section
 
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.runtime import OrtModel
+from mmcompress.graph.storage import stored_bytes
 from mmcompress.models.minilm import MiniLMEncoder
 from mmcompress.quant.api import QuantConfig, quantize
 
 HERE = Path(__file__).resolve().parent
 EMB = {"re:.*embeddings.*": QuantConfig()}  # embedding tables: int8 rows in every variant
-VARIANTS = {
-    "W8 weight-only (ours)": {**EMB, "_default": QuantConfig()},
-    "W7A8 dynamic (ours, ORT integer kernels)": {**EMB, "_default": QuantConfig(activations="dynamic", weight_bits=7)},
-    "W8A8 dynamic (ours, PyTorch only)": {**EMB, "_default": QuantConfig(activations="dynamic")},
-    "W4 g128 rtn (ours)": {**EMB, "_default": QuantConfig(weight_bits=4, granularity="per_group")},
-    "W4 g128 GPTQ (ours, ORT MatMulNBits)": {
-        **EMB,
-        "_default": QuantConfig(weight_bits=4, granularity="per_group", method="gptq"),
-    },
+W7A8 = {"weight_bits": 7, "activations": "dynamic"}
+FFN_DOWN = r"re:.*layer\.\d+\.output\.dense"  # the FFN's second Linear: its GELU input has outlier tokens
+W4 = {"weight_bits": 4, "granularity": "per_group"}
+SQ_TOKEN = {  # SmoothQuant everywhere; per-token steps where outlier tokens live
+    **EMB,
+    FFN_DOWN: {**W7A8, "smoothquant": 0.5, "act_granularity": "per_token"},
+    "_default": {**W7A8, "smoothquant": 0.6},
+}
+
+
+def with_method(mapping: dict, method: str) -> dict:
+    return {k: v if isinstance(v, QuantConfig) else QuantConfig(**v, method=method) for k, v in mapping.items()}
+
+
+VARIANTS = {  # name -> (mapping, export to ONNX, time it)
+    "W8 weight-only": ({**EMB, "_default": QuantConfig()}, True, False),
+    "W7A8 dynamic per-tensor": ({**EMB, "_default": QuantConfig(**W7A8)}, True, True),
+    "W7A8 dynamic + SmoothQuant 0.6": ({**EMB, "_default": QuantConfig(**W7A8, smoothquant=0.6)}, True, False),
+    "W7A8 SmoothQuant + per-token FFN-down, RTN": (with_method(SQ_TOKEN, "rtn"), True, False),
+    "W7A8 SmoothQuant + per-token FFN-down, GPTQ": (with_method(SQ_TOKEN, "gptq"), True, True),
+    "W7A8 per-token everywhere + SmoothQuant 0.5": (
+        {**EMB, "_default": QuantConfig(**W7A8, smoothquant=0.5, act_granularity="per_token")},
+        True,
+        True,
+    ),
+    "W7A8 static (minmax) + SmoothQuant 0.6": (
+        {**EMB, "_default": QuantConfig(weight_bits=7, activations="static", smoothquant=0.6)},
+        True,
+        True,
+    ),
+    "W4 g128 RTN": ({**EMB, "_default": QuantConfig(**W4)}, False, False),
+    "W4 g128 GPTQ (MatMulNBits)": ({**EMB, "_default": QuantConfig(**W4, method="gptq")}, True, True),
 }
 
 
@@ -43,77 +70,111 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float(cos.mean()), float(cos.min())
 
 
-def timed(kind: str, path: str = "-") -> dict:
+def ort_embed(path: Path, sentences: list[str]) -> torch.Tensor:
+    session = OrtModel.from_path(path)
+    return embed(session.run, sentences)
+
+
+def accuracy(work: Path) -> tuple[list[list[str]], dict[str, tuple[str, str]]]:
+    """Accuracy/size rows and the runtimes to time: name -> (worker kind, path)."""
+    base = MiniLMEncoder().eval()
+    sentences, calib = evaluation_sentences(), calibration_batches()
+    with torch.no_grad():
+        reference = embed(lambda b: base(**b), sentences)
+    float_bytes = sum(4 * t.numel() for t in base.state_dict().values())
+    speed_inputs = long_batch(32, 128)
+    export_onnx(base, speed_inputs, work / "float.onnx")
+    runtimes = {"PyTorch float32 eager": ("torch-float", "-")}
+    runtimes["ONNX Runtime float32"] = ("ort", str(work / "float.onnx"))
+    rows = [["variant", "runtime", "mean cosine", "min cosine", "stored size vs float32"]]
+    for i, (name, (mapping, exported, timed_too)) in enumerate(VARIANTS.items()):
+        model = copy.deepcopy(base)
+        quantize(model, mapping, calib=calib)
+        size = f"{sum(stored_bytes(model).values()) / float_bytes:.3f}x"
+        with torch.no_grad():
+            mean, low = cosine(embed(lambda b, m=model: m(**b), sentences), reference)
+        rows.append([f"ours: {name}", "PyTorch", f"{mean:.4f}", f"{low:.4f}", size])
+        if exported:
+            path = work / f"ours_{i}.onnx"
+            export_onnx(model, speed_inputs, path)
+            mean, low = cosine(ort_embed(path, sentences), reference)
+            rows.append([f"ours: {name}", "ONNX Runtime", f"{mean:.4f}", f"{low:.4f}", size])
+            if timed_too:
+                runtimes[f"ours: {name}"] = ("ort", str(path))
+        print(rows[-1], flush=True)
+    for name, build in TORCH_PEERS.items():
+        model = build(base, calib)
+        with torch.no_grad():
+            mean, low = cosine(embed(lambda b, m=model: m(**b), sentences), reference)
+        rows.append([f"peer: {name}", "PyTorch", f"{mean:.4f}", f"{low:.4f}", "-"])
+        runtimes[f"peer: {name}"] = ("torch-peer", name)
+        print(rows[-1], flush=True)
+    for i, (name, build) in enumerate(ONNX_PEERS.items()):
+        path = work / f"peer_{i}.onnx"
+        build(str(work / "float.onnx"), str(path), calib)
+        mean, low = cosine(ort_embed(path, sentences), reference)
+        rows.append([f"peer: {name}", "ONNX Runtime", f"{mean:.4f}", f"{low:.4f}", "-"])
+        runtimes[f"peer: {name}"] = ("ort", str(path))
+        print(rows[-1], flush=True)
+    return rows, runtimes
+
+
+def gemm_models(work: Path) -> dict[str, tuple[str, str]]:
+    """One FFN-sized Linear (384 -> 1536), float and W7A8 dynamic: the kernel-level ceiling."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(384, 1536))
+    x = torch.randn(4096, 384)
+    export_onnx(layer, x, work / "gemm_float.onnx")
+    quantize(layer, QuantConfig(**W7A8))
+    export_onnx(layer, x, work / "gemm_w7a8.onnx")
+    return {
+        "kernel: one 4096x384 @ 384x1536 GEMM, float32": ("ort-gemm", str(work / "gemm_float.onnx")),
+        "kernel: same GEMM, u8s8 MatMulInteger (W7A8)": ("ort-gemm", str(work / "gemm_w7a8.onnx")),
+    }
+
+
+def timed(kind: str, path: str, batch: int) -> list[float]:
     out = subprocess.run(
-        [sys.executable, str(HERE / "_minilm_worker.py"), kind, path, "32", "128"],
+        [sys.executable, str(HERE / "_minilm_worker.py"), kind, path, str(batch), "128"],
         check=True,
         capture_output=True,
         text=True,
         cwd=HERE,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])["times"]
+
+
+def speed(runtimes: dict[str, tuple[str, str]], batch: int, rounds: int = 3) -> list[list[str]]:
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    for _ in range(rounds):
+        for name, (kind, path) in runtimes.items():
+            times[name] += timed(kind, path, batch)
+    stats = {name: summarize(t) for name, t in times.items()}
+    ref = stats["PyTorch float32 eager"]["median"]
+    rows = [["runtime", "median ms", "p10-p90 ms", "speed-up vs PyTorch float32"]]
+    for name, s in stats.items():
+        ratio = "-" if name.startswith("kernel") else f"{ref / s['median']:.2f}x"
+        rows.append([name, f"{s['median']:.1f}", f"{s['p10']:.1f}-{s['p90']:.1f}", ratio])
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mmc-minilm-"))
-    base = MiniLMEncoder().eval()
-    evaluation = tokenize(short_sentences())
-    calib = [tokenize(long_sentences(64, seed=s), 128) for s in range(4)]
-    with torch.no_grad():
-        reference = base(**evaluation)
-    speed_inputs = long_batch(32, 128)
-    rows = [["variant", "mean cosine", "min cosine", "ONNX Runtime mean cosine"]]
-    for name, mapping in VARIANTS.items():
-        model = copy.deepcopy(base)
-        quantize(model, mapping, calib=calib)
-        with torch.no_grad():
-            mean, low = cosine(model(**evaluation), reference)
-        ort_cos = "-"
-        if "ORT" in name or "weight-only" in name or "GPTQ" in name:
-            path = work / (name.split()[0] + ".onnx")
-            export_onnx(model, speed_inputs, path)
-            ort_mean, _ = cosine(torch.from_numpy(OrtModel.from_path(path).run(evaluation)[0]), reference)
-            ort_cos = f"{ort_mean:.4f}"
-        rows.append([name, f"{mean:.4f}", f"{low:.4f}", ort_cos])
-        print(rows[-1], flush=True)
-    export_onnx(base, speed_inputs, work / "float.onnx")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(work / "float.onnx"), str(work / "ort_dyn.onnx"), per_channel=True, weight_type=QuantType.QInt8
-    )
-    peer_mean, _ = cosine(torch.from_numpy(OrtModel.from_path(work / "ort_dyn.onnx").run(evaluation)[0]), reference)
-    from torch.ao.quantization import quantize_dynamic as torch_dynamic
-
-    ao = torch_dynamic(copy.deepcopy(base), {torch.nn.Linear}, dtype=torch.qint8)
-    with torch.no_grad():
-        ao_mean, ao_low = cosine(ao(**evaluation), reference)
-    rows.append(["peer: ONNX Runtime quantize_dynamic (per-channel)", "-", "-", f"{peer_mean:.4f}"])
-    rows.append(["peer: torch.ao quantize_dynamic", f"{ao_mean:.4f}", f"{ao_low:.4f}", "-"])
-    speed = {
-        "PyTorch float32 eager": timed("torch-float"),
-        "torch.ao quantize_dynamic": timed("torch-ao"),
-        "ONNX Runtime float32": timed("ort", str(work / "float.onnx")),
-        "ONNX Runtime quantize_dynamic (peer)": timed("ort", str(work / "ort_dyn.onnx")),
-        "ONNX Runtime W7A8 dynamic (ours)": timed("ort", str(work / "W7A8.onnx")),
-        "ONNX Runtime W4 g128 GPTQ, MatMulNBits (ours)": timed("ort", str(work / "W4.onnx")),
-    }
-    ref_ms = speed["PyTorch float32 eager"]["median"]
-    speed_rows = [["runtime", "median ms", "p10-p90 ms", "speed-up vs PyTorch float32"]] + [
-        [k, f"{v['median']:.0f}", f"{v['p10']:.0f}-{v['p90']:.0f}", f"{ref_ms / v['median']:.2f}x"]
-        for k, v in speed.items()
-    ]
+    rows, runtimes = accuracy(work)
+    speed32 = speed({**runtimes, **gemm_models(work)}, 32)
+    speed1 = speed(runtimes, 1)
     body = (
         "## all-MiniLM-L6-v2 quantization (`benchmarks/minilm_int8.py`)\n\n"
-        f"{machine()}. Embedding cosine similarity to float32 on the 304 distinct captions; GPTQ "
-        "calibrates on 256 other sentences of 128 tokens.\n\n"
+        f"{machine()}. Embedding cosine similarity to float32 on 504 sentences (the 304 captions "
+        "and 200 prose sentences from the Python docs), embedded in batches of 32. Calibration "
+        "(GPTQ, SmoothQuant, static ranges, peers): 256 other sentences of 128 tokens. Stored "
+        "size: the compact file (packed codes, steps) against float32 weights.\n\n"
         f"{table(rows)}\n\n"
-        "Batch 32 x 128 tokens, each runtime in its own process, 2 threads:\n\n"
-        f"{table(speed_rows)}\n\n"
-        "Activations are quantized per tensor (one step for the whole batch), which is what limits "
-        "W8A8 cosine here; per-token scales or SmoothQuant-style migration are still to come. 8-bit "
-        "weights overflow the int16 pair sums of ONNX Runtime's u8s8 kernels on CPUs without VNNI, "
-        "so the ONNX Runtime variant uses 7-bit weights.\n"
+        "Batch 32 x 128 tokens; each runtime in its own process, 2 threads, 3 rounds in turn:\n\n"
+        f"{table(speed32)}\n\n"
+        "Batch 1 x 128 tokens:\n\n"
+        f"{table(speed1)}\n"
     )
     update_section("minilm-int8", body)
     print(body)

@@ -17,7 +17,7 @@ def _run(*args, env=None):
 def test_lists_and_help():
     assert "fashion-clip" in _run("models").output
     assert "fashion-captions" in _run("datasets").output
-    for command in ("run", "train", "eval", "measure", "models", "datasets", "report"):
+    for command in ("run", "quantize", "train", "eval", "measure", "models", "datasets", "report"):
         result = _run(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -87,3 +87,23 @@ def test_run_quick_recipe_end_to_end_then_resume_measure_and_report(tmp_path):
     (out / "report.md").unlink()
     shutil.rmtree(out / "plots")
     assert _run("report", str(out)).exit_code == 0 and (out / "report.md").exists()
+
+
+def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path):
+    out, cache = tmp_path / "q", tmp_path / "cache"
+    args = ["--train-limit", "600", "--test-limit", "200", "--cache-dir", str(cache), "--quiet"]
+    w8a8 = ["--bits", "7", "--activations", "static", "--act-observer", "kl", "--smoothquant", "0.5"]
+    result = _run("quantize", "digits-cnn", *w8a8, "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "record.json").read_text())
+    stages = {s["label"]: s for s in record["stages"]}
+    modules = stages["quantize"]["record"]["modules"]
+    linear = [m for m in modules.values() if m["type"] == "QuantLinear"]
+    assert linear and all(m["activations"]["mode"] == "static" and m["smoothquant"] == 0.5 for m in linear)
+    exported = stages["export_onnx"]["metrics"]
+    assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
+    assert stages["quantized"]["metrics"]["accuracy"] > stages["baseline"]["metrics"]["accuracy"] - 0.03
+
+    bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "dynamic", "--out", str(tmp_path / "b"))
+    check_one_line_error(bad, "needs weight_bits 7 or 8")
+    assert not (tmp_path / "b").exists()

@@ -120,3 +120,25 @@ def test_static_and_smoothquant_need_clean_calibration_data():
     with pytest.raises(DataError, match="NaN"):
         quantize(model, QuantConfig(activations="dynamic", smoothquant=0.5), calib=[bad])
     assert isinstance(model[0], nn.Linear)  # nothing half-quantized
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_w8a8_convolutions_run_convinteger_and_match_pytorch(tmp_path, mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, groups=2),
+        nn.Flatten(), nn.Linear(16 * 9, 10),
+    )  # fmt: skip
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        float_out = model(x)
+    cfg = QuantConfig(weight_bits=7, activations=mode, act_granularity="per_tensor")
+    rec = quantize(model, cfg, calib=[torch.rand(4, 1, 8, 8) for _ in range(3)])
+    assert rec.modules["2"]["activations"]["mode"] == mode
+    res = export_onnx(model, x, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("ConvInteger") == 2 and ops.count("MatMulInteger") == 1 and "Conv" not in ops
+    assert res.max_abs_error < MAX_PARITY_ERR
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model(x).flatten(), float_out.flatten(), dim=0)
+    assert cos > MIN_FLOAT_COSINE

@@ -1,4 +1,4 @@
-"""Rewrite MatMul/Gemm nodes of W8A8 Linear layers into ONNX Runtime's integer kernels.
+"""Rewrite MatMul/Gemm (Linear) and Conv nodes of W8A8 layers into ONNX Runtime's integer kernels.
 
 Every form feeds uint8 activations and int8 per-channel weights to MatMulInteger (u8s8, the fast
 x86 path), then scales the int32 result back to float:
@@ -6,6 +6,7 @@ x86 path), then scales the int32 result back to float:
   DynamicQuantizeMatMul);
 - dynamic per token: step = max|row| / 127 per token, codes round(x / step) + 128 (zero point 128);
 - static: QuantizeLinear with the calibrated step and zero point.
+Conv layers (inputs per tensor) become ConvInteger with the same attributes.
 A SmoothQuant factor is already in the traced graph (a Mul before the layer). The integers are
 exactly those the PyTorch model simulates.
 """
@@ -17,9 +18,9 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
-from mmcompress.graph.onnx_rewrite import linear_keys, replace_linear_nodes
+from mmcompress.graph.onnx_rewrite import digest, linear_keys, replace_linear_nodes
 from mmcompress.quant.activations import TOKEN_LEVELS
-from mmcompress.quant.modules import QuantLinear
+from mmcompress.quant.modules import QuantConv2d, QuantLinear
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -78,12 +79,69 @@ def _build(entry: dict, x: str, out: str, p: str):
     return nodes, inits
 
 
-def _entry(module: QuantLinear) -> dict:
+def _build_conv(entry: dict, node: onnx.NodeProto, p: str):
+    """Conv -> (Dynamic)QuantizeLinear + ConvInteger + Cast + Mul (+ Add bias), same attributes."""
+    nodes, inits = _quantize_input(entry, node.input[0], p)
+    out_channels = entry["codes"].shape[0]
+    inits += [
+        numpy_helper.from_array(entry["codes"], f"{p}_wq"),
+        _const(f"{p}_wzp", 0, np.int8),  # symmetric: one zero (ConvInteger takes a scalar only)
+        numpy_helper.from_array(entry["scale"].reshape(1, out_channels, 1, 1), f"{p}_ws"),
+    ]
+    has_bias = len(node.input) > 2 and node.input[2]
+    out = f"{p}_out" if has_bias else node.output[0]
+    nodes += [
+        helper.make_node(
+            "ConvInteger", [f"{p}_xq", f"{p}_wq", f"{p}_xzp", f"{p}_wzp"], [f"{p}_i32"], **_attributes(node)
+        ),
+        helper.make_node("Cast", [f"{p}_i32"], [f"{p}_f32"], to=FLOAT),
+        helper.make_node("Mul", [f"{p}_xs", f"{p}_ws"], [f"{p}_step"]),
+        helper.make_node("Mul", [f"{p}_f32", f"{p}_step"], [out]),
+    ]
+    if has_bias:
+        inits.append(_const(f"{p}_bshape", [1, out_channels, 1, 1], np.int64))
+        nodes += [
+            helper.make_node("Reshape", [node.input[2], f"{p}_bshape"], [f"{p}_b4"]),
+            helper.make_node("Add", [out, f"{p}_b4"], [node.output[0]]),
+        ]
+    return nodes, inits
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _replace_convs(proto: onnx.ModelProto, table: dict[str, dict]) -> int:
+    """Swap every Conv whose weight digest is in `table` for its integer chain; returns how many."""
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    new_nodes, used = [], set()
+    for i, node in enumerate(graph.node):
+        init = inits.get(node.input[1]) if node.op_type == "Conv" else None
+        entry = table.get(digest(numpy_helper.to_array(init))) if init is not None else None
+        if entry is None:
+            new_nodes.append(node)
+            continue
+        nodes, initializers = _build_conv(entry, node, f"{node.name or f'conv{i}'}_w8a8")
+        new_nodes.extend(nodes)
+        graph.initializer.extend(initializers)
+        used.add(node.input[1])
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    still_used = {i for n in graph.node for i in n.input}
+    for name in used - still_used:
+        graph.initializer.remove(inits[name])
+    return len(used)
+
+
+def _entry(module: QuantLinear | QuantConv2d) -> dict:
     spec = module.act
     entry = {
         "mode": spec.mode,
         "granularity": spec.granularity,
-        "codes": np.ascontiguousarray(module.qweight.cpu().numpy().T),  # (in, out) int8
+        "codes": np.ascontiguousarray(module.qweight.cpu().numpy().T)  # Linear: (in, out) int8
+        if isinstance(module, QuantLinear)
+        else module.qweight.cpu().numpy(),  # Conv2d: (out, in / groups, kh, kw) int8
         "scale": module.scale[:, 0].cpu().numpy().astype(np.float32),  # (out,)
     }
     if spec.mode == "static":
@@ -92,15 +150,18 @@ def _entry(module: QuantLinear) -> dict:
 
 
 def rewrite_w8a8(proto: onnx.ModelProto, model: nn.Module) -> int:
-    """Replace the MatMul/Gemm nodes of W8A8 QuantLinear layers with integer kernels; returns how many.
+    """Replace the MatMul/Gemm/Conv nodes of W8A8 layers with integer kernels; returns how many.
 
     Example:
         >>> n = rewrite_w8a8(proto, w8a8_model)
     """
-    table = {}
+    linear, conv = {}, {}
     for module in model.modules():
         if isinstance(module, QuantLinear) and module.act is not None:
             entry = _entry(module)
             for key, is_gemm in linear_keys(module.dequantized_weight().cpu().numpy()).items():
-                table[key] = (is_gemm, entry)
-    return replace_linear_nodes(proto, table, _build, "w8a8") if table else 0
+                linear[key] = (is_gemm, entry)
+        elif isinstance(module, QuantConv2d) and module.act is not None:
+            conv[digest(module.dequantized_weight().cpu().numpy())] = _entry(module)
+    count = replace_linear_nodes(proto, linear, _build, "w8a8") if linear else 0
+    return count + (_replace_convs(proto, conv) if conv else 0)

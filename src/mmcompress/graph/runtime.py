@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -20,10 +21,11 @@ LEVELS = {
 class OrtModel:
     """Run an ONNX model with ONNX Runtime on named tensor inputs.
 
-    With `fold_dequantize` (default), weight-only int8 graphs (DequantizeLinear on int8
-    initializers, no QuantizeLinear) are dequantized once when the session loads instead of on
-    every call: the file stays int8, the run is as fast as float. Pass False to keep the QDQ
-    nodes for ONNX Runtime's integer-kernel fusions (static W8A8 graphs).
+    With `fold_dequantize`, DequantizeLinear nodes on int8 weights are dequantized once when the
+    session loads instead of on every call: the file stays int8, the run is as fast as float.
+    That also turns off ONNX Runtime's QDQ fusions, which QDQ graphs (QuantizeLinear ->
+    DequantizeLinear pairs on activations, as written by other tools) need for integer kernels;
+    the default (None) folds unless the graph has such pairs.
 
     Example:
         >>> ort_model = OrtModel.from_path("out/model.onnx", threads=2)
@@ -47,14 +49,18 @@ class OrtModel:
 
     @classmethod
     def from_path(
-        cls, path: str | Path, threads: int | None = None, level: str = "all", fold_dequantize: bool = True
+        cls, path: str | Path, threads: int | None = None, level: str = "all", fold_dequantize: bool | None = None
     ) -> OrtModel:
-        opts = cls._options(threads, level, fold_dequantize)
-        return cls(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+        return cls.from_bytes(Path(path).read_bytes(), threads, level, fold_dequantize)
 
     @classmethod
-    def from_bytes(cls, data: bytes, threads: int | None = None, level: str = "all") -> OrtModel:
-        return cls(ort.InferenceSession(data, cls._options(threads, level), providers=["CPUExecutionProvider"]))
+    def from_bytes(
+        cls, data: bytes, threads: int | None = None, level: str = "all", fold_dequantize: bool | None = None
+    ) -> OrtModel:
+        if fold_dequantize is None:
+            fold_dequantize = not has_activation_qdq(onnx.load_from_string(data))
+        opts = cls._options(threads, level, fold_dequantize)
+        return cls(ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]))
 
     def run(self, inputs: dict[str, Any]) -> list[np.ndarray]:
         feed = {}
@@ -62,3 +68,14 @@ class OrtModel:
             value = inputs[name]
             feed[name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         return self.session.run(None, feed)
+
+
+def has_activation_qdq(proto: onnx.ModelProto) -> bool:
+    """True when a QuantizeLinear output feeds a DequantizeLinear (a QDQ graph for integer fusions).
+
+    Example:
+        >>> has_activation_qdq(onnx.load("model_qdq.onnx"))
+        True
+    """
+    quantized = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    return any(n.op_type == "DequantizeLinear" and n.input[0] in quantized for n in proto.graph.node)

@@ -23,6 +23,7 @@ from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 
 LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
+ACT_TYPES = (nn.Linear, nn.Conv2d)  # layers whose inputs W8A8 quantizes (embeddings look rows up)
 
 
 class GPTQConfig(FrozenConfig):
@@ -51,15 +52,17 @@ class QuantConfig(FrozenConfig):
         observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
         activations: "none" (weight-only), "dynamic" (Linear inputs quantized per call) or
             "static" (Linear inputs quantized with a step fixed from calibration data). Both need
-            symmetric per-channel weights of 7 or 8 bits; other layer types stay weight-only. Use
+            symmetric per-channel weights of 7 or 8 bits; Conv2d inputs are quantized per tensor,
+            embeddings stay weight-only. Use
             7-bit weights on x86 CPUs without VNNI: their u8s8 kernels add pairs of products in
             int16, which 8-bit weights overflow.
         act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
-            "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic only.
+            "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic, Linear only.
         act_observer: range observer of "static": "minmax", "percentile", "mse" or "kl".
         smoothquant: SmoothQuant migration strength alpha in (0, 1) (None: off). Divides each input
             channel by s_j = max|x_j|^alpha / max|w_j|^(1-alpha) and folds s into the weight, so
-            activation outlier channels shrink; needs calibration data and activations.
+            activation outlier channels shrink; needs calibration data and activations. Linear
+            layers only.
         clip_ratio: fraction of each step's range kept with observer "minmax" (see
             `analyze_quantization_error`, which searches it per layer).
         method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
@@ -182,9 +185,13 @@ def quantize(
 
 def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str, tuple[nn.Module, dict]]:
     """Quantized replacements with their record entries; the model itself is left unchanged."""
-    linear = {n: (m, c) for n, m, c in chosen if isinstance(m, nn.Linear) and c.activations != "none"}
-    smooth = {n: (m, c.smoothquant) for n, (m, c) in linear.items() if c.smoothquant is not None}
-    static = {n: (m, c.act_observer) for n, (m, c) in linear.items() if c.activations == "static"}
+    act_layers = {n: (m, c) for n, m, c in chosen if isinstance(m, ACT_TYPES) and c.activations != "none"}
+    smooth = {
+        n: (m, c.smoothquant)
+        for n, (m, c) in act_layers.items()
+        if c.smoothquant is not None and isinstance(m, nn.Linear)
+    }
+    static = {n: (m, c.act_observer) for n, (m, c) in act_layers.items() if c.activations == "static"}
     if (smooth or static) and calib is None:
         first = next(iter(smooth or static))
         raise ConfigError(f"smoothquant and static activations need calibration data (layer {first!r}): pass calib=")
@@ -195,7 +202,7 @@ def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str
         params = _gptq_params(model, chosen, calib, modality_of, max_batches)
         for name, module, cfg in chosen:
             qmodule = _quantize_module(name, module, cfg.grid(), params.get(name))
-            spec = cfg.act_spec() if name in linear else None
+            spec = _act_spec_for(module, cfg) if name in act_layers else None
             if spec is not None:
                 qmodule.set_activations(spec, 1.0 / factors[name] if name in factors else None)
             if name in ranges:
@@ -203,6 +210,12 @@ def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str
                 qmodule.act_zero.fill_(ranges[name][1])
             built[name] = (qmodule, _record_entry(name, module, qmodule, cfg, params))
     return built
+
+
+def _act_spec_for(module: nn.Module, cfg: QuantConfig) -> ActSpec:
+    """Linear layers take the configured spec; Conv2d inputs are quantized per tensor."""
+    spec = cfg.act_spec()
+    return spec if isinstance(module, nn.Linear) else ActSpec(spec.mode, "per_tensor", spec.observer)
 
 
 def _record_entry(name: str, module: nn.Module, qmodule: nn.Module, cfg: QuantConfig, params: dict) -> dict:
@@ -265,7 +278,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
         qmodule = FLOAT_TO_QUANT[type(module)].from_float(module, grid)
         spec = activation_spec(info.get("activations", "none"))
         if spec is not None or info.get("smoothquant") is not None:
-            smooth = torch.ones(module.in_features) if info.get("smoothquant") is not None else None
+            smooth = torch.ones(module.weight.shape[1]) if info.get("smoothquant") is not None else None
             qmodule.set_activations(spec, smooth)
         _replace(model, name, qmodule)
 

@@ -100,7 +100,47 @@ class _QuantWeight(nn.Module):
         return f"{tuple(self.qweight.shape)}, bits={g.bits}, {'sym' if g.symmetric else 'asym'}, {shape}"
 
 
-class QuantLinear(_QuantWeight):
+class _ActivationQuant(nn.Module):
+    """Input (activation) quantization shared by QuantLinear and QuantConv2d (W8A8)."""
+
+    act: ActSpec | None = None  # W8A8: how inputs are quantized (None: weight-only)
+    simulate_activations: bool = True  # export turns this off while tracing (the rewrite adds real kernels)
+
+    def set_activations(self, spec: ActSpec | None, smooth: torch.Tensor | None = None) -> None:
+        """Quantize inputs per `spec`; `smooth` (in,) multiplies inputs first (SmoothQuant 1/s).
+
+        Static mode registers `act_step`/`act_zero` buffers, set by calibration (or a state dict).
+        """
+        self.act = spec
+        if smooth is not None:
+            self.register_buffer("act_smooth", smooth.detach().float().reshape(-1).clone())
+        if spec is not None and spec.mode == "static":
+            self.register_buffer("act_step", torch.tensor(1.0))
+            self.register_buffer("act_zero", torch.tensor(0.0))
+
+    @property
+    def act_dynamic(self) -> bool:
+        return self.act is not None and self.act.mode == "dynamic"
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the integer kernel sees (smoothed, then quantized and dequantized)."""
+        smooth = getattr(self, "act_smooth", None)
+        if smooth is not None:  # Linear only: (in,) over the last dimension
+            x = x * smooth.to(x.dtype)
+        if self.act is None or not self.simulate_activations:
+            return x
+        if self.act.mode == "static":
+            return fake_quantize_static(x, self.act_step, self.act_zero)
+        if self.act.granularity == "per_token":
+            return fake_quantize_per_token(x)
+        return fake_quantize_dynamic_uint8(x)
+
+    def _act_repr(self) -> str:
+        act = "" if self.act is None else f", act={self.act.mode}/{self.act.granularity}"
+        return act + (", smoothed" if hasattr(self, "act_smooth") else "")
+
+
+class QuantLinear(_QuantWeight, _ActivationQuant):
     """Linear with integer weight codes; computes in float with the dequantized weight.
 
     Example:
@@ -119,48 +159,15 @@ class QuantLinear(_QuantWeight):
     def from_float(cls, layer: nn.Linear, grid: WeightGrid, params: tuple | None = None) -> QuantLinear:
         return cls(layer, grid, params).to(layer.weight.device)
 
-    act: ActSpec | None = None  # W8A8: how inputs are quantized (None: weight-only)
-    simulate_activations: bool = True  # export turns this off while tracing (the rewrite adds real kernels)
-
-    def set_activations(self, spec: ActSpec | None, smooth: torch.Tensor | None = None) -> None:
-        """Quantize inputs per `spec`; `smooth` (in,) multiplies inputs first (SmoothQuant 1/s).
-
-        Static mode registers `act_step`/`act_zero` buffers, set by calibration (or a state dict).
-        """
-        self.act = spec
-        if smooth is not None:
-            self.register_buffer("act_smooth", smooth.detach().float().reshape(self.in_features).clone())
-        if spec is not None and spec.mode == "static":
-            self.register_buffer("act_step", torch.tensor(1.0))
-            self.register_buffer("act_zero", torch.tensor(0.0))
-
-    @property
-    def act_dynamic(self) -> bool:
-        return self.act is not None and self.act.mode == "dynamic"
-
-    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The input the integer kernel sees (smoothed, then quantized and dequantized)."""
-        smooth = getattr(self, "act_smooth", None)
-        if smooth is not None:
-            x = x * smooth.to(x.dtype)
-        if self.act is None or not self.simulate_activations:
-            return x
-        if self.act.mode == "static":
-            return fake_quantize_static(x, self.act_step, self.act_zero)
-        if self.act.granularity == "per_token":
-            return fake_quantize_per_token(x)
-        return fake_quantize_dynamic_uint8(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(self.quantize_input(x), self.dequantized_weight().to(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        act = "" if self.act is None else f", act={self.act.mode}/{self.act.granularity}"
-        return super().extra_repr() + act + (", smoothed" if hasattr(self, "act_smooth") else "")
+        return super().extra_repr() + self._act_repr()
 
 
-class QuantConv2d(_QuantWeight):
+class QuantConv2d(_QuantWeight, _ActivationQuant):
     """Conv2d with integer weight codes (steps per output channel or per group of inputs).
 
     Example:
@@ -183,7 +190,10 @@ class QuantConv2d(_QuantWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         w = self.dequantized_weight().to(x.dtype)
-        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(self.quantize_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._act_repr()
 
 
 class QuantEmbedding(_QuantWeight):
