@@ -34,8 +34,12 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rest])
 
 
-def time_calls(run, warmup: int, repeats: int) -> dict[str, float]:
-    """`summarize` of `repeats` calls of `run` (ms) after `warmup` calls."""
+def time_calls(run, warmup: int, repeats: int, budget_s: float | None = None) -> dict[str, float]:
+    """`summarize` of `repeats` calls of `run` (ms) after `warmup` calls.
+
+    With `budget_s`, stop early once that many seconds went into timed calls (at least 3 calls),
+    so very slow runtimes do not take minutes.
+    """
     import time
 
     with torch.inference_mode():
@@ -46,6 +50,8 @@ def time_calls(run, warmup: int, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             run()
             times.append(1000 * (time.perf_counter() - start))
+            if budget_s is not None and len(times) >= 3 and sum(times) > 1000 * budget_s:
+                break
     return summarize(times)
 
 

@@ -1,11 +1,13 @@
 """all-MiniLM-L6-v2 (real weights): accuracy, size and speed of our quantization variants and peers.
 
-Run: .venv/bin/python benchmarks/minilm_int8.py   (about 25 minutes on 2 cores; peers need
-`pip install -e '.[bench]'`). Writes the `minilm-int8` section of docs/benchmarks.md.
+Run: .venv/bin/python benchmarks/minilm_int8.py [--accuracy-only | --reuse]   (about 30 minutes on 2 cores; peers need
+`pip install -e '.[bench]'`; --reuse times the models of the last run again without rebuilding
+them). Writes the `minilm-int8` section of docs/benchmarks.md.
 Accuracy: mean/min cosine similarity of sentence embeddings to float32 on 504 sentences (304
 captions + 200 prose sentences), embedded in batches of 32. Speed: batch 32 x 128 and 1 x 128
 tokens, every runtime in its own process with 2 threads, 3 rounds taken in turn (machine drift
-hits all runtimes alike), median over all calls.
+hits all runtimes alike), median over all calls (runtimes slower than a second per call stop
+after 12 s of calls per round).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mmcompress.models.minilm import MiniLMEncoder
 from mmcompress.quant.api import QuantConfig, quantize
 
 HERE = Path(__file__).resolve().parent
+WORK = Path(tempfile.gettempdir()) / "mmc-minilm-bench"  # ONNX files and accuracy rows of the last run
 EMB = {"re:.*embeddings.*": QuantConfig()}  # embedding tables: int8 rows in every variant
 W7A8 = {"weight_bits": 7, "activations": "dynamic"}
 FFN_DOWN = r"re:.*layer\.\d+\.output\.dense"  # the FFN's second Linear: its GELU input has outlier tokens
@@ -160,8 +163,17 @@ def speed(runtimes: dict[str, tuple[str, str]], batch: int, rounds: int = 3) -> 
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="mmc-minilm-"))
-    rows, runtimes = accuracy(work)
+    """`--reuse`: take the accuracy rows and ONNX files of the last run (in WORK) and only time."""
+    saved = WORK / "accuracy.json"
+    if "--reuse" in sys.argv and saved.exists():
+        rows, runtimes = json.loads(saved.read_text())
+    else:
+        WORK.mkdir(parents=True, exist_ok=True)
+        rows, runtimes = accuracy(WORK)
+        saved.write_text(json.dumps([rows, runtimes]))
+    if "--accuracy-only" in sys.argv:
+        return
+    work = WORK
     speed32 = speed({**runtimes, **gemm_models(work)}, 32)
     speed1 = speed(runtimes, 1)
     body = (

@@ -17,7 +17,7 @@ def _run(*args, env=None):
 def test_lists_and_help():
     assert "fashion-clip" in _run("models").output
     assert "fashion-captions" in _run("datasets").output
-    for command in ("run", "quantize", "train", "eval", "measure", "models", "datasets", "report"):
+    for command in ("run", "quantize", "prune", "train", "eval", "measure", "models", "datasets", "report"):
         result = _run(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -107,3 +107,19 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path)
     bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "dynamic", "--out", str(tmp_path / "b"))
     check_one_line_error(bad, "needs weight_bits 7 or 8")
     assert not (tmp_path / "b").exists()
+
+
+def test_prune_command_structured_channels_shrink_and_export(tmp_path):
+    out, cache = tmp_path / "p", tmp_path / "cache"
+    args = ["--train-limit", "600", "--test-limit", "200", "--cache-dir", str(cache), "--quiet"]
+    result = _run("prune", "digits-cnn", "--structured", "channels", "--ratio", "0.5", "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "record.json").read_text())
+    stages = {s["label"]: s for s in record["stages"]}
+    groups = stages["prune_structured"]["record"]["modules"]
+    assert {g["kept"] for g in groups.values()} == {8, 16, 32}  # 16/32/64 channels halved
+    assert stages["pruned"]["metrics"]["params"] < 0.5 * stages["baseline"]["metrics"]["params"]
+    exported = stages["export_onnx"]["metrics"]
+    assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
+    bad = _run("prune", "digits-cnn", "--pattern", "3:2", "--out", str(tmp_path / "b"), *args)
+    check_one_line_error(bad, "0 < N < M")

@@ -16,6 +16,8 @@ from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.zoo import list_models, load_model
 from mmcompress.prune.api import PruneConfig, prune
+from mmcompress.prune.schedule import gradual_prune
+from mmcompress.prune.structured import StructuredConfig, prune_structured
 from mmcompress.quant.api import QuantConfig, quantize
 from mmcompress.quant.saving import load_quantized, save_quantized
 from mmcompress.recipe.runner import compress
@@ -31,11 +33,13 @@ __all__ = [
     "PruneConfig",
     "QuantConfig",
     "Recipe",
+    "StructuredConfig",
     "Task",
     "TrainConfig",
     "compress",
     "export_onnx",
     "fit",
+    "gradual_prune",
     "list_datasets",
     "list_models",
     "load_compact",
@@ -45,6 +49,7 @@ __all__ = [
     "load_recipe",
     "measure",
     "prune",
+    "prune_structured",
     "quantize",
     "save_compact",
     "save_quantized",

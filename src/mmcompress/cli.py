@@ -108,55 +108,6 @@ def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir
     console.print(f"[green]done[/green]: {out / 'report.html'}, {out / 'report.md'}, {out / 'record.json'}")
 
 
-@cli.command("quantize")
-@click.argument("model")
-@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits (2..8).")
-@click.option(
-    "--granularity", type=click.Choice(["per_channel", "per_group", "per_tensor"]), default="per_channel",
-    show_default=True,
-)  # fmt: skip
-@click.option("--group-size", type=int, default=128, show_default=True, help="Inputs per step with per_group.")
-@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
-@click.option(
-    "--activations", type=click.Choice(["none", "dynamic", "static"]), default="none", show_default=True,
-    help="W8A8: quantize Linear inputs too (needs --bits 7 or 8).",
-)  # fmt: skip
-@click.option("--act-granularity", type=click.Choice(["per_tensor", "per_token"]), default="per_tensor")
-@click.option("--act-observer", type=click.Choice(["minmax", "percentile", "mse", "kl"]), default="minmax")
-@click.option("--smoothquant", type=float, default=None, help="SmoothQuant migration strength alpha in (0, 1).")
-@click.option(
-    "--only", "only", multiple=True,
-    help="Quantize only these targets (exact name, re:REGEX or modality:TOWER); repeatable. Default: all.",
-)  # fmt: skip
-@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
-@click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
-@click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test samples.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quantize"), show_default=True)
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@_data_options
-@_friendly
-def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
-                 smoothquant, only, onnx, train_limit, test_limit, out, resume, quiet,
-                 data_dir, cache_dir):  # fmt: skip
-    """Quantize a built-in MODEL: evaluate, quantize, evaluate (and export); report in --out."""
-    from mmcompress.recipe.schema import load_recipe
-
-    config = {
-        "weight_bits": bits, "granularity": granularity, "group_size": group_size, "method": method,
-        "activations": activations, "act_granularity": act_granularity, "act_observer": act_observer,
-        "smoothquant": smoothquant,
-    }  # fmt: skip
-    quantize_stage = {"pass": "quantize", "config": config}
-    if only:
-        quantize_stage["targets"] = {key: {} for key in only}
-    stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage, {"name": "quantized", "pass": "evaluate"}]
-    if onnx:
-        stages.append({"pass": "export_onnx"})
-    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
-    _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir)
-
-
 @cli.command()
 @click.argument("model")
 @click.option("--epochs", type=int, default=None, help="Override the model's training epochs.")
@@ -303,6 +254,9 @@ def report(run_dir: Path) -> None:
 
     md, page = write_report(run_dir)
     console.print(f"wrote {md} and {page}")
+
+
+from mmcompress import cli_compress  # noqa: E402,F401  (registers quantize and prune)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ import torch
 
 from mmcompress.core.record import Record
 from mmcompress.prune.api import PruneConfig, prune, replay_prune
-from mmcompress.prune.magnitude import layer_masks, magnitude_threshold
+from mmcompress.prune.importance import magnitude_scores
+from mmcompress.prune.patterns import threshold_masks
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
 from mmcompress.train.tasks import ClassificationTask
@@ -24,9 +25,9 @@ def test_global_threshold_hits_requested_sparsity_and_removes_smallest(two_tower
 
 def test_layer_scope_gives_each_layer_the_same_sparsity():
     ws = [torch.randn(100), torch.randn(300) * 10]
-    masks = layer_masks(ws, 0.5, "layer")
+    masks = threshold_masks([magnitude_scores(w) for w in ws], 0.5, "layer")
     assert [float((~m).float().mean()) for m in masks] == [0.5, 0.5]
-    glob = layer_masks(ws, 0.5, "global")
+    glob = threshold_masks([magnitude_scores(w) for w in ws], 0.5, "global")
     assert float((~glob[0]).float().mean()) > 0.9  # the small-scale layer loses most under one threshold
 
 
@@ -58,4 +59,4 @@ def test_replay_restores_masks_from_zeros(two_tower):
 
 def test_threshold_validation():
     with pytest.raises(ValueError, match="sparsity"):
-        magnitude_threshold([torch.ones(3)], 1.0)
+        threshold_masks([torch.ones(3)], 1.0, "layer")

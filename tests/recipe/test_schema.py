@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mmcompress.errors import ConfigError
@@ -47,3 +49,9 @@ def test_every_registered_pass_fits_the_interface():
         assert not getattr(cls.run, "__isabstractmethod__", False), name
         cls.Config()  # defaults are valid
         assert cls.__doc__, name
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml")))
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.stages and recipe.model

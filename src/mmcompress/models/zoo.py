@@ -18,6 +18,7 @@ from mmcompress.models.adapter import Adapter
 from mmcompress.models.clip import DualEncoder
 from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnly, LateFusion, TextOnly
 from mmcompress.models.layers import SmallCNN
+from mmcompress.models.recurrent import CaptionLSTM
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.tasks import CaptionClassificationTask, ClassificationTask, ContrastiveTask, Task
 
@@ -78,6 +79,13 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "baseline-text": ModelSpec(
         TextOnly, "fashion-captions", _caption_task, _FUSION_TRAIN, "caption-only baseline for the fusion models"
+    ),
+    "caption-lstm": ModelSpec(
+        CaptionLSTM,
+        "fashion-captions",
+        _caption_task,
+        TrainConfig(epochs=3, batch_size=128, lr=3e-3),
+        "LSTM caption classifier (recurrent text model for structured pruning)",
     ),
     "fashion-cnn": ModelSpec(
         ImageClassifier,

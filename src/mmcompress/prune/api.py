@@ -1,46 +1,76 @@
-"""`prune(model, config)`: unstructured magnitude pruning with masks kept through fine-tuning."""
+"""`prune(model, config, data=)`: unstructured and N:M pruning by an importance criterion, with
+masks kept through fine-tuning (zeros stay zeros)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for
-from mmcompress.prune.magnitude import layer_masks
+from mmcompress.prune.collect import LossFn, gradient_stats, input_stats
+from mmcompress.prune.importance import Stats, scores_for
 from mmcompress.prune.masks import masks_from_zeros, set_mask
+from mmcompress.prune.patterns import nm_mask, parse_nm, threshold_masks
+from mmcompress.prune.sparsegpt import sparsegpt_prune
 from mmcompress.quant.api import LAYER_TYPES, as_mapping
+
+METHODS = ("magnitude", "taylor", "fisher", "wanda", "sparsegpt")
+NEEDS_GRADIENTS = ("taylor", "fisher")
 
 
 class PruneConfig(FrozenConfig):
-    """Unstructured pruning settings.
+    """Unstructured / N:M pruning settings.
 
     Attributes:
-        sparsity: fraction of weights to remove, in [0, 1).
-        method: "magnitude" (|w|).
+        sparsity: fraction of weights to remove, in [0, 1) (ignored by an N:M pattern).
+        method: importance: "magnitude" (|w|), "taylor" (|w * dL/dw|), "fisher" (1/2 w^2 F,
+            optimal brain damage), "wanda" (|w| * ||x||) or "sparsegpt" (second-order pruning
+            that also updates the kept weights; Linear layers). Data-driven methods need `data=`
+            (taylor/fisher also `loss_fn=`).
+        pattern: "unstructured" or "N:M" (e.g. "2:4": keep N of every M consecutive inputs).
         scope: "global" (one threshold across every layer this config targets) or "layer".
         layer_types: layer types selected by `_default`/regex/modality keys (embeddings are
             left dense by default: rows of rare tokens are not small, just rarely used).
 
     Example:
-        >>> PruneConfig(sparsity=0.5, scope="layer").sparsity
-        0.5
+        >>> PruneConfig(sparsity=0.5, method="wanda", scope="layer").method
+        'wanda'
     """
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude", "taylor", "fisher", "wanda", "sparsegpt"] = "magnitude"
+    pattern: str = Field("unstructured", pattern=r"^(unstructured|\d+:\d+)$")
     scope: Literal["global", "layer"] = "global"
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv")
 
+    @model_validator(mode="after")
+    def _check_pattern(self) -> PruneConfig:
+        if self.pattern != "unstructured":
+            parse_nm(self.pattern)
+        return self
 
-def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] | None = None) -> Record:
-    """Prune weights in place by magnitude; masks stay attached so fine-tuning keeps zeros.
+    def nm(self) -> tuple[int, int] | None:
+        return None if self.pattern == "unstructured" else parse_nm(self.pattern)
+
+
+def prune(
+    model: nn.Module,
+    config: PruneConfig | Mapping[str, object] | None = None,
+    *,
+    data: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    max_batches: int | None = None,
+) -> Record:
+    """Prune weights in place by an importance criterion; masks stay attached so fine-tuning keeps zeros.
 
     Each distinct config in a target mapping forms its own group, so
     `{"modality:image": {"sparsity": 0.6}, "modality:text": {"sparsity": 0.3}}` gives per-modality
@@ -50,12 +80,16 @@ def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] | None = 
         model: edited in place.
         config: a PruneConfig or a target mapping of key -> PruneConfig / dict / None
             (default: PruneConfig()).
+        data: batches for data-driven criteria: inputs (wanda, sparsegpt; every targeted tower
+            must receive data) or whatever `loss_fn` takes (taylor, fisher).
+        loss_fn: `loss_fn(model, batch) -> scalar loss` for taylor/fisher.
+        max_batches: use at most this many batches.
 
     Returns:
         A Record with each module's sparsity and the achieved overall sparsity.
 
     Example:
-        >>> rec = prune(model, PruneConfig(sparsity=0.5))
+        >>> rec = prune(model, PruneConfig(sparsity=0.5, method="wanda"), data=calib_batches)
         >>> round(rec.metrics["sparsity"], 2)
         0.5
     """
@@ -70,18 +104,65 @@ def prune(model: nn.Module, config: PruneConfig | Mapping[str, object] | None = 
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types):
             groups[cfg].append((name, module))
     require_matches([m for members in groups.values() for m in members], mapping, model)
+    stats = _collect(model, groups, data, loss_fn, adapter.modality_of, max_batches)
+    planned = {}  # name -> (mask, new weight or None); nothing changes until every group is planned
+    for cfg, members in groups.items():
+        planned.update(_plan_group(cfg, members, stats))
     record = Record("prune", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     total = zeros = 0
-    for cfg, members in groups.items():
-        masks = layer_masks([m.weight for _, m in members], cfg.sparsity, cfg.scope)
-        for (name, module), mask in zip(members, masks, strict=True):
-            set_mask(module, mask)
-            pruned = int((~mask).sum())
-            record.modules[name] = {"sparsity": round(pruned / mask.numel(), 4), "numel": mask.numel()}
-            total, zeros = total + mask.numel(), zeros + pruned
+    modules = dict(model.named_modules())
+    for name, (mask, new_weight) in planned.items():
+        if new_weight is not None:
+            with torch.no_grad():
+                modules[name].weight.copy_(new_weight)
+        set_mask(modules[name], mask)
+        pruned = int((~mask).sum())
+        record.modules[name] = {"sparsity": round(pruned / mask.numel(), 4), "numel": mask.numel()}
+        total, zeros = total + mask.numel(), zeros + pruned
     record.metrics["sparsity"] = zeros / total if total else 0.0
     record.metrics["pruned_weights"] = float(zeros)
     return record
+
+
+def _collect(model, groups, data, loss_fn, modality_of, max_batches) -> dict[str, Stats]:
+    """The statistics the groups' methods need, in at most one gradient and one input pass."""
+    grad_layers = {n: m.weight for cfg, ms in groups.items() if cfg.method in NEEDS_GRADIENTS for n, m in ms}
+    input_layers = {n: m for cfg, ms in groups.items() if cfg.method in ("wanda", "sparsegpt") for n, m in ms}
+    needs_hessian = any(cfg.method == "sparsegpt" for cfg in groups)
+    for cfg, members in groups.items():
+        if cfg.method == "sparsegpt":
+            bad = [n for n, m in members if not isinstance(m, nn.Linear)]
+            if bad:
+                raise UnsupportedError(f"sparsegpt prunes Linear layers; {bad[0]!r} is not one (use wanda)")
+    if (grad_layers or input_layers) and data is None:
+        first = next(iter(grad_layers or input_layers))
+        raise ConfigError(f"this importance criterion needs data= (layer {first!r})")
+    if grad_layers and loss_fn is None:
+        raise ConfigError("taylor and fisher importance need loss_fn=(model, batch) -> loss")
+    stats: dict[str, Stats] = {}
+    if grad_layers:
+        stats.update(gradient_stats(model, grad_layers, data, loss_fn, max_batches))
+    if input_layers:
+        stats.update(input_stats(model, input_layers, data, modality_of, max_batches, hessian=needs_hessian))
+    return stats
+
+
+def _plan_group(cfg: PruneConfig, members, stats) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    if cfg.method == "sparsegpt":
+        plans = {}
+        for name, module in members:
+            weight, mask = sparsegpt_prune(module.weight, stats[name].extra["hessian"][0], cfg.sparsity, cfg.nm())
+            plans[name] = (mask, weight)
+        return plans
+    scores = [scores_for(cfg.method, m.weight, stats.get(n)) for n, m in members]
+    try:
+        if cfg.nm() is not None:
+            masks = [nm_mask(s, *cfg.nm()) for s in scores]
+        else:
+            masks = threshold_masks(scores, cfg.sparsity, cfg.scope)
+    except ValueError as err:
+        raise ConfigError(f"{err} (layers {', '.join(n for n, _ in members[:3])})") from None
+    return {name: (mask, None) for (name, _), mask in zip(members, masks, strict=True)}
 
 
 def replay_prune(model: nn.Module, record: Record) -> None:

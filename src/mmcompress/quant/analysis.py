@@ -15,7 +15,7 @@ from mmcompress.core.walker import run_calibration
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.api import LAYER_TYPES, QuantConfig, as_mapping
-from mmcompress.quant.gptq_apply import _columns
+from mmcompress.quant.gptq_apply import layer_columns
 from mmcompress.quant.modules import FLOAT_TO_QUANT, quantize_weight
 from mmcompress.quant.primitives import dequantize_affine, sqnr_db
 
@@ -87,7 +87,7 @@ def analyze_quantization_error(
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
         kept = sum(r.shape[0] for r in rows_of.get(name, []))
         if kept < MAX_ROWS:
-            rows_of.setdefault(name, []).append(_columns(module, x.float())[: MAX_ROWS - kept])
+            rows_of.setdefault(name, []).append(layer_columns(module, x.float())[: MAX_ROWS - kept])
 
     matmuls = {n: m for n, m, _ in chosen if not isinstance(m, nn.Embedding)}
     if matmuls:

@@ -16,7 +16,7 @@ from mmcompress.quant.gptq import accumulate_hessian, gptq_quantize
 from mmcompress.quant.modules import WeightGrid
 
 
-def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The rows the layer multiplies its (out, in) weight with: Linear (..., in); Conv2d patches."""
     if isinstance(module, nn.Conv2d):
         patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C*k*k, L)
@@ -56,7 +56,7 @@ def gptq_params(
     stats: dict[str, tuple[torch.Tensor, int]] = {}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        cols = _columns(module, x.float())
+        cols = layer_columns(module, x.float())
         h, n = stats.get(name, (torch.zeros(cols.shape[1], cols.shape[1], dtype=torch.float64), 0))
         stats[name] = accumulate_hessian(h, n, cols)
 

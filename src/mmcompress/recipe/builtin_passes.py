@@ -1,4 +1,5 @@
-"""The built-in passes: evaluate, prune, finetune, quantize, export_onnx."""
+"""The built-in passes: evaluate, finetune, quantize (+ analysis, mixed precision, QAT), export_onnx.
+Pruning passes live in `prune_passes.py`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.evaluate.measure import measure
 from mmcompress.graph.export import export_onnx
-from mmcompress.prune.api import PruneConfig, prune, replay_prune
 from mmcompress.quant.api import QuantConfig, quantize, replay_quantize
 from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import PASSES, Pass
@@ -58,20 +58,6 @@ class _TargetedPass(Pass):
 
     def mapping(self) -> object:
         return self.targets if self.targets is not None else self.config
-
-
-@PASSES.register("prune")
-class PrunePass(_TargetedPass):
-    """Unstructured magnitude pruning (global or per-layer threshold, per-target budgets)."""
-
-    Config = PruneConfig
-
-    def run(self, ctx: RunContext) -> StageOutcome:
-        record = prune(ctx.model, self.mapping())
-        return StageOutcome(dict(record.metrics), record)
-
-    def restore(self, ctx: RunContext, record: Record) -> None:
-        replay_prune(ctx.model, record)
 
 
 class QuantPassConfig(QuantConfig):

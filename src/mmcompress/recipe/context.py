@@ -42,6 +42,16 @@ class RunContext:
             self.task.batch(self.train_data, order[s : s + batch_size])[0] for s in range(0, len(order), batch_size)
         ]
 
+    def labelled_batches(self, samples: int, batch_size: int) -> list[tuple[Any, Any]]:
+        """(inputs, targets) pairs from the same seeded subset (for gradient-based importance)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.train_data), generator=gen)[:samples]
+        return [self.task.batch(self.train_data, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+
+    def batch_loss(self, model: Any, batch: tuple[Any, Any]) -> Any:
+        """The task loss of one (inputs, targets) batch."""
+        return self.task.loss(model, *batch)
+
     def example_batch(self, size: int = 8) -> Any:
         """A real batch of test inputs (for latency, export and agreement checks)."""
         n = min(size, len(self.test_data))

@@ -1,0 +1,105 @@
+"""CLI commands that compress a built-in model in one go: `quantize` and `prune` (each builds a
+one-off recipe: evaluate, compress, evaluate, export, and runs it like `mmcompress run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
+
+
+@cli.command("quantize")
+@click.argument("model")
+@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits (2..8).")
+@click.option(
+    "--granularity", type=click.Choice(["per_channel", "per_group", "per_tensor"]), default="per_channel",
+    show_default=True,
+)  # fmt: skip
+@click.option("--group-size", type=int, default=128, show_default=True, help="Inputs per step with per_group.")
+@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
+@click.option(
+    "--activations", type=click.Choice(["none", "dynamic", "static"]), default="none", show_default=True,
+    help="W8A8: quantize Linear inputs too (needs --bits 7 or 8).",
+)  # fmt: skip
+@click.option("--act-granularity", type=click.Choice(["per_tensor", "per_token"]), default="per_tensor")
+@click.option("--act-observer", type=click.Choice(["minmax", "percentile", "mse", "kl"]), default="minmax")
+@click.option("--smoothquant", type=float, default=None, help="SmoothQuant migration strength alpha in (0, 1).")
+@click.option(
+    "--only", "only", multiple=True,
+    help="Quantize only these targets (exact name, re:REGEX or modality:TOWER); repeatable. Default: all.",
+)  # fmt: skip
+@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
+@click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
+@click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test samples.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quantize"), show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_data_options
+@_friendly
+def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
+                 smoothquant, only, onnx, train_limit, test_limit, out, resume, quiet,
+                 data_dir, cache_dir):  # fmt: skip
+    """Quantize a built-in MODEL: evaluate, quantize, evaluate (and export); report in --out."""
+    from mmcompress.recipe.schema import load_recipe
+
+    config = {
+        "weight_bits": bits, "granularity": granularity, "group_size": group_size, "method": method,
+        "activations": activations, "act_granularity": act_granularity, "act_observer": act_observer,
+        "smoothquant": smoothquant,
+    }  # fmt: skip
+    quantize_stage = {"pass": "quantize", "config": config}
+    if only:
+        quantize_stage["targets"] = {key: {} for key in only}
+    stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage, {"name": "quantized", "pass": "evaluate"}]
+    if onnx:
+        stages.append({"pass": "export_onnx"})
+    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir)
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Unstructured: fraction removed.")
+@click.option(
+    "--method", type=click.Choice(["magnitude", "taylor", "fisher", "wanda", "sparsegpt"]), default="magnitude",
+    show_default=True,
+)  # fmt: skip
+@click.option("--pattern", default="unstructured", show_default=True, help="'unstructured' or N:M such as 2:4.")
+@click.option("--structured", type=click.Choice(["channels", "heads"]), default=None,
+              help="Remove whole channels/neurons/LSTM units or attention heads instead (tensors shrink).")  # fmt: skip
+@click.option("--ratio", type=float, default=0.5, show_default=True, help="Structured: fraction of units removed.")
+@click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")
+@click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Recovery epochs (0: none).")
+@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
+@click.option("--train-limit", type=int, default=None, help="Train the baseline (and fine-tune) on N samples.")
+@click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test samples.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/prune"), show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_data_options
+@_friendly
+def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetune_epochs, onnx, train_limit,
+              test_limit, out, resume, quiet, data_dir, cache_dir):  # fmt: skip
+    """Prune a built-in MODEL: evaluate, prune, fine-tune, evaluate (and export); report in --out."""
+    from mmcompress.models.zoo import get_spec
+    from mmcompress.recipe.schema import load_recipe
+
+    if structured:
+        if method not in ("magnitude", "taylor", "fisher"):
+            raise click.BadParameter(f"structured pruning takes magnitude, taylor or fisher, not {method}")
+        stage = {"pass": "prune_structured", "config": {"ratio": ratio, "unit": structured, "method": method}}
+    else:
+        stage = {"pass": "prune", "config": {"sparsity": sparsity, "method": method, "pattern": pattern}}
+    if only:
+        stage["targets"] = {key: {} for key in only}
+    stages = [{"name": "baseline", "pass": "evaluate"}, stage]
+    if finetune_epochs:  # the model's own frozen parts (e.g. fashion-clip's MiniLM) stay frozen
+        freeze = list(get_spec(model).train.freeze)
+        stages.append({"pass": "finetune", "config": {"epochs": finetune_epochs, "freeze": freeze}})
+    stages.append({"name": "pruned", "pass": "evaluate"})
+    if onnx:
+        stages.append({"pass": "export_onnx"})
+    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    _run_recipe(load_recipe(recipe), "prune", out, resume, quiet, data_dir, cache_dir)

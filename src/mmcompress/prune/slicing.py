@@ -1,0 +1,127 @@
+"""Physically shrink layers: keep a subset of output units or input features (module surgery).
+
+Every function replaces parameters with smaller copies and updates the layer's size attributes,
+so the shrunk layer runs (and exports) exactly like a layer built at that size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GATES = {nn.LSTM: 4, nn.GRU: 3}
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=True)
+
+
+def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep output units `keep` of a Linear / Conv2d, or features of a norm layer.
+
+    Example:
+        >>> layer = nn.Linear(4, 6); keep_outputs(layer, torch.tensor([0, 2])); layer.out_features
+        2
+    """
+    keep = keep.to(torch.long)
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(f"grouped convolution (groups={module.groups}) cannot drop output channels")
+        module.weight = _param(module.weight[keep])
+        if module.bias is not None:
+            module.bias = _param(module.bias[keep])
+        if isinstance(module, nn.Linear):
+            module.out_features = len(keep)
+        else:
+            module.out_channels = len(keep)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        _keep_norm(module, keep)
+        module.num_features = len(keep)
+    elif isinstance(module, nn.LayerNorm):
+        _keep_norm(module, keep)
+        module.normalized_shape = (len(keep),)
+    else:
+        raise ValueError(f"cannot drop output units of {type(module).__name__}")
+    _drop_mask(module)
+
+
+def _keep_norm(module: nn.Module, keep: torch.Tensor) -> None:
+    if module.weight is not None:
+        module.weight = _param(module.weight[keep])
+        module.bias = _param(module.bias[keep])
+    for name in ("running_mean", "running_var"):
+        buffer = getattr(module, name, None)
+        if buffer is not None:
+            setattr(module, name, buffer[keep].clone())
+
+
+def keep_inputs(module: nn.Module, keep: torch.Tensor, repeat: int = 1) -> None:
+    """Keep input features `keep` of a Linear / Conv2d (`repeat`: inputs per kept unit, e.g. the
+    h*w positions of a channel that was flattened before a Linear).
+
+    Example:
+        >>> layer = nn.Linear(6, 3); keep_inputs(layer, torch.tensor([1, 2]), repeat=2); layer.in_features
+        4
+    """
+    keep = keep.to(torch.long)
+    if repeat > 1:
+        keep = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
+    if isinstance(module, nn.Linear):
+        module.weight = _param(module.weight[:, keep])
+        module.in_features = len(keep)
+    elif isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError(f"grouped convolution (groups={module.groups}) cannot drop input channels")
+        module.weight = _param(module.weight[:, keep])
+        module.in_channels = len(keep)
+    elif type(module) in GATES:
+        if module.num_layers != 1:
+            raise ValueError("only single-layer recurrent modules can drop inputs")
+        module.weight_ih_l0 = _param(module.weight_ih_l0[:, keep])
+        module.input_size = len(keep)
+        module._init_flat_weights()
+    else:
+        raise ValueError(f"cannot drop inputs of {type(module).__name__}")
+    _drop_mask(module)
+
+
+def keep_hidden_units(module: nn.LSTM | nn.GRU, keep: torch.Tensor) -> None:
+    """Keep hidden units `keep` of a single-layer, unidirectional LSTM/GRU (every gate's rows and
+    the recurrent weight's columns shrink together).
+
+    Example:
+        >>> lstm = nn.LSTM(8, 16, batch_first=True); keep_hidden_units(lstm, torch.arange(4)); lstm.hidden_size
+        4
+    """
+    if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", 0):
+        raise ValueError("hidden-unit pruning needs a single-layer, unidirectional recurrent module without projection")
+    keep = keep.to(torch.long)
+    hidden, gates = module.hidden_size, GATES[type(module)]
+    rows = torch.cat([keep + g * hidden for g in range(gates)])
+    module.weight_ih_l0 = _param(module.weight_ih_l0[rows])
+    module.weight_hh_l0 = _param(module.weight_hh_l0[rows][:, keep])
+    if module.bias:
+        module.bias_ih_l0 = _param(module.bias_ih_l0[rows])
+        module.bias_hh_l0 = _param(module.bias_hh_l0[rows])
+    module.hidden_size = len(keep)
+    module._init_flat_weights()
+
+
+def keep_heads(q: nn.Linear, k: nn.Linear, v: nn.Linear, out: nn.Linear, heads: torch.Tensor, head_dim: int) -> None:
+    """Keep attention heads `heads`: query/key/value output rows and the output projection's inputs.
+
+    Example:
+        >>> qkv = [nn.Linear(8, 8) for _ in range(3)]; o = nn.Linear(8, 8)
+        >>> keep_heads(*qkv, o, torch.tensor([1]), head_dim=4); o.in_features
+        4
+    """
+    units = (heads.to(torch.long)[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    for layer in (q, k, v):
+        keep_outputs(layer, units)
+    keep_inputs(out, units)
+
+
+def _drop_mask(module: nn.Module) -> None:
+    """An unstructured mask of the old shape no longer applies."""
+    if hasattr(module, "weight_mask"):
+        del module.weight_mask
