@@ -89,9 +89,19 @@ def test_run_quick_recipe_end_to_end_then_resume_measure_and_report(tmp_path):
     assert _run("report", str(out)).exit_code == 0 and (out / "report.md").exists()
 
 
-def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path):
-    out, cache = tmp_path / "q", tmp_path / "cache"
-    args = ["--train-limit", "600", "--test-limit", "200", "--cache-dir", str(cache), "--quiet"]
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory):
+    """One small digits-cnn baseline (600 samples, 4 epochs) shared by the compress-command tests."""
+    return tmp_path_factory.mktemp("digits-cache")
+
+
+def _small(cache) -> list[str]:
+    return ["--train-limit", "600", "--epochs", "4", "--test-limit", "200", "--cache-dir", str(cache), "--quiet"]
+
+
+def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path, digits_cache):
+    out = tmp_path / "q"
+    args = _small(digits_cache)
     w8a8 = ["--bits", "7", "--activations", "static", "--act-observer", "kl", "--smoothquant", "0.5"]
     result = _run("quantize", "digits-cnn", *w8a8, "--out", str(out), *args)
     assert result.exit_code == 0, result.output
@@ -109,9 +119,9 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path)
     assert not (tmp_path / "b").exists()
 
 
-def test_prune_command_structured_channels_shrink_and_export(tmp_path):
-    out, cache = tmp_path / "p", tmp_path / "cache"
-    args = ["--train-limit", "600", "--test-limit", "200", "--cache-dir", str(cache), "--quiet"]
+def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_cache):
+    out = tmp_path / "p"
+    args = _small(digits_cache)
     result = _run("prune", "digits-cnn", "--structured", "channels", "--ratio", "0.5", "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())

@@ -32,6 +32,7 @@ from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
 )  # fmt: skip
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
+@click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test samples.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quantize"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
@@ -39,7 +40,7 @@ from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
-                 smoothquant, only, onnx, train_limit, test_limit, out, resume, quiet,
+                 smoothquant, only, onnx, train_limit, epochs, test_limit, out, resume, quiet,
                  data_dir, cache_dir):  # fmt: skip
     """Quantize a built-in MODEL: evaluate, quantize, evaluate (and export); report in --out."""
     from mmcompress.recipe.schema import load_recipe
@@ -55,7 +56,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage, {"name": "quantized", "pass": "evaluate"}]
     if onnx:
         stages.append({"pass": "export_onnx"})
-    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    recipe = _recipe(model, train_limit, test_limit, epochs, stages)
     _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir)
 
 
@@ -74,6 +75,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Recovery epochs (0: none).")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and fine-tune) on N samples.")
+@click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test samples.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/prune"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
@@ -81,7 +83,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @_data_options
 @_friendly
 def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetune_epochs, onnx, train_limit,
-              test_limit, out, resume, quiet, data_dir, cache_dir):  # fmt: skip
+              epochs, test_limit, out, resume, quiet, data_dir, cache_dir):  # fmt: skip
     """Prune a built-in MODEL: evaluate, prune, fine-tune, evaluate (and export); report in --out."""
     from mmcompress.models.zoo import get_spec
     from mmcompress.recipe.schema import load_recipe
@@ -101,5 +103,12 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetun
     stages.append({"name": "pruned", "pass": "evaluate"})
     if onnx:
         stages.append({"pass": "export_onnx"})
-    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    recipe = _recipe(model, train_limit, test_limit, epochs, stages)
     _run_recipe(load_recipe(recipe), "prune", out, resume, quiet, data_dir, cache_dir)
+
+
+def _recipe(model: str, train_limit, test_limit, epochs, stages: list[dict]) -> dict:
+    recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    if epochs is not None:
+        recipe["train"] = {"epochs": epochs}
+    return recipe

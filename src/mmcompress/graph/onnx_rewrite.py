@@ -65,9 +65,14 @@ def replace_linear_nodes(proto: onnx.ModelProto, table: dict[str, tuple[bool, An
         if has_bias:
             new_nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]]))
         used.add(node.input[1])
-    graph.ClearField("node")
-    graph.node.extend(new_nodes)
-    still_used = {i for n in graph.node for i in n.input}
-    for name in used - still_used:
-        graph.initializer.remove(inits[name])
+    commit_nodes(graph, new_nodes, used, inits)
     return len(used)
+
+
+def commit_nodes(graph: onnx.GraphProto, nodes: list, replaced: set[str], inits: dict) -> None:
+    """Install the rewritten node list and drop the replaced initializers that nothing reads any more."""
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    still_used = {i for n in graph.node for i in n.input}
+    for name in replaced - still_used:
+        graph.initializer.remove(inits[name])

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
-from mmcompress.graph.onnx_rewrite import digest, linear_keys, replace_linear_nodes
+from mmcompress.graph.onnx_rewrite import commit_nodes, digest, linear_keys, replace_linear_nodes
 from mmcompress.quant.activations import TOKEN_LEVELS
 from mmcompress.quant.modules import QuantConv2d, QuantLinear
 
@@ -126,11 +126,7 @@ def _replace_convs(proto: onnx.ModelProto, table: dict[str, dict]) -> int:
         new_nodes.extend(nodes)
         graph.initializer.extend(initializers)
         used.add(node.input[1])
-    graph.ClearField("node")
-    graph.node.extend(new_nodes)
-    still_used = {i for n in graph.node for i in n.input}
-    for name in used - still_used:
-        graph.initializer.remove(inits[name])
+    commit_nodes(graph, new_nodes, used, inits)
     return len(used)
 
 
