@@ -158,3 +158,22 @@ def test_minilm_heads_pruned_still_encode_and_export(tmp_path):
         cos = torch.nn.functional.cosine_similarity(model(**inputs), before).min()
     assert cos > 0.7  # a quarter of the heads gone, no retraining: still near (unrelated sentences: < 0.5)
     assert export_onnx(model, inputs, tmp_path / "minilm.onnx").max_abs_error < 1e-4
+
+
+def test_late_fusion_concat_loses_exactly_the_pruned_tower_columns():
+    from mmcompress.models.fusion import LateFusion
+
+    torch.manual_seed(0)
+    model = LateFusion().eval()
+    inputs = model.example_inputs(2)
+    text_columns = model.head[0].weight[:, 64:].detach().clone()
+    rec = prune_structured(model, {"re:image_tower.*": {"ratio": 0.5}})
+    assert model.head[0].in_features == 32 + 64 and model.image_tower.features[8].out_channels == 32
+    assert torch.equal(model.head[0].weight[:, 32:], text_columns)  # the text tower's columns are untouched
+    assert rec.modules["image_tower.features.8"]["group"]["consumers"] == [["head.0", 1, 0]] or rec.modules[
+        "image_tower.features.8"
+    ]["group"]["consumers"] == [("head.0", 1, 0)]
+    assert model(**inputs).shape == (2, 10)
+    text_side = {"re:text_tower.*": {"ratio": 0.5}}
+    with pytest.raises(UnsupportedError):
+        prune_structured(LateFusion(), {"text_tower.blocks.0.mlp.2": text_side["re:text_tower.*"]})

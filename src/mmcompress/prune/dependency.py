@@ -3,10 +3,11 @@
 The model is traced with torch.fx (submodules that cannot be traced, such as Hugging Face
 encoders, stay opaque leaves). From each prunable producer (Conv2d, Linear, single-layer LSTM/GRU)
 its output is followed through channel-preserving operations (activations, pooling, dropout,
-BatchNorm/LayerNorm, spatial means, flatten) to the layers that consume it, whose inputs shrink
-too. Residual additions couple producers into one group (they must keep the same units). An
-output of the model pins its producer (the input/output contract stays), and so does any other
-operation on the way (the reason names the operation; pruning such a layer is an error).
+BatchNorm/LayerNorm, spatial means, flatten, concatenation with other features as in late
+fusion) to the layers that consume it, whose inputs shrink too. Residual additions couple
+producers into one group (they must keep the same units). An output of the model pins its
+producer (the input/output contract stays), and so does any other operation on the way (the
+reason names the operation; pruning such a layer is an error).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class ChannelGroup:
     Attributes:
         producers: layers whose output units are pruned (same indices for all of them).
         norms: normalization layers sliced along with them.
-        consumers: (layer, repeat) whose inputs are sliced; repeat > 1 after a flatten.
+        consumers: (layer, repeat, offset) whose inputs are sliced: unit u is input columns
+            offset + u * repeat ... + repeat - 1 (repeat > 1 after a flatten, offset > 0 when
+            other features were concatenated in front).
         size: number of units.
         pinned: why the group cannot shrink (e.g. it is a model output), or None.
     """
@@ -51,7 +54,7 @@ class ChannelGroup:
     producers: list[str]
     size: int
     norms: list[str] = field(default_factory=list)
-    consumers: list[tuple[str, int]] = field(default_factory=list)
+    consumers: list[tuple[str, int, int]] = field(default_factory=list)
     pinned: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def channel_groups(model: nn.Module, example_inputs: Any) -> dict[str, ChannelGr
     Example:
         >>> groups = channel_groups(model, {"x": torch.randn(2, 1, 28, 28)})
         >>> groups["features.0"].consumers
-        [('features.4', 1)]
+        [('features.4', 1, 0)]
     """
     gm = trace(model, example_inputs)
     modules = dict(model.named_modules())
@@ -150,10 +153,10 @@ def _units(module: nn.Module) -> int:
 def _follow(start: fx.Node, modules: dict, add_sources: dict) -> tuple[list, list, str | None]:
     """Walk forward from a producer; returns (norms, consumers, pinned reason)."""
     norms, consumers, pinned = [], [], None
-    stack = [(user, start) for user in start.users]
+    stack = [(user, start, 0, 1) for user in start.users]  # (node, its input, column offset, columns per unit)
     seen = set()
     while stack:
-        node, came_from = stack.pop()
+        node, came_from, offset, repeat = stack.pop()
         if node in seen:
             continue
         seen.add(node)
@@ -161,17 +164,22 @@ def _follow(start: fx.Node, modules: dict, add_sources: dict) -> tuple[list, lis
         if verdict == "ignore":
             continue
         if verdict == "pass":
-            stack += [(user, node) for user in node.users]
+            repeat *= _flattened_positions(node)
+            stack += [(user, node, offset, repeat) for user in node.users]
         elif verdict == "norm":
+            if offset:
+                return norms, consumers, f"is normalised together with other features at {node.name}"
             norms.append(node.target)
-            stack += [(user, node) for user in node.users]
+            stack += [(user, node, offset, repeat) for user in node.users]
         elif verdict == "add":
             add_sources.setdefault(node, []).append(start.target)
-            if any(not _from_producer(arg, modules) for arg in node.args[:2]):
+            if offset or any(not _from_producer(arg, modules) for arg in node.args[:2]):
                 pinned = pinned or f"is added to a tensor of fixed width at {node.name}"
-            stack += [(user, node) for user in node.users]
-        elif verdict.startswith("consumer"):
-            consumers.append((node.target, int(verdict.split(":")[1])))
+            stack += [(user, node, offset, repeat) for user in node.users]
+        elif verdict == "cat":
+            stack += [(user, node, offset + _cat_offset(node, came_from), repeat) for user in node.users]
+        elif verdict == "consumer":
+            consumers.append((node.target, repeat, offset))
         elif verdict == "output":
             pinned = pinned or "feeds the model output"
         else:
@@ -180,7 +188,7 @@ def _follow(start: fx.Node, modules: dict, add_sources: dict) -> tuple[list, lis
 
 
 def _classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node) -> str:
-    """'pass' | 'norm' | 'add' | 'consumer:<repeat>' | 'output' | a description of a blocking op."""
+    """'pass' | 'norm' | 'add' | 'cat' | 'consumer' | 'output' | 'ignore' | a blocking op's description."""
     if node.op == "output":
         return "output"
     if node.op == "call_module":
@@ -192,7 +200,7 @@ def _classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node) 
         if isinstance(module, (nn.Linear, nn.Conv2d, *RECURRENT)) and node.args and node.args[0] is came_from:
             if isinstance(module, nn.Conv2d) and module.groups != 1:
                 return f"grouped convolution {node.target!r}"
-            return f"consumer:{_repeat(came_from, start)}"
+            return "consumer"
         return f"module {node.target!r} ({type(module).__name__})"
     if node.op == "call_function":
         if node.target in PASS_FUNCTIONS:
@@ -207,6 +215,8 @@ def _classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node) 
             return "ignore"  # an unused item, e.g. the state in `out, _ = lstm(x)`
         if node.target is operator.getitem and _getitem_keeps_channels(node, start):
             return "pass"
+        if node.target in (torch.cat, torch.concat) and _cat_on_channels(node):
+            return "cat"
         if node.target is torch.flatten:
             return "pass" if _flatten_ok(node) else "flatten that mixes channels"
         return f"function {getattr(node.target, '__name__', node.target)}"
@@ -239,6 +249,34 @@ def _from_producer(node: Any, modules: dict, depth: int = 64) -> bool:
             return False
         node = node.args[0] if node.args else None
     return False
+
+
+def _cat_args(node: fx.Node) -> tuple[list, int]:
+    tensors = node.args[0] if node.args else node.kwargs["tensors"]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return list(tensors), dim
+
+
+def _cat_on_channels(node: fx.Node) -> bool:
+    """Concatenation along the channel axis (fusion of features), with known operand widths."""
+    tensors, dim = _cat_args(node)
+    shapes = [_shape(t) if isinstance(t, fx.Node) else None for t in tensors]
+    if any(shape is None for shape in shapes):
+        return False
+    rank = len(shapes[0])
+    return dim % rank == _channel_axis(rank)
+
+
+def _cat_offset(node: fx.Node, came_from: fx.Node) -> int:
+    """Channels that precede `came_from` in the concatenation."""
+    tensors, _ = _cat_args(node)
+    offset = 0
+    for t in tensors:
+        if t is came_from:
+            return offset
+        shape = _shape(t)
+        offset += shape[_channel_axis(len(shape))]
+    return offset
 
 
 def _broadcast_other(node: fx.Node, came_from: fx.Node) -> bool:
@@ -298,11 +336,15 @@ def _flatten_ok(node: fx.Node) -> bool:
     return start_dim == 1
 
 
-def _repeat(came_from: fx.Node, start: fx.Node) -> int:
-    """Inputs per unit at the consumer: h*w when a (B, C, h, w) map was flattened on the way."""
-    meta = came_from.meta.get("tensor_meta")
-    start_meta = start.meta.get("tensor_meta")
-    if meta is None or start_meta is None or not hasattr(meta, "shape") or not hasattr(start_meta, "shape"):
+def _flattened_positions(node: fx.Node) -> int:
+    """h*w when `node` flattens a (B, C, h, w) map from dim 1 (each channel becomes h*w columns)."""
+    is_flatten = (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten"
+    )
+    shape = _shape(node.args[0]) if is_flatten else None
+    if shape is None or len(shape) < 3:
         return 1
-    units = start_meta.shape[1] if len(start_meta.shape) == 4 else start_meta.shape[-1]
-    return max(1, int(meta.shape[-1]) // int(units)) if len(meta.shape) == 2 else 1
+    positions = 1
+    for size in shape[2:]:
+        positions *= int(size)
+    return positions

@@ -55,17 +55,28 @@ def _keep_norm(module: nn.Module, keep: torch.Tensor) -> None:
             setattr(module, name, buffer[keep].clone())
 
 
-def keep_inputs(module: nn.Module, keep: torch.Tensor, repeat: int = 1) -> None:
-    """Keep input features `keep` of a Linear / Conv2d (`repeat`: inputs per kept unit, e.g. the
-    h*w positions of a channel that was flattened before a Linear).
+def consumer_columns(inputs: int, units: int, keep: torch.Tensor, repeat: int = 1, offset: int = 0) -> torch.Tensor:
+    """Input columns a consumer keeps when a producer of `units` units keeps `keep`: unit u is
+    columns offset + u*repeat .. + repeat-1; columns outside that span (other concatenated
+    features) stay.
 
     Example:
-        >>> layer = nn.Linear(6, 3); keep_inputs(layer, torch.tensor([1, 2]), repeat=2); layer.in_features
-        4
+        >>> consumer_columns(6, 2, torch.tensor([1]), offset=2)
+        tensor([0, 1, 3, 4, 5])
+    """
+    dropped = sorted(set(range(units)) - set(keep.tolist()))
+    drop = {offset + u * repeat + r for u in dropped for r in range(repeat)}
+    return torch.tensor([c for c in range(inputs) if c not in drop], dtype=torch.long)
+
+
+def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep input columns `keep` of a Linear / Conv2d / single-layer LSTM/GRU.
+
+    Example:
+        >>> layer = nn.Linear(6, 3); keep_inputs(layer, torch.tensor([1, 2])); layer.in_features
+        2
     """
     keep = keep.to(torch.long)
-    if repeat > 1:
-        keep = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
     if isinstance(module, nn.Linear):
         module.weight = _param(module.weight[:, keep])
         module.in_features = len(keep)

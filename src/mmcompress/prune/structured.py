@@ -3,7 +3,8 @@ heads, so tensors physically shrink (smaller and faster), keeping the model's in
 
 Channels/neurons/units go by dependency groups (`dependency.py`): a tower's last layer takes the
 projection or fusion layer that consumes it along (fusion-aware). Heads go by attention module
-(ours, or Hugging Face BERT-style `query/key/value` + `output.dense`).
+(ours, or Hugging Face BERT-style `query/key/value` + `output.dense`). Late fusion by
+concatenation works too: the fused layer loses exactly the pruned tower's columns.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mmcompress.models.adapter import adapter_for
 from mmcompress.prune.collect import LossFn, gradient_stats
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups
 from mmcompress.prune.importance import scores_for
-from mmcompress.prune.slicing import GATES, keep_heads, keep_hidden_units, keep_inputs, keep_outputs
+from mmcompress.prune.slicing import GATES, consumer_columns, keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.quant.api import as_mapping
 
 
@@ -119,8 +120,10 @@ def apply_plan(model: nn.Module, kind: str, target: Any, keep: torch.Tensor) -> 
         keep_hidden_units(layer, keep) if isinstance(layer, RECURRENT) else keep_outputs(layer, keep)
     for name in group.norms:
         keep_outputs(modules[name], keep)
-    for name, repeat in group.consumers:
-        keep_inputs(modules[name], keep, repeat)
+    for name, repeat, offset in group.consumers:
+        layer = modules[name]
+        inputs = layer.input_size if isinstance(layer, RECURRENT) else layer.weight.shape[1]
+        keep_inputs(layer, consumer_columns(inputs, group.size, keep, repeat, offset))
     entry = {"structure": "channels", "group": group.to_dict(), "keep": keep.tolist()}
     return {"name": group.producers[0], **entry, "before": group.size, "kept": len(keep)}
 
