@@ -41,7 +41,8 @@ def main() -> None:
         for method in ("magnitude", "wanda", "sparsegpt"):
             model = copy.deepcopy(base)
             start = time.perf_counter()
-            cfg = PruneConfig(sparsity=0.5, method=method, pattern=pattern, scope="layer")
+            scope = "row" if method == "wanda" else "layer"  # Wanda compares weights within each output
+            cfg = PruneConfig(sparsity=0.5, method=method, pattern=pattern, scope=scope)
             rec = prune(model, {"re:.*encoder.*": cfg}, data=calib)
             seconds = time.perf_counter() - start
             with torch.no_grad():

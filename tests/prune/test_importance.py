@@ -117,3 +117,11 @@ def test_prune_errors_name_the_problem():
     with pytest.raises(ConfigError):
         prune(model, {"0": {"pattern": "2:4"}, "2": {"pattern": "3:5"}})
     assert not hasattr(model[0], "weight_mask")  # nothing half-pruned
+
+
+def test_row_scope_prunes_every_output_row_equally():
+    from mmcompress.prune.patterns import threshold_masks
+
+    scores = torch.randn(6, 10).abs() * torch.arange(1, 7)[:, None]  # rows of very different scale
+    (mask,) = threshold_masks([scores], 0.3, "row")
+    assert bool(((~mask).sum(1) == 3).all())

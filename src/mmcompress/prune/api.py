@@ -37,7 +37,8 @@ class PruneConfig(FrozenConfig):
             that also updates the kept weights; Linear layers). Data-driven methods need `data=`
             (taylor/fisher also `loss_fn=`).
         pattern: "unstructured" or "N:M" (e.g. "2:4": keep N of every M consecutive inputs).
-        scope: "global" (one threshold across every layer this config targets) or "layer".
+        scope: "global" (one threshold across every layer this config targets), "layer" or
+            "row" (the same fraction from every output row; what Wanda compares within).
         layer_types: layer types selected by `_default`/regex/modality keys (embeddings are
             left dense by default: rows of rare tokens are not small, just rarely used).
 
@@ -49,7 +50,7 @@ class PruneConfig(FrozenConfig):
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     method: Literal["magnitude", "taylor", "fisher", "wanda", "sparsegpt"] = "magnitude"
     pattern: str = Field("unstructured", pattern=r"^(unstructured|\d+:\d+)$")
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer", "row"] = "global"
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv")
 
     @model_validator(mode="after")

@@ -41,7 +41,8 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def threshold_masks(scores: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
-    """Unstructured masks removing the `sparsity` fraction of lowest scores, globally or per layer.
+    """Unstructured masks removing the `sparsity` fraction of lowest scores: over all layers
+    ("global"), per layer ("layer") or per output row of each layer ("row").
 
     Ties at the threshold are broken by position so the achieved sparsity is exact.
 
@@ -53,10 +54,21 @@ def threshold_masks(scores: list[torch.Tensor], sparsity: float, scope: str) -> 
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if scope == "layer":
         return [_keep_top(s.flatten(), sparsity).view_as(s) for s in scores]
+    if scope == "row":
+        return [_keep_top_rows(s.reshape(s.shape[0], -1), sparsity).view_as(s) for s in scores]
     if scope != "global":
-        raise ValueError(f"unknown scope {scope!r}; valid: global, layer")
+        raise ValueError(f"unknown scope {scope!r}; valid: global, layer, row")
     flat = _keep_top(torch.cat([s.flatten().float() for s in scores]), sparsity)
     return [part.view_as(s) for part, s in zip(flat.split([s.numel() for s in scores]), scores, strict=True)]
+
+
+def _keep_top_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The same fraction removed from every output row (Wanda's per-output comparison group)."""
+    drop = int(sparsity * scores.shape[1])
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if drop:
+        mask.scatter_(1, scores.float().argsort(dim=1)[:, :drop], False)
+    return mask
 
 
 def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
