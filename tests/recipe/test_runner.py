@@ -97,3 +97,30 @@ def test_qat_pass_in_a_recipe_converts_and_resumes(trained, digits, tmp_path):
     assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
         res.metrics("qat4")["accuracy"]
     )
+
+
+def test_structured_then_gradual_pruning_in_a_recipe_resume_and_rebuild(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    gradual = {"sparsity": 0.5, "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3}}
+    recipe = {
+        "stages": [
+            {
+                "pass": "prune_structured",
+                "config": {"ratio": 0.25, "method": "taylor"},
+                "targets": {"re:features.*": {}},
+            },
+            {"pass": "gradual_prune", "config": gradual},
+            {"name": "pruned", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert [m.out_channels for m in trained.features.modules() if isinstance(m, torch.nn.Conv2d)] == [6, 12, 24]
+    assert res.metrics("gradual_prune")["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert res.metrics("pruned")["accuracy"] > 0.8
+    again = compress(copy.deepcopy(start), recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert all(s.resumed for s in again.stages)
+    rebuilt = load_run(tmp_path, start)
+    acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
+    assert acc == pytest.approx(res.metrics("pruned")["accuracy"])
