@@ -125,3 +125,29 @@ def test_row_scope_prunes_every_output_row_equally():
     scores = torch.randn(6, 10).abs() * torch.arange(1, 7)[:, None]  # rows of very different scale
     (mask,) = threshold_masks([scores], 0.3, "row")
     assert bool(((~mask).sum(1) == 3).all())
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sequential_calibration_sees_pruned_inputs_and_changes_nothing_on_error(method):
+    torch.manual_seed(0)
+    data = [torch.randn(64, 16) for _ in range(3)]
+    x = torch.randn(256, 16)
+    model, reference = _mlp(), _mlp()
+    with torch.no_grad():
+        target = reference(x)
+    errors = {}
+    for sequential in (False, True):
+        m = _mlp()
+        scope = "row" if method == "wanda" else "layer"
+        prune(m, PruneConfig(sparsity=0.6, method=method, scope=scope, sequential=sequential), data=data)
+        with torch.no_grad():
+            errors[sequential] = float(((m(x) - target) ** 2).mean())
+        assert m[0].weight_mask.float().mean() == pytest.approx(0.4, abs=0.05)  # rows of 16: 7 kept
+    assert errors[True] <= errors[False] * 1.05, errors  # never clearly worse than parallel calibration
+    with pytest.raises(ConfigError, match="sequential"):
+        PruneConfig.from_dict({"method": "magnitude", "sequential": True})
+    bad = [torch.randn(64, 16), torch.full((64, 16), float("nan"))]
+    before = model[2].weight.detach().clone()
+    with pytest.raises(Exception, match="NaN"):
+        prune(model, PruneConfig(method=method, scope="layer", sequential=True), data=bad)
+    assert torch.equal(model[2].weight, before) and not hasattr(model[0], "weight_mask")

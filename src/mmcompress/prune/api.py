@@ -20,6 +20,7 @@ from mmcompress.prune.collect import LossFn, gradient_stats, input_stats
 from mmcompress.prune.importance import Stats, scores_for
 from mmcompress.prune.masks import masks_from_zeros, set_mask
 from mmcompress.prune.patterns import nm_mask, parse_nm, threshold_masks
+from mmcompress.prune.sequential import sequential_plans
 from mmcompress.prune.sparsegpt import sparsegpt_prune
 from mmcompress.quant.api import LAYER_TYPES, as_mapping
 
@@ -41,6 +42,8 @@ class PruneConfig(FrozenConfig):
             "row" (the same fraction from every output row; what Wanda compares within).
         layer_types: layer types selected by `_default`/regex/modality keys (embeddings are
             left dense by default: rows of rare tokens are not small, just rarely used).
+        sequential: wanda/sparsegpt: prune layers in forward order, each calibrated on the
+            inputs the already-pruned earlier layers give (one calibration pass per layer).
 
     Example:
         >>> PruneConfig(sparsity=0.5, method="wanda", scope="layer").method
@@ -52,11 +55,16 @@ class PruneConfig(FrozenConfig):
     pattern: str = Field("unstructured", pattern=r"^(unstructured|\d+:\d+)$")
     scope: Literal["global", "layer", "row"] = "global"
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv")
+    sequential: bool = False
 
     @model_validator(mode="after")
     def _check_pattern(self) -> PruneConfig:
         if self.pattern != "unstructured":
             parse_nm(self.pattern)
+        if self.sequential and self.method not in ("wanda", "sparsegpt"):
+            raise ValueError("sequential calibration applies to the input-driven methods wanda and sparsegpt")
+        if self.sequential and self.scope == "global":
+            raise ValueError("sequential pruning decides layer by layer: use scope 'layer' or 'row'")
         return self
 
     def nm(self) -> tuple[int, int] | None:
@@ -105,10 +113,15 @@ def prune(
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types):
             groups[cfg].append((name, module))
     require_matches([m for members in groups.values() for m in members], mapping, model)
-    stats = _collect(model, groups, data, loss_fn, adapter.modality_of, max_batches)
+    _check_inputs(groups, data, loss_fn)
+    parallel = {cfg: members for cfg, members in groups.items() if not cfg.sequential}
+    stats = _collect(model, parallel, data, loss_fn, adapter.modality_of, max_batches)
     planned = {}  # name -> (mask, new weight or None); nothing changes until every group is planned
     for cfg, members in groups.items():
-        planned.update(_plan_group(cfg, members, stats))
+        if cfg.sequential:
+            planned.update(sequential_plans(model, cfg, members, data, adapter.modality_of, max_batches, _plan_group))
+        else:
+            planned.update(_plan_group(cfg, members, stats))
     record = Record("prune", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     total = zeros = 0
     modules = dict(model.named_modules())
@@ -125,21 +138,24 @@ def prune(
     return record
 
 
-def _collect(model, groups, data, loss_fn, modality_of, max_batches) -> dict[str, Stats]:
-    """The statistics the groups' methods need, in at most one gradient and one input pass."""
-    grad_layers = {n: m.weight for cfg, ms in groups.items() if cfg.method in NEEDS_GRADIENTS for n, m in ms}
-    input_layers = {n: m for cfg, ms in groups.items() if cfg.method in ("wanda", "sparsegpt") for n, m in ms}
-    needs_hessian = any(cfg.method == "sparsegpt" for cfg in groups)
+def _check_inputs(groups, data, loss_fn) -> None:
+    """Every method gets what it needs (before any pass over the data)."""
     for cfg, members in groups.items():
         if cfg.method == "sparsegpt":
             bad = [n for n, m in members if not isinstance(m, nn.Linear)]
             if bad:
                 raise UnsupportedError(f"sparsegpt prunes Linear layers; {bad[0]!r} is not one (use wanda)")
-    if (grad_layers or input_layers) and data is None:
-        first = next(iter(grad_layers or input_layers))
-        raise ConfigError(f"this importance criterion needs data= (layer {first!r})")
-    if grad_layers and loss_fn is None:
-        raise ConfigError("taylor and fisher importance need loss_fn=(model, batch) -> loss")
+        if cfg.method != "magnitude" and data is None:
+            raise ConfigError(f"importance {cfg.method!r} needs data= (layer {members[0][0]!r})")
+        if cfg.method in NEEDS_GRADIENTS and loss_fn is None:
+            raise ConfigError("taylor and fisher importance need loss_fn=(model, batch) -> loss")
+
+
+def _collect(model, groups, data, loss_fn, modality_of, max_batches) -> dict[str, Stats]:
+    """The statistics the groups' methods need, in at most one gradient and one input pass."""
+    grad_layers = {n: m.weight for cfg, ms in groups.items() if cfg.method in NEEDS_GRADIENTS for n, m in ms}
+    input_layers = {n: m for cfg, ms in groups.items() if cfg.method in ("wanda", "sparsegpt") for n, m in ms}
+    needs_hessian = any(cfg.method == "sparsegpt" for cfg in groups)
     stats: dict[str, Stats] = {}
     if grad_layers:
         stats.update(gradient_stats(model, grad_layers, data, loss_fn, max_batches))
