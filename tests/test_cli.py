@@ -127,7 +127,8 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}
     groups = stages["prune_structured"]["record"]["modules"]
-    assert {g["kept"] for g in groups.values()} == {8, 16, 32}  # 16/32/64 channels halved
+    assert {g["kept"] for g in groups.values() if g["structure"] == "channels"} == {8, 16, 32}  # halved
+    assert groups["head"] == {"structure": "kept", "reason": "feeds the model output"}
     assert stages["pruned"]["metrics"]["params"] < 0.5 * stages["baseline"]["metrics"]["params"]
     exported = stages["export_onnx"]["metrics"]
     assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02

@@ -83,6 +83,7 @@ def prune_structured(
     chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == (_head_parts(m) is not None)]
     require_matches(chosen, mapping, model)
     plans = []  # (kind, name or group, keep indices); computed fully before anything changes
+    skipped: dict[str, str] = {}  # targeted producers that keep their width, and why
     channel_targets = {n: c for n, m, c in chosen if c.unit == "channels"}
     if channel_targets:
         inputs = example_inputs if example_inputs is not None else None
@@ -91,7 +92,7 @@ def prune_structured(
         if inputs is None:
             raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
         groups = channel_groups(model, inputs)
-        plans += _plan_channels(model, modules, groups, channel_targets, mapping, data, loss_fn, max_batches)
+        plans += _plan_channels(model, modules, groups, channel_targets, mapping, data, loss_fn, max_batches, skipped)
     for name, module, cfg in chosen:
         if cfg.unit == "heads":
             plans.append(("heads", name, _keep_heads(name, module, cfg, data, loss_fn, max_batches, model)))
@@ -100,6 +101,8 @@ def prune_structured(
     for kind, target, keep in plans:
         entry = apply_plan(model, kind, target, keep)
         record.modules[entry.pop("name")] = entry
+    for name, reason in skipped.items():
+        record.modules[name] = {"structure": "kept", "reason": reason}
     after = sum(p.numel() for p in model.parameters())
     record.metrics.update(params_before=float(before), params_after=float(after), removed=1 - after / max(before, 1))
     return record
@@ -135,6 +138,8 @@ def replay_structured(model: nn.Module, record: Record) -> None:
         >>> replay_structured(build_model("fashion-clip"), Record.from_dict(saved))
     """
     for name, entry in record.modules.items():
+        if entry["structure"] == "kept":
+            continue
         target = name if entry["structure"] == "heads" else entry["group"]
         apply_plan(model, entry["structure"], target, torch.tensor(entry["keep"]))
 
@@ -143,7 +148,7 @@ def _producer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.Linear, *RECURRENT))
 
 
-def _plan_channels(model, modules, groups, targets, mapping, data, loss_fn, max_batches) -> list:
+def _plan_channels(model, modules, groups, targets, mapping, data, loss_fn, max_batches, skipped) -> list:
     by_producer = {p: g for g in groups.values() for p in g.producers}
     selected: dict[int, tuple[ChannelGroup, StructuredConfig]] = {}
     for name, cfg in targets.items():
@@ -153,7 +158,8 @@ def _plan_channels(model, modules, groups, targets, mapping, data, loss_fn, max_
         if group.pinned:
             if name in mapping:  # named explicitly: the user expects it to shrink
                 raise UnsupportedError(f"cannot prune channels of {name!r}: it {group.pinned}")
-            continue  # a tower's output layer matched by a pattern keeps its width (the model's contract)
+            skipped[name] = group.pinned  # matched by a pattern: keeps its width (e.g. the model's outputs)
+            continue
         selected.setdefault(id(group), (group, cfg))
     params = {}
     for group, cfg in selected.values():
