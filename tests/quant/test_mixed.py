@@ -41,3 +41,18 @@ def test_bad_budgets_are_errors(two_tower, calib):
         plan_mixed_precision(two_tower, MixedPrecisionConfig(modality_budgets={"audio": 4.0}, base=BASE), calib)
     with pytest.raises(ConfigError, match="bits_options"):
         plan_mixed_precision(two_tower, MixedPrecisionConfig(bits_options=(1, 8), base=BASE), calib)
+
+
+def test_fisher_sensitivity_grows_as_bits_shrink_and_drives_the_plan(two_tower, calib):
+    labelled = [(batch, torch.randint(0, 3, (16,))) for batch in calib]
+
+    def loss_fn(model, batch):
+        inputs, target = batch
+        return torch.nn.functional.cross_entropy(model(*inputs)[:, :3], target)
+
+    config = MixedPrecisionConfig(bits_options=(2, 4, 8), average_bits=4.0, base=BASE, sensitivity="fisher")
+    plan = plan_mixed_precision(two_tower, config, calib, labelled, loss_fn)
+    assert all(s[2] >= s[4] >= s[8] >= 0 for s in plan.sensitivity.values())
+    assert plan.average_bits["_rest"] <= 4.0 + 1e-9
+    with pytest.raises(ConfigError, match="fisher"):
+        plan_mixed_precision(two_tower, config, calib)

@@ -1,17 +1,19 @@
 """Mixed precision: per-layer bit widths chosen from measured sensitivity under a size budget.
 
 Sensitivity of a layer at b bits = the relative error of its output on calibration data when that
-layer alone is quantized at b bits (`analyze_quantization_error`). A greedy allocator starts every
-layer at the widest option and repeatedly narrows the layer that adds the least error per bit
-saved, until the average bits per weight meets the budget — per modality tower when the tower has
-its own budget.
+layer alone is quantized at b bits (`analyze_quantization_error`), or, with `sensitivity:
+fisher`, the second-order estimate of the loss increase sum_i F_ii (w_i - q_b(w_i))^2 with the
+diagonal Fisher F (mean squared gradient of the task loss; HAWQ-style, needs labelled data).
+A greedy allocator starts every layer at the widest option and repeatedly narrows the layer that
+adds the least error per bit saved, until the average bits per weight meets the budget — per
+modality tower when the tower has its own budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import nn
@@ -31,6 +33,8 @@ class MixedPrecisionConfig(FrozenConfig):
         average_bits: budget, average bits per weight over every targeted layer.
         modality_budgets: tower -> its own average-bits budget (e.g. {"image": 6, "text": 4}).
         base: grid settings shared by every layer (granularity, group size, method, ...).
+        sensitivity: "output_error" (relative output error on calibration inputs) or "fisher"
+            (Fisher-weighted weight error: needs `data=` labelled batches and `loss_fn=`).
 
     Example:
         >>> MixedPrecisionConfig(average_bits=4.5, modality_budgets={"image": 8.0})
@@ -40,6 +44,7 @@ class MixedPrecisionConfig(FrozenConfig):
     average_bits: float = Field(4.5, ge=2, le=8)
     modality_budgets: dict[str, float] = Field(default_factory=dict)
     base: QuantConfig = QuantConfig(granularity="per_group", group_size=128, layer_types=("linear", "conv"))
+    sensitivity: Literal["output_error", "fisher"] = "output_error"
 
 
 @dataclass
@@ -86,19 +91,23 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], numel: dict[str, int
     return bits
 
 
-def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any]) -> Allocation:
+def plan_mixed_precision(
+    model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any], data=None, loss_fn=None
+) -> Allocation:
     """Measure every target layer at every bit option and allocate bits (per tower where budgeted).
 
     Example:
         >>> plan = plan_mixed_precision(model, MixedPrecisionConfig(average_bits=4.5), batches)
     """
     calib = list(calib)
-    sensitivity: dict[str, dict[int, float]] = {}
-    modality, numel = {}, {}
-    for b in sorted(set(config.bits_options)):
-        for row in analyze_quantization_error(model, _at_bits(config.base, b), calib):
-            sensitivity.setdefault(row.name, {})[b] = row.output_rel_error
-            modality[row.name] = row.modality
+    if config.sensitivity == "fisher":
+        sensitivity, modality = fisher_sensitivity(model, config, data, loss_fn)
+    else:
+        sensitivity, modality = {}, {}
+        for b in sorted(set(config.bits_options)):
+            for row in analyze_quantization_error(model, _at_bits(config.base, b), calib):
+                sensitivity.setdefault(row.name, {})[b] = row.output_rel_error
+                modality[row.name] = row.modality
     modules = dict(model.named_modules())
     numel = {name: modules[name].weight.numel() for name in sensitivity}
     unknown = set(config.modality_budgets) - set(modality.values())
@@ -118,15 +127,45 @@ def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, calib: 
     return plan
 
 
-def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any]) -> tuple[Record, Allocation]:
+def quantize_mixed(
+    model: nn.Module, config: MixedPrecisionConfig, calib: Iterable[Any], data=None, loss_fn=None
+) -> tuple[Record, Allocation]:
     """Plan bits per layer, then quantize each layer at its bits (layers outside the plan stay float).
 
     Example:
         >>> record, plan = quantize_mixed(model, MixedPrecisionConfig(average_bits=4.5), batches)
     """
     calib = list(calib)
-    plan = plan_mixed_precision(model, config, calib)
+    plan = plan_mixed_precision(model, config, calib, data, loss_fn)
     mapping = {name: _at_bits(config.base, b) for name, b in plan.bits.items()}
     record = quantize(model, mapping, calib=calib)
     record.metrics.update({f"average_bits.{k}": v for k, v in plan.average_bits.items()})
     return record, plan
+
+
+def fisher_sensitivity(model: nn.Module, config: MixedPrecisionConfig, data, loss_fn) -> tuple[dict, dict]:
+    """sum_i F_ii (w_i - q_b(w_i))^2 per target layer and bit option, and each layer's tower."""
+    from mmcompress.core.targets import resolve_targets
+    from mmcompress.models.adapter import adapter_for
+    from mmcompress.prune.collect import gradient_stats
+    from mmcompress.quant.api import LAYER_TYPES
+    from mmcompress.quant.modules import FLOAT_TO_QUANT
+
+    if data is None or loss_fn is None:
+        raise ConfigError("sensitivity 'fisher' needs labelled data= and loss_fn=")
+    adapter = adapter_for(model)
+    kinds = tuple(LAYER_TYPES[t] for t in config.base.layer_types)
+    targets = {
+        name: module
+        for name, module, _ in resolve_targets(model, {"_default": config.base}, lambda m: type(m) in kinds,
+                                               adapter.modality_of)
+    }  # fmt: skip
+    stats = gradient_stats(model, {n: m.weight for n, m in targets.items()}, list(data), loss_fn, None)
+    sensitivity: dict[str, dict[int, float]] = {}
+    for name, module in targets.items():
+        fisher = stats[name].grad_square / stats[name].batches
+        for b in sorted(set(config.bits_options)):
+            grid = _at_bits(config.base, b).grid()
+            error = module.weight.detach() - FLOAT_TO_QUANT[type(module)].from_float(module, grid).dequantized_weight()
+            sensitivity.setdefault(name, {})[b] = float((fisher * error.float() ** 2).sum())
+    return sensitivity, {name: adapter.modality_of(name) for name in targets}

@@ -203,7 +203,10 @@ class QuantizeMixedPass(Pass):
         from mmcompress.report.plots import sensitivity_heatmap
 
         calib = ctx.calibration_batches(self.config.calib_samples, self.config.calib_batch_size)
-        record, plan = quantize_mixed(ctx.model, self.mixed, calib)
+        labelled = None
+        if self.mixed.sensitivity == "fisher":
+            labelled = ctx.labelled_batches(self.config.calib_samples, self.config.calib_batch_size)
+        record, plan = quantize_mixed(ctx.model, self.mixed, calib, labelled, ctx.batch_loss)
         names = list(plan.bits)
         options = sorted(set(self.mixed.bits_options))
         png = sensitivity_heatmap(
