@@ -141,6 +141,12 @@ class ContrastiveTask(Task):
             txt = model.project_text(self.text_cache[targets])
         else:
             txt = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+        return self.loss_from_embeddings(model, img, txt, targets)
+
+    def loss_from_embeddings(
+        self, model: nn.Module, img: torch.Tensor, txt: torch.Tensor, targets: Any
+    ) -> torch.Tensor:
+        """Multi-positive InfoNCE of (B, D) unit-norm image and text embeddings of one batch."""
         logits = model.logit_scale.exp().clamp(max=100) * img.float() @ txt.float().T  # (B, B)
         same = (targets[:, None] == targets[None, :]).float()
         soft = same / same.sum(1, keepdim=True)

@@ -1,0 +1,90 @@
+"""`distill(teacher, student, train_data, config)`: train a student against a frozen teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.batches import call_model
+from mmcompress.distill.config import DistillConfig
+from mmcompress.distill.task import DistillationTask, StudentWithProjections, captured_outputs, projection_key
+from mmcompress.errors import ConfigError, DataError
+from mmcompress.train.loop import TrainResult, fit
+from mmcompress.train.tasks import Task
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_data: Any,
+    config: DistillConfig | Mapping[str, Any] | None = None,
+    *,
+    task: Task | None = None,
+    val_data: Any = None,
+    checkpoint_dir: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `student` in place to match `teacher` (logits, or the image-text similarities of a dual
+    encoder), mixed with the task's own loss, plus optional feature matching.
+
+    Runs on the foundation's training loop: AMP, gradient clipping, per-epoch checkpoints with
+    resume, rich progress and torchrun data parallelism all apply.
+
+    Args:
+        teacher: frozen during training (no gradients, eval mode).
+        student: trained in place (its inputs are the teacher's inputs).
+        train_data: a dataset the task can index.
+        config: DistillConfig or a dict of its fields.
+        task: batches, the hard-label loss and metrics (default: the student's built-in task,
+            or plain classification).
+        val_data: evaluated after every epoch.
+        checkpoint_dir: per-epoch checkpoints (resumed when present).
+
+    Example:
+        >>> distill(teacher, student, load_dataset("fashion-mnist"), {"temperature": 4, "alpha": 0.9})
+    """
+    if config is None:
+        config = DistillConfig()
+    elif not isinstance(config, DistillConfig):
+        config = DistillConfig.from_dict(dict(config))
+    if len(train_data) == 0:
+        raise DataError("distillation data is empty")
+    if task is None:
+        from mmcompress.models.zoo import task_for
+
+        task = task_for(student, train_data)
+    projections = _projections(teacher, student, task, train_data, config)
+    model: nn.Module = StudentWithProjections(student, projections) if config.features else student
+    train = config.train
+    if config.features and train.freeze:
+        train = train.model_copy(update={"freeze": tuple(f"student.{f}" for f in train.freeze)})
+    kd_task = DistillationTask(task, teacher, config)
+    return fit(model, kd_task, train_data, train, val_data=val_data, checkpoint_dir=checkpoint_dir, progress=progress)
+
+
+def _projections(teacher, student, task, data, config: DistillConfig) -> nn.ModuleDict:
+    """A Linear per feature pair whose widths differ (Identity otherwise), sized on one real batch."""
+    if not config.features:
+        return nn.ModuleDict()
+    inputs, _ = task.batch(data, torch.arange(min(2, len(data))))
+    with torch.no_grad():
+        with captured_outputs(teacher, list(config.features.values())) as t_feats:
+            call_model(teacher.eval(), inputs)
+        was_training = student.training
+        with captured_outputs(student, list(config.features)) as s_feats:
+            call_model(student.eval(), inputs)
+        student.train(was_training)
+    layers = {}
+    for s_name, t_name in config.features.items():
+        s_shape, t_shape = s_feats[s_name].shape, t_feats[t_name].shape
+        if s_shape[:-1] != t_shape[:-1]:
+            raise ConfigError(
+                f"student {s_name!r} gives {tuple(s_shape)} but teacher {t_name!r} gives {tuple(t_shape)}: only "
+                "the last (feature) dimension may differ; map layers whose other dimensions agree"
+            )
+        d_s, d_t = s_shape[-1], t_shape[-1]
+        layers[projection_key(s_name)] = nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity()
+    return nn.ModuleDict(layers)

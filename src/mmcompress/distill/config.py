@@ -1,0 +1,40 @@
+"""Distillation settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.train.config import TrainConfig
+
+
+class DistillConfig(FrozenConfig):
+    """How a student learns from a teacher.
+
+    Attributes:
+        temperature: softening temperature T of the teacher's and student's distributions (> 0).
+        alpha: weight of the distillation loss; 1 - alpha goes to the task's own (hard-label) loss.
+        mode: "auto" (two outputs, as a dual encoder returns: contrastive; one: logits),
+            "logits" or "contrastive" (CLIP-KD: similarity-matrix KL + feature mimicry).
+        mimic_weight: weight of the per-tower feature mimicry in contrastive mode.
+        features: student module -> teacher module whose outputs the student's should match
+            (a learnable Linear projection is added when widths differ).
+        feature_weight: weight of the feature losses.
+        unlabeled: ignore targets (teacher soft targets only; alpha is taken as 1).
+        train: the training loop's settings (epochs, lr, amp, ...; `freeze` names student modules).
+
+    Example:
+        >>> DistillConfig(temperature=2.0, alpha=0.5, features={"blocks.0": "blocks.1"}).alpha
+        0.5
+    """
+
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    mode: Literal["auto", "logits", "contrastive"] = "auto"
+    mimic_weight: float = Field(1.0, ge=0)
+    features: dict[str, str] = Field(default_factory=dict)
+    feature_weight: float = Field(1.0, ge=0)
+    unlabeled: bool = False
+    train: TrainConfig = TrainConfig()

@@ -1,0 +1,87 @@
+"""Students built from a teacher: keep every k-th transformer layer (initialised from the
+teacher's layers, as DistilBERT did), or narrow a CNN by removing channels."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from mmcompress.errors import ConfigError
+
+
+def layer_stack(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of transformer layers: at `path`, or the longest ModuleList in the model.
+
+    Example:
+        >>> layer_stack(MiniLMEncoder())[0]
+        'bert.encoder.layer'
+    """
+    if path is not None:
+        stack = model.get_submodule(path)
+        if not isinstance(stack, nn.ModuleList):
+            raise ConfigError(f"{path!r} is a {type(stack).__name__}, not a ModuleList of layers")
+        return path, stack
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    if not lists:
+        raise ConfigError(f"{type(model).__name__} has no ModuleList of layers; pass path=")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def every_kth(layers: int, k: int) -> list[int]:
+    """Indices of every k-th layer ending with the last one: every_kth(6, 2) -> [1, 3, 5].
+
+    Example:
+        >>> every_kth(12, 3)
+        [2, 5, 8, 11]
+    """
+    if not 1 <= k <= layers:
+        raise ConfigError(f"cannot keep every {k}-th of {layers} layers")
+    return list(range(k - 1, layers, k))
+
+
+def keep_layers(teacher: nn.Module, keep: list[int], path: str | None = None) -> nn.Module:
+    """A copy of `teacher` with only the layers `keep` of its layer stack (weights copied).
+
+    Hugging Face configs are updated (`num_hidden_layers`) so the student saves and reloads.
+
+    Example:
+        >>> student = keep_layers(MiniLMEncoder(), every_kth(6, 2))   # 3 of 6 layers
+    """
+    student = copy.deepcopy(teacher)
+    name, stack = layer_stack(student, path)
+    bad = [i for i in keep if not 0 <= i < len(stack)]
+    if bad or not keep or len(set(keep)) != len(keep):
+        raise ConfigError(f"layers {keep} do not fit the {len(stack)} layers of {name!r}")
+    parent_name, _, attr = name.rpartition(".")
+    parent = student.get_submodule(parent_name) if parent_name else student
+    setattr(parent, attr, nn.ModuleList(stack[i] for i in sorted(keep)))
+    for module in student.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            config.num_hidden_layers = len(keep)
+    for index, layer in enumerate(student.get_submodule(name)):
+        for sub in layer.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = index
+    return student
+
+
+def narrow_cnn(teacher: nn.Module, ratio: float, example_inputs: Any = None, targets: str = "_default") -> nn.Module:
+    """A copy of `teacher` with `ratio` of the channels of its convolutions removed (magnitude).
+
+    Example:
+        >>> student = narrow_cnn(ImageClassifier((16, 32, 64)), 0.5)   # -> (8, 16, 32)
+    """
+    from mmcompress.prune.structured import prune_structured
+
+    student = copy.deepcopy(teacher)
+    convs = {n for n, m in student.named_modules() if isinstance(m, nn.Conv2d)}
+    if not convs:
+        raise ConfigError(f"{type(teacher).__name__} has no convolution to narrow")
+    mapping = (
+        {name: {"ratio": ratio} for name in sorted(convs)} if targets == "_default" else {targets: {"ratio": ratio}}
+    )
+    prune_structured(student, mapping, example_inputs=example_inputs)
+    return student
