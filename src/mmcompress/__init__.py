@@ -10,6 +10,7 @@ Example:
 __version__ = "0.1.0"
 
 from mmcompress.data.registry import list_datasets, load_dataset
+from mmcompress.distill import DistillConfig, distill
 from mmcompress.evaluate.measure import Measurement, measure
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.storage import load_compact, save_compact
@@ -29,6 +30,7 @@ from mmcompress.train.tasks import ClassificationTask, Task
 __all__ = [
     "Adapter",
     "ClassificationTask",
+    "DistillConfig",
     "Measurement",
     "PruneConfig",
     "QuantConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "compress",
+    "distill",
     "export_onnx",
     "fit",
     "gradual_prune",
