@@ -17,7 +17,7 @@ def test_config_round_trips_yaml_and_json(config):
 
 
 def test_bad_value_names_field_and_allowed_values():
-    with pytest.raises(ConfigError, match=r"scope.*'global' or 'layer'"):
+    with pytest.raises(ConfigError, match=r"scope.*'global', 'layer' or 'row'"):
         PruneConfig.from_dict({"scope": "everywhere"})
     with pytest.raises(ConfigError, match="unknown field 'QuantConfig.bitz'"):
         QuantConfig.from_dict({"bitz": 3})
