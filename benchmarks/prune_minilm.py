@@ -54,7 +54,7 @@ def main() -> None:
             [label, f"{rec.metrics['sparsity']:.3f}", f"{mean:.4f}", f"{low:.4f}", f"{size:.3f}x", f"{seconds:.0f}"]
         )
         print(rows[-1], flush=True)
-    head_rows = [["heads removed per layer", "params", "mean cosine", "min cosine", "ONNX export max |diff|"]]
+    head_rows = [["heads removed per layer", "params", "mean cosine", "min cosine", "ONNX vs PyTorch max abs diff"]]
     for ratio in (0.25, 0.5):
         model = copy.deepcopy(base)
         prune_structured(model, {"re:.*attention$": {"unit": "heads", "ratio": ratio}})
