@@ -36,11 +36,7 @@ class RunContext:
 
     def calibration_batches(self, samples: int, batch_size: int) -> list[Any]:
         """Model inputs from a seeded random subset of the training data."""
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.train_data), generator=gen)[:samples]
-        return [
-            self.task.batch(self.train_data, order[s : s + batch_size])[0] for s in range(0, len(order), batch_size)
-        ]
+        return [inputs for inputs, _ in self.labelled_batches(samples, batch_size)]
 
     def labelled_batches(self, samples: int, batch_size: int) -> list[tuple[Any, Any]]:
         """(inputs, targets) pairs from the same seeded subset (for gradient-based importance)."""
