@@ -59,6 +59,10 @@ class _TargetedPass(Pass):
     def mapping(self) -> object:
         return self.targets if self.targets is not None else self.config
 
+    def configs(self) -> list:
+        """The stage config and every (non-skipped) target config."""
+        return [self.config] + [c for c in (self.targets or {}).values() if c is not None]
+
 
 class QuantPassConfig(QuantConfig):
     """QuantConfig plus how much training data calibrates (GPTQ, static activations, SmoothQuant)."""

@@ -30,7 +30,7 @@ class PrunePass(_TargetedPass):
 
     def run(self, ctx: RunContext) -> StageOutcome:
         cfg = self.config
-        configs = [cfg] + [c for c in (self.targets or {}).values() if c is not None]
+        configs = self.configs()
         methods = {c.method for c in configs}
         kwargs = {}
         if methods & {"taylor", "fisher"}:
@@ -61,7 +61,7 @@ class StructuredPrunePass(_TargetedPass):
 
     def run(self, ctx: RunContext) -> StageOutcome:
         cfg = self.config
-        configs = [cfg] + [c for c in (self.targets or {}).values() if c is not None]
+        configs = self.configs()
         kwargs = {"example_inputs": ctx.example_batch(2)}
         if any(c.method != "magnitude" for c in configs):
             kwargs.update(data=ctx.labelled_batches(cfg.data_samples, cfg.data_batch_size), loss_fn=ctx.batch_loss)
