@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcompress.distill.losses import attention_kd, contrastive_kd, feature_kd, logit_kd, soft_kl
+from mmcompress.distill.losses import (
+    attention_kd,
+    attention_probs,
+    contrastive_kd,
+    embedding_kd,
+    feature_kd,
+    logit_kd,
+    soft_kl,
+)
 
 
 def test_soft_kl_matches_hand_computation_and_scales_with_t_squared():
@@ -57,3 +65,20 @@ def test_contrastive_kd_zero_when_the_student_is_the_teacher():
     assert float(contrastive_kd(img, txt, img, txt)) == pytest.approx(0.0, abs=1e-6)
     other = F.normalize(torch.randn(6, 8), dim=-1)
     assert float(contrastive_kd(other, txt, img, txt)) > 0.1
+
+
+def test_embedding_kd_is_one_minus_cosine():
+    s, t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 2.0], [3.0, 3.0]])
+    assert float(embedding_kd(s, t)) == pytest.approx(0.5)  # rows: 1 - 0 and 1 - 1
+    with pytest.raises(ValueError, match=r"Linear\(2, 3\)"):
+        embedding_kd(s, torch.randn(2, 3))
+
+
+def test_attention_probs_reproduce_scaled_dot_product_attention_with_padding():
+    q, k, v = torch.randn(2, 4, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    probs = attention_probs(q, k, heads=2, key_mask=mask)  # (2, 2, 4, 6)
+    split = lambda x: x.view(2, -1, 2, 4).transpose(1, 2)  # noqa: E731
+    want = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None].bool())
+    assert torch.allclose(probs @ split(v), want, atol=1e-5)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 2, 4)) and float(probs[1, :, :, 3:].abs().max()) == 0.0

@@ -92,3 +92,41 @@ def test_freeze_prefix_that_matches_nothing_is_an_error(digits):
             TrainConfig(freeze=("text_tower",)),
             progress=False,
         )
+
+
+def test_early_stopping_keeps_the_best_epoch(digits):
+    torch.manual_seed(0)
+    model = ImageClassifier((8, 16, 32))
+    cfg = TrainConfig(epochs=8, batch_size=64, lr=2e-2, early_stopping=1, grad_clip=None)
+    res = fit(model, ClassificationTask(), digits[0], cfg, val_data=digits[1], progress=False)
+    accuracies = [entry["accuracy"] for entry in res.history]
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    assert res.best_epoch == best + 1 and res.metrics["accuracy"] == accuracies[best]
+    # training stopped at the first epoch that did not improve, or ran to the end
+    assert len(accuracies) == cfg.epochs or accuracies[-1] <= accuracies[-2]
+    assert ClassificationTask().evaluate(model, digits[1])["accuracy"] == pytest.approx(accuracies[best])
+
+
+def test_early_stopping_needs_validation_data_and_a_known_metric(digits):
+    from mmcompress.errors import ConfigError
+
+    cfg = TrainConfig(epochs=2, batch_size=64, early_stopping=1)
+    with pytest.raises(ConfigError, match="val_data"):
+        fit(ImageClassifier((8, 16, 32)), ClassificationTask(), digits[0], cfg, progress=False)
+    cfg = cfg.model_copy(update={"monitor": "f1"})
+    with pytest.raises(ConfigError, match=r"monitors 'f1'.*'accuracy'"):
+        fit(ImageClassifier((8, 16, 32)), ClassificationTask(), digits[0], cfg, val_data=digits[1], progress=False)
+
+
+def test_tensorboard_log_holds_the_loss_curve(digits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrainConfig(epochs=2, batch_size=128, log_dir=str(tmp_path / "tb"))
+    res = fit(ImageClassifier((8, 16, 32)), ClassificationTask(), digits[0], cfg, val_data=digits[1], progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    steps = events.Scalars("train/loss")
+    assert len(steps) == 2 * -(-len(digits[0]) // 128)
+    accuracy = [e.value for e in events.Scalars("epoch/accuracy")]
+    assert accuracy == pytest.approx([h["accuracy"] for h in res.history])
+    assert TrainConfig(log_dir="x").identity() == TrainConfig().identity()  # where logs go is not hashed

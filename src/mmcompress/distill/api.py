@@ -10,8 +10,15 @@ from torch import nn
 
 from mmcompress.core.batches import call_model
 from mmcompress.distill.config import DistillConfig
-from mmcompress.distill.task import DistillationTask, StudentWithProjections, captured_outputs, projection_key
+from mmcompress.distill.task import (
+    DistillationTask,
+    StudentWithProjections,
+    captured_attention,
+    captured_outputs,
+    projection_key,
+)
 from mmcompress.errors import ConfigError, DataError
+from mmcompress.train.embedding_task import EmbeddingTask
 from mmcompress.train.loop import TrainResult, fit
 from mmcompress.train.tasks import Task
 
@@ -56,7 +63,10 @@ def distill(
         from mmcompress.models.zoo import task_for
 
         task = task_for(student, train_data)
+    if isinstance(task, EmbeddingTask) and config.mode not in ("auto", "embedding"):
+        raise ConfigError(f"a sentence-embedding task has no labels or logits: use mode 'embedding' ({config.mode!r})")
     projections = _projections(teacher, student, task, train_data, config)
+    _check_attentions(teacher, student, task, train_data, config)
     model: nn.Module = StudentWithProjections(student, projections) if config.features else student
     train = config.train
     if config.features and train.freeze:
@@ -88,3 +98,26 @@ def _projections(teacher, student, task, data, config: DistillConfig) -> nn.Modu
         d_s, d_t = s_shape[-1], t_shape[-1]
         layers[projection_key(s_name)] = nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity()
     return nn.ModuleDict(layers)
+
+
+def _check_attentions(teacher, student, task, data, config: DistillConfig) -> None:
+    """Every attention pair must give maps of one shape (same heads and tokens) on a real batch."""
+    if not config.attentions:
+        return
+    inputs, _ = task.batch(data, torch.arange(min(2, len(data))))
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    with torch.no_grad():
+        with captured_attention(teacher, list(config.attentions.values()), mask) as t_maps:
+            call_model(teacher.eval(), inputs)
+            t_shapes = {name: t_maps(name).shape for name in config.attentions.values()}
+        was_training = student.training
+        with captured_attention(student, list(config.attentions), mask) as s_maps:
+            call_model(student.eval(), inputs)
+            s_shapes = {name: s_maps(name).shape for name in config.attentions}
+        student.train(was_training)
+    for s_name, t_name in config.attentions.items():
+        if s_shapes[s_name] != t_shapes[t_name]:
+            raise ConfigError(
+                f"student attention {s_name!r} gives maps {tuple(s_shapes[s_name])} but teacher {t_name!r} gives "
+                f"{tuple(t_shapes[t_name])} (batch, heads, queries, keys); map layers with the same number of heads"
+            )

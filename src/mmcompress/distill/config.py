@@ -17,11 +17,16 @@ class DistillConfig(FrozenConfig):
         temperature: softening temperature T of the teacher's and student's distributions (> 0).
         alpha: weight of the distillation loss; 1 - alpha goes to the task's own (hard-label) loss.
         mode: "auto" (two outputs, as a dual encoder returns: contrastive; one: logits),
-            "logits" or "contrastive" (CLIP-KD: similarity-matrix KL + feature mimicry).
+            "logits", "contrastive" (CLIP-KD: similarity-matrix KL + feature mimicry) or
+            "embedding" (1 - cosine between the output embeddings, for sentence encoders; the
+            teacher's outputs are the only targets).
         mimic_weight: weight of the per-tower feature mimicry in contrastive mode.
         features: student module -> teacher module whose outputs the student's should match
             (a learnable Linear projection is added when widths differ).
         feature_weight: weight of the feature losses.
+        attentions: student attention module -> teacher attention module whose attention maps
+            the student's should match (KL per head; head counts must agree).
+        attention_weight: weight of the attention losses.
         unlabeled: ignore targets (teacher soft targets only; alpha is taken as 1).
         train: the training loop's settings (epochs, lr, amp, ...; `freeze` names student modules).
 
@@ -32,9 +37,11 @@ class DistillConfig(FrozenConfig):
 
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
-    mode: Literal["auto", "logits", "contrastive"] = "auto"
+    mode: Literal["auto", "logits", "contrastive", "embedding"] = "auto"
     mimic_weight: float = Field(1.0, ge=0)
     features: dict[str, str] = Field(default_factory=dict)
     feature_weight: float = Field(1.0, ge=0)
+    attentions: dict[str, str] = Field(default_factory=dict)
+    attention_weight: float = Field(1.0, ge=0)
     unlabeled: bool = False
     train: TrainConfig = TrainConfig()

@@ -2,12 +2,16 @@
 
 - `logit_kd`: Hinton et al. 2015: KL(teacher_T || student_T) * T^2, mixed with the hard-label loss.
 - `feature_kd`: mean squared error between (projected) student and teacher hidden states.
-- `attention_kd`: KL between teacher and student attention distributions (TinyBERT / MiniLM).
+- `embedding_kd`: 1 - cosine similarity between student and teacher embeddings (sentence encoders).
+- `attention_kd`: KL between teacher and student attention distributions (TinyBERT / MiniLM);
+  `attention_probs` rebuilds those distributions from captured query and key projections.
 - `contrastive_kd`: the student's image-text similarity matrix learns the teacher's soft targets
   in both directions (CLIP-KD), plus feature mimicry per tower.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +79,44 @@ def feature_kd(student: torch.Tensor, teacher: torch.Tensor, projection: torch.n
             f"add a projection Linear({student.shape[-1]}, {teacher.shape[-1]})"
         )
     return F.mse_loss(student.float(), teacher.detach().float())
+
+
+def embedding_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(student, teacher) over rows: (N, D), (N, D) -> (). Scale-free, so it suits
+    sentence embeddings compared by cosine.
+
+    Example:
+        >>> float(embedding_kd(torch.ones(2, 4), 3 * torch.ones(2, 4)))
+        0.0
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student embeddings {tuple(student.shape)} do not match teacher embeddings {tuple(teacher.shape)}; "
+            f"add a projection Linear({student.shape[-1]}, {teacher.shape[-1]})"
+        )
+    return (1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)).mean()
+
+
+def attention_probs(
+    query: torch.Tensor, key: torch.Tensor, heads: int, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_head)) per head: (B, N, D), (B, M, D) -> (B, H, N, M).
+
+    `key_mask` (B, M), 1 = attend, hides padded keys as the model's own attention does.
+
+    Example:
+        >>> attention_probs(torch.zeros(1, 3, 8), torch.zeros(1, 3, 8), heads=2).shape
+        torch.Size([1, 2, 3, 3])
+    """
+    (b, n, d), m = query.shape, key.shape[1]
+    if d % heads:
+        raise ValueError(f"query width {d} is not divisible by {heads} heads")
+    q = query.float().view(b, n, heads, d // heads).transpose(1, 2)
+    k = key.float().view(b, m, heads, d // heads).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d // heads)  # (B, H, N, M)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
 
 
 def attention_kd(student_attn: torch.Tensor, teacher_attn: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -12,8 +12,9 @@ from torch import nn
 
 from mmcompress.core.batches import call_model
 from mmcompress.distill.config import DistillConfig
-from mmcompress.distill.losses import contrastive_kd, feature_kd, logit_kd
-from mmcompress.errors import ModelError
+from mmcompress.distill.losses import attention_kd, attention_probs, contrastive_kd, embedding_kd, feature_kd, logit_kd
+from mmcompress.errors import ConfigError, ModelError
+from mmcompress.train.embedding_task import EmbeddingTask
 from mmcompress.train.tasks import ContrastiveTask, Task
 
 
@@ -68,6 +69,65 @@ def captured_outputs(model: nn.Module, names: list[str]):
             handle.remove()
 
 
+QK_NAMES = (("q", "k"), ("query", "key"), ("q_proj", "k_proj"))
+HEAD_NAMES = ("heads", "num_attention_heads", "num_heads")
+
+
+def attention_parts(module: nn.Module, name: str = "") -> tuple[nn.Module, nn.Module, int]:
+    """(query Linear, key Linear, heads) of an attention module: ours (`q`/`k`/`heads`), Hugging
+    Face BERT/ViT (`self.query`/`self.key`) and CLIP/Whisper-style (`q_proj`/`k_proj`).
+
+    Example:
+        >>> q, k, heads = attention_parts(Attention(64, 4))
+    """
+    for holder in (module, getattr(module, "self", None), getattr(module, "attention", None)):
+        if holder is None:
+            continue
+        for q_name, k_name in QK_NAMES:
+            q, k = getattr(holder, q_name, None), getattr(holder, k_name, None)
+            if isinstance(q, nn.Module) and isinstance(k, nn.Module):
+                for attr in HEAD_NAMES:
+                    heads = getattr(holder, attr, None) or getattr(getattr(holder, "config", None), attr, None)
+                    if isinstance(heads, int):
+                        return q, k, heads
+    raise ConfigError(
+        f"module {name!r} ({type(module).__name__}) is not an attention module with query/key projections "
+        "and a head count; name the attention module itself (e.g. 'bert.encoder.layer.0.attention')"
+    )
+
+
+@contextmanager
+def captured_attention(model: nn.Module, names: list[str], key_mask: torch.Tensor | None = None):
+    """Yields `maps(name)`: the attention map (B, H, N, M) of a named attention module in the last
+    forward pass inside, rebuilt from its query and key projections (works whatever attention
+    kernel the model runs)."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ModelError(f"{type(model).__name__} has no module {missing[0]!r} for attention distillation")
+    parts = {name: attention_parts(modules[name], name) for name in names}
+    qk: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    handles = []
+    for name, (q, k, _heads) in parts.items():
+        for role, sub in (("q", q), ("k", k)):
+
+            def hook(module, args, out, name=name, role=role):
+                qk[name][role] = out
+
+            handles.append(sub.register_forward_hook(hook))
+
+    def maps(name: str) -> torch.Tensor:
+        q, k = qk[name]["q"], qk[name]["k"]
+        mask = key_mask if key_mask is not None and key_mask.shape[-1] == k.shape[1] else None
+        return attention_probs(q, k, parts[name][2], mask)
+
+    try:
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class DistillationTask(Task):
     """The base task's batches and metrics; the loss mixes distillation and the task's own loss.
 
@@ -90,14 +150,56 @@ class DistillationTask(Task):
 
     def prepare(self, model: nn.Module) -> None:
         self.teacher.eval()
+        self.base.prepare(unwrap(model))
+        self.teacher_text = None
+        teacher_hooks = [*self.config.features.values(), *self.config.attentions.values()]
+        if isinstance(self.base, ContrastiveTask) and not any(n.startswith("text_tower") for n in teacher_hooks):
+            with torch.no_grad():  # the frozen teacher's text features, once per distinct caption
+                self.teacher_text = self.teacher.text_tower(**self.base.tokens)
+
+    def _forward(self, model: nn.Module, inputs: Any, targets: Any, teacher: bool) -> Any:
+        """Both embeddings of a dual encoder through the caption caches when they exist."""
+        if teacher and self.teacher_text is not None:
+            return model.encode_image(inputs["image"]), model.project_text(self.teacher_text[targets])
+        if not teacher and isinstance(self.base, ContrastiveTask):
+            return self.base.embeddings(model, inputs, targets)
+        return call_model(model, inputs)
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
         cfg, student = self.config, unwrap(model)
         s_names, t_names = list(cfg.features), list(cfg.features.values())
-        with captured_outputs(self.teacher, t_names) as t_feats, torch.no_grad():
-            t_out = call_model(self.teacher, inputs)
-        with captured_outputs(student, s_names) as s_feats:
-            s_out = call_model(student, inputs)
+        key_mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        with (
+            captured_outputs(self.teacher, t_names) as t_feats,
+            captured_attention(self.teacher, list(cfg.attentions.values()), key_mask) as t_maps,
+            torch.no_grad(),
+        ):
+            t_out = self._forward(self.teacher, inputs, targets, teacher=True)
+            t_maps = {name: t_maps(name) for name in cfg.attentions.values()}
+        with (
+            captured_outputs(student, s_names) as s_feats,
+            captured_attention(student, list(cfg.attentions), key_mask) as s_maps,
+        ):
+            s_out = self._forward(student, inputs, targets, teacher=False)
+            s_maps = {name: s_maps(name) for name in cfg.attentions}
+        loss = self._output_loss(student, s_out, t_out, targets)
+        for s_name, t_name in cfg.features.items():
+            projection = (
+                model.projections[projection_key(s_name)] if isinstance(model, StudentWithProjections) else None
+            )
+            s_feat = s_feats[s_name]
+            if projection is not None and not isinstance(projection, nn.Identity):
+                s_feat = projection(s_feat)
+            loss = loss + cfg.feature_weight * feature_kd(s_feat, t_feats[t_name])
+        for s_name, t_name in cfg.attentions.items():
+            loss = loss + cfg.attention_weight * attention_kd(s_maps[s_name], t_maps[t_name])
+        return loss
+
+    def _output_loss(self, student: nn.Module, s_out: Any, t_out: Any, targets: Any) -> torch.Tensor:
+        cfg = self.config
+        if cfg.mode == "embedding" or (cfg.mode == "auto" and isinstance(self.base, EmbeddingTask)):
+            first = (lambda out: out[0]) if isinstance(s_out, (tuple, list)) else (lambda out: out)
+            return embedding_kd(first(s_out), first(t_out))
         contrastive = cfg.mode == "contrastive" or (cfg.mode == "auto" and isinstance(s_out, (tuple, list)))
         hard_weight = 0.0 if cfg.unlabeled else 1.0 - cfg.alpha
         if contrastive:
@@ -107,14 +209,6 @@ class DistillationTask(Task):
                 loss = loss + hard_weight * self._contrastive_hard(student, s_out, targets)
         else:
             loss = logit_kd(s_out, t_out, None if cfg.unlabeled else targets, cfg.temperature, cfg.alpha)
-        for s_name, t_name in cfg.features.items():
-            projection = (
-                model.projections[projection_key(s_name)] if isinstance(model, StudentWithProjections) else None
-            )
-            s_feat = s_feats[s_name]
-            if projection is not None and not isinstance(projection, nn.Identity):
-                s_feat = projection(s_feat)
-            loss = loss + cfg.feature_weight * feature_kd(s_feat, t_feats[t_name])
         return loss
 
     def _contrastive_hard(self, student: nn.Module, s_out: Any, targets: Any) -> torch.Tensor:

@@ -135,7 +135,7 @@ def cache_key(name: str, train: TrainConfig, train_limit: int | None, overrides:
     """Hash of everything that determines a trained checkpoint (build args, training, data)."""
     spec = get_spec(name)
     payload = {"v": CACHE_VERSION, "name": name, "kwargs": {**spec.kwargs, **overrides}}
-    payload.update(train=train.to_dict(), limit=train_limit, dataset=spec.dataset)
+    payload.update(train=train.identity(), limit=train_limit, dataset=spec.dataset)
     return stable_hash(payload)
 
 

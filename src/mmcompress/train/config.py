@@ -22,6 +22,11 @@ class TrainConfig(FrozenConfig):
         max_steps_per_epoch: cap on steps per epoch (short fine-tunes).
         grad_clip: max gradient norm (None: no clipping).
         device: "auto", "cpu" or "cuda".
+        early_stopping: stop after this many epochs without a better `monitor` value on the
+            validation data, and restore the best epoch's weights (None: train every epoch).
+        monitor: the validation metric early stopping watches (default: the task's primary
+            metric); names containing "loss" are minimised, the others maximised.
+        log_dir: write TensorBoard event files here (needs the `tensorboard` package).
 
     Example:
         >>> TrainConfig(epochs=1, amp="bf16").to_dict()["amp"]
@@ -38,3 +43,16 @@ class TrainConfig(FrozenConfig):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    early_stopping: int | None = Field(None, ge=1)
+    monitor: str | None = None
+    log_dir: str | None = None
+
+    def identity(self) -> dict:
+        """The settings that determine the trained weights (hashed for caches and resume); fields
+        added later are left out while unset, so older caches stay valid."""
+        data = self.to_dict()
+        for key in ("early_stopping", "monitor", "log_dir"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        data.pop("log_dir", None)  # where logs go does not change the weights
+        return data

@@ -19,6 +19,7 @@ from mmcompress.errors import ConfigError, DataError, ModelError
 from mmcompress.prune.masks import apply_masks
 from mmcompress.train import distributed as ddp
 from mmcompress.train.config import TrainConfig
+from mmcompress.train.monitoring import EarlyStopping, TensorBoardLog
 from mmcompress.train.tasks import Task
 
 
@@ -28,6 +29,7 @@ class TrainResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
 
 def seed_everything(seed: int) -> None:
@@ -96,7 +98,8 @@ def fit(
         task: batch construction, loss and evaluation.
         train_data: a dataset the task can index.
         config: a TrainConfig.
-        val_data: evaluated after each epoch (metrics go into the history).
+        val_data: evaluated after each epoch (metrics go into the history; with
+            `config.early_stopping` the best epoch's weights are kept and training may stop early).
         checkpoint_dir: where `last.pt` is written each epoch; an existing one is resumed.
         progress: show a rich progress bar.
         on_epoch_end: called with the model after each epoch; its numbers join the history.
@@ -106,6 +109,8 @@ def fit(
     """
     if len(train_data) == 0:
         raise DataError("training data is empty")
+    if config.early_stopping and val_data is None:
+        raise ConfigError("early_stopping needs validation data (val_data) to watch")
     rank, size = ddp.world()
     device = resolve_device(config.device)
     model.to(device)
@@ -127,12 +132,15 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     result, start_epoch = TrainResult(), 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    config_hash = stable_hash(config.to_dict())
+    config_hash = stable_hash(config.identity())
+    stopper = EarlyStopping(config.monitor or task.primary_metric, config.early_stopping or 0)
     if ckpt is not None and ckpt.exists():
-        start_epoch, result.history = _resume(ckpt, config_hash, model, optimizer, scheduler)
+        start_epoch, result.history = _resume(ckpt, config_hash, model, optimizer, scheduler, stopper)
+    log = TensorBoardLog(config.log_dir) if config.log_dir and rank == 0 else None
     ddp.broadcast_model(model)
     task.prepare(model)
-    for epoch in range(start_epoch, config.epochs):
+    stopped = bool(config.early_stopping) and stopper.bad_epochs >= stopper.patience
+    for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
         model.train()
         _freeze(model, config.freeze)
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -160,6 +168,9 @@ def fit(
                 apply_masks(model)
                 losses.append(float(loss.detach()))
                 tick(losses[-1])
+                if log is not None:
+                    lr = scheduler.get_last_lr()[0]
+                    log.scalars({"loss": losses[-1], "lr": lr}, epoch * steps_per_epoch + step, "train")
         entry = {"epoch": epoch + 1, "loss": ddp.all_mean(sum(losses) / len(losses))}
         if val_data is not None:
             entry.update(task.evaluate(model, val_data))
@@ -167,17 +178,30 @@ def fit(
             entry.update(on_epoch_end(model))
             model.train()
         result.history.append(entry)
+        if log is not None:
+            log.scalars(entry, epoch + 1, "epoch")
+        stop = bool(config.early_stopping) and stopper.update(entry, model)
         if ckpt is not None and rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             state.update(scheduler=scheduler.state_dict(), epoch=epoch + 1, history=result.history)
+            state.update(early_stopping=stopper.state_dict())
             atomic_torch_save(ckpt, {**state, "config_hash": config_hash})
+        if stop:
+            break
+    if log is not None:
+        log.close()
     model.eval()
-    if result.history:
+    if config.early_stopping and stopper.best_state is not None:
+        stopper.restore(model)
+        result.best_epoch = stopper.best_epoch
+        best = next(e for e in result.history if e["epoch"] == stopper.best_epoch)
+        result.metrics = {k: v for k, v in best.items() if k != "epoch"}
+    elif result.history:
         result.metrics = {k: v for k, v in result.history[-1].items() if k != "epoch"}
     return result
 
 
-def _resume(ckpt: Path, config_hash: str, model, optimizer, scheduler) -> tuple[int, list]:
+def _resume(ckpt: Path, config_hash: str, model, optimizer, scheduler, stopper: EarlyStopping) -> tuple[int, list]:
     state = safe_torch_load(ckpt)
     if state.get("config_hash") != config_hash:
         raise ModelError(
@@ -186,6 +210,8 @@ def _resume(ckpt: Path, config_hash: str, model, optimizer, scheduler) -> tuple[
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "early_stopping" in state:
+        stopper.load_state_dict(state["early_stopping"])
     return int(state["epoch"]), list(state["history"])
 
 

@@ -135,12 +135,21 @@ class ContrastiveTask(Task):
         inputs.update({k: v[cid] for k, v in self.tokens.items()})
         return inputs, cid
 
-    def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+    def embeddings(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, text) embeddings of a batch: a frozen text tower reads the caption cache, a
+        trained one encodes each distinct caption of the batch once."""
         img = model.encode_image(inputs["image"])
         if self.text_cache is not None:
-            txt = model.project_text(self.text_cache[targets])
-        else:
-            txt = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+            return img, model.project_text(self.text_cache[targets])
+        unique, inverse = torch.unique(targets, return_inverse=True)
+        first = torch.zeros_like(unique).scatter_(0, inverse, torch.arange(len(targets), device=targets.device))
+        mask = inputs["attention_mask"][first]
+        width = int(mask.sum(1).max())  # captions of this batch need no more tokens than this
+        txt = model.encode_text(inputs["input_ids"][first, :width], mask[:, :width])
+        return img, txt[inverse]
+
+    def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        img, txt = self.embeddings(model, inputs, targets)
         return self.loss_from_embeddings(model, img, txt, targets)
 
     def loss_from_embeddings(

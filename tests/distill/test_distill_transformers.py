@@ -1,0 +1,111 @@
+"""Distillation of transformer encoders: attention maps, embedding mode, dual-encoder caches."""
+
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.distill import DistillConfig, distill
+from mmcompress.distill.losses import attention_kd
+from mmcompress.distill.task import captured_attention
+from mmcompress.errors import ConfigError
+from mmcompress.models.minilm import load_minilm_tokenizer
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.embedding_task import EmbeddingTask, Sentences
+
+SENTENCES = [
+    "a red coat with buttons",
+    "a pair of white sneakers",
+    "a striped shirt for summer",
+    "the bag is made of leather",
+    "a warm wool pullover",
+    "ankle boots with a low heel",
+    "a long evening dress",
+    "open sandals for the beach",
+] * 8
+
+
+class TinyBert(nn.Module):
+    """A small random BERT with mean pooling (the MiniLM recipe at test size)."""
+
+    def __init__(self, layers: int = 4, heads: int = 4) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=64, max_position_embeddings=64, attn_implementation="eager",
+        )  # fmt: skip
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask[..., None].float()
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def test_captured_attention_equals_the_models_own_attention_maps():
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    enc = load_minilm_tokenizer()(SENTENCES[:3], padding=True, return_tensors="pt")
+    with torch.no_grad(), captured_attention(model, ["bert.encoder.layer.1.attention"], enc["attention_mask"]) as maps:
+        out = model.bert(**enc, output_attentions=True)
+        got = maps("bert.encoder.layer.1.attention")
+    assert got.shape == out.attentions[1].shape
+    assert torch.allclose(got, out.attentions[1], atol=1e-5)
+
+
+def _attention_gap(teacher, student, pair, data):
+    enc = load_minilm_tokenizer()(list(data[:16]), padding=True, return_tensors="pt")
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), captured_attention(teacher, [pair[1]], enc["attention_mask"]) as t_maps:
+        teacher(**enc)
+        with captured_attention(student, [pair[0]], enc["attention_mask"]) as s_maps:
+            student(**enc)
+            return float(attention_kd(s_maps(pair[0]), t_maps(pair[1])))
+
+
+def test_embedding_and_attention_distillation_teach_a_fresh_student():
+    torch.manual_seed(0)
+    teacher = TinyBert().eval()
+    torch.manual_seed(1)
+    student = TinyBert(layers=2)  # random weights: starts far from the teacher
+    task = EmbeddingTask(load_minilm_tokenizer(), reference=teacher, max_length=16)
+    data = Sentences(SENTENCES)
+    pair = ("bert.encoder.layer.1.attention", "bert.encoder.layer.3.attention")
+    before, gap_before = task.evaluate(student, data)["cosine"], _attention_gap(teacher, student, pair, data)
+    config = DistillConfig(
+        mode="embedding", attentions=dict([pair]), train=TrainConfig(epochs=3, batch_size=16, lr=3e-3)
+    )
+    result = distill(teacher, student, data, config, task=task, val_data=data, progress=False)
+    assert before < 0.0 and result.metrics["cosine"] > 0.85, (before, result.metrics)
+    assert _attention_gap(teacher, student, pair, data) < 0.5 * gap_before
+
+
+def test_attention_pairs_with_different_heads_are_named():
+    teacher, student = TinyBert(heads=4), TinyBert(layers=2, heads=2)
+    task = EmbeddingTask(load_minilm_tokenizer(), reference=teacher)
+    pair = {"bert.encoder.layer.0.attention": "bert.encoder.layer.0.attention"}
+    config = DistillConfig(mode="embedding", attentions=pair)
+    with pytest.raises(ConfigError, match=r"heads"):
+        distill(teacher, student, Sentences(SENTENCES), config, task=task, progress=False)
+    with pytest.raises(ConfigError, match="not an attention module"):
+        config = DistillConfig(mode="embedding", attentions={"bert.encoder": "bert.encoder"})
+        distill(teacher, student, Sentences(SENTENCES), config, task=task, progress=False)
+    with pytest.raises(ConfigError, match="mode 'embedding'"):
+        distill(teacher, student, Sentences(SENTENCES), {"mode": "logits"}, task=task, progress=False)
+
+
+def test_dual_encoder_batches_encode_each_distinct_caption_once(captions_small):
+    from mmcompress.models.clip import DualEncoder
+    from mmcompress.train.tasks import ContrastiveTask
+
+    torch.manual_seed(0)
+    model = DualEncoder(pretrained_text=False).eval()
+    train = captions_small[0]
+    task = ContrastiveTask(model, train)
+    inputs, targets = task.batch(train, torch.arange(64))
+    assert len(torch.unique(targets)) < 64  # captions repeat within a batch
+    with torch.no_grad():
+        img, txt = task.embeddings(model, inputs, targets)
+        want = model(**inputs)
+    assert torch.allclose(img, want[0], atol=1e-6) and torch.allclose(txt, want[1], atol=1e-5)
