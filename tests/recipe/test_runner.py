@@ -124,3 +124,28 @@ def test_structured_then_gradual_pruning_in_a_recipe_resume_and_rebuild(trained,
     rebuilt = load_run(tmp_path, start)
     acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
     assert acc == pytest.approx(res.metrics("pruned")["accuracy"])
+
+
+def test_distill_stage_teaches_the_pruned_model_with_the_starting_model(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    train = {"epochs": 6, "batch_size": 64, "lr": 5e-3}
+    distill = {"temperature": 4.0, "alpha": 0.9, "cache_teacher": True, "train": train}
+    recipe = {
+        "stages": [
+            {"pass": "prune_structured", "config": {"ratio": 0.5}, "targets": {"re:features.*": {}}},
+            {"name": "pruned", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "distill", "config": distill},
+            {"name": "distilled", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert res.metrics("distilled")["accuracy"] > res.metrics("pruned")["accuracy"] + 0.05
+    assert res.metrics("distilled")["accuracy"] > 0.75
+    again = compress(copy.deepcopy(start), recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert all(s.resumed for s in again.stages)
+    rebuilt = load_run(tmp_path, copy.deepcopy(start))
+    assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
+        res.metrics("distilled")["accuracy"]
+    )

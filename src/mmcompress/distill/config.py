@@ -27,6 +27,9 @@ class DistillConfig(FrozenConfig):
         attentions: student attention module -> teacher attention module whose attention maps
             the student's should match (KL per head; head counts must agree).
         attention_weight: weight of the attention losses.
+        cache_teacher: compute the teacher's outputs once per training sample and reuse them in
+            later epochs (valid when batches have no random augmentation; not with features or
+            attentions, which need the teacher to run).
         unlabeled: ignore targets (teacher soft targets only; alpha is taken as 1).
         train: the training loop's settings (epochs, lr, amp, ...; `freeze` names student modules).
 
@@ -43,5 +46,6 @@ class DistillConfig(FrozenConfig):
     feature_weight: float = Field(1.0, ge=0)
     attentions: dict[str, str] = Field(default_factory=dict)
     attention_weight: float = Field(1.0, ge=0)
+    cache_teacher: bool = False
     unlabeled: bool = False
     train: TrainConfig = TrainConfig()

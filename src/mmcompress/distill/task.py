@@ -128,6 +128,56 @@ def captured_attention(model: nn.Module, names: list[str], key_mask: torch.Tenso
             handle.remove()
 
 
+def _rows(data: Any, rows: torch.Tensor) -> Any:
+    """The selected rows of a batch: a tensor, a dict / tuple of tensors, or None."""
+    if data is None:
+        return None
+    if isinstance(data, torch.Tensor):
+        return data[rows]
+    if isinstance(data, dict):
+        return {k: _rows(v, rows) for k, v in data.items()}
+    return type(data)(_rows(v, rows) for v in data)
+
+
+class TeacherCache:
+    """The frozen teacher's outputs per training sample, computed the first time a sample is seen.
+
+    Valid when a sample's inputs are the same every epoch (no random augmentation).
+
+    Example:
+        >>> cache = TeacherCache()
+        >>> cache.dataset(train)
+        >>> logits = cache.get(index, lambda rows: teacher(images[rows]))
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.store: list[torch.Tensor] | None = None
+        self.known: torch.Tensor | None = None
+        self.single = True
+
+    def dataset(self, data: Any) -> None:
+        if self.size != len(data):
+            self.size, self.store, self.known = len(data), None, torch.zeros(len(data), dtype=torch.bool)
+
+    def get(self, index: torch.Tensor, compute) -> Any:
+        """Outputs for the samples at `index`; `compute(rows)` runs the teacher on the batch rows
+        whose samples are not cached yet."""
+        index_cpu = index.cpu()
+        missing = (~self.known[index_cpu]).nonzero().flatten()
+        if len(missing):
+            out = compute(missing.to(index.device))
+            outs = list(out) if isinstance(out, (tuple, list)) else [out]
+            self.single = not isinstance(out, (tuple, list))
+            if self.store is None:
+                self.store = [torch.zeros(self.size, *o.shape[1:], dtype=o.dtype) for o in outs]
+            for store, o in zip(self.store, outs, strict=True):
+                store[index_cpu[missing]] = o.detach().cpu()
+            self.known[index_cpu[missing]] = True
+        got = [store[index_cpu].to(index.device) for store in self.store]
+        return got[0] if self.single else tuple(got)
+
+
 class DistillationTask(Task):
     """The base task's batches and metrics; the loss mixes distillation and the task's own loss.
 
@@ -138,12 +188,19 @@ class DistillationTask(Task):
 
     def __init__(self, base: Task, teacher: nn.Module, config: DistillConfig) -> None:
         self.base, self.teacher, self.config = base, teacher.eval(), config
+        if config.cache_teacher and (config.features or config.attentions):
+            raise ConfigError("cache_teacher keeps only the teacher's outputs; features and attentions need it to run")
+        self.teacher_outputs = TeacherCache()
         self.primary_metric = base.primary_metric
         for p in teacher.parameters():
             p.requires_grad_(False)
 
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
-        return self.base.batch(dataset, index)
+        inputs, targets = self.base.batch(dataset, index)
+        if self.config.cache_teacher:  # the loss needs the sample indices to look the teacher up
+            self.teacher_outputs.dataset(dataset)
+            return inputs, (targets, index)
+        return inputs, targets
 
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 512) -> dict[str, float]:
         return self.base.evaluate(unwrap(model), dataset, batch_size)
@@ -167,6 +224,9 @@ class DistillationTask(Task):
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
         cfg, student = self.config, unwrap(model)
+        index = None
+        if cfg.cache_teacher:
+            targets, index = targets
         s_names, t_names = list(cfg.features), list(cfg.features.values())
         key_mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
         with (
@@ -174,7 +234,12 @@ class DistillationTask(Task):
             captured_attention(self.teacher, list(cfg.attentions.values()), key_mask) as t_maps,
             torch.no_grad(),
         ):
-            t_out = self._forward(self.teacher, inputs, targets, teacher=True)
+            if index is None:
+                t_out = self._forward(self.teacher, inputs, targets, teacher=True)
+            else:
+                t_out = self.teacher_outputs.get(
+                    index, lambda rows: self._forward(self.teacher, _rows(inputs, rows), _rows(targets, rows), True)
+                )
             t_maps = {name: t_maps(name) for name in cfg.attentions.values()}
         with (
             captured_outputs(student, s_names) as s_feats,

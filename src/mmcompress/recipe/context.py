@@ -23,6 +23,8 @@ class RunContext:
         train_data / test_data: datasets the task can index.
         output_dir: the run's folder; `stage_dir` is the current stage's folder.
         seed: the recipe seed; progress: show progress bars.
+        original_model: a frozen copy of the model the recipe started from (kept only when a
+            stage needs it, e.g. distillation's default teacher).
     """
 
     model: nn.Module
@@ -33,6 +35,7 @@ class RunContext:
     stage_dir: Path
     seed: int = 0
     progress: bool = True
+    original_model: nn.Module | None = None
 
     def calibration_batches(self, samples: int, batch_size: int) -> list[Any]:
         """Model inputs from a seeded random subset of the training data."""

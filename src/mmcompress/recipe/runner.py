@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -99,6 +100,9 @@ def compress(
     out = ensure_writable_dir(output_dir)
     passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
     ctx = RunContext(model, task, train_data, test_data, out, out, recipe.seed, progress)
+    teaches = [s for s in recipe.stages if s.pass_ == "distill" and s.config.get("teacher", "original") == "original"]
+    if teaches:
+        ctx.original_model = copy.deepcopy(model).eval()  # the teacher of distill stages
     keys = _stage_keys(recipe, _fingerprint(model))
     done = _resume(ctx, recipe, passes, keys) if resume else []
     if not resume and (out / "stages").exists():
