@@ -134,3 +134,19 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
     bad = _run("prune", "digits-cnn", "--pattern", "3:2", "--out", str(tmp_path / "b"), *args)
     check_one_line_error(bad, "0 < N < M")
+
+
+def test_distill_command_narrows_and_distills_from_the_original(tmp_path, digits_cache):
+    out = tmp_path / "d"
+    args = _small(digits_cache)
+    kd = ["--channels", "0.5", "--kd-epochs", "4", "--lr", "5e-3", "--temperature", "2", "--batch-size", "32"]
+    result = _run("distill", "digits-cnn", *kd, "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    stages = {s["label"]: s for s in json.loads((out / "record.json").read_text())["stages"]}
+    assert stages["student"]["metrics"]["params"] < 0.5 * stages["teacher"]["metrics"]["params"]
+    assert stages["distilled"]["metrics"]["accuracy"] > stages["student"]["metrics"]["accuracy"] + 0.2
+    assert stages["distill"]["config"]["temperature"] == 2.0
+    bad = _run("distill", "digits-cnn", "--out", str(tmp_path / "b"), *args)
+    check_one_line_error(bad, "--channels RATIO and/or --keep-every K")
+    bad = _run("distill", "digits-cnn", "--keep-every", "2", "--out", str(tmp_path / "c"), *args)
+    check_one_line_error(bad, "has no ModuleList of layers")

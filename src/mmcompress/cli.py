@@ -256,7 +256,7 @@ def report(run_dir: Path) -> None:
     console.print(f"wrote {md} and {page}")
 
 
-from mmcompress import cli_compress  # noqa: E402,F401  (registers quantize and prune)
+from mmcompress import cli_compress, cli_distill  # noqa: E402,F401  (register quantize, prune, distill)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
+from mmcompress.errors import ConfigError
 
 
 @cli.command("quantize")
@@ -90,7 +91,7 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetun
 
     if structured:
         if method not in ("magnitude", "taylor", "fisher"):
-            raise click.BadParameter(f"structured pruning takes magnitude, taylor or fisher, not {method}")
+            raise ConfigError(f"structured pruning takes magnitude, taylor or fisher, not {method}")
         stage = {"pass": "prune_structured", "config": {"ratio": ratio, "unit": structured, "method": method}}
     else:
         stage = {"pass": "prune", "config": {"sparsity": sparsity, "method": method, "pattern": pattern}}

@@ -17,7 +17,10 @@ def test_default_recipe_is_valid_and_round_trips():
     ("recipe", "message"),
     [
         ({"stages": [{"pass": "prune", "config": {"sparsity": 2}}]}, r"stages\[0\]\.config\.sparsity"),
-        ({"stages": [{"pass": "squash"}]}, "unknown pass 'squash'; valid names: analyze_quant, evaluate, export_onnx"),
+        (
+            {"stages": [{"pass": "squash"}]},
+            "unknown pass 'squash'; valid names: analyze_quant, distill, drop_layers, evaluate",
+        ),
         ({"stages": [{"pass": "prune", "colour": 1}]}, "unknown field"),
         ({"stages": []}, "stages"),
         ({"stages": [{"pass": "evaluate", "targets": {"_default": {}}}]}, "does not take targets"),

@@ -50,22 +50,34 @@ def keep_layers(teacher: nn.Module, keep: list[int], path: str | None = None) ->
         >>> student = keep_layers(MiniLMEncoder(), every_kth(6, 2))   # 3 of 6 layers
     """
     student = copy.deepcopy(teacher)
-    name, stack = layer_stack(student, path)
+    drop_layers(student, keep, path)
+    return student
+
+
+def drop_layers(model: nn.Module, keep: list[int], path: str | None = None) -> str:
+    """In place: keep only the layers `keep` of the model's layer stack; returns the stack's path.
+
+    Example:
+        >>> drop_layers(model, [1, 3, 5], "text_tower.bert.encoder.layer")
+        'text_tower.bert.encoder.layer'
+    """
+    name, stack = layer_stack(model, path)
     bad = [i for i in keep if not 0 <= i < len(stack)]
     if bad or not keep or len(set(keep)) != len(keep):
         raise ConfigError(f"layers {keep} do not fit the {len(stack)} layers of {name!r}")
     parent_name, _, attr = name.rpartition(".")
-    parent = student.get_submodule(parent_name) if parent_name else student
+    parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, nn.ModuleList(stack[i] for i in sorted(keep)))
-    for module in student.modules():
+    owner = model.get_submodule(name.split(".")[0]) if "." in name else model
+    for module in [model, *owner.modules()]:
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "num_hidden_layers"):
             config.num_hidden_layers = len(keep)
-    for index, layer in enumerate(student.get_submodule(name)):
+    for index, layer in enumerate(model.get_submodule(name)):
         for sub in layer.modules():
             if hasattr(sub, "layer_idx"):
                 sub.layer_idx = index
-    return student
+    return name
 
 
 def narrow_cnn(teacher: nn.Module, ratio: float, example_inputs: Any = None, targets: str = "_default") -> nn.Module:
