@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -128,9 +127,9 @@ def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir
 def train(model, epochs, batch_size, lr, amp, seed, limit, out, quiet, data_dir, cache_dir):
     """Train a built-in MODEL (cached; works under `torchrun --nproc_per_node=N -m mmcompress train`)."""
     from mmcompress.models.zoo import get_spec, load_model
-    from mmcompress.train.distributed import world
+    from mmcompress.train.distributed import init_from_env, world
 
-    _init_distributed()
+    init_from_env()
     spec = get_spec(model)
     overrides = {
         k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, amp=amp, seed=seed).items() if v is not None
@@ -154,19 +153,6 @@ def train(model, epochs, batch_size, lr, amp, seed, limit, out, quiet, data_dir,
 
             atomic_write_json(out / "metrics.json", {"metrics": metrics, "world_size": world()[1]})
         console.print(_table(f"{model} (test set, {world()[1]} process(es))", metrics))
-
-
-def _init_distributed() -> None:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
 
 
 @cli.command(name="eval")

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+def init_from_env() -> None:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU);
+    nothing when the script runs as a single process.
+
+    Example:
+        >>> init_from_env()   # then fit / distill average gradients across the processes
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
 
 
 def world() -> tuple[int, int]:
