@@ -62,6 +62,17 @@ def long_batch(batch: int, tokens: int) -> dict:
     return tokenize(long_sentences(batch, seed=1), tokens)
 
 
+def training_sentences(n_chains: int = 2400, seed: int = 5) -> list[str]:
+    """Distillation sentences disjoint from the evaluation: chains of 2-4 captions joined by a
+    connective, and the Python-docs prose that evaluation and calibration do not use."""
+    rng = np.random.default_rng(seed)
+    captions = short_sentences()
+    joins = [", and ", "; also ", " next to ", ", then "]
+    chains = [rng.choice(joins).join(rng.choice(captions, rng.integers(2, 5))) for _ in range(n_chains)]
+    prose = varied_sentences(2000)[456:]  # not used by evaluation (first 200) or calibration (200-455)
+    return chains + prose
+
+
 def calibration_batches() -> list[dict]:
     """4 x 64 sentences of up to 128 tokens, disjoint from the evaluation and speed inputs: two
     batches of long caption chains and two of prose sentences that the evaluation does not use."""

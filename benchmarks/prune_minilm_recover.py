@@ -16,9 +16,8 @@ import argparse
 import copy
 import time
 
-import numpy as np
 import torch
-from _minilm_data import calibration_batches, embed, evaluation_sentences, short_sentences, varied_sentences
+from _minilm_data import calibration_batches, embed, evaluation_sentences, short_sentences, training_sentences
 from _results import machine, table, update_section
 
 from mmcompress.distill import DistillConfig, distill
@@ -32,15 +31,6 @@ RUNS = {
     "sparsegpt-2:4": ("sparsegpt", "2:4"),
     "wanda-50": ("wanda", "unstructured"),
 }
-
-
-def training_sentences(n_chains: int = 2400, seed: int = 5) -> list[str]:
-    rng = np.random.default_rng(seed)
-    captions = short_sentences()
-    joins = [", and ", "; also ", " next to ", ", then "]
-    chains = [rng.choice(joins).join(rng.choice(captions, rng.integers(2, 5))) for _ in range(n_chains)]
-    prose = varied_sentences(2000)[456:]  # not used by evaluation (first 200) or calibration (200-455)
-    return chains + prose
 
 
 def cosines(model, reference: torch.Tensor, sentences: list[str]) -> list[float]:

@@ -130,3 +130,19 @@ def test_tensorboard_log_holds_the_loss_curve(digits, tmp_path):
     accuracy = [e.value for e in events.Scalars("epoch/accuracy")]
     assert accuracy == pytest.approx([h["accuracy"] for h in res.history])
     assert TrainConfig(log_dir="x").identity() == TrainConfig().identity()  # where logs go is not hashed
+
+
+def test_lr_scale_gives_a_module_its_own_learning_rate(digits):
+    from mmcompress.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = ImageClassifier((8, 16, 32))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=3, lr_scale={"features": 1e-6})
+    fit(model, ClassificationTask(), digits[0], cfg, progress=False)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert max(v for n, v in moved.items() if n.startswith("features.")) < 1e-6
+    assert max(v for n, v in moved.items() if not n.startswith("features.")) > 1e-4
+    with pytest.raises(ConfigError, match="lr_scale prefix 'towers'"):
+        bad = cfg.model_copy(update={"lr_scale": {"towers": 0.1}})
+        fit(model, ClassificationTask(), digits[0], bad, progress=False)

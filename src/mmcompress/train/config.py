@@ -27,6 +27,8 @@ class TrainConfig(FrozenConfig):
         monitor: the validation metric early stopping watches (default: the task's primary
             metric); names containing "loss" are minimised, the others maximised.
         log_dir: write TensorBoard event files here (needs the `tensorboard` package).
+        lr_scale: module-name prefix -> multiplier of `lr` for its parameters (e.g.
+            {"text_tower": 0.05} fine-tunes a pretrained transformer gently beside a new CNN).
 
     Example:
         >>> TrainConfig(epochs=1, amp="bf16").to_dict()["amp"]
@@ -46,13 +48,14 @@ class TrainConfig(FrozenConfig):
     early_stopping: int | None = Field(None, ge=1)
     monitor: str | None = None
     log_dir: str | None = None
+    lr_scale: dict[str, float] = Field(default_factory=dict)
 
     def identity(self) -> dict:
         """The settings that determine the trained weights (hashed for caches and resume); fields
         added later are left out while unset, so older caches stay valid."""
         data = self.to_dict()
-        for key in ("early_stopping", "monitor", "log_dir"):
-            if data.get(key) is None:
+        for key in ("early_stopping", "monitor", "log_dir", "lr_scale"):
+            if not data.get(key):
                 data.pop(key, None)
         data.pop("log_dir", None)  # where logs go does not change the weights
         return data

@@ -66,6 +66,24 @@ def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
                 param.requires_grad_(False)
 
 
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by learning rate (`config.lr_scale`: longest prefix wins)."""
+    names = [name for name, _ in model.named_modules()]
+    for prefix, scale in config.lr_scale.items():
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ConfigError(f"lr_scale prefix {prefix!r} matches no module of {type(model).__name__}")
+        if not scale > 0:
+            raise ConfigError(f"lr_scale for {prefix!r} must be > 0, got {scale}")
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        matches = [p for p in config.lr_scale if name.startswith(p + ".")]
+        scale = config.lr_scale[max(matches, key=len)] if matches else 1.0
+        groups.setdefault(scale, []).append(param)
+    return [{"params": params, "lr": config.lr * scale} for scale, params in groups.items()]
+
+
 def _schedule(total_steps: int):
     warmup = max(1, total_steps // 20)
 
@@ -126,7 +144,7 @@ def fit(
         raise DataError(f"training data has {len(train_data)} samples: too few for {size} processes")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * config.epochs))
     dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
