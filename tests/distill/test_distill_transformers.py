@@ -1,5 +1,7 @@
 """Distillation of transformer encoders: attention maps, embedding mode, dual-encoder caches."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -109,3 +111,36 @@ def test_dual_encoder_batches_encode_each_distinct_caption_once(captions_small):
         img, txt = task.embeddings(model, inputs, targets)
         want = model(**inputs)
     assert torch.allclose(img, want[0], atol=1e-6) and torch.allclose(txt, want[1], atol=1e-5)
+
+
+def test_contrastive_distillation_of_a_smaller_dual_encoder_reads_the_teachers_caption_cache(captions_small):
+    from mmcompress.distill.students import drop_layers
+    from mmcompress.distill.task import DistillationTask
+    from mmcompress.models.clip import DualEncoder
+    from mmcompress.prune.structured import prune_structured
+    from mmcompress.train.tasks import ContrastiveTask
+
+    torch.manual_seed(0)
+    teacher = DualEncoder(pretrained_text=False).eval()
+    drop_layers(teacher, [0, 1], "text_tower.bert.encoder.layer")  # a 2-layer teacher keeps the test fast
+    student = copy.deepcopy(teacher)
+    prune_structured(student, {"modality:image": {"ratio": 0.5}})
+    drop_layers(student, [1], "text_tower.bert.encoder.layer")
+    train = captions_small[0]
+    task = ContrastiveTask(teacher, train)
+    config = DistillConfig(
+        mode="contrastive", alpha=0.5, train=TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=3)
+    )
+    kd_task = DistillationTask(task, teacher, config)
+    kd_task.prepare(student)
+    assert kd_task.teacher_text is not None and kd_task.teacher_text.shape[0] == len(train.captions)
+    inputs, targets = kd_task.batch(train, torch.arange(32))
+    with torch.no_grad():
+        cached = kd_task._forward(teacher, inputs, targets, teacher=True)
+        direct = teacher(**inputs)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached, direct, strict=True))
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    result = distill(teacher, student, train, config, task=task, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[-1]["loss"]))
+    changed = [n for n, p in student.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith("text_tower") for n in changed) and any(n.startswith("image_tower") for n in changed)
