@@ -130,6 +130,8 @@ def share_weights(model: nn.Module, config: ShareConfig | Mapping[str, Any] | No
         full_codes = torch.zeros(weight.shape, dtype=torch.long)
         full_codes[mask] = codes
         shared = SharedWeights(full_codes, mask, centroids.to(weight.dtype))
+        if "weight_mask" in module._buffers:  # the parametrization's own mask keeps pruned weights at zero
+            del module._buffers["weight_mask"]
         parametrize.register_parametrization(module, "weight", shared, unsafe=True)
         error = float((module.weight.detach() - weight).pow(2).mean().sqrt())
         record.modules[name] = {"bits": cfg.bits, "clusters_used": int(codes.unique().numel()), "rms_error": error}
