@@ -46,6 +46,8 @@ def student_of(teacher) -> torch.nn.Module:
     student = copy.deepcopy(teacher)
     prune_structured(student, {"modality:image": {"ratio": 0.5}})
     drop_layers(student, every_kth(6, 2), "text_tower.bert.encoder.layer")
+    for param in student.parameters():  # the teacher's text tower was frozen; the student's trains
+        param.requires_grad_(True)
     return student
 
 

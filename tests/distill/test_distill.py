@@ -56,8 +56,12 @@ def test_feature_distillation_adds_a_trained_projection(teacher, digits_module):
     config = DistillConfig(
         features={"features": "features"}, train=TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=5)
     )
+    for param in student.parameters():  # copied from a frozen teacher: distill trains it anyway
+        param.requires_grad_(False)
+    before = [p.detach().clone() for p in student.parameters()]
     result = distill(teacher, student, digits_module[0], config, task=ClassificationTask(), progress=False)
     assert result.history and "loss" in result.history[-1]
+    assert all(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
     assert isinstance(student, ImageClassifier) and student(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 

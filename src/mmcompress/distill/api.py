@@ -42,7 +42,8 @@ def distill(
 
     Args:
         teacher: frozen during training (no gradients, eval mode).
-        student: trained in place (its inputs are the teacher's inputs).
+        student: trained in place (its inputs are the teacher's inputs); every parameter trains
+            except those `config.train.freeze` names.
         train_data: a dataset the task can index.
         config: DistillConfig or a dict of its fields.
         task: batches, the hard-label loss and metrics (default: the student's built-in task,
@@ -59,6 +60,8 @@ def distill(
         config = DistillConfig.from_dict(dict(config))
     if len(train_data) == 0:
         raise DataError("distillation data is empty")
+    for param in student.parameters():  # the student learns, even where it was copied from a frozen tower
+        param.requires_grad_(True)
     if task is None:
         from mmcompress.models.zoo import task_for
 
