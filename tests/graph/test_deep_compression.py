@@ -87,7 +87,7 @@ def test_deep_file_round_trip_and_corruption(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     prune(model, {"sparsity": 0.9})
-    share_weights(model, {"re:0": {"bits": 8}, "_default": {"bits": 4}})
+    share_weights(model, {"bits": 4, "conv_bits": 8})
     fuse_shared_weights(model)
     path = tmp_path / "m.mmdc"
     parts = save_deep(model, path)

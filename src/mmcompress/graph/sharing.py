@@ -86,14 +86,16 @@ class SharedWeights(nn.Module):
 
 
 class ShareConfig(FrozenConfig):
-    """Weight sharing of one target: `bits` per cluster index (2^bits shared values per layer).
+    """Weight sharing of one target: `bits` per cluster index (2^bits shared values per layer);
+    convolutions use `conv_bits` when given (the paper: 8 for convolutions, 5 for fully connected).
 
     Example:
-        >>> ShareConfig(bits=5).bits
-        5
+        >>> ShareConfig(bits=5, conv_bits=8).conv_bits
+        8
     """
 
     bits: int = Field(5, ge=1, le=8)
+    conv_bits: int | None = Field(None, ge=1, le=8)
     layer_types: tuple[str, ...] = ("Linear", "Conv2d", "Conv1d")
 
 
@@ -126,7 +128,8 @@ def share_weights(model: nn.Module, config: ShareConfig | Mapping[str, Any] | No
             raise ConfigError(f"layer {name!r} already shares its weights")
         weight = module.weight.detach()
         mask = weight != 0
-        centroids, codes = kmeans_1d(weight[mask], 2**cfg.bits)
+        bits = cfg.conv_bits if cfg.conv_bits is not None and weight.dim() > 2 else cfg.bits
+        centroids, codes = kmeans_1d(weight[mask], 2**bits)
         full_codes = torch.zeros(weight.shape, dtype=torch.long)
         full_codes[mask] = codes
         shared = SharedWeights(full_codes, mask, centroids.to(weight.dtype))
@@ -134,7 +137,7 @@ def share_weights(model: nn.Module, config: ShareConfig | Mapping[str, Any] | No
             del module._buffers["weight_mask"]
         parametrize.register_parametrization(module, "weight", shared, unsafe=True)
         error = float((module.weight.detach() - weight).pow(2).mean().sqrt())
-        record.modules[name] = {"bits": cfg.bits, "clusters_used": int(codes.unique().numel()), "rms_error": error}
+        record.modules[name] = {"bits": bits, "clusters_used": int(codes.unique().numel()), "rms_error": error}
     return record
 
 
