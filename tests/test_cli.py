@@ -150,3 +150,25 @@ def test_distill_command_narrows_and_distills_from_the_original(tmp_path, digits
     check_one_line_error(bad, "--channels RATIO and/or --keep-every K")
     bad = _run("distill", "digits-cnn", "--keep-every", "2", "--out", str(tmp_path / "c"), *args)
     check_one_line_error(bad, "has no ModuleList of layers")
+
+
+@pytest.mark.slow
+def test_bench_command_times_original_and_compressed_in_separate_processes(tmp_path, digits_cache):
+    run = tmp_path / "q"
+    assert _run("quantize", "digits-cnn", "--out", str(run), *_small(digits_cache)).exit_code == 0
+    out = tmp_path / "bench"
+    args = ["--run", str(run), "--batch", "2", "--repeats", "3", "--warmup", "1", "--out", str(out)]
+    result = _run("bench", "digits-cnn", *args, "--cache-dir", str(digits_cache))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    assert {(r["variant"], r["runtime"]) for r in rows} == {
+        (v, rt) for v in ("original", "compressed") for rt in ("eager", "onnxruntime")
+    }
+    for row in rows:
+        assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] and row["peak_rss_mb"] > 0
+        assert row["throughput"] == pytest.approx(1000 * row["batch"] / row["median_ms"])
+        assert row["speedup"] > 0
+    assert (out / "bench.png").stat().st_size > 0
+    bad = _run("bench", "digits-cnn", "--part", "audio", "--out", str(tmp_path / "b"), "--cache-dir", str(digits_cache))
+    check_one_line_error(bad, "part 'audio' is not 'model' or a tower")

@@ -51,7 +51,8 @@ class _Positional(nn.Module):
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
 
-def _named_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
+def named_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
+    """The ONNX input names the exporter gives a batch: dict keys, "input", or "input_0", "input_1"..."""
     if isinstance(example_inputs, dict):
         return dict(example_inputs)
     if isinstance(example_inputs, torch.Tensor):
@@ -76,7 +77,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         >>> res.cosine > 0.999
         True
     """
-    named = _named_inputs(example_inputs)
+    named = named_inputs(example_inputs)
     model = model.eval()
     wrapper = _Positional(model, list(named), keyword=isinstance(example_inputs, dict))
     with torch.no_grad():

@@ -1,0 +1,60 @@
+"""`mmcompress bench MODEL [--run DIR]`: latency, throughput and memory, original vs compressed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mmcompress.cli import _data_options, _friendly, cli, console
+
+
+@cli.command("bench")
+@click.argument("model")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="A run folder: time its compressed model beside the original.")  # fmt: skip
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size; repeatable (default 1 and 32).")
+@click.option("--runtime", "runtimes", type=click.Choice(["eager", "onnxruntime", "compile"]), multiple=True,
+              help="Runtime; repeatable (default eager and onnxruntime).")  # fmt: skip
+@click.option("--part", "parts", multiple=True, help="'model' or a tower name; repeatable (default: all).")
+@click.option("--repeats", type=int, default=30, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
+@_data_options
+@_friendly
+def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads, out, data_dir, cache_dir):
+    """Time MODEL (and a run's compressed version) per tower, runtime and batch; table, JSON, plot.
+
+    Example: mmcompress bench fashion-clip --run runs/quantize --batch 64
+    """
+    from rich.table import Table
+
+    from mmcompress.evaluate.bench import bench
+
+    runtimes = tuple(runtimes) or ("eager", "onnxruntime")
+    rows = bench(
+        model, out, run_dir=run_dir, batches=tuple(batches) or (1, 32), runtimes=runtimes,
+        parts=tuple(parts) or None, repeats=repeats, warmup=warmup, threads=threads,
+        cache_dir=str(cache_dir) if cache_dir else None, data_dir=str(data_dir) if data_dir else None,
+    )  # fmt: skip
+    table = Table(title=f"{model}: median latency, {threads} threads, each case in its own process")
+    for column in (
+        "variant",
+        "part",
+        "runtime",
+        "batch",
+        "median ms",
+        "p10-p90 ms",
+        "samples/s",
+        "peak MB",
+        "speed-up",
+    ):
+        table.add_column(column, justify="left" if column in ("variant", "part", "runtime") else "right")
+    for r in rows:
+        speedup = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
+        spread = f"{r.p10_ms:.2f}-{r.p90_ms:.2f}"
+        numbers = (f"{r.median_ms:.2f}", spread, f"{r.throughput:.0f}", f"{r.peak_rss_mb:.0f}", speedup)
+        table.add_row(r.variant, r.part, r.runtime, str(r.batch), *numbers)
+    console.print(table)
+    console.print(f"[green]done[/green]: {out / 'bench.json'}, {out / 'bench.png'}")

@@ -1,0 +1,216 @@
+"""`mmcompress bench`: latency (warm-up, median, p10/p90), throughput and peak memory of a model
+and of each of its towers, original and compressed side by side, on PyTorch eager, ONNX Runtime
+and optionally torch.compile, at several batch sizes. Every case runs in its own process."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcompress.core.io import atomic_write_json, ensure_writable_dir
+from mmcompress.errors import ConfigError, ModelError
+
+RUNTIMES = ("eager", "onnxruntime", "compile")
+
+
+@dataclass
+class BenchRow:
+    """One timed case; `speedup` is original median / this median (same part, runtime, batch)."""
+
+    variant: str
+    part: str
+    runtime: str
+    batch: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    throughput: float  # samples per second
+    peak_rss_mb: float
+    speedup: float | None = None
+
+
+def load_part(model_name: str, run_dir: str | None, variant: str, part: str, cache_dir: str | None = None) -> nn.Module:
+    """The whole model (`part="model"`) or one tower module: the run's compressed model, or the
+    original (the baseline the run started from, or the cached baseline without a run).
+
+    Example:
+        >>> load_part("fashion-clip", None, "original", "image")   # the trained baseline's image tower
+    """
+    from mmcompress.models.zoo import build_model, load_model
+    from mmcompress.recipe.runner import load_run
+
+    if variant == "compressed":
+        model = load_run(run_dir, build_model(model_name))
+    elif run_dir:
+        from mmcompress.recipe.schema import baseline_train_config, load_recipe
+
+        recipe = load_recipe(json.loads((Path(run_dir) / "record.json").read_text())["recipe"])
+        if recipe.model != model_name:
+            raise ConfigError(f"run {run_dir} compressed {recipe.model!r}, not {model_name!r}")
+        model = load_model(model_name, cache_dir=cache_dir, progress=False, train=baseline_train_config(recipe),
+                           train_limit=recipe.data.train_limit)  # fmt: skip
+    else:
+        model = load_model(model_name, cache_dir=cache_dir, progress=False)
+    model.eval()
+    return model if part == "model" else model.get_submodule(tower_modules(model)[part])
+
+
+def tower_modules(model: nn.Module) -> dict[str, str]:
+    """Tower name -> its module, for towers that are one module (from the model's adapter)."""
+    from mmcompress.models.adapter import adapter_for
+
+    names = dict(model.named_modules())
+    return {t: mods[0] for t, mods in adapter_for(model).towers.items() if len(mods) == 1 and mods[0] in names}
+
+
+def part_inputs(model: nn.Module, batch: Any, module_name: str | None) -> dict[str, torch.Tensor]:
+    """Named inputs a part receives when the model runs on `batch` (captured by a forward hook)."""
+    if module_name is None:
+        if isinstance(batch, dict):
+            return dict(batch)
+        args = batch if isinstance(batch, (tuple, list)) else (batch,)
+        return dict(inspect.signature(model.forward).bind(*args).arguments)
+    module, seen = model.get_submodule(module_name), {}
+
+    def hook(mod, args, kwargs):
+        bound = inspect.signature(mod.forward).bind(*args, **kwargs)
+        seen.update({k: v for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)})
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch) if isinstance(batch, dict) else model(batch)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ModelError(f"tower module {module_name!r} received no tensor inputs in a forward pass")
+    return seen
+
+
+def bench(
+    model_name: str,
+    out_dir: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    batches: tuple[int, ...] = (1, 32),
+    runtimes: tuple[str, ...] = ("eager", "onnxruntime"),
+    parts: tuple[str, ...] | None = None,
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int = 2,
+    cache_dir: str | None = None,
+    data_dir: str | None = None,
+) -> list[BenchRow]:
+    """Time a built-in model (and a run's compressed version) per part, runtime and batch size.
+
+    Args:
+        model_name: a built-in model; its trained baseline is the "original".
+        out_dir: bench.json, bench.png, the exported ONNX files and the inputs go here.
+        run_dir: a `mmcompress run` folder: its compressed model is timed beside the original.
+        batches, runtimes: what to time ("eager", "onnxruntime", "compile").
+        parts: "model" and/or tower names (default: the whole model and every one-module tower).
+        repeats, warmup, threads: timing settings (each case in its own process).
+
+    Example:
+        >>> rows = bench("fashion-clip", "runs/bench", run_dir="runs/quantize", batches=(64,))
+    """
+    from mmcompress.data.registry import load_dataset
+    from mmcompress.graph.export import export_onnx
+    from mmcompress.models.zoo import get_spec, task_for
+
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        raise ConfigError(f"unknown runtime {bad[0] if bad else None!r}; choose from {list(RUNTIMES)}")
+    if not batches or min(batches) < 1 or repeats < 1 or warmup < 0:
+        raise ConfigError("batch sizes and repeats must be >= 1, warmup >= 0")
+    out = ensure_writable_dir(out_dir)
+    test = load_dataset(get_spec(model_name).dataset, "test", data_dir=data_dir, limit=max(batches))
+    rd = str(run_dir) if run_dir else None
+    rows: list[BenchRow] = []
+    exported: set[Path] = set()
+    for variant in ("original", "compressed") if run_dir else ("original",):
+        model = load_part(model_name, rd, variant, "model", cache_dir)
+        towers = tower_modules(model)
+        chosen = parts or ("model", *towers)
+        unknown = [p for p in chosen if p != "model" and p not in towers]
+        if unknown:
+            raise ConfigError(f"part {unknown[0]!r} is not 'model' or a tower of {model_name} ({sorted(towers)})")
+        task = task_for(model, test)
+        for part in chosen:
+            module = model if part == "model" else model.get_submodule(towers[part])
+            onnx_path = out / f"{variant}-{part}.onnx"
+            for batch in batches:
+                inputs = part_inputs(model, task.batch(test, torch.arange(batch))[0], towers.get(part))
+                inputs_path = out / f"inputs-{variant}-{part}-{batch}.pt"
+                torch.save(inputs, inputs_path)
+                if "onnxruntime" in runtimes and onnx_path not in exported:  # dynamic batch: one file per part
+                    export_onnx(module, inputs, onnx_path)
+                    exported.add(onnx_path)
+                where = {"model": model_name, "run_dir": rd, "variant": variant, "part": part, "cache_dir": cache_dir}
+                for runtime in runtimes:
+                    case = {"runtime": runtime, "inputs": str(inputs_path), "onnx": str(onnx_path), "keyword": True,
+                            "threads": threads, "warmup": warmup, "repeats": repeats, **where}  # fmt: skip
+                    got = _run_case(case)
+                    rows.append(BenchRow(variant, part, runtime, batch, got["median_ms"], got["p10_ms"], got["p90_ms"],
+                                         1000 * batch / got["median_ms"], got["peak_rss_mb"]))  # fmt: skip
+    _speedups(rows)
+    atomic_write_json(out / "bench.json", {"model": model_name, "run_dir": str(run_dir) if run_dir else None,
+                                           "threads": threads, "rows": [asdict(r) for r in rows]})  # fmt: skip
+    plot_bench(rows, out / "bench.png")
+    return rows
+
+
+def _run_case(case: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(case, fh)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mmcompress.evaluate.bench_worker", fh.name],
+                              capture_output=True, text=True)  # fmt: skip
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"timing {case['part']} on {case['runtime']} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _speedups(rows: list[BenchRow]) -> None:
+    original = {(r.part, r.runtime, r.batch): r.median_ms for r in rows if r.variant == "original"}
+    for row in rows:
+        base = original.get((row.part, row.runtime, row.batch))
+        row.speedup = base / row.median_ms if base else None
+
+
+def plot_bench(rows: list[BenchRow], path: Path) -> None:
+    """Median latency per case (bars, p10-p90 whiskers), original beside compressed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r.part, r.runtime, r.batch) for r in rows})
+    variants = sorted({r.variant for r in rows}, key=lambda v: v != "original")
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cases)), 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        got = {(r.part, r.runtime, r.batch): r for r in rows if r.variant == variant}
+        xs = [c + i * width for c, case in enumerate(cases) if case in got]
+        sel = [got[case] for case in cases if case in got]
+        ax.bar(xs, [r.median_ms for r in sel], width, label=variant,
+               yerr=[[r.median_ms - r.p10_ms for r in sel], [r.p90_ms - r.median_ms for r in sel]])  # fmt: skip
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))])
+    ax.set_xticklabels([f"{p}\n{rt}\nbatch {b}" for p, rt, b in cases], fontsize=7)
+    ax.set_ylabel("median latency (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
