@@ -149,3 +149,33 @@ def test_distill_stage_teaches_the_pruned_model_with_the_starting_model(trained,
     assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
         res.metrics("distilled")["accuracy"]
     )
+
+
+def test_graph_passes_fold_factorize_share_resume_and_rebuild(trained, digits, tmp_path):
+    import copy
+
+    from mmcompress.graph.storage import stored_bytes
+
+    start = copy.deepcopy(trained)
+    recipe = {
+        "stages": [
+            {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "fold_batchnorm"},
+            {"name": "folded", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "factorize", "config": {"rank": 6}, "targets": {"head": {}}},
+            {"pass": "share_weights", "config": {"bits": 5, "train": {"epochs": 2, "batch_size": 64}}},
+            {"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert res.metrics("folded")["accuracy"] == pytest.approx(res.metrics("baseline")["accuracy"], abs=0.003)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())
+    assert isinstance(trained.head, torch.nn.Sequential) and trained.head[0].out_features == 6
+    assert all(m.weight.unique().numel() <= 33 for m in trained.modules() if isinstance(m, torch.nn.Conv2d))
+    assert res.metrics("compressed")["accuracy"] > res.metrics("baseline")["accuracy"] - 0.05
+    assert sum(stored_bytes(trained).values()) < sum(stored_bytes(start).values())
+    again = compress(copy.deepcopy(start), recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert all(s.resumed for s in again.stages)
+    rebuilt = load_run(tmp_path, copy.deepcopy(start))
+    acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
+    assert acc == pytest.approx(res.metrics("compressed")["accuracy"])

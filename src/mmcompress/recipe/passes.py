@@ -73,4 +73,4 @@ def validate_stage(stage, where: str) -> None:
 
 def load_builtin_passes() -> None:
     """Import the modules that register the built-in passes."""
-    from mmcompress.recipe import builtin_passes, distill_pass, prune_passes  # noqa: F401
+    from mmcompress.recipe import builtin_passes, distill_pass, graph_passes, prune_passes  # noqa: F401
