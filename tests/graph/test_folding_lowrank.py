@@ -112,3 +112,37 @@ def test_factorize_rules_keep_outputs_close_and_replay():
         factorize(nn.Sequential(nn.Linear(4, 4)), {"rank": 3})
     with pytest.raises(ConfigError, match="one of energy, params and rank"):
         LowRankConfig.from_dict({"energy": 0.9, "rank": 3})
+
+
+def test_folded_and_factorized_models_export_to_onnx_with_parity(tmp_path):
+    from mmcompress.graph.export import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_with_statistics(SmallCNN((8, 16, 32))), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    fold_batchnorm(model.eval())
+    drop_identities(model)
+    factorize(model, {"1": {"rank": 8}, "3": {"rank": 4}})
+    result = export_onnx(model, torch.randn(3, 1, 28, 28), tmp_path / "m.onnx")
+    assert result.max_abs_error < 1e-4 and result.cosine > 0.99999
+
+
+def test_onnx_runtime_optimized_graph_fuses_conv_relu_and_keeps_outputs(tmp_path):
+    import numpy as np
+    import onnx
+
+    from mmcompress.graph.export import export_onnx
+    from mmcompress.graph.runtime import OrtModel, optimize_onnx
+
+    torch.manual_seed(0)
+    model = _with_statistics(SmallCNN((8, 16, 32)))
+    x = torch.randn(2, 1, 28, 28)
+    export_onnx(model, x, tmp_path / "m.onnx")
+    optimize_onnx(tmp_path / "m.onnx", tmp_path / "m.opt.onnx", level="extended")
+    ops = lambda p: [n.op_type for n in onnx.load(p).graph.node]  # noqa: E731
+    assert ops(tmp_path / "m.onnx").count("Relu") == 3  # the exporter already folded BatchNorm
+    assert "FusedConv" in ops(tmp_path / "m.opt.onnx") and "Relu" not in ops(tmp_path / "m.opt.onnx")
+    a = OrtModel.from_path(tmp_path / "m.onnx", level="disable").run({"input": x})[0]
+    b = OrtModel.from_path(tmp_path / "m.opt.onnx", level="disable").run({"input": x})[0]
+    assert np.abs(a - b).max() < 1e-5
+    with pytest.raises(ValueError, match="level must be one of"):
+        optimize_onnx(tmp_path / "m.onnx", tmp_path / "x.onnx", level="max")

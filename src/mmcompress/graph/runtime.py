@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,24 @@ def has_activation_qdq(proto: onnx.ModelProto) -> bool:
     """
     quantized = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     return any(n.op_type == "DequantizeLinear" and n.input[0] in quantized for n in proto.graph.node)
+
+
+def optimize_onnx(path: str | Path, out_path: str | Path, level: str = "extended") -> Path:
+    """Write the graph ONNX Runtime runs after its optimizations at `level` ("basic": constant
+    folding, BatchNorm into Conv, redundant nodes; "extended": also fusions such as Conv+Relu,
+    GELU, LayerNorm; "all": plus layout changes), so the deployed file needs no start-up rewrite.
+
+    Example:
+        >>> optimize_onnx("model.onnx", "model.opt.onnx", level="extended")
+    """
+    if level not in LEVELS or level == "disable":
+        raise ValueError(f"level must be one of {[k for k in LEVELS if k != 'disable']}, got {level!r}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = LEVELS[level]
+    opts.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    os.replace(tmp, out_path)
+    return out_path
