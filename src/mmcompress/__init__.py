@@ -11,8 +11,13 @@ __version__ = "0.1.0"
 
 from mmcompress.data.registry import list_datasets, load_dataset
 from mmcompress.distill import DistillConfig, distill
+from mmcompress.evaluate.bench import bench
 from mmcompress.evaluate.measure import Measurement, measure
+from mmcompress.graph.deep_file import load_deep, save_deep
 from mmcompress.graph.export import export_onnx
+from mmcompress.graph.folding import fold_batchnorm
+from mmcompress.graph.lowrank import LowRankConfig, factorize
+from mmcompress.graph.sharing import ShareConfig, fuse_shared_weights, share_weights
 from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.zoo import list_models, load_model
@@ -31,21 +36,28 @@ __all__ = [
     "Adapter",
     "ClassificationTask",
     "DistillConfig",
+    "LowRankConfig",
     "Measurement",
     "PruneConfig",
     "QuantConfig",
     "Recipe",
+    "ShareConfig",
     "StructuredConfig",
     "Task",
     "TrainConfig",
+    "bench",
     "compress",
     "distill",
     "export_onnx",
+    "factorize",
     "fit",
+    "fold_batchnorm",
+    "fuse_shared_weights",
     "gradual_prune",
     "list_datasets",
     "list_models",
     "load_compact",
+    "load_deep",
     "load_dataset",
     "load_model",
     "load_quantized",
@@ -55,5 +67,7 @@ __all__ = [
     "prune_structured",
     "quantize",
     "save_compact",
+    "save_deep",
+    "share_weights",
     "save_quantized",
 ]

@@ -144,3 +144,20 @@ def test_contrastive_distillation_of_a_smaller_dual_encoder_reads_the_teachers_c
     assert torch.isfinite(torch.tensor(result.history[-1]["loss"]))
     changed = [n for n, p in student.named_parameters() if not torch.equal(p, before[n])]
     assert any(n.startswith("text_tower") for n in changed) and any(n.startswith("image_tower") for n in changed)
+
+
+def test_embedding_distillation_of_a_pruned_encoder_keeps_its_sparsity():
+    from mmcompress.prune.api import prune
+
+    torch.manual_seed(0)
+    teacher = TinyBert().eval()
+    student = copy.deepcopy(teacher)
+    prune(student, {"re:.*encoder.*": {"sparsity": 0.6, "scope": "layer"}})
+    masked = [m for m in student.modules() if hasattr(m, "weight_mask")]
+    zeros = [m.weight == 0 for m in masked]
+    task = EmbeddingTask(load_minilm_tokenizer(), reference=teacher, max_length=16)
+    data = Sentences(SENTENCES)
+    config = DistillConfig(mode="embedding", train=TrainConfig(epochs=3, batch_size=16, lr=1e-3))
+    history = distill(teacher, student, data, config, task=task, val_data=data, progress=False).history
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all(torch.equal(m.weight == 0, z) for m, z in zip(masked, zeros, strict=True))
