@@ -92,3 +92,12 @@ def test_distillation_errors_name_the_problem(teacher, digits_module):
     config = DistillConfig(train=TrainConfig(epochs=1, max_steps_per_epoch=1))
     with pytest.raises(ValueError, match="teacher's classes"):
         distill(teacher, wrong, digits_module[0], config, task=ClassificationTask(), progress=False)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_distillation_under_autocast(teacher, digits_module, amp):  # fp16 uses loss scaling
+    student = _student()
+    config = DistillConfig(temperature=2.0, train=TrainConfig(epochs=2, batch_size=64, lr=3e-3, amp=amp))
+    result = distill(teacher, student, digits_module[0], config, task=ClassificationTask(), progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert ClassificationTask().evaluate(student, digits_module[1])["accuracy"] > 0.7
