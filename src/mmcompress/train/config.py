@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmcompress.core.config import FrozenConfig
 
@@ -48,7 +48,12 @@ class TrainConfig(FrozenConfig):
     early_stopping: int | None = Field(None, ge=1)
     monitor: str | None = None
     log_dir: str | None = None
-    lr_scale: dict[str, float] = Field(default_factory=dict)
+    lr_scale: tuple[tuple[str, float], ...] = ()
+
+    @field_validator("lr_scale", mode="before")
+    @classmethod
+    def _pairs(cls, value):  # written as a mapping in YAML / Python; stored as sorted pairs (hashable)
+        return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
     def identity(self) -> dict:
         """The settings that determine the trained weights (hashed for caches and resume); fields

@@ -69,7 +69,8 @@ def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """Trainable parameters grouped by learning rate (`config.lr_scale`: longest prefix wins)."""
     names = [name for name, _ in model.named_modules()]
-    for prefix, scale in config.lr_scale.items():
+    lr_scale = dict(config.lr_scale)
+    for prefix, scale in lr_scale.items():
         if not any(n == prefix or n.startswith(prefix + ".") for n in names):
             raise ConfigError(f"lr_scale prefix {prefix!r} matches no module of {type(model).__name__}")
         if not scale > 0:
@@ -78,8 +79,8 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        matches = [p for p in config.lr_scale if name.startswith(p + ".")]
-        scale = config.lr_scale[max(matches, key=len)] if matches else 1.0
+        matches = [p for p in lr_scale if name.startswith(p + ".")]
+        scale = lr_scale[max(matches, key=len)] if matches else 1.0
         groups.setdefault(scale, []).append(param)
     return [{"params": params, "lr": config.lr * scale} for scale, params in groups.items()]
 
