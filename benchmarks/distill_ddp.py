@@ -50,8 +50,9 @@ def main() -> None:
         "60,000 images in global batches of 256; with 2 processes (gloo, one thread each) every "
         "process takes half of each global batch and gradients are averaged.\n\n"
         f"{table(rows)}\n\nLargest difference between the two students' parameters: {diff:.1e} "
-        f"(accuracy difference {abs(one['accuracy'] - two['accuracy']):.4f}). On two cores the second "
-        "process brings no speed; the point is that a run scales out without changing its result.\n"
+        f"(accuracy difference {abs(one['accuracy'] - two['accuracy']):.4f}). The seconds are not a speed "
+        "comparison (two cores in all, shared with other jobs); the point is that a run scales out "
+        "without changing its result.\n"
     )
     update_section("distill-ddp", body)
     print(body)
