@@ -69,7 +69,6 @@ def distill(
     if isinstance(task, EmbeddingTask) and config.mode not in ("auto", "embedding"):
         raise ConfigError(f"a sentence-embedding task has no labels or logits: use mode 'embedding' ({config.mode!r})")
     projections = _projections(teacher, student, task, train_data, config)
-    _check_attentions(teacher, student, task, train_data, config)
     model: nn.Module = StudentWithProjections(student, projections) if config.features else student
     train = config.train
     if config.features and train.freeze:
@@ -78,21 +77,40 @@ def distill(
     return fit(model, kd_task, train_data, train, val_data=val_data, checkpoint_dir=checkpoint_dir, progress=progress)
 
 
+def _probe(model: nn.Module, inputs: Any, features: list[str], attentions: list[str]) -> dict[str, torch.Size]:
+    """Output shapes of the named feature modules and attention maps in one eval-mode forward pass."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    was_training = model.training
+    with (
+        torch.no_grad(),
+        captured_outputs(model, features) as feats,
+        captured_attention(model, attentions, mask) as maps,
+    ):
+        call_model(model.eval(), inputs)
+        shapes = {name: feats[name].shape for name in features}
+        shapes.update({f"attention:{name}": maps(name).shape for name in attentions})
+    model.train(was_training)
+    return shapes
+
+
 def _projections(teacher, student, task, data, config: DistillConfig) -> nn.ModuleDict:
-    """A Linear per feature pair whose widths differ (Identity otherwise), sized on one real batch."""
-    if not config.features:
+    """Check feature and attention pairs on one real batch; a Linear per feature pair whose widths
+    differ (Identity otherwise)."""
+    if not config.features and not config.attentions:
         return nn.ModuleDict()
     inputs, _ = task.batch(data, torch.arange(min(2, len(data))))
-    with torch.no_grad():
-        with captured_outputs(teacher, list(config.features.values())) as t_feats:
-            call_model(teacher.eval(), inputs)
-        was_training = student.training
-        with captured_outputs(student, list(config.features)) as s_feats:
-            call_model(student.eval(), inputs)
-        student.train(was_training)
+    t_shapes = _probe(teacher, inputs, list(config.features.values()), list(config.attentions.values()))
+    s_shapes = _probe(student, inputs, list(config.features), list(config.attentions))
+    for s_name, t_name in config.attentions.items():
+        s_shape, t_shape = s_shapes[f"attention:{s_name}"], t_shapes[f"attention:{t_name}"]
+        if s_shape != t_shape:
+            raise ConfigError(
+                f"student attention {s_name!r} gives maps {tuple(s_shape)} but teacher {t_name!r} gives "
+                f"{tuple(t_shape)} (batch, heads, queries, keys); map layers with the same number of heads"
+            )
     layers = {}
     for s_name, t_name in config.features.items():
-        s_shape, t_shape = s_feats[s_name].shape, t_feats[t_name].shape
+        s_shape, t_shape = s_shapes[s_name], t_shapes[t_name]
         if s_shape[:-1] != t_shape[:-1]:
             raise ConfigError(
                 f"student {s_name!r} gives {tuple(s_shape)} but teacher {t_name!r} gives {tuple(t_shape)}: only "
@@ -101,26 +119,3 @@ def _projections(teacher, student, task, data, config: DistillConfig) -> nn.Modu
         d_s, d_t = s_shape[-1], t_shape[-1]
         layers[projection_key(s_name)] = nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity()
     return nn.ModuleDict(layers)
-
-
-def _check_attentions(teacher, student, task, data, config: DistillConfig) -> None:
-    """Every attention pair must give maps of one shape (same heads and tokens) on a real batch."""
-    if not config.attentions:
-        return
-    inputs, _ = task.batch(data, torch.arange(min(2, len(data))))
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    with torch.no_grad():
-        with captured_attention(teacher, list(config.attentions.values()), mask) as t_maps:
-            call_model(teacher.eval(), inputs)
-            t_shapes = {name: t_maps(name).shape for name in config.attentions.values()}
-        was_training = student.training
-        with captured_attention(student, list(config.attentions), mask) as s_maps:
-            call_model(student.eval(), inputs)
-            s_shapes = {name: s_maps(name).shape for name in config.attentions}
-        student.train(was_training)
-    for s_name, t_name in config.attentions.items():
-        if s_shapes[s_name] != t_shapes[t_name]:
-            raise ConfigError(
-                f"student attention {s_name!r} gives maps {tuple(s_shapes[s_name])} but teacher {t_name!r} gives "
-                f"{tuple(t_shapes[t_name])} (batch, heads, queries, keys); map layers with the same number of heads"
-            )
