@@ -87,7 +87,11 @@ def reference(build, train, epochs: dict) -> nn.Module:
 
 
 def compress(trained: nn.Module, train, test, sparsity: float, bits: dict, epochs: dict):
-    """Rows of the table, error increase (points) and final compression rate."""
+    """Rows of the table, error increase (points) and final compression rate.
+
+    `epochs["prune"]`: fine-tuning epochs while pruning; the sparsity ramps over the first two
+    thirds, the last third recovers at the final sparsity.
+    """
     task = ClassificationTask()
     err = lambda m: 100 * (1 - task.evaluate(m, test)["accuracy"])  # noqa: E731
     model = copy.deepcopy(trained)
@@ -124,40 +128,41 @@ def main() -> None:
     datasets = (
         {"digits": ("digits", 40)} if args.quick else {"Fashion-MNIST": ("fashion-mnist", 1), "digits": ("digits", 40)}
     )
+    # A rung is (sparsity, factor on the pruning fine-tuning epochs). "ascending" ladders stop at
+    # the first rung that costs more than 0.5 point; "fallback" ladders stop at the first that
+    # does not (later rungs spend more fine-tuning, then keep more weights).
     models = {
-        "LeNet-300-100": (lenet_300_100, {"conv": 8, "fc": 5}, (0.92, 0.95, 0.97)),
-        "LeNet-5": (lenet_5, {"conv": 8, "fc": 5}, (0.92,)),
+        "LeNet-300-100": (lenet_300_100, {"conv": 8, "fc": 5}, "ascending", ((0.92, 1), (0.95, 1), (0.97, 1))),
+        "LeNet-5": (lenet_5, {"conv": 8, "fc": 5}, "fallback", ((0.92, 1), (0.92, 2), (0.91, 3))),
     }
     sections, best = [], []
     for data_label, (name, scale) in datasets.items():
         train, test = load_dataset(name, "train"), load_dataset(name, "test")
-        for model_label, (build, bits, ladder) in models.items():
+        for model_label, (build, bits, kind, ladder) in models.items():
             epochs = {
                 "train": 8 * scale if scale > 1 else 8,
                 "prune": 8 * scale if scale > 1 else 8,
                 "share": 2 * min(scale, 5),
             }
-            chosen = None
-            trained = reference(build, train, epochs)
-            for sparsity in ladder:
+            tried, trained = [], reference(build, train, epochs)
+            for sparsity, factor in ladder:
                 start = time.perf_counter()
-                rows, increase, rate = compress(trained, train, test, sparsity, bits, epochs)
-                print(
-                    model_label,
-                    data_label,
-                    sparsity,
-                    f"{increase:+.2f}",
-                    f"{rate:.1f}x",
-                    f"{time.perf_counter() - start:.0f}s",
-                    flush=True,
-                )
-                if chosen is None or increase <= 0.5:
-                    chosen = (sparsity, rows, increase, rate)
-                if increase > 0.5:
+                rung_epochs = {**epochs, "prune": epochs["prune"] * factor}
+                rows, increase, rate = compress(trained, train, test, sparsity, bits, rung_epochs)
+                tried.append((sparsity, rung_epochs["prune"], rows, increase, rate))
+                print(model_label, data_label, sparsity, rung_epochs["prune"], f"{increase:+.2f}", f"{rate:.1f}x",
+                      f"{time.perf_counter() - start:.0f}s", flush=True)  # fmt: skip
+                if (increase > 0.5) == (kind == "ascending"):
                     break
-            sparsity, rows, increase, rate = chosen
+            within = [t for t in tried if t[3] <= 0.5]
+            chosen = max(within, key=lambda t: t[4]) if within else min(tried, key=lambda t: t[3])
+            sparsity, prune_epochs, rows, increase, rate = chosen
+            rungs = ", ".join(f"{s:.0%} / {e} epochs: {r:.1f}x at {i:+.2f}" for s, e, _, i, r in tried)
             head = [["stage", "error", "weights kept", "weight bits", "index bits", "KB", "compression"]]
-            title = f"**{model_label} on {data_label}** ({sparsity:.0%} of weights pruned; {PAPER[model_label]})"
+            title = (
+                f"**{model_label} on {data_label}** ({sparsity:.0%} of weights pruned, {prune_epochs} pruning "
+                f"epochs; {PAPER[model_label]}). Rungs tried: {rungs}"
+            )
             sections.append(f"{title}:\n\n{table(head + rows)}\n")
             best.append(f"{model_label} on {data_label}: {rate:.1f}x at {increase:+.2f} points of error")
     body = (
@@ -167,9 +172,11 @@ def main() -> None:
         "initialisation, 2^bits shared values) with the centroids fine-tuned; Huffman coding of "
         "cluster codes and relative indices (5-bit for fully connected, 8-bit for convolutions, "
         "fillers for longer gaps). Weight bits and index bits are per non-zero weight; KB counts "
-        "values, indices, code books and float32 biases. For each model the sparsity ladder stops at "
-        "the first level that costs more than 0.5 point of error; the table shows the highest "
-        "compression within 0.5 point.\n\n" + "\n".join(sections) + "\nSummary: " + "; ".join(best) + ".\n"
+        "values, indices, code books and float32 biases. LeNet-300-100 climbs a sparsity ladder "
+        "until a level costs more than 0.5 point of error; LeNet-5 starts at 92% and, when that "
+        "costs more than 0.5 point, tries twice the pruning fine-tuning, then 91% with three times. "
+        "Each table shows the highest compression within 0.5 point (or the smallest loss when no "
+        "rung is within).\n\n" + "\n".join(sections) + "\nSummary: " + "; ".join(best) + ".\n"
     )
     update_section("deep-compression", body)
     print(body)

@@ -80,6 +80,11 @@ def attention_parts(module: nn.Module, name: str = "") -> tuple[nn.Module, nn.Mo
     Example:
         >>> q, k, heads = attention_parts(Attention(64, 4))
     """
+    from mmcompress.prune.structured import head_parts
+
+    parts = head_parts(module)  # the attention classes adapters know
+    if parts is not None:
+        return parts[0], parts[1], parts[4]
     for holder in (module, getattr(module, "self", None), getattr(module, "attention", None)):
         if holder is None:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from dataclasses import asdict, dataclass
@@ -42,13 +43,33 @@ class _Positional(nn.Module):
     def __init__(self, model: nn.Module, names: list[str], keyword: bool) -> None:
         super().__init__()
         self.model, self.names, self.keyword = model, names, keyword
+        # Hugging Face decoders: no key/value cache objects in the graph
+        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
     def forward(self, *tensors: torch.Tensor):
         if self.keyword:
-            out = self.model(**dict(zip(self.names, tensors, strict=True)))
+            out = self.model(**dict(zip(self.names, tensors, strict=True)), **self.extra)
         else:
-            out = self.model(*tensors)
-        return tuple(out) if isinstance(out, (tuple, list)) else out
+            out = self.model(*tensors, **self.extra)
+        flat = flat_tensors(out)
+        return flat[0] if len(flat) == 1 and isinstance(out, torch.Tensor) else tuple(flat)
+
+
+def flat_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model output in order: tensors, tuples, dicts and Hugging Face ModelOutputs
+    (whose None fields and cache objects are skipped).
+
+    Example:
+        >>> len(flat_tensors((torch.zeros(1), {"a": torch.ones(2)})))
+        2
+    """
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):  # ModelOutput is an OrderedDict of its non-None fields
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in flat_tensors(item)]
+    return []
 
 
 def named_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
@@ -81,8 +102,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
     model = model.eval()
     wrapper = _Positional(model, list(named), keyword=isinstance(example_inputs, dict))
     with torch.no_grad():
-        reference = wrapper(*named.values())
-    reference = list(reference) if isinstance(reference, tuple) else [reference]
+        reference = flat_tensors(wrapper(*named.values()))
     outputs = [f"output_{i}" for i in range(len(reference))]
     dynamic = {
         n: ({0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"})

@@ -17,6 +17,7 @@ from mmcompress.models import cache
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.clip import DualEncoder
 from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnly, LateFusion, TextOnly
+from mmcompress.models.hf.loading import MINILM_NAMES
 from mmcompress.models.layers import SmallCNN
 from mmcompress.models.recurrent import CaptionLSTM
 from mmcompress.train.config import TrainConfig
@@ -155,7 +156,9 @@ def load_model(
     """Load a built-in model, trained: from the cache when its config was trained before, else train it.
 
     Args:
-        name: one of `list_models()`.
+        name: one of `list_models()`; "hf:<hub id or folder>" (transformers), "st:<id or folder>"
+            (sentence-transformers) or "minilm" (the packaged all-MiniLM-L6-v2, offline). Those
+            load as published (no training, no cache); `offline=True` never tries the network.
         pretrained: False returns the untrained architecture.
         cache_dir: checkpoint cache (default `~/.cache/mmcompress`).
         data_dir: where to look for dataset files first.
@@ -173,6 +176,8 @@ def load_model(
     from mmcompress.train.distributed import world
     from mmcompress.train.loop import fit, seed_everything
 
+    if name.startswith(("hf:", "st:")) or name.lower() in MINILM_NAMES:
+        return _load_external(name, overrides)
     spec = get_spec(name)
     train = train or spec.train
     seed_everything(train.seed)  # initial weights depend only on the config
@@ -195,6 +200,17 @@ def load_model(
     model.eval()
     model.mmcompress_info = info
     return model
+
+
+def _load_external(name: str, overrides: dict[str, Any]) -> nn.Module:
+    from mmcompress.models.hf.loading import load_hf, load_st
+
+    offline = bool(overrides.pop("offline", False))
+    if overrides:
+        raise ModelError(f"{name!r} takes no build arguments; got {sorted(overrides)}")
+    if name.startswith("hf:"):
+        return load_hf(name[3:], offline=offline)
+    return load_st(name[3:] if name.startswith("st:") else name, offline=offline)
 
 
 def task_for(model: nn.Module, dataset: Any) -> Task:

@@ -2,8 +2,8 @@
 heads, so tensors physically shrink (smaller and faster), keeping the model's input/output contract.
 
 Channels/neurons/units go by dependency groups (`dependency.py`): a tower's last layer takes the
-projection or fusion layer that consumes it along (fusion-aware). Heads go by attention module
-(ours, or Hugging Face BERT-style `query/key/value` + `output.dense`). Late fusion by
+projection or fusion layer that consumes it along (fusion-aware). Heads go by attention module,
+found through the adapter's attention specs (ours, BERT, CLIP, SigLIP, ViT, Whisper, Wav2Vec2, Llama). Late fusion by
 concatenation works too: the fused layer loses exactly the pruned tower's columns.
 """
 
@@ -20,7 +20,7 @@ from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import Adapter, adapter_for
 from mmcompress.prune.collect import LossFn, gradient_stats
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups
 from mmcompress.prune.importance import scores_for
@@ -78,9 +78,9 @@ def prune_structured(
     adapter = adapter_for(model)
     modules = dict(model.named_modules())
     chosen = list(
-        resolve_targets(model, mapping, lambda m: _head_parts(m) is not None or _producer(m), adapter.modality_of)
+        resolve_targets(model, mapping, lambda m: _is_attention(m, adapter) or _producer(m), adapter.modality_of)
     )
-    chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == (_head_parts(m) is not None)]
+    chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == _is_attention(m, adapter)]
     require_matches(chosen, mapping, model)
     plans = []  # (kind, name or group, keep indices); computed fully before anything changes
     skipped: dict[str, str] = {}  # targeted producers that keep their width, and why
@@ -95,7 +95,7 @@ def prune_structured(
         plans += _plan_channels(model, modules, groups, channel_targets, mapping, data, loss_fn, max_batches, skipped)
     for name, module, cfg in chosen:
         if cfg.unit == "heads":
-            plans.append(("heads", name, _keep_heads(name, module, cfg, data, loss_fn, max_batches, model)))
+            plans.append(("heads", name, _keep_heads(name, module, cfg, data, loss_fn, max_batches, model, adapter)))
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     before = sum(p.numel() for p in model.parameters())
     for kind, target, keep in plans:
@@ -113,7 +113,7 @@ def apply_plan(model: nn.Module, kind: str, target: Any, keep: torch.Tensor) -> 
     modules = dict(model.named_modules())
     keep = torch.as_tensor(keep, dtype=torch.long)
     if kind == "heads":
-        q, k, v, o, heads, head_dim, set_heads = _head_parts(modules[target])
+        q, k, v, o, heads, head_dim, set_heads = head_parts(modules[target], adapter_for(model))
         keep_heads(q, k, v, o, keep, head_dim)
         set_heads(len(keep))
         return {"name": target, "structure": "heads", "keep": keep.tolist(), "before": heads, "kept": len(keep)}
@@ -206,8 +206,12 @@ def _keep_top(score: torch.Tensor, cfg: StructuredConfig, name: str) -> torch.Te
     return score.argsort(descending=True)[:keep].sort().values
 
 
-def _keep_heads(name, module, cfg, data, loss_fn, max_batches, model) -> torch.Tensor:
-    q, k, v, o, heads, head_dim, _ = _head_parts(module)
+def _is_attention(module: nn.Module, adapter: Adapter) -> bool:
+    return adapter.attention_spec(module) is not None
+
+
+def _keep_heads(name, module, cfg, data, loss_fn, max_batches, model, adapter) -> torch.Tensor:
+    q, k, v, o, heads, head_dim, _ = head_parts(module, adapter)
     stats = {}
     if cfg.method != "magnitude":
         if data is None or loss_fn is None:
@@ -222,23 +226,43 @@ def _keep_heads(name, module, cfg, data, loss_fn, max_batches, model) -> torch.T
     return _keep_top(score, cfg, name)
 
 
-def _head_parts(module: nn.Module):
-    """(q, k, v, o, heads, head_dim, set_heads) for a supported attention module, else None."""
-    from mmcompress.models.layers import Attention
+def head_parts(module: nn.Module, adapter: Adapter | None = None):
+    """(q, k, v, o, heads, head_dim, set_heads) for an attention module the adapter knows, else None.
 
-    if isinstance(module, Attention):
+    Example:
+        >>> q, k, v, o, heads, head_dim, set_heads = head_parts(Attention(64, 4))
+        >>> heads, head_dim
+        (4, 16)
+    """
+    spec = (adapter or Adapter()).attention_spec(module)
+    if spec is None:
+        return None
+    q, k, v, o = (module.get_submodule(p) for p in (spec.q, spec.k, spec.v, spec.o))
+    if spec.kv_groups is not None and _attr(module, spec.kv_groups) != 1:
+        raise UnsupportedError(
+            f"{type(module).__name__} uses grouped-query attention ({_attr(module, spec.kv_groups)} query heads "
+            "per key/value head); pruning its heads is not supported"
+        )
+    if spec.head_dim:
+        head_dim = int(_attr(module, spec.head_dim))
+    else:
+        head_dim = q.out_features // int(_attr(module, spec.head_counts[0]))
+    heads = q.out_features // head_dim
 
-        def set_heads(n: int) -> None:
-            module.heads = n
+    def set_heads(n: int) -> None:
+        for path in spec.head_counts:
+            _set_attr(module, path, n)
+        for path in spec.widths:
+            _set_attr(module, path, n * head_dim)
 
-        return module.q, module.k, module.v, module.o, module.heads, module.q.out_features // module.heads, set_heads
-    inner, output = getattr(module, "self", None), getattr(module, "output", None)
-    if inner is not None and hasattr(inner, "attention_head_size") and hasattr(output, "dense"):
+    return q, k, v, o, heads, head_dim, set_heads
 
-        def set_bert_heads(n: int) -> None:
-            inner.num_attention_heads = n
-            inner.all_head_size = n * inner.attention_head_size
 
-        heads = inner.query.out_features // inner.attention_head_size
-        return inner.query, inner.key, inner.value, output.dense, heads, inner.attention_head_size, set_bert_heads
-    return None
+def _attr(module: nn.Module, path: str) -> Any:
+    owner, _, attr = path.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
+def _set_attr(module: nn.Module, path: str, value: Any) -> None:
+    owner, _, attr = path.rpartition(".")
+    setattr(module.get_submodule(owner) if owner else module, attr, value)

@@ -89,6 +89,11 @@ class _QuantWeight(nn.Module):
         zero = getattr(self, "zero_point", None)
         return torch.zeros_like(self.scale, dtype=torch.int8) if zero is None else zero
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, read-only (model code that reads `.weight.dtype` keeps working)."""
+        return self.dequantized_weight()
+
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the module computes with: (codes - zero) * step."""
         groups = self.qweight.reshape(self.qweight.shape[0], self.scale.shape[1], -1)  # (out, G, g)

@@ -1,0 +1,1 @@
+"""Audio as a modality: log-mel features, spoken-digit and real-speech datasets, word error rate."""
