@@ -46,7 +46,7 @@ def test_every_registered_adapter_maps_existing_modules():
         adapter = adapter_for(model)
         assert check_adapter(model, adapter) == []
         params = [n for n, _ in model.named_parameters()]
-        for modality, prefixes in adapter.towers.items():
+        for modality in adapter.towers:
             owned = [n for n in params if adapter.modality_of(n) == modality]
             assert owned, f"{family}: tower {modality} owns no parameter"
         assert adapter.layers, f"{family}: no layer stack"

@@ -70,6 +70,10 @@ def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) 
         >>> chosen = require_matches(list(resolve_targets(...)), mapping, model)
     """
     if not chosen and any(v is not None for v in mapping.values()):
+        from mmcompress.models.adapter import adapter_for, describe_missing
+
+        if any(k.startswith("modality:") for k in mapping) and not adapter_for(model).towers:
+            raise ConfigError(f"targets {list(mapping)} name modalities, but {describe_missing(model)}")
         raise ConfigError(
             f"targets {list(mapping)} matched no supported module of {type(model).__name__}; "
             "check module names, regexes and modality tags (a model without an adapter has no modalities)"

@@ -15,6 +15,7 @@ from mmcompress.data.registry import load_dataset
 from mmcompress.errors import ModelError, unknown_name
 from mmcompress.models import cache
 from mmcompress.models.adapter import Adapter
+from mmcompress.models.audio import ImageAudioFusion
 from mmcompress.models.clip import DualEncoder
 from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnly, LateFusion, TextOnly
 from mmcompress.models.hf.loading import MINILM_NAMES
@@ -58,6 +59,7 @@ def _caption_task(model, ds):
 
 
 _FUSION_TRAIN = TrainConfig(epochs=3, batch_size=128, lr=2e-3)
+_AUDIO_TRAIN = TrainConfig(epochs=15, batch_size=64, lr=2e-3)
 MODELS: dict[str, ModelSpec] = {
     "fashion-clip": ModelSpec(
         DualEncoder,
@@ -94,6 +96,29 @@ MODELS: dict[str, ModelSpec] = {
         lambda m, ds: ClassificationTask(),
         TrainConfig(epochs=3, batch_size=128),
         "small CNN classifier on Fashion-MNIST",
+    ),
+    "digits-audio-fusion": ModelSpec(
+        ImageAudioFusion,
+        "spoken-digits",
+        lambda m, ds: ClassificationTask(),
+        _AUDIO_TRAIN,
+        "digit image + spoken digit (log-mel CNN) late fusion",
+    ),
+    "digits-audio-only": ModelSpec(
+        ImageAudioFusion,
+        "spoken-digits",
+        lambda m, ds: ClassificationTask(),
+        _AUDIO_TRAIN,
+        "spoken-digit baseline for digits-audio-fusion",
+        kwargs={"use": ("audio",)},
+    ),
+    "digits-image-only": ModelSpec(
+        ImageAudioFusion,
+        "spoken-digits",
+        lambda m, ds: ClassificationTask(),
+        _AUDIO_TRAIN,
+        "digit-image baseline for digits-audio-fusion",
+        kwargs={"use": ("image",)},
     ),
     "digits-cnn": ModelSpec(
         ImageClassifier,

@@ -41,7 +41,8 @@ def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
         _keep_norm(module, keep)
         module.normalized_shape = (len(keep),)
     else:
-        raise ValueError(f"cannot drop output units of {type(module).__name__}")
+        hint = " (prune before quantizing)" if hasattr(module, "qweight") else ""
+        raise ValueError(f"cannot drop output units of {type(module).__name__}{hint}")
     _drop_mask(module)
 
 

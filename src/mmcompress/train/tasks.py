@@ -53,9 +53,14 @@ class ClassificationTask(Task):
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
         if isinstance(dataset, torch.utils.data.Subset):  # a subset of a built-in set stays vectorised
             base = dataset.dataset
+            if hasattr(base, "inputs") and hasattr(base, "labels"):  # multimodal sets (spoken digits)
+                index = torch.as_tensor(dataset.indices)[index]
+                return base.inputs(index), base.labels[index]
             if hasattr(base, "images") and hasattr(base, "labels"):
                 index = torch.as_tensor(dataset.indices)[index]
                 return to_float_image(base.images[index]), base.labels[index]
+        if hasattr(dataset, "inputs") and hasattr(dataset, "labels"):  # multimodal sets (spoken digits)
+            return dataset.inputs(index), dataset.labels[index]
         if hasattr(dataset, "images") and hasattr(dataset, "labels"):  # built-in image sets: vectorised
             return to_float_image(dataset.images[index]), dataset.labels[index]
         items = [dataset[int(i)] for i in index]

@@ -1,0 +1,106 @@
+"""Audio modality: log-mel features, synthesized spoken digits, real speech + WER, the fusion model."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+
+from mmcompress import quantize
+from mmcompress.audio.features import log_mel, pad_waveforms
+from mmcompress.audio.speech import load_real_speech, transcribe, word_error_rate
+from mmcompress.data import spoken_digits
+from mmcompress.errors import DataError
+from mmcompress.models.audio import ImageAudioFusion
+from mmcompress.models.hf.tiny import tiny_model
+from mmcompress.models.minilm import load_minilm_tokenizer
+from mmcompress.train.config import TrainConfig
+from mmcompress.train.loop import fit
+from mmcompress.train.tasks import ClassificationTask
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_speech = pytest.mark.skipif(
+    not spoken_digits.Path("/usr/share/pocketsphinx/test/data").is_dir(), reason="pocketsphinx-testdata missing"
+)
+
+
+def test_log_mel_puts_a_higher_tone_in_a_higher_band():
+    t = torch.arange(16000) / 16000
+    low, high = torch.sin(2 * torch.pi * 300 * t), torch.sin(2 * torch.pi * 3000 * t)
+    mel = log_mel(torch.stack([low, high]), n_mels=40, frames=100)
+    assert mel.shape == (2, 40, 100)
+    peak = mel.mean(2).argmax(1)
+    assert int(peak[0]) < int(peak[1])
+    audio, mask = pad_waveforms([low[:100], high[:300]])
+    assert audio.shape == (2, 300) and mask.sum().item() == 400
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    train = spoken_digits.load_spoken_digits("train", cache_dir=cache, limit=160)
+    test = spoken_digits.load_spoken_digits("test", cache_dir=cache, limit=60)
+    return cache, train, test
+
+
+@needs_espeak
+def test_spoken_digits_are_real_cached_speech_with_unheard_test_voices(spoken, monkeypatch):
+    cache, train, test = spoken
+    assert train.audio.shape == (160, 16000) and len(test) == 60
+    assert (train.audio.float().abs().amax(1) > 1000).all()  # every clip holds sound
+    variants = {s.split("+")[1] for s in test.speakers}
+    assert variants <= set(spoken_digits.VARIANTS["test"]) and not variants & set(spoken_digits.VARIANTS["train"])
+    assert torch.equal(train.labels, spoken_digits.load_digits("train").labels[:160])
+    monkeypatch.setattr(spoken_digits, "synthesize", lambda *a: pytest.fail("cache not used"))
+    again = spoken_digits.load_spoken_digits("test", cache_dir=cache, limit=60)
+    assert torch.equal(again.audio, test.audio)
+    inputs, label = test[3]
+    assert inputs["audio"].shape == (40, 100) and inputs["image"].shape == (1, 28, 28)
+
+
+def test_missing_espeak_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(spoken_digits.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match="apt-get install espeak-ng"):
+        spoken_digits.load_spoken_digits("test", cache_dir=tmp_path, limit=3)
+
+
+@needs_espeak
+def test_fusion_model_trains_and_keeps_its_predictions_under_w8a8_on_every_tower(spoken):
+    _, train, test = spoken
+    model = ImageAudioFusion()
+    fit(model, ClassificationTask(), train, TrainConfig(epochs=20, batch_size=32, lr=3e-3), progress=False)
+    task = ClassificationTask()
+    accuracy = task.evaluate(model, test)["accuracy"]
+    assert accuracy > 0.5  # 10 classes: chance is 0.1
+    quantized = copy.deepcopy(model)
+    calib = [train.inputs(torch.arange(i, i + 32)) for i in range(0, 128, 32)]
+    record = quantize(quantized, {"_default": {"weight_bits": 7, "activations": "static"}}, calib=calib)
+    towers = {model.adapter().modality_of(n) for n in record.modules}
+    assert towers == {"image", "audio", "fusion"}
+    with torch.no_grad():
+        x = test.inputs(torch.arange(len(test)))
+        agree = (model(**x).argmax(1) == quantized(**x).argmax(1)).float().mean()
+    assert agree > 0.9
+
+
+def test_word_error_rate():
+    assert word_error_rate(["the cat sat"], ["the cat sat"]) == 0
+    assert word_error_rate(["a b c d"], ["a x c"]) == 0.5  # one substitution, one deletion
+    assert word_error_rate(["Hello, world!"], ["hello world"]) == 0
+    with pytest.raises(ValueError, match="2 references but 1"):
+        word_error_rate(["a", "b"], ["a"])
+
+
+@needs_speech
+def test_real_speech_transcribes_and_mild_quantization_keeps_the_transcripts():
+    speech = load_real_speech()
+    assert len(speech) == 10 and speech[1].text == "he was not an ill disposed young man"
+    assert all(u.audio.abs().max() > 0.05 for u in speech)
+    whisper = tiny_model("whisper")  # random weights: the transcripts are not English
+    whisper.mmcompress_tokenizer = load_minilm_tokenizer()
+    float_texts = transcribe(whisper, speech[:4], max_new_tokens=5)
+    assert word_error_rate([u.text for u in speech[:4]], float_texts) >= 0
+    quantize(whisper, {"_default": {"weight_bits": 8}})
+    assert transcribe(whisper, speech[:4], max_new_tokens=5) == float_texts
