@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP) data
 
-# Fashion-MNIST from Debian when we are root on Debian and it is missing (otherwise: see README).
+# Real data from Debian when we are root on Debian and it is missing (otherwise: see README):
+# Fashion-MNIST, espeak-ng (spoken digits) and pocketsphinx-testdata (real speech).
+DEBIAN_DATA := dataset-fashion-mnist espeak-ng pocketsphinx-testdata
 data:
-	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ "$$(id -u)" = 0 ] \
-	   && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v espeak-ng >/dev/null \
+	     || [ ! -d /usr/share/pocketsphinx/test/data ]; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_DATA); \
 	fi
 
 demo: setup

@@ -147,3 +147,29 @@ def test_generation_after_compression(family):
     with torch.no_grad():
         out = strong.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 3 and out.shape[1] > inputs.get("input_ids", torch.zeros(3, 0)).shape[1]
+
+
+def test_distilling_a_hugging_face_vit_into_fewer_layers_of_its_image_tower(digits):
+    from mmcompress import distill
+    from mmcompress.distill.students import keep_layers
+    from mmcompress.train.tasks import ClassificationTask
+
+    teacher = tiny_model("vit")
+    adapter = adapter_for(teacher)
+    train, test = digits
+    prepare = lambda ds, n: [  # noqa: E731
+        ({"pixel_values": adapter.prepare({"image": ds.images[i : i + 1].float().unsqueeze(1) / 255})[
+            "pixel_values"][0]}, int(ds.labels[i])) for i in range(n)
+    ]  # fmt: skip
+    train_items, test_items = prepare(train, 256), prepare(test, 128)
+    task = ClassificationTask()
+    from mmcompress import TrainConfig, fit
+
+    fit(teacher, task, train_items, TrainConfig(epochs=3, batch_size=32, lr=2e-3), progress=False)
+    student = keep_layers(teacher, [1], "modality:image")
+    assert len(student.vit.layers) == 1 and student.config.num_hidden_layers == 1
+    before = task.evaluate(student, test_items)["accuracy"]
+    distill(teacher, student, train_items, {"temperature": 2.0, "alpha": 0.5, "train": {"epochs": 2, "batch_size": 32}},
+            task=task, progress=False)  # fmt: skip
+    after = task.evaluate(student, test_items)["accuracy"]
+    assert after > before

@@ -24,6 +24,16 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def prediction(output: Any) -> Any:
+    """A model's prediction: `.logits` of a Hugging Face ModelOutput, else the output itself.
+
+    Example:
+        >>> prediction(vit(pixel_values=x)).shape   # (B, classes)
+    """
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else output
+
+
 def tensors_in(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(path, tensor)` for every tensor inside nested dicts/tuples/lists."""
     if isinstance(obj, torch.Tensor):

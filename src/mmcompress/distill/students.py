@@ -12,12 +12,22 @@ from mmcompress.errors import ConfigError
 
 
 def layer_stack(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of transformer layers: at `path`, or the longest ModuleList in the model.
+    """The ModuleList of transformer layers: at `path`, the adapter's stack of a tower
+    ("modality:text"), or the longest ModuleList in the model.
 
     Example:
         >>> layer_stack(MiniLMEncoder())[0]
         'bert.encoder.layer'
+        >>> layer_stack(llava, "modality:image")[0]
+        'model.vision_tower.encoder.layers'
     """
+    if path is not None and path.startswith("modality:"):
+        from mmcompress.models.adapter import adapter_for
+
+        stacks = adapter_for(model).layers
+        if path[9:] not in stacks:
+            raise ConfigError(f"the model's adapter names no layer stack for {path!r}; known: {sorted(stacks)}")
+        path = stacks[path[9:]]
     if path is not None:
         stack = model.get_submodule(path)
         if not isinstance(stack, nn.ModuleList):

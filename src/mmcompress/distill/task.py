@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.core.batches import call_model
+from mmcompress.core.batches import call_model, prediction
 from mmcompress.distill.config import DistillConfig
 from mmcompress.distill.losses import attention_kd, attention_probs, contrastive_kd, embedding_kd, feature_kd, logit_kd
 from mmcompress.errors import ConfigError, ModelError
@@ -225,7 +225,7 @@ class DistillationTask(Task):
             return model.encode_image(inputs["image"]), model.project_text(self.teacher_text[targets])
         if not teacher and isinstance(self.base, ContrastiveTask):
             return self.base.embeddings(model, inputs, targets)
-        return call_model(model, inputs)
+        return prediction(call_model(model, inputs))
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
         cfg, student = self.config, unwrap(model)

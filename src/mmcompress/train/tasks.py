@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.core.batches import call_model
+from mmcompress.core.batches import call_model, prediction
 from mmcompress.data.captions import TEMPLATES, ZERO_SHOT_PHRASES
 from mmcompress.data.fashion_mnist import to_float_image
 from mmcompress.evaluate.metrics import accuracy, precision_at_k, zero_shot_accuracy
@@ -67,7 +67,7 @@ class ClassificationTask(Task):
         return torch.utils.data.default_collate(items)
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
-        return F.cross_entropy(call_model(model, inputs).float(), targets)
+        return F.cross_entropy(prediction(call_model(model, inputs)).float(), targets)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 512) -> dict[str, float]:
@@ -80,7 +80,7 @@ def _predict(task: Task, model: nn.Module, dataset: Any, batch_size: int) -> tup
     outs, labels = [], []
     for start in range(0, len(dataset), batch_size):
         inputs, targets = task.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
-        outs.append(call_model(model, inputs).float())
+        outs.append(prediction(call_model(model, inputs)).float())
         labels.append(targets)
     return torch.cat(outs), torch.cat(labels)
 
