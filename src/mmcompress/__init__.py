@@ -19,7 +19,7 @@ from mmcompress.graph.folding import fold_batchnorm
 from mmcompress.graph.lowrank import LowRankConfig, factorize
 from mmcompress.graph.sharing import ShareConfig, fuse_shared_weights, share_weights
 from mmcompress.graph.storage import load_compact, save_compact
-from mmcompress.models.adapter import Adapter
+from mmcompress.models.adapter import Adapter, attach_adapter, load_adapter, register_adapter
 from mmcompress.models.zoo import list_models, load_model
 from mmcompress.prune.api import PruneConfig, prune
 from mmcompress.prune.schedule import gradual_prune
@@ -34,6 +34,9 @@ from mmcompress.train.tasks import ClassificationTask, Task
 
 __all__ = [
     "Adapter",
+    "attach_adapter",
+    "load_adapter",
+    "register_adapter",
     "ClassificationTask",
     "DistillConfig",
     "LowRankConfig",

@@ -61,9 +61,9 @@ def test_failed_download_says_how_to_get_data(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(DataError, match="valid names: digits, fashion-captions, fashion-mnist"):
+    with pytest.raises(DataError, match="valid names: digits, fashion-captions, fashion-mnist, spoken-digits"):
         load_dataset("cifar")
-    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist"}
+    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist", "spoken-digits"}
 
 
 def test_digits_split_is_disjoint_and_complete():
