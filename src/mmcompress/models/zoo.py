@@ -60,6 +60,15 @@ def _caption_task(model, ds):
 
 _FUSION_TRAIN = TrainConfig(epochs=3, batch_size=128, lr=2e-3)
 _AUDIO_TRAIN = TrainConfig(epochs=15, batch_size=64, lr=2e-3)
+
+
+def _spoken(description: str, use: tuple[str, ...]) -> ModelSpec:
+    """A spoken-digits model: the fusion model or one of its single-tower baselines."""
+    kwargs = {} if use == ("image", "audio") else {"use": use}  # the fusion model's cache key has no `use`
+    return ModelSpec(ImageAudioFusion, "spoken-digits", lambda m, ds: ClassificationTask(), _AUDIO_TRAIN,
+                     description, kwargs)  # fmt: skip
+
+
 MODELS: dict[str, ModelSpec] = {
     "fashion-clip": ModelSpec(
         DualEncoder,
@@ -97,29 +106,9 @@ MODELS: dict[str, ModelSpec] = {
         TrainConfig(epochs=3, batch_size=128),
         "small CNN classifier on Fashion-MNIST",
     ),
-    "digits-audio-fusion": ModelSpec(
-        ImageAudioFusion,
-        "spoken-digits",
-        lambda m, ds: ClassificationTask(),
-        _AUDIO_TRAIN,
-        "digit image + spoken digit (log-mel CNN) late fusion",
-    ),
-    "digits-audio-only": ModelSpec(
-        ImageAudioFusion,
-        "spoken-digits",
-        lambda m, ds: ClassificationTask(),
-        _AUDIO_TRAIN,
-        "spoken-digit baseline for digits-audio-fusion",
-        kwargs={"use": ("audio",)},
-    ),
-    "digits-image-only": ModelSpec(
-        ImageAudioFusion,
-        "spoken-digits",
-        lambda m, ds: ClassificationTask(),
-        _AUDIO_TRAIN,
-        "digit-image baseline for digits-audio-fusion",
-        kwargs={"use": ("image",)},
-    ),
+    "digits-audio-fusion": _spoken("digit image + spoken digit (log-mel CNN) late fusion", ("image", "audio")),
+    "digits-audio-only": _spoken("spoken-digit baseline for digits-audio-fusion", ("audio",)),
+    "digits-image-only": _spoken("digit-image baseline for digits-audio-fusion", ("image",)),
     "digits-cnn": ModelSpec(
         ImageClassifier,
         "digits",
