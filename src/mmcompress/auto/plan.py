@@ -1,0 +1,123 @@
+"""A compression plan: per-modality quantization and pruning settings (+ fine-tuning), and the
+recipe that carries it out (`plan_to_recipe`; `mmcompress run` reproduces a chosen plan)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.core.io import stable_hash
+from mmcompress.recipe.schema import Recipe, load_recipe
+
+
+class TowerPlan(FrozenConfig):
+    """What one tower gets.
+
+    Attributes:
+        bits: weight bits (0 keeps the tower float). 8: per channel; fewer: groups of `group_size`
+            inputs (0: per channel).
+        activations: "dynamic" runs Linear layers on integer kernels (W7A8; needs bits 8).
+        sparsity: unstructured sparsity (wanda), 0 for none.
+        channels: fraction of channels/neurons removed by structured pruning (taylor), 0 for none.
+
+    Example:
+        >>> TowerPlan(bits=4, sparsity=0.5).describe()
+        'W4 g64, 50% sparse'
+    """
+
+    bits: Literal[0, 3, 4, 8] = 8
+    activations: Literal["none", "dynamic"] = "none"
+    sparsity: float = Field(0.0, ge=0, lt=1)
+    channels: float = Field(0.0, ge=0, lt=1)
+    group_size: int = Field(64, ge=0)
+
+    @model_validator(mode="after")
+    def _dynamic_needs_8_bits(self) -> TowerPlan:
+        if self.activations == "dynamic" and self.bits != 8:
+            raise ValueError("activations 'dynamic' (integer kernels) needs bits 8")
+        return self
+
+    def describe(self) -> str:
+        parts = ["float" if self.bits == 0 else f"W{7 if self.activations == 'dynamic' else self.bits}"]
+        parts[0] += (
+            "A8"
+            if self.activations == "dynamic"
+            else (f" g{self.group_size}" if 0 < self.bits < 8 and self.group_size else "")
+        )
+        if self.channels:
+            parts.append(f"{self.channels:.0%} channels removed")
+        if self.sparsity:
+            parts.append(f"{self.sparsity:.0%} sparse")
+        return ", ".join(parts)
+
+
+class Plan(FrozenConfig):
+    """Per-modality settings plus fine-tuning after pruning.
+
+    Example:
+        >>> plan = Plan(towers={"image": TowerPlan(channels=0.5), "text": TowerPlan(bits=4)}, finetune_epochs=1)
+        >>> plan.key()[:8]
+    """
+
+    towers: dict[str, TowerPlan]
+    finetune_epochs: int = Field(0, ge=0)
+    finetune_steps: int = Field(150, ge=1)
+    finetune_freeze: tuple[str, ...] = ()
+    finetune_lr: float = Field(5e-4, gt=0)
+    finetune_batch_size: int = Field(128, ge=1)
+
+    def key(self) -> str:
+        """Stable hash of the plan (the trial cache's key)."""
+        return stable_hash(self.to_dict())
+
+    def is_uniform(self) -> bool:
+        """Same bits, activations, sparsity and channel ratio for every tower."""
+        return len({(t.bits, t.activations, t.sparsity, t.channels) for t in self.towers.values()}) == 1
+
+    def describe(self) -> str:
+        text = "; ".join(f"{m}: {t.describe()}" for m, t in sorted(self.towers.items()))
+        return text + (f"; fine-tune {self.finetune_epochs} epoch(s)" if self.finetune_epochs else "")
+
+
+def plan_to_recipe(plan: Plan, model: str, *, test_limit: int | None = None, seed: int = 0) -> Recipe:
+    """The recipe that applies `plan` to a built-in model: structured pruning, unstructured
+    pruning, fine-tuning, quantization, evaluation and ONNX export.
+
+    Example:
+        >>> recipe = plan_to_recipe(plan, "fashion-clip")
+        >>> Path("plan.yaml").write_text(yaml.safe_dump(recipe.to_dict()))   # mmcompress run plan.yaml
+    """
+    towers = sorted(plan.towers.items())
+    stages: list[dict[str, Any]] = []
+    channels = {f"modality:{m}": {"ratio": t.channels} for m, t in towers if t.channels > 0}
+    if channels:
+        stages.append({"pass": "prune_structured", "config": {"method": "taylor"}, "targets": channels})
+    sparse = {f"modality:{m}": {"sparsity": t.sparsity} for m, t in towers if t.sparsity > 0}
+    if sparse:
+        stages.append({"pass": "prune", "config": {"method": "wanda"}, "targets": {**sparse, "_default": None}})
+    if plan.finetune_epochs and (channels or sparse):
+        train = {"epochs": plan.finetune_epochs, "max_steps_per_epoch": plan.finetune_steps,
+                 "lr": plan.finetune_lr, "batch_size": plan.finetune_batch_size}  # fmt: skip
+        stages.append({"pass": "finetune", "config": {**train, "freeze": list(plan.finetune_freeze)}})
+    quant = {f"modality:{m}": _quant_target(t) for m, t in towers}
+    if any(v is not None for v in quant.values()):
+        stages.append({"pass": "quantize", "config": {"calib_samples": 256}, "targets": {**quant, "_default": None}})
+    stages.append({"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 3}})
+    stages.append({"pass": "export_onnx", "config": {"eval_limit": 200}})
+    data = {"test_limit": test_limit} if test_limit else {}
+    return load_recipe({"model": model, "seed": seed, "data": data, "stages": stages})
+
+
+def _quant_target(tower: TowerPlan) -> dict[str, Any] | None:
+    if tower.bits == 0:
+        return None
+    if tower.bits == 8:
+        if tower.activations == "dynamic":
+            # Linear layers on integer kernels, embedding tables int8 (ConvInteger is slow on x86: convs stay out)
+            return {"weight_bits": 7, "activations": "dynamic", "layer_types": ["linear", "embedding"]}
+        return {"weight_bits": 8}
+    if tower.group_size == 0:
+        return {"weight_bits": tower.bits}  # one step per channel
+    return {"weight_bits": tower.bits, "granularity": "per_group", "group_size": tower.group_size}

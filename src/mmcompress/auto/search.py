@@ -1,0 +1,261 @@
+"""`auto_compress`: multi-objective search (size, latency, metric) over per-modality plans with
+Optuna, cached and resumable trials, optional worker processes, and a constrained choice."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, ort_latency_ms
+from mmcompress.auto.pareto import pareto_front
+from mmcompress.auto.space import SearchSpace, build_space
+from mmcompress.auto.trials import TrialCache, TrialRecord
+from mmcompress.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits the chosen plan must meet: metric drop in points, size in MB, ORT latency in ms."""
+
+    max_drop: float = 1.0
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+
+    def violations(self, metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
+        """How far a trial misses each constraint (positive = violated)."""
+        out = {"max_drop": 100 * (baseline["metric"] - metrics["metric"]) - self.max_drop}
+        if self.max_size_mb is not None:
+            out["max_size_mb"] = metrics["size_mb"] - self.max_size_mb
+        if self.max_latency_ms is not None:
+            out["max_latency_ms"] = metrics["latency_ms"] - self.max_latency_ms
+        return out
+
+
+@dataclass
+class AutoResult:
+    """All trials, the Pareto frontier, the chosen trial (or why none fits) and the baseline."""
+
+    trials: list[TrialRecord]
+    frontier: list[int]
+    chosen: int | None
+    baseline: dict[str, float]
+    constraints: Constraints
+    space: SearchSpace
+    message: str
+    recipe_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _objectives(metrics: dict[str, float]) -> tuple[float, float, float]:
+    return metrics["size_mb"], metrics["latency_ms"], metrics["metric"]
+
+
+def choose(trials: list[TrialRecord], baseline: dict[str, float], constraints: Constraints) -> tuple[int | None, str]:
+    """The smallest feasible trial (ties: faster, then more accurate), or None and the closest miss.
+
+    Example:
+        >>> index, why = choose(result.trials, result.baseline, Constraints(max_drop=1.0, max_size_mb=10))
+    """
+    ok = [(i, t) for i, t in enumerate(trials) if t.ok]
+    if not ok:
+        return None, "no trial finished; see the failed trials' errors"
+    feasible = [(i, t) for i, t in ok if max(constraints.violations(t.metrics, baseline).values()) <= 0]
+    if feasible:
+        i, t = min(
+            feasible, key=lambda it: (it[1].metrics["size_mb"], it[1].metrics["latency_ms"], -it[1].metrics["metric"])
+        )
+        return i, f"chosen: {t.plan.describe()}"
+    i, t = min(ok, key=lambda it: max(constraints.violations(it[1].metrics, baseline).values()))
+    misses = {k: v for k, v in constraints.violations(t.metrics, baseline).items() if v > 0}
+    detail = ", ".join(f"{k} by {v:.3g}" for k, v in misses.items())
+    return None, f"no plan meets the constraints; the closest ({t.plan.describe()}) misses {detail}"
+
+
+def auto_compress(
+    model_name: str,
+    out_dir: str | Path,
+    *,
+    constraints: Constraints = Constraints(),
+    time_budget_min: float = 20.0,
+    max_trials: int | None = None,
+    jobs: int = 1,
+    seed: int = 0,
+    test_limit: int | None = 2000,
+    latency_batch: int = 32,
+    metric_fn: MetricFn | None = None,
+    progress: bool = True,
+) -> AutoResult:
+    """Search per-modality compression plans of a built-in model under constraints.
+
+    Measures per-tower quantization sensitivity first (it prunes the bit widths), then lets
+    Optuna's multi-objective TPE sampler propose plans (bits, W7A8, sparsity, channels per tower,
+    fine-tuning); each plan runs as a recipe and its ONNX artifact is timed in ONNX Runtime.
+    Trials are cached in `out_dir/trials` (a rerun resumes; a plan is never evaluated twice);
+    a trial that raises or returns NaN is recorded as failed and the search goes on.
+
+    Args:
+        model_name: a built-in model (its cached trained baseline is the starting point).
+        out_dir: trials, per-trial runs, the chosen recipe (`chosen.yaml`) and the report.
+        constraints: max metric drop (points), size (MB) and latency (ms).
+        time_budget_min: no trial starts after this many minutes.
+        max_trials: stop after this many trials (cached ones count).
+        jobs: worker processes evaluating trials in parallel (threads are split between them).
+        test_limit: test samples per trial (the chosen plan is re-evaluated by `mmcompress run`).
+        metric_fn: model -> score replacing the task's primary metric.
+
+    Example:
+        >>> result = auto_compress("fashion-clip", "runs/auto", constraints=Constraints(max_drop=1.0))
+        >>> result.trials[result.chosen].plan.describe()
+    """
+    import optuna
+
+    from mmcompress.data.collate import calibration_batches  # noqa: F401  (raw-data collators live there)
+    from mmcompress.data.registry import load_dataset
+    from mmcompress.models.zoo import get_spec, load_model, task_for
+
+    if jobs < 1 or time_budget_min <= 0:
+        raise ConfigError("jobs must be >= 1 and time_budget_min > 0")
+    out = Path(out_dir)
+    start = time.perf_counter()
+    spec = get_spec(model_name)
+    model = load_model(model_name, progress=progress)
+    train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test", limit=test_limit)
+    task = task_for(model, test)
+    calib = [task.batch(train, i)[0] for i in __import__("torch").arange(256).split(64)]
+    space = build_space(model, calib, task, test.subset(min(len(test), 1000)), max(3.0, 3 * constraints.max_drop))
+    space.finetune_freeze = tuple(spec.train.freeze)  # fine-tune like the model was trained
+    space.finetune_lr, space.finetune_batch_size = spec.train.lr, spec.train.batch_size
+    baseline = _baseline(model, task, test, out / "baseline", latency_batch, metric_fn)
+    cache = TrialCache(out / "trials")
+    records: dict[str, TrialRecord] = {r.plan.key(): r for r in cache.all()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=6)
+    study = optuna.create_study(directions=["minimize", "minimize", "maximize"], sampler=sampler)
+    for record in records.values():
+        _add_cached(study, space, record, constraints, baseline)
+    threads = max(1, 2 // jobs)
+    durations: list[float] = [r.seconds for r in records.values() if r.seconds]
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    try:
+        while max_trials is None or len(records) < max_trials:
+            elapsed = (time.perf_counter() - start) / 60
+            expected = (sorted(durations)[len(durations) // 2] / 60) if durations else 0.0
+            if elapsed + expected > time_budget_min:
+                break
+            asked = [study.ask() for _ in range(jobs)]
+            plans = [space.suggest(t) for t in asked]
+            runs = []
+            for trial, plan in zip(asked, plans, strict=True):
+                done = records.get(plan.key())
+                if done is None:
+                    args = (
+                        model,
+                        plan,
+                        model_name,
+                        (train, test),
+                        out / "runs" / plan.key(),
+                        latency_batch,
+                        threads,
+                        metric_fn,
+                    )
+                    runs.append((trial, plan, pool.submit(_run_trial, *args) if pool else _run_trial(*args)))
+                else:
+                    _tell(study, trial, done, constraints, baseline)
+            for trial, plan, outcome in runs:
+                record = outcome.result() if pool else outcome
+                record.params = dict(trial.params)
+                records[plan.key()] = record
+                cache.put(record)
+                durations.append(record.seconds)
+                _tell(study, trial, record, constraints, baseline)
+                if progress:
+                    _print_trial(len(records), record, baseline)
+    finally:
+        if pool:
+            pool.shutdown()
+    trials = list(records.values())
+    ok = [i for i, t in enumerate(trials) if t.ok]
+    front = [ok[j] for j in pareto_front([_objectives(trials[i].metrics) for i in ok], (False, False, True))]
+    chosen, message = choose(trials, baseline, constraints)
+    return AutoResult(trials, front, chosen, baseline, constraints, space, message)
+
+
+def _run_trial(model, plan, model_name, data, run_dir, latency_batch, threads, metric_fn) -> TrialRecord:
+    """Evaluate one plan; any error or NaN becomes a failed record (the search continues)."""
+    start = time.perf_counter()
+    try:
+        metrics = evaluate_plan(model, plan, model_name, data, run_dir, latency_batch=latency_batch,
+                                threads=threads, metric_fn=metric_fn)  # fmt: skip
+        return TrialRecord(plan, {}, "ok", metrics, seconds=time.perf_counter() - start)
+    except Exception as err:  # a failing trial must not stop the search
+        detail = traceback.format_exception_only(type(err), err)[-1].strip()
+        return TrialRecord(plan, {}, "failed", {}, error=detail[:500], seconds=time.perf_counter() - start)
+
+
+def _baseline(model, task, test, out: Path, latency_batch: int, metric_fn) -> dict[str, float]:
+    from mmcompress.evaluate.measure import measure
+    from mmcompress.graph.export import export_onnx
+
+    inputs = latency_inputs(task, test, latency_batch)
+    export_onnx(model, inputs, out / "model.onnx")
+    metric = metric_fn(model) if metric_fn else task.evaluate(model, test)[task.primary_metric]
+    return {
+        "metric": float(metric),
+        "size_mb": measure(model).total.stored_bytes / 1e6,
+        "latency_ms": ort_latency_ms(out / "model.onnx", inputs, threads=2),
+    }
+
+
+def _tell(study, trial, record: TrialRecord, constraints: Constraints, baseline: dict) -> None:
+    import optuna
+
+    if not record.ok:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    for key, value in constraints.violations(record.metrics, baseline).items():
+        trial.set_constraint(key, value)
+    study.tell(trial, list(_objectives(record.metrics)))
+
+
+def _add_cached(study, space: SearchSpace, record: TrialRecord, constraints: Constraints, baseline: dict) -> None:
+    """Give the sampler a cached trial (resume) with the distributions it was drawn from."""
+    import optuna
+
+    dists = _distributions(space, record.params)
+    if set(dists) != set(record.params):
+        return  # drawn from another space: kept in the results, not shown to the sampler
+    if not record.ok:
+        study.add_trial(optuna.trial.create_trial(params=record.params, distributions=dists,
+                                                  state=optuna.trial.TrialState.FAIL))  # fmt: skip
+        return
+    values, violations = list(_objectives(record.metrics)), constraints.violations(record.metrics, baseline)
+    frozen = optuna.trial.create_trial(params=record.params, distributions=dists, values=values, constraints=violations)
+    study.add_trial(frozen)
+
+
+def _distributions(space: SearchSpace, params: dict) -> dict:
+    from optuna.distributions import CategoricalDistribution as C
+
+    dists = {}
+    for name, tower in space.towers.items():
+        dists[f"{name}.bits"] = C(list(tower.bits))
+        if tower.dynamic:
+            dists[f"{name}.activations"] = C(["none", "dynamic"])
+        dists[f"{name}.sparsity"] = C(list(tower.sparsity))
+        dists[f"{name}.channels"] = C(list(tower.channels))
+    dists["finetune_epochs"] = C(list(space.finetune_epochs))
+    return {k: v for k, v in dists.items() if k in params and params[k] in v.choices}
+
+
+def _print_trial(n: int, record: TrialRecord, baseline: dict) -> None:
+    if record.ok:
+        m = record.metrics
+        drop = 100 * (baseline["metric"] - m["metric"])
+        print(f"trial {n}: {m['size_mb']:.2f} MB, {m['latency_ms']:.1f} ms, drop {drop:+.2f} pt "
+              f"({record.seconds:.0f} s) - {record.plan.describe()}", flush=True)  # fmt: skip
+    else:
+        print(f"trial {n}: failed ({record.error}) - {record.plan.describe()}", flush=True)
