@@ -9,6 +9,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from mmcompress.auto.api import auto_compress
 from mmcompress.data.registry import list_datasets, load_dataset
 from mmcompress.distill import DistillConfig, distill
 from mmcompress.evaluate.bench import bench
@@ -35,6 +36,7 @@ from mmcompress.train.tasks import ClassificationTask, Task
 __all__ = [
     "Adapter",
     "attach_adapter",
+    "auto_compress",
     "load_adapter",
     "register_adapter",
     "ClassificationTask",

@@ -242,7 +242,7 @@ def report(run_dir: Path) -> None:
     console.print(f"wrote {md} and {page}")
 
 
-from mmcompress import cli_bench, cli_compress, cli_distill  # noqa: E402,F401  (register the commands)
+from mmcompress import cli_auto, cli_bench, cli_compress, cli_distill  # noqa: E402,F401  (register the commands)
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def evaluate_plan(
     candidate = copy.deepcopy(model)
     train, test = data
     task = task_for(candidate, test)
-    recipe = plan_to_recipe(plan, model_name)
+    recipe = plan_to_recipe(plan, model_name, onnx_eval_limit=200)
     run = compress(candidate, recipe, data=(train, test), output_dir=out_dir, task=task, progress=False)
     final = run.metrics("compressed")
     metric = metric_fn(candidate) if metric_fn is not None else final[task.primary_metric]

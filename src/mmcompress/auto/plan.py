@@ -81,9 +81,12 @@ class Plan(FrozenConfig):
         return text + (f"; fine-tune {self.finetune_epochs} epoch(s)" if self.finetune_epochs else "")
 
 
-def plan_to_recipe(plan: Plan, model: str, *, test_limit: int | None = None, seed: int = 0) -> Recipe:
+def plan_to_recipe(
+    plan: Plan, model: str, *, test_limit: int | None = None, seed: int = 0, onnx_eval_limit: int | None = None
+) -> Recipe:
     """The recipe that applies `plan` to a built-in model: structured pruning, unstructured
-    pruning, fine-tuning, quantization, evaluation and ONNX export.
+    pruning, fine-tuning, quantization, evaluation and ONNX export (the artifact is evaluated
+    in ONNX Runtime on `onnx_eval_limit` test samples, all when None).
 
     Example:
         >>> recipe = plan_to_recipe(plan, "fashion-clip")
@@ -105,7 +108,7 @@ def plan_to_recipe(plan: Plan, model: str, *, test_limit: int | None = None, see
     if any(v is not None for v in quant.values()):
         stages.append({"pass": "quantize", "config": {"calib_samples": 256}, "targets": {**quant, "_default": None}})
     stages.append({"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 3}})
-    stages.append({"pass": "export_onnx", "config": {"eval_limit": 200}})
+    stages.append({"pass": "export_onnx", "config": {"eval_limit": onnx_eval_limit}})
     data = {"test_limit": test_limit} if test_limit else {}
     return load_recipe({"model": model, "seed": seed, "data": data, "stages": stages})
 

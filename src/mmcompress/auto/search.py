@@ -1,4 +1,4 @@
-"""`auto_compress`: multi-objective search (size, latency, metric) over per-modality plans with
+"""`search_plans`: multi-objective search (size, latency, metric) over per-modality plans with
 Optuna, cached and resumable trials, optional worker processes, and a constrained choice."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def choose(trials: list[TrialRecord], baseline: dict[str, float], constraints: C
     return None, f"no plan meets the constraints; the closest ({t.plan.describe()}) misses {detail}"
 
 
-def auto_compress(
+def search_plans(
     model_name: str,
     out_dir: str | Path,
     *,
@@ -108,7 +108,7 @@ def auto_compress(
         metric_fn: model -> score replacing the task's primary metric.
 
     Example:
-        >>> result = auto_compress("fashion-clip", "runs/auto", constraints=Constraints(max_drop=1.0))
+        >>> result = search_plans("fashion-clip", "runs/auto", constraints=Constraints(max_drop=1.0))
         >>> result.trials[result.chosen].plan.describe()
     """
     import optuna

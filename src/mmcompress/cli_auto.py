@@ -1,0 +1,48 @@
+"""`mmcompress auto MODEL --max-drop 1.0 [--max-size MB] [--max-latency MS] [--time-budget MIN]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mmcompress.cli import _friendly, cli, console
+from mmcompress.errors import MMCompressError
+
+
+@cli.command("auto")
+@click.argument("model")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest metric drop, in points.")
+@click.option("--max-size", type=float, default=None, help="Largest stored size, MB.")
+@click.option("--max-latency", type=float, default=None, help="Largest ONNX Runtime latency (batch 32), ms.")
+@click.option("--time-budget", type=float, default=20.0, show_default=True, help="Minutes; no trial starts after.")
+@click.option("--trials", "max_trials", type=int, default=None, help="Stop after this many trials.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes evaluating trials.")
+@click.option("--test-limit", type=int, default=2000, show_default=True, help="Test samples per trial.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-robustness", is_flag=True, help="Skip the corruption table.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/auto"), show_default=True)
+@_friendly
+def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, test_limit, seed, no_robustness,
+             out):  # fmt: skip
+    """Search per-modality compression plans of MODEL under constraints; write the chosen recipe and a report.
+
+    Trials are cached under OUT/trials: running the same command again resumes the search.
+
+    Example: mmcompress auto fashion-clip --max-drop 1.0 --max-size 11 --time-budget 20
+    """
+    from mmcompress.auto.api import auto_compress
+
+    result = auto_compress(
+        model, out, max_drop=max_drop, max_size_mb=max_size, max_latency_ms=max_latency,
+        time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, seed=seed, test_limit=test_limit,
+        check_robustness=not no_robustness,
+    )  # fmt: skip
+    done = sum(t.ok for t in result.trials)
+    console.print(f"{len(result.trials)} plans evaluated ({done} finished), {len(result.frontier)} on the frontier")
+    console.print(f"report: {result.extra['report'][1]}")
+    if result.chosen is None:
+        raise MMCompressError(result.message)
+    console.print(
+        f"[green]{result.message}[/green]\nrecipe: {result.recipe_path} (mmcompress run {result.recipe_path})"
+    )
