@@ -3,6 +3,7 @@ Optuna, cached and resumable trials, optional worker processes, and a constraine
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -14,7 +15,7 @@ from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, or
 from mmcompress.auto.pareto import pareto_front
 from mmcompress.auto.space import SearchSpace, build_space
 from mmcompress.auto.trials import TrialCache, TrialRecord
-from mmcompress.errors import ConfigError
+from mmcompress.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,8 @@ def _baseline(model, task, test, out: Path, latency_batch: int, metric_fn) -> di
     inputs = latency_inputs(task, test, latency_batch)
     export_onnx(model, inputs, out / "model.onnx")
     metric = metric_fn(model) if metric_fn else task.evaluate(model, test)[task.primary_metric]
+    if not isinstance(metric, (int, float)) or not math.isfinite(metric):
+        raise DataError(f"the evaluation of the original model returned {metric!r}; the search needs a finite baseline")
     return {
         "metric": float(metric),
         "size_mb": measure(model).total.stored_bytes / 1e6,

@@ -1,0 +1,122 @@
+"""Automatic compression: Pareto math, plans -> recipes, constraints, the cached/resumable search,
+failed trials, robustness corruptions and the report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from mmcompress.auto.pareto import dominates, pareto_front
+from mmcompress.auto.plan import Plan, TowerPlan, plan_to_recipe
+from mmcompress.auto.robustness import CORRUPTIONS, corrupt
+from mmcompress.auto.search import Constraints, choose, search_plans
+from mmcompress.auto.trials import TrialRecord
+from mmcompress.data.registry import load_dataset
+from mmcompress.recipe.schema import load_recipe
+
+
+def test_pareto_front_on_known_points():
+    points = [(10, 5, 0.90), (5, 5, 0.88), (6, 5, 0.87), (20, 1, 0.91), (5, 5, 0.88), (30, 9, 0.80)]
+    senses = (False, False, True)  # size, latency down; accuracy up
+    assert pareto_front(points, senses) == [0, 1, 3, 4]  # (6, 5, .87) and (30, 9, .80) are dominated
+    assert dominates((1, 1, 1.0), (1, 2, 1.0), senses) and not dominates((1, 1, 1.0), (1, 1, 1.0), senses)
+    with pytest.raises(ValueError, match="differ in length"):
+        dominates((1, 2), (1, 2, 3), senses)
+
+
+def test_plan_round_trips_through_a_recipe_yaml(tmp_path):
+    plan = Plan(
+        towers={"image": TowerPlan(bits=8, channels=0.5), "text": TowerPlan(bits=4, sparsity=0.5, group_size=128),
+                "fusion": TowerPlan(bits=0)},
+        finetune_epochs=1, finetune_freeze=("text_tower",),
+    )  # fmt: skip
+    recipe = plan_to_recipe(plan, "fashion-clip")
+    path = tmp_path / "chosen.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    again = load_recipe(path)
+    assert again.to_dict() == recipe.to_dict()
+    passes = [s.pass_ for s in again.stages]
+    assert passes == ["prune_structured", "prune", "finetune", "quantize", "evaluate", "export_onnx"]
+    quant = again.stages[3].targets
+    assert quant["modality:fusion"] is None and quant["modality:text"]["weight_bits"] == 4
+    assert Plan.from_dict(plan.to_dict()) == plan and Plan.from_dict(plan.to_dict()).key() == plan.key()
+    with pytest.raises(ValueError, match="needs bits 8"):
+        TowerPlan(bits=4, activations="dynamic")
+
+
+def _record(mb, ms, metric, ok=True):
+    plan = Plan(towers={"image": TowerPlan(bits=8 if mb > 1 else 4)})
+    metrics = {"size_mb": mb, "latency_ms": ms, "metric": metric}
+    return TrialRecord(plan, {}, "ok" if ok else "failed", metrics if ok else {})
+
+
+def test_constraints_pick_the_smallest_feasible_plan_or_name_the_closest_miss():
+    baseline = {"metric": 0.90, "size_mb": 10.0, "latency_ms": 10.0}
+    trials = [_record(2.0, 5, 0.895), _record(0.5, 4, 0.85), _record(1.0, 6, 0.891), _record(0.1, 1, 0, ok=False)]
+    index, message = choose(trials, baseline, Constraints(max_drop=1.0))
+    assert index == 2 and message.startswith("chosen")
+    index, message = choose(trials, baseline, Constraints(max_drop=1.0, max_size_mb=0.8))
+    assert index is None and "max_size_mb by 0.2" in message  # closest: the 1.0 MB plan misses by 0.2 MB
+    index, message = choose(trials, baseline, Constraints(max_drop=1.0, max_latency_ms=5.5))
+    assert index == 0
+
+
+@pytest.mark.slow
+def test_search_caches_resumes_and_survives_failing_evaluations(tmp_path):
+    calls = []
+
+    def flaky_metric(model):  # float models score 0.5; any quantized model "fails" with NaN
+        calls.append(1)
+        return math.nan if any(hasattr(m, "qweight") for m in model.modules()) else 0.5
+
+    first = search_plans("digits-cnn", tmp_path, max_trials=5, test_limit=120, metric_fn=flaky_metric,
+                         progress=False)  # fmt: skip
+    assert len(first.trials) == 5
+    failed = [t for t in first.trials if not t.ok]
+    assert failed and all("finite" in t.error and t.plan.towers["image"].bits for t in failed)
+    assert all(t.ok for t in first.trials if t.plan.towers["image"].bits == 0)
+    assert len(list((tmp_path / "trials").glob("*.json"))) == 5
+    evaluated = len(calls)
+    second = search_plans("digits-cnn", tmp_path, max_trials=7, test_limit=120, metric_fn=flaky_metric,
+                          progress=False)  # fmt: skip
+    assert len(second.trials) == 7
+    assert len(calls) - evaluated == 2 + 1  # two new trials (+1 for the baseline's metric)
+    assert {t.plan.key() for t in first.trials} <= {t.plan.key() for t in second.trials}
+    assert second.space.sensitivity["image"][8] < second.space.sensitivity["image"][3]
+
+
+def test_corruptions_are_deterministic_under_a_seed():
+    captions = load_dataset("fashion-captions", "test", limit=64)
+    for kind in ("image_noise", "image_blur", "text_typos", "text_dropout"):
+        a, b, c = corrupt(captions, kind, 0), corrupt(captions, kind, 0), corrupt(captions, kind, 1)
+        if kind.startswith("image"):
+            assert torch.equal(a.images, b.images) and not torch.equal(a.images, captions.images)
+            assert kind == "image_blur" or not torch.equal(a.images, c.images)
+        else:
+            assert a.captions == b.captions and a.captions != captions.captions
+            assert a.captions != c.captions
+    assert corrupt(captions, "audio_noise") is None  # no audio in this dataset
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(captions, "fog")
+    assert set(CORRUPTIONS) >= {"image_noise", "text_typos", "audio_noise"}
+
+
+@pytest.mark.slow
+def test_auto_compress_writes_recipe_report_and_summary(tmp_path):
+    from mmcompress.auto.api import auto_compress, load_summary
+
+    result = auto_compress("digits-cnn", tmp_path, max_drop=3.0, max_trials=4, test_limit=120, progress=False)
+    assert result.chosen is not None and result.recipe_path.is_file()
+    assert load_recipe(result.recipe_path).model == "digits-cnn"
+    summary = load_summary(tmp_path)
+    assert len(summary["trials"]) == 4 and summary["chosen"] == result.chosen
+    assert set(summary["robustness"]) >= {"clean", "image_noise", "image_blur"}
+    md = (tmp_path / "auto_report.md").read_text()
+    assert "Chosen plan" in md and "## All trials" in md and (tmp_path / "pareto.png").stat().st_size > 1000
+    assert "<img" in (tmp_path / "auto_report.html").read_text()
+    unsat = auto_compress("digits-cnn", tmp_path, max_drop=3.0, max_size_mb=1e-6, max_trials=4, test_limit=120,
+                          check_robustness=False, progress=False)  # fmt: skip
+    assert unsat.chosen is None and "max_size_mb" in unsat.message
