@@ -21,6 +21,8 @@ class TowerPlan(FrozenConfig):
         activations: "dynamic" runs Linear layers on integer kernels (W7A8; needs bits 8).
         sparsity: unstructured sparsity (wanda), 0 for none.
         channels: fraction of channels/neurons removed by structured pruning (taylor), 0 for none.
+        embedding_bits: bits of the tower's embedding tables (None: `bits`); tables have no
+            matrix product, so fewer bits there cost size, not speed.
 
     Example:
         >>> TowerPlan(bits=4, sparsity=0.5).describe()
@@ -32,6 +34,7 @@ class TowerPlan(FrozenConfig):
     sparsity: float = Field(0.0, ge=0, lt=1)
     channels: float = Field(0.0, ge=0, lt=1)
     group_size: int = Field(64, ge=0)
+    embedding_bits: Literal[0, 3, 4, 8] | None = None
 
     @model_validator(mode="after")
     def _dynamic_needs_8_bits(self) -> TowerPlan:
@@ -46,6 +49,8 @@ class TowerPlan(FrozenConfig):
             if self.activations == "dynamic"
             else (f" g{self.group_size}" if 0 < self.bits < 8 and self.group_size else "")
         )
+        if self.embedding_bits is not None and self.embedding_bits != self.bits:
+            parts.append(f"embeddings {'float' if self.embedding_bits == 0 else f'W{self.embedding_bits}'}")
         if self.channels:
             parts.append(f"{self.channels:.0%} channels removed")
         if self.sparsity:
@@ -74,7 +79,9 @@ class Plan(FrozenConfig):
 
     def is_uniform(self) -> bool:
         """Same bits, activations, sparsity and channel ratio for every tower."""
-        return len({(t.bits, t.activations, t.sparsity, t.channels) for t in self.towers.values()}) == 1
+        settings = {(t.bits, t.activations, t.sparsity, t.channels) for t in self.towers.values()}
+        tables = {t.embedding_bits for t in self.towers.values()} - {None}
+        return len(settings) == 1 and tables <= {next(iter(settings))[0]}
 
     def describe(self) -> str:
         text = "; ".join(f"{m}: {t.describe()}" for m, t in sorted(self.towers.items()))
@@ -104,6 +111,9 @@ def plan_to_recipe(
         train = {"epochs": plan.finetune_epochs, "max_steps_per_epoch": plan.finetune_steps,
                  "lr": plan.finetune_lr, "batch_size": plan.finetune_batch_size}  # fmt: skip
         stages.append({"pass": "finetune", "config": {**train, "freeze": list(plan.finetune_freeze)}})
+    tables = {f"modality:{m}": _table_target(t) for m, t in towers if t.embedding_bits is not None}
+    if any(v is not None for v in tables.values()):  # embedding tables first: the next pass skips them
+        stages.append({"pass": "quantize", "name": "quantize_embeddings", "targets": {**tables, "_default": None}})
     quant = {f"modality:{m}": _quant_target(t) for m, t in towers}
     if any(v is not None for v in quant.values()):
         stages.append({"pass": "quantize", "config": {"calib_samples": 256}, "targets": {**quant, "_default": None}})
@@ -113,9 +123,20 @@ def plan_to_recipe(
     return load_recipe({"model": model, "seed": seed, "data": data, "stages": stages})
 
 
+def _table_target(tower: TowerPlan) -> dict[str, Any] | None:
+    if not tower.embedding_bits:
+        return None
+    target = _quant_target(tower.model_copy(update={"bits": tower.embedding_bits, "activations": "none"}))
+    return {**target, "layer_types": ["embedding"]}
+
+
 def _quant_target(tower: TowerPlan) -> dict[str, Any] | None:
     if tower.bits == 0:
         return None
+    if tower.embedding_bits is not None:  # tables were handled by their own pass (or stay float)
+        rest = _quant_target(tower.model_copy(update={"embedding_bits": None}))
+        kinds = [k for k in rest.get("layer_types", ["linear", "conv", "embedding"]) if k != "embedding"]
+        return {**rest, "layer_types": kinds}
     if tower.bits == 8:
         if tower.activations == "dynamic":
             # Linear layers on integer kernels, embedding tables int8 (ConvInteger is slow on x86: convs stay out)

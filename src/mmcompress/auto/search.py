@@ -250,6 +250,8 @@ def _distributions(space: SearchSpace, params: dict) -> dict:
             dists[f"{name}.activations"] = C(["none", "dynamic"])
         dists[f"{name}.sparsity"] = C(list(tower.sparsity))
         dists[f"{name}.channels"] = C(list(tower.channels))
+        if tower.embeddings:
+            dists[f"{name}.embedding_bits"] = C(list(tower.bits))
     dists["finetune_epochs"] = C(list(space.finetune_epochs))
     return {k: v for k, v in dists.items() if k in params and params[k] in v.choices}
 

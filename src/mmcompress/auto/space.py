@@ -18,6 +18,7 @@ class TowerSpace:
     bits: tuple[int, ...] = (0, 8, 4)
     group_size: int = 0  # sub-8-bit steps per this many inputs (0: one per channel)
     dynamic: bool = False  # W7A8 integer kernels are an option (towers with Linear layers)
+    embeddings: bool = False  # the tower has embedding tables (their bits are searched apart)
     sparsity: tuple[float, ...] = (0.0,)
     channels: tuple[float, ...] = (0.0,)
 
@@ -48,9 +49,9 @@ class SearchSpace:
                 act = trial.suggest_categorical(f"{name}.activations", ["none", "dynamic"])
             sparsity = trial.suggest_categorical(f"{name}.sparsity", list(space.sparsity))
             channels = trial.suggest_categorical(f"{name}.channels", list(space.channels))
-            towers[name] = TowerPlan(
-                bits=bits, activations=act, sparsity=sparsity, channels=channels, group_size=space.group_size
-            )
+            tables = trial.suggest_categorical(f"{name}.embedding_bits", list(space.bits)) if space.embeddings else None
+            towers[name] = TowerPlan(bits=bits, activations=act, sparsity=sparsity, channels=channels,
+                                     group_size=space.group_size, embedding_bits=tables)  # fmt: skip
         prunes = any(t.sparsity or t.channels for t in towers.values())
         epochs = trial.suggest_categorical("finetune_epochs", list(self.finetune_epochs)) if prunes else 0
         return Plan(
@@ -102,6 +103,7 @@ def build_space(model: nn.Module, calib: list[Any], task: Any, val: Any, max_tow
         towers[tower] = TowerSpace(
             bits=bits,
             group_size=groups[tower],
+            embeddings=nn.Embedding in types,
             dynamic=not conv,
             sparsity=(0.0,) if conv else (0.0, 0.5),
             channels=(0.0, 0.25, 0.5) if conv else (0.0,),
