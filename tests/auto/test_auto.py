@@ -86,6 +86,8 @@ def test_search_caches_resumes_and_survives_failing_evaluations(tmp_path):
     assert len(calls) - evaluated == 2 + 1  # two new trials (+1 for the baseline's metric)
     assert {t.plan.key() for t in first.trials} <= {t.plan.key() for t in second.trials}
     assert second.space.sensitivity["image"][8] < second.space.sensitivity["image"][3]
+    parallel = search_plans("digits-cnn", tmp_path, max_trials=9, test_limit=120, jobs=2, progress=False)
+    assert len(parallel.trials) == 9 and sum(t.ok for t in parallel.trials[-2:]) >= 1  # two worker processes
 
 
 def test_corruptions_are_deterministic_under_a_seed():
@@ -110,10 +112,13 @@ def test_auto_compress_writes_recipe_report_and_summary(tmp_path):
 
     result = auto_compress("digits-cnn", tmp_path, max_drop=3.0, max_trials=4, test_limit=120, progress=False)
     assert result.chosen is not None and result.recipe_path.is_file()
+    checks = result.extra["verified"]["checks"]  # re-run on the full test set before choosing
+    assert checks and checks[-1]["trial"] == result.chosen and not checks[-1]["misses"]
     assert load_recipe(result.recipe_path).model == "digits-cnn"
     summary = load_summary(tmp_path)
     assert len(summary["trials"]) == 4 and summary["chosen"] == result.chosen
     assert set(summary["robustness"]) >= {"clean", "image_noise", "image_blur"}
+    assert set(summary["robustness"]["image_blur"]["chosen"]) == {"accuracy"}
     md = (tmp_path / "auto_report.md").read_text()
     assert "Chosen plan" in md and "## All trials" in md and (tmp_path / "pareto.png").stat().st_size > 1000
     assert "<img" in (tmp_path / "auto_report.html").read_text()

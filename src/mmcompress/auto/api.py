@@ -12,6 +12,7 @@ from mmcompress.auto.plan import plan_to_recipe
 from mmcompress.auto.report import summary_dict, write_auto_report
 from mmcompress.auto.robustness import robustness
 from mmcompress.auto.search import AutoResult, Constraints, search_plans
+from mmcompress.auto.verify import verify_choice
 from mmcompress.core.io import atomic_write_bytes, atomic_write_json
 
 
@@ -28,6 +29,7 @@ def auto_compress(
     seed: int = 0,
     test_limit: int | None = 2000,
     check_robustness: bool = True,
+    verify_top: int = 3,
     progress: bool = True,
 ) -> AutoResult:
     """Find the best per-modality compression plan of a built-in model under constraints.
@@ -44,6 +46,8 @@ def auto_compress(
         max_size_mb, max_latency_ms: optional limits (latency: ONNX Runtime, batch 32, 2 threads).
         time_budget_min, max_trials, jobs, seed, test_limit: search settings (see `search_plans`).
         check_robustness: evaluate the original and chosen model under input corruptions.
+        verify_top: re-run this many of the smallest feasible plans on the full test set and choose
+            the first that still meets the constraints (0: trust the subset scores).
 
     Example:
         >>> result = auto_compress("fashion-clip", "runs/auto", max_drop=1.0, time_budget_min=20)
@@ -59,6 +63,8 @@ def auto_compress(
     result = search_plans(model_name, out, constraints=constraints, time_budget_min=time_budget_min,
                           max_trials=max_trials, jobs=jobs, seed=seed, test_limit=test_limit,
                           progress=progress)  # fmt: skip
+    if verify_top and test_limit is not None:
+        verify_choice(result, model_name, out, top=verify_top)
     original = load_model(model_name, progress=progress)
     before_mb = {t: s.stored_bytes / 1e6 for t, s in measure(original).per_modality.items()}
     table = None
@@ -69,11 +75,13 @@ def auto_compress(
         header = f"# mmcompress auto: {plan.describe()}\n"
         atomic_write_bytes(result.recipe_path, (header + yaml.safe_dump(recipe.to_dict(), sort_keys=False)).encode())
         if check_robustness:
-            chosen = load_run(out / "runs" / plan.key(), build_model(model_name))
+            run_dir = out / "verified" / plan.key()
+            chosen = load_run(run_dir if run_dir.is_dir() else out / "runs" / plan.key(), build_model(model_name))
             test = load_dataset(get_spec(model_name).dataset, "test", limit=test_limit)
             table = robustness({"float32": original, "chosen": chosen}, lambda ds: task_for(original, ds), test, seed)
     result.extra["robustness"] = table
-    atomic_write_json(out / "auto.json", {**summary_dict(result), "robustness": table})
+    atomic_write_json(out / "auto.json", {**summary_dict(result), "robustness": table,
+                                         "verified": result.extra.get("verified")})  # fmt: skip
     result.extra["report"] = [str(p) for p in write_auto_report(result, out, before_mb, table)]
     return result
 

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from mmcompress.auto.robustness import robustness_rows
 from mmcompress.auto.search import AutoResult
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.report.plots import _png, plt, sensitivity_heatmap
@@ -105,7 +106,7 @@ def recommendation(result: AutoResult) -> list[str]:
 
 
 def write_auto_report(result: AutoResult, out_dir: str | Path, before_mb: dict[str, float],
-                      robustness: dict[str, dict[str, float]] | None = None) -> tuple[Path, Path]:  # fmt: skip
+                      robustness: dict | None = None) -> tuple[Path, Path]:  # fmt: skip
     """Write `auto_report.md` and `auto_report.html` (plots embedded in the HTML, PNGs beside the Markdown).
 
     Example:
@@ -124,10 +125,7 @@ def write_auto_report(result: AutoResult, out_dir: str | Path, before_mb: dict[s
         atomic_write_bytes(out / name, data)
     tables = {"Towers before / after": tower_table(result, before_mb), "All trials": trial_table(result)}
     if robustness:
-        labels = list(next(iter(robustness.values())))
-        tables["Robustness (task metric under corruption)"] = [["corruption", *labels]] + [
-            [kind, *(f"{row[label]:.4f}" for label in labels)] for kind, row in robustness.items()
-        ]
+        tables["Robustness (task metrics under corruption)"] = robustness_rows(robustness)
     advice = recommendation(result)
     md = ["# mmcompress auto", "", *[f"- {line}" for line in advice], ""]
     for title, rows in tables.items():

@@ -74,19 +74,30 @@ def _drop(text: str, g: torch.Generator) -> str:
 
 def robustness(
     models: dict[str, Any], make_task: Callable[[Any], Any], test: Any, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """corruption -> model label -> primary metric ("clean" first); corruptions a dataset has no
-    modality for are left out.
+) -> dict[str, dict[str, dict[str, float]]]:
+    """corruption -> model label -> every metric of the task ("clean" first); corruptions a
+    dataset has no modality for are left out. (Text corruptions of fashion-captions change the
+    caption queries, so they show in retrieval, not in zero-shot accuracy over class prompts.)
 
     Example:
         >>> table = robustness({"float": model, "int8": q}, lambda ds: task_for(model, ds), test)
-        >>> table["image_noise"]["int8"]
+        >>> table["image_noise"]["int8"]["zero_shot_accuracy"]
     """
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for kind in ("clean", *CORRUPTIONS):
         data = test if kind == "clean" else corrupt(test, kind, seed)
         if data is None:
             continue
         task = make_task(data)
-        out[kind] = {label: float(task.evaluate(m, data)[task.primary_metric]) for label, m in models.items()}
+        out[kind] = {label: {k: float(v) for k, v in task.evaluate(m, data).items()} for label, m in models.items()}
     return out
+
+
+def robustness_rows(table: dict[str, dict[str, dict[str, float]]]) -> list[list[str]]:
+    """A table (header first): one row per corruption and metric, one column per model."""
+    labels = list(next(iter(table.values())))
+    rows = [["corruption", "metric", *labels]]
+    for kind, by_model in table.items():
+        for metric in by_model[labels[0]]:
+            rows.append([kind, metric, *(f"{by_model[label][metric]:.4f}" for label in labels)])
+    return rows
