@@ -40,6 +40,33 @@ def ort_latency_ms(onnx_path: str | Path, inputs: Any, threads: int, repeats: in
     return statistics.median(times)
 
 
+def side_by_side_latency_ms(
+    paths: dict[str, Path], inputs: Any, threads: int = 2, rounds: int = 7, calls: int = 8
+) -> dict[str, float]:
+    """Median ONNX Runtime latency of several models measured in alternating rounds (so drifts in
+    machine speed hit all of them alike).
+
+    Example:
+        >>> side_by_side_latency_ms({"float": a, "int8": b}, batch)
+    """
+    from mmcompress.graph.export import named_inputs
+    from mmcompress.graph.runtime import OrtModel
+
+    runtimes = {k: OrtModel.from_path(p, threads=threads) for k, p in paths.items()}
+    feeds = {k: {n: v for n, v in named_inputs(inputs).items() if n in r.input_names} for k, r in runtimes.items()}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for k, r in runtimes.items():
+        for _ in range(3):
+            r.run(feeds[k])
+    for _ in range(rounds):
+        for k, r in runtimes.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                r.run(feeds[k])
+                times[k].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def latency_inputs(task: Any, test: Any, batch: int) -> Any:
     """A real batch of `batch` test inputs."""
     return task.batch(test, torch.arange(min(batch, len(test))))[0]
