@@ -65,6 +65,10 @@ def tower_table(result: AutoResult, before_mb: dict[str, float]) -> list[list[st
             setting.describe() if setting else "-",
             f"{drops[4]:+.2f}" if 4 in drops else "-", f"{drops[3]:+.2f}" if 3 in drops else "-",
         ])  # fmt: skip
+    if chosen:
+        base, m = result.baseline, chosen.metrics
+        rows.append(["whole model", f"{base['size_mb']:.2f} MB, {base['latency_ms']:.1f} ms ORT",
+                     f"{m['size_mb']:.2f} MB, {m['latency_ms']:.1f} ms ORT", chosen.plan.describe(), "-", "-"])  # fmt: skip
     return rows
 
 
