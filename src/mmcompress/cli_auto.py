@@ -17,14 +17,16 @@ from mmcompress.errors import MMCompressError
 @click.option("--max-latency", type=float, default=None, help="Largest ONNX Runtime latency (batch 32), ms.")
 @click.option("--time-budget", type=float, default=20.0, show_default=True, help="Minutes; no trial starts after.")
 @click.option("--trials", "max_trials", type=int, default=None, help="Stop after this many trials.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes evaluating trials.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Trials evaluated at once.")
+@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
+              help="Local worker processes, or Ray tasks (pip install 'mmcompress[ray]').")  # fmt: skip
 @click.option("--test-limit", type=int, default=2000, show_default=True, help="Test samples per trial.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-robustness", is_flag=True, help="Skip the corruption table.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/auto"), show_default=True)
 @_friendly
-def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, test_limit, seed, no_robustness,
-             out):  # fmt: skip
+def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, backend, test_limit, seed,
+             no_robustness, out):  # fmt: skip
     """Search per-modality compression plans of MODEL under constraints; write the chosen recipe and a report.
 
     Trials are cached under OUT/trials: running the same command again resumes the search.
@@ -35,7 +37,8 @@ def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jo
 
     result = auto_compress(
         model, out, max_drop=max_drop, max_size_mb=max_size, max_latency_ms=max_latency,
-        time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, seed=seed, test_limit=test_limit,
+        time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, backend=backend, seed=seed,
+        test_limit=test_limit,
         check_robustness=not no_robustness,
     )  # fmt: skip
     done = sum(t.ok for t in result.trials)

@@ -125,3 +125,23 @@ def test_auto_compress_writes_recipe_report_and_summary(tmp_path):
     unsat = auto_compress("digits-cnn", tmp_path, max_drop=3.0, max_size_mb=1e-6, max_trials=4, test_limit=120,
                           check_robustness=False, progress=False)  # fmt: skip
     assert unsat.chosen is None and "max_size_mb" in unsat.message
+
+
+def test_ray_backend_runs_trials_as_ray_tasks(tmp_path):
+    pytest.importorskip("ray", reason="Ray is optional (pip install 'mmcompress[ray]')")
+    import ray
+
+    try:
+        result = search_plans("digits-cnn", tmp_path, max_trials=2, test_limit=120, jobs=2, backend="ray",
+                              progress=False)  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert len(result.trials) == 2 and all(t.ok for t in result.trials)
+
+
+def test_unknown_backend_is_an_error():
+    from mmcompress.auto.workers import Workers
+    from mmcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown backend 'dask'"):
+        Workers("dask")

@@ -26,6 +26,7 @@ def auto_compress(
     time_budget_min: float = 20.0,
     max_trials: int | None = None,
     jobs: int = 1,
+    backend: str = "process",
     seed: int = 0,
     test_limit: int | None = 2000,
     check_robustness: bool = True,
@@ -44,7 +45,9 @@ def auto_compress(
         model_name: a built-in model.
         max_drop: largest allowed drop of the task's primary metric, in points.
         max_size_mb, max_latency_ms: optional limits (latency: ONNX Runtime, batch 32, 2 threads).
-        time_budget_min, max_trials, jobs, seed, test_limit: search settings (see `search_plans`).
+        time_budget_min, max_trials, jobs, backend, seed, test_limit: search settings (see
+            `search_plans`; backend "ray" runs trials as Ray tasks, the output folder must then be
+            shared by the workers).
         check_robustness: evaluate the original and chosen model under input corruptions.
         verify_top: re-run this many of the smallest feasible plans on the full test set and choose
             the first that still meets the constraints (0: trust the subset scores).
@@ -61,7 +64,7 @@ def auto_compress(
     out = Path(out_dir)
     constraints = Constraints(max_drop, max_size_mb, max_latency_ms)
     result = search_plans(model_name, out, constraints=constraints, time_budget_min=time_budget_min,
-                          max_trials=max_trials, jobs=jobs, seed=seed, test_limit=test_limit,
+                          max_trials=max_trials, jobs=jobs, backend=backend, seed=seed, test_limit=test_limit,
                           progress=progress)  # fmt: skip
     if verify_top and test_limit is not None:
         verify_choice(result, model_name, out, top=verify_top)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, or
 from mmcompress.auto.pareto import pareto_front
 from mmcompress.auto.space import SearchSpace, build_space
 from mmcompress.auto.trials import TrialCache, TrialRecord
+from mmcompress.auto.workers import Workers
 from mmcompress.errors import ConfigError, DataError
 
 
@@ -84,6 +84,7 @@ def search_plans(
     time_budget_min: float = 20.0,
     max_trials: int | None = None,
     jobs: int = 1,
+    backend: str = "process",
     seed: int = 0,
     test_limit: int | None = 2000,
     latency_batch: int = 32,
@@ -104,7 +105,9 @@ def search_plans(
         constraints: max metric drop (points), size (MB) and latency (ms).
         time_budget_min: no trial starts after this many minutes.
         max_trials: stop after this many trials (cached ones count).
-        jobs: worker processes evaluating trials in parallel (threads are split between them).
+        jobs: trials evaluated at once (threads are split between them).
+        backend: "process" (local worker processes when jobs > 1) or "ray" (Ray tasks; a cluster
+            when `ray.init` finds one, e.g. through RAY_ADDRESS).
         test_limit: test samples per trial (the chosen plan is re-evaluated by `mmcompress run`).
         metric_fn: model -> score replacing the task's primary metric.
 
@@ -140,7 +143,8 @@ def search_plans(
         _add_cached(study, space, record, constraints, baseline)
     threads = max(1, 2 // jobs)
     durations: list[float] = [r.seconds for r in records.values() if r.seconds]
-    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    workers = Workers(backend, jobs)
+    shared_model, shared_data = workers.share(model), workers.share((train, test))
     try:
         while max_trials is None or len(records) < max_trials:
             elapsed = (time.perf_counter() - start) / 60
@@ -154,20 +158,20 @@ def search_plans(
                 done = records.get(plan.key())
                 if done is None:
                     args = (
-                        model,
+                        shared_model,
                         plan,
                         model_name,
-                        (train, test),
+                        shared_data,
                         out / "runs" / plan.key(),
                         latency_batch,
                         threads,
                         metric_fn,
                     )
-                    runs.append((trial, plan, pool.submit(_run_trial, *args) if pool else _run_trial(*args)))
+                    runs.append((trial, plan, workers.submit(_run_trial, *args)))
                 else:
                     _tell(study, trial, done, constraints, baseline)
             for trial, plan, outcome in runs:
-                record = outcome.result() if pool else outcome
+                record = workers.result(outcome)
                 record.params = dict(trial.params)
                 records[plan.key()] = record
                 cache.put(record)
@@ -176,8 +180,7 @@ def search_plans(
                 if progress:
                     _print_trial(len(records), record, baseline)
     finally:
-        if pool:
-            pool.shutdown()
+        workers.close()
     trials = list(records.values())
     ok = [i for i, t in enumerate(trials) if t.ok]
     front = [ok[j] for j in pareto_front([_objectives(trials[i].metrics) for i in ok], (False, False, True))]
