@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, ort_latency_ms
 from mmcompress.auto.pareto import pareto_front
 from mmcompress.auto.space import SearchSpace, build_space
@@ -117,7 +119,6 @@ def search_plans(
     """
     import optuna
 
-    from mmcompress.data.collate import calibration_batches  # noqa: F401  (raw-data collators live there)
     from mmcompress.data.registry import load_dataset
     from mmcompress.models.zoo import get_spec, load_model, task_for
 
@@ -129,7 +130,7 @@ def search_plans(
     model = load_model(model_name, progress=progress)
     train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test", limit=test_limit)
     task = task_for(model, test)
-    calib = [task.batch(train, i)[0] for i in __import__("torch").arange(256).split(64)]
+    calib = [task.batch(train, i)[0] for i in torch.arange(min(256, len(train))).split(64)]
     space = build_space(model, calib, task, test.subset(min(len(test), 1000)), max(3.0, 3 * constraints.max_drop))
     space.finetune_freeze = tuple(spec.train.freeze)  # fine-tune like the model was trained
     space.finetune_lr, space.finetune_batch_size = spec.train.lr, spec.train.batch_size

@@ -7,6 +7,7 @@ model's inputs (pixel_values, input_ids, input_features, ...).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -78,11 +79,7 @@ def token_ids(model: nn.Module, texts: list[str], vocab_size: int, max_length: i
         >>> token_ids(model, ["a coat"], vocab_size=1000, max_length=8)["input_ids"].shape
         torch.Size([1, 4])
     """
-    tokenizer = getattr(model, "mmcompress_tokenizer", None)
-    if tokenizer is None:
-        from mmcompress.models.minilm import load_minilm_tokenizer
-
-        tokenizer = _fallback_tokenizer(load_minilm_tokenizer)
+    tokenizer = getattr(model, "mmcompress_tokenizer", None) or _fallback_tokenizer()
     if getattr(tokenizer, "pad_token", "") is None:
         tokenizer.pad_token = tokenizer.eos_token
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -90,13 +87,11 @@ def token_ids(model: nn.Module, texts: list[str], vocab_size: int, max_length: i
     return {"input_ids": ids, "attention_mask": enc["attention_mask"]}
 
 
-_TOKENIZERS: dict[int, Any] = {}
+@functools.lru_cache(maxsize=1)
+def _fallback_tokenizer() -> Any:
+    from mmcompress.models.minilm import load_minilm_tokenizer
 
-
-def _fallback_tokenizer(load) -> Any:
-    if 0 not in _TOKENIZERS:
-        _TOKENIZERS[0] = load()
-    return _TOKENIZERS[0]
+    return load_minilm_tokenizer()
 
 
 def random_texts(batch_size: int) -> list[str]:
