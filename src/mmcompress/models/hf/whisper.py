@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.audio.features import log_mel
+from mmcompress.audio.features import log_mel, pad_waveforms
 from mmcompress.models.adapter import Adapter, register_adapter
 from mmcompress.models.hf.common import layer_paths, need, random_audio, random_texts, token_ids, towers
 
@@ -29,8 +29,7 @@ def whisper_adapter(model: nn.Module) -> Adapter:
 
     def prepare(raw: dict[str, Any]) -> dict[str, Any]:
         waves = [w.float().flatten() for w in need(raw, "audio", "Whisper")]
-        length = max(w.numel() for w in waves)
-        audio = torch.stack([nn.functional.pad(w, (0, length - w.numel())) for w in waves])
+        audio, _ = pad_waveforms(waves)
         out = {"input_features": log_mel(audio, config.num_mel_bins, frames)}
         if raw.get("text") is not None:  # teacher forcing: decoder start token + transcript tokens
             ids = token_ids(model, raw["text"], config.vocab_size, config.max_target_positions - 1)["input_ids"]
