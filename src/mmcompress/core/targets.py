@@ -63,6 +63,19 @@ def resolve_targets(
     yield from _matches(model, mapping, is_supported, modality_of)
 
 
+def first_match(mapping: Mapping[str, Any], name: str, modality: str | None) -> Any:
+    """The config of the first key that matches `name` (None: no key matches, or the key skips it).
+
+    Example:
+        >>> first_match({"re:head.*": None, "_default": 8}, "encoder.fc", None)
+        8
+    """
+    for key, config in mapping.items():
+        if _key_matches(key, name, modality):
+            return config
+    return None
+
+
 def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) -> list:
     """Raise ConfigError when a target mapping selected no module at all (never a silent no-op).
 
@@ -95,9 +108,6 @@ def _matches(model, mapping, is_supported, modality_of):
     for name, module in modules.items():
         if not name or not is_supported(module):
             continue
-        modality = modality_of(name)
-        for key, config in mapping.items():
-            if _key_matches(key, name, modality):
-                if config is not None:
-                    yield name, module, config
-                break
+        config = first_match(mapping, name, modality_of(name))
+        if config is not None:
+            yield name, module, config

@@ -21,9 +21,18 @@ from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
+from mmcompress.quant.recurrent import rnn_flat_weight
+from mmcompress.quant.skipped import warn_float_left
 
-LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
+QUANT_LAYER_TYPES = {  # `layer_types` name -> the layer types `quantize` selects with it
+    "linear": (nn.Linear,),
+    "conv": (nn.Conv1d, nn.Conv2d),
+    "embedding": (nn.Embedding,),
+    "recurrent": (nn.LSTM, nn.GRU),
+}
+LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}  # the weight-matrix techniques' set
 ACT_TYPES = (nn.Linear, nn.Conv2d)  # layers whose inputs W8A8 quantizes (embeddings look rows up)
+GPTQ_TYPES = (nn.Linear, nn.Conv2d)  # layers GPTQ solves; others round to nearest (with a warning)
 
 
 class GPTQConfig(FrozenConfig):
@@ -66,9 +75,10 @@ class QuantConfig(FrozenConfig):
         clip_ratio: fraction of each step's range kept with observer "minmax" (see
             `analyze_quantization_error`, which searches it per layer).
         method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
-            embeddings fall back to rtn, which the record reports).
+            other layers fall back to rtn with a warning, and the record says so).
         gptq: GPTQ settings.
-        layer_types: which layer types `_default`/regex/modality keys select.
+        layer_types: which layer types `_default`/regex/modality keys select: "linear", "conv"
+            (Conv1d, Conv2d), "embedding", "recurrent" (LSTM, GRU: weight-only, a step per gate row).
 
     Example:
         >>> QuantConfig(weight_bits=4, granularity="per_group", group_size=128).to_dict()["scheme"]
@@ -87,7 +97,12 @@ class QuantConfig(FrozenConfig):
     smoothquant: float | None = Field(None, gt=0, lt=1)
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
-    layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv", "embedding")
+    layer_types: tuple[Literal["linear", "conv", "embedding", "recurrent"], ...] = (
+        "linear",
+        "conv",
+        "embedding",
+        "recurrent",
+    )
 
     @model_validator(mode="after")
     def _activations_need_int8_channels(self) -> QuantConfig:
@@ -144,7 +159,10 @@ def quantize(
     calib: Iterable[Any] | None = None,
     max_calib_batches: int | None = None,
 ) -> Record:
-    """Quantize Linear/Conv2d/Embedding weights in place to integer codes (+ Linear inputs for W8A8).
+    """Quantize Linear/Conv/Embedding/LSTM/GRU weights in place to integer codes (+ inputs for W8A8).
+
+    Targeted layers that stay float (a type no quantized module exists for, or activations asked
+    for a layer that is weight-only) are reported with a warning and in `record.metrics["float_left"]`.
 
     Args:
         model: edited in place (layers are swapped for Quant* modules holding int8 codes).
@@ -171,16 +189,30 @@ def quantize(
     chosen = [
         (name, module, cfg)
         for name, module, cfg in resolve_targets(model, mapping, supported, adapter.modality_of)
-        if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types)
+        if any(type(module) in QUANT_LAYER_TYPES[t] for t in cfg.layer_types)
     ]
     require_matches(chosen, mapping, model)
+    float_left = warn_float_left(model, mapping, supported, adapter.modality_of)
+    weight_only = [n for n, m, c in chosen if c.activations != "none" and not isinstance(m, ACT_TYPES)]
+    if weight_only:
+        warnings.warn(
+            f"quantize: activations stay float for {len(weight_only)} layer(s) whose type has weight-only "
+            f"kernels (embeddings, Conv1d, LSTM/GRU): {_names(weight_only)}",
+            UserWarning,
+            stacklevel=2,
+        )
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, (qmodule, info) in built.items():  # swap only once every layer succeeded
         _replace(model, name, qmodule)
         record.modules[name] = info
     record.metrics["modules"] = float(len(chosen))
+    record.metrics["float_left"] = float(len(float_left))
     return record
+
+
+def _names(names: list[str], show: int = 6) -> str:
+    return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
 
 
 def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str, tuple[nn.Module, dict]]:
@@ -227,16 +259,21 @@ def _record_entry(name: str, module: nn.Module, qmodule: nn.Module, cfg: QuantCo
         "activations": "none" if spec is None else asdict(spec),
         "smoothquant": cfg.smoothquant if hasattr(qmodule, "act_smooth") else None,
         "grid": asdict(qmodule.grid),
-        "sqnr_db": round(sqnr_db(module.weight.detach(), qmodule.dequantized_weight()), 2),
+        "sqnr_db": round(sqnr_db(_float_weight(module), qmodule.dequantized_weight()), 2),
     }
 
 
 def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
     """GPTQ solutions for the chosen layers whose config asks for it (embeddings: rtn, with a warning)."""
-    wanted = {n: (m, c.grid(), c.gptq) for n, m, c in chosen if c.method == "gptq" and not isinstance(m, nn.Embedding)}
-    skipped = [n for n, m, c in chosen if c.method == "gptq" and isinstance(m, nn.Embedding)]
+    wanted = {n: (m, c.grid(), c.gptq) for n, m, c in chosen if c.method == "gptq" and type(m) in GPTQ_TYPES}
+    skipped = [n for n, m, c in chosen if c.method == "gptq" and type(m) not in GPTQ_TYPES]
     if skipped:
-        warnings.warn(f"GPTQ does not apply to embeddings; rounding to nearest for {skipped}", stacklevel=3)
+        warnings.warn(
+            f"GPTQ solves Linear and Conv2d only; rounding to nearest for {len(skipped)} layer(s) "
+            f"(embeddings, Conv1d, LSTM/GRU): {_names(skipped)}",
+            UserWarning,
+            stacklevel=3,
+        )
     if not wanted:
         return {}
     if calib is None:
@@ -246,8 +283,12 @@ def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
     return gptq_params(model, wanted, calib, modality_of, max_batches)
 
 
+def _float_weight(module: nn.Module) -> torch.Tensor:
+    return rnn_flat_weight(module) if isinstance(module, nn.RNNBase) else module.weight.detach()
+
+
 def _check_finite_weight(name: str, module: nn.Module) -> None:
-    if not torch.isfinite(module.weight).all():
+    if not torch.isfinite(_float_weight(module)).all():
         raise DataError(f"layer {name!r} has NaN or Inf weights; it cannot be quantized")
 
 

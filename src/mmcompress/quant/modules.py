@@ -1,108 +1,24 @@
-"""Modules that store weights as integer codes + float steps (+ zero points); weight-only compute.
+"""Layers that store weights as integer codes + float steps (+ zero points), and the float -> quantized map.
 
-Codes live in int8 tensors in memory (any 2..8 bits); the compact file format packs codes of
-fewer than 8 bits into a bit stream, so stored sizes are real.
+Linear and Conv1d/Conv2d optionally quantize their inputs too (W8A8); LSTM/GRU (`recurrent.py`)
+and Embedding are weight-only.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.quant.activations import ActSpec, fake_quantize_per_token, fake_quantize_static
-from mmcompress.quant.observers import mse_clip_ratios
-from mmcompress.quant.primitives import (
-    affine_params,
-    dequantize_affine,
-    fake_quantize_dynamic_uint8,
-    quantize_affine,
-    to_groups,
+from mmcompress.quant.codes import (
+    QuantWeightTensor,
+    WeightGrid,
+    _QuantWeight,
+    quantize_weight,  # noqa: F401  (re-exported: callers import it from here)
 )
-
-
-@dataclass(frozen=True)
-class WeightGrid:
-    """How one weight is quantized.
-
-    Attributes:
-        bits: 2..8.
-        symmetric: zero point 0 (else asymmetric with an int8 zero point per group).
-        group_size: inputs per step (None: one step per output channel / row).
-        per_tensor: one step for the whole tensor (overrides group_size).
-        observer: "minmax" or "mse" (search a clipping ratio per group).
-        clip_ratio: fraction of the range kept with "minmax" (layer-wise step search sets it).
-
-    Example:
-        >>> WeightGrid(bits=4, group_size=128)
-    """
-
-    bits: int = 8
-    symmetric: bool = True
-    group_size: int | None = None
-    per_tensor: bool = False
-    observer: str = "minmax"
-    clip_ratio: float = 1.0
-
-
-def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes (weight's shape, int8), steps (out, G) and zero points (out, G) for a weight.
-
-    Example:
-        >>> codes, scale, zero = quantize_weight(torch.randn(8, 64), WeightGrid(bits=4, group_size=32))
-    """
-    if not torch.isfinite(weight).all():
-        raise ValueError("weight holds NaN or Inf")
-    groups = to_groups(weight, grid.group_size)  # (out, G, g)
-    if grid.per_tensor:
-        groups = weight.reshape(1, 1, -1)
-    ratio = mse_clip_ratios(groups, grid.bits, grid.symmetric) if grid.observer == "mse" else grid.clip_ratio
-    scale, zero = affine_params(groups, grid.bits, grid.symmetric, ratio)
-    codes = quantize_affine(groups, scale, zero, grid.bits, grid.symmetric).view_as(weight)
-    if grid.per_tensor:  # store one step per row so every module has the same layout
-        scale, zero = scale.expand(weight.shape[0], 1).clone(), zero.expand(weight.shape[0], 1).clone()
-    return codes, scale.float(), zero
-
-
-class _QuantWeight(nn.Module):
-    """Holds `qweight` (int8 codes), `scale` (out, G) and, when asymmetric, `zero_point` (out, G)."""
-
-    grid: WeightGrid
-
-    def _init_quant(self, weight: torch.Tensor, grid: WeightGrid, params: tuple | None = None) -> None:
-        """Quantize `weight` on `grid`, or take precomputed `params` = (codes, scale, zero) (e.g. GPTQ)."""
-        codes, scale, zero = params if params is not None else quantize_weight(weight.detach(), grid)
-        codes = codes.reshape(weight.shape).to(torch.int8)
-        self.register_buffer("qweight", codes)
-        self.register_buffer("scale", scale)
-        if not grid.symmetric:
-            self.register_buffer("zero_point", zero)
-        self.grid = grid
-
-    @property
-    def bits(self) -> int:
-        return self.grid.bits
-
-    def _zero(self) -> torch.Tensor:
-        zero = getattr(self, "zero_point", None)
-        return torch.zeros_like(self.scale, dtype=torch.int8) if zero is None else zero
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized weight, read-only (model code that reads `.weight.dtype` keeps working)."""
-        return self.dequantized_weight()
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """The float weight the module computes with: (codes - zero) * step."""
-        groups = self.qweight.reshape(self.qweight.shape[0], self.scale.shape[1], -1)  # (out, G, g)
-        return dequantize_affine(groups, self.scale, self._zero()).view(self.qweight.shape)
-
-    def extra_repr(self) -> str:
-        g = self.grid
-        shape = "per-tensor" if g.per_tensor else f"group {g.group_size}" if g.group_size else "per-channel"
-        return f"{tuple(self.qweight.shape)}, bits={g.bits}, {'sym' if g.symmetric else 'asym'}, {shape}"
+from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
+from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
 
 class _ActivationQuant(nn.Module):
@@ -172,7 +88,38 @@ class QuantLinear(_QuantWeight, _ActivationQuant):
         return super().extra_repr() + self._act_repr()
 
 
-class QuantConv2d(_QuantWeight, _ActivationQuant):
+class _QuantConv(_QuantWeight, _ActivationQuant):
+    """Conv1d/Conv2d with integer weight codes (steps per output channel or per group of inputs)."""
+
+    float_type: type[nn.Module] = nn.Conv2d
+
+    def __init__(self, conv: nn.Module, grid: WeightGrid, params: tuple | None = None) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError(
+                f"{type(conv).__name__} padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
+            )
+        if isinstance(conv.padding, str):
+            raise ValueError(f"{type(conv).__name__} padding {conv.padding!r} is not supported (give sizes)")
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self._init_quant(conv.weight, grid, params)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, grid: WeightGrid, params: tuple | None = None) -> _QuantConv:
+        return cls(conv, grid, params).to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        w = self.dequantized_weight().to(x.dtype)
+        conv = F.conv1d if w.dim() == 3 else F.conv2d
+        return conv(self.quantize_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._act_repr()
+
+
+class QuantConv2d(_QuantConv):
     """Conv2d with integer weight codes (steps per output channel or per group of inputs).
 
     Example:
@@ -180,25 +127,16 @@ class QuantConv2d(_QuantWeight, _ActivationQuant):
         torch.Size([1, 4, 6, 6])
     """
 
-    def __init__(self, conv: nn.Conv2d, grid: WeightGrid, params: tuple | None = None) -> None:
-        super().__init__()
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"Conv2d padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        self._init_quant(conv.weight, grid, params)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, grid: WeightGrid, params: tuple | None = None) -> QuantConv2d:
-        return cls(conv, grid, params).to(conv.weight.device)
+class QuantConv1d(_QuantConv):
+    """Conv1d with integer weight codes (audio front ends such as Whisper's conv1/conv2); weight-only.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        w = self.dequantized_weight().to(x.dtype)
-        return F.conv2d(self.quantize_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
+    Example:
+        >>> QuantConv1d.from_float(nn.Conv1d(2, 4, 3), WeightGrid())(torch.randn(1, 2, 8)).shape
+        torch.Size([1, 4, 6])
+    """
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._act_repr()
+    float_type = nn.Conv1d
 
 
 class QuantEmbedding(_QuantWeight):
@@ -230,9 +168,13 @@ class QuantEmbedding(_QuantWeight):
         return ((rows - zero) * scale).view(*ids.shape, self.embedding_dim)
 
 
-FLOAT_TO_QUANT: dict[type[nn.Module], type[_QuantWeight]] = {
+FLOAT_TO_QUANT: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: QuantLinear,
     nn.Conv2d: QuantConv2d,
+    nn.Conv1d: QuantConv1d,
     nn.Embedding: QuantEmbedding,
+    nn.LSTM: QuantLSTM,
+    nn.GRU: QuantGRU,
 }
-QUANT_MODULES = tuple(FLOAT_TO_QUANT.values())
+QUANT_LAYERS = tuple(FLOAT_TO_QUANT.values())  # what `quantize` puts in place of a float layer
+QUANT_MODULES = (QuantLinear, QuantConv2d, QuantConv1d, QuantEmbedding, QuantWeightTensor)  # hold codes + steps

@@ -14,7 +14,7 @@ from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.models.cache import load_state_checked
 from mmcompress.quant.api import replay_quantize
-from mmcompress.quant.modules import QUANT_MODULES
+from mmcompress.quant.modules import QUANT_LAYERS
 
 WEIGHTS, QUANT_MAP = "weights.safetensors", "quant_map.json"
 
@@ -30,7 +30,7 @@ def quant_map(model: nn.Module) -> dict:
             "smoothquant": True if hasattr(m, "act_smooth") else None,
         }
         for name, m in model.named_modules()
-        if isinstance(m, QUANT_MODULES)
+        if isinstance(m, QUANT_LAYERS)
     }
 
 
