@@ -10,7 +10,6 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mmcompress.quant.codes import QuantWeightTensor, WeightGrid
 
@@ -41,7 +40,8 @@ class QuantRNN(nn.Module):
     """Base of QuantLSTM / QuantGRU: `codes[<weight name>]` holds each matrix, biases are parameters.
 
     The float layer's structure is kept as a parameter-free template on the meta device (not a
-    submodule, so it is neither saved nor counted); forward calls it with the dequantized weights.
+    submodule, so it is neither saved nor counted); forward runs it on the dequantized weights,
+    which also traces for ONNX export (an ONNX LSTM/GRU with float weights).
     """
 
     float_type: type[nn.RNNBase] = nn.RNNBase
@@ -78,8 +78,13 @@ class QuantRNN(nn.Module):
         dtype = x.data.dtype if isinstance(x, nn.utils.rnn.PackedSequence) else x.dtype
         weights = {n: self.codes[n].dequantized_weight().to(dtype) for n in self.weight_names}
         weights.update({n: getattr(self, n).to(dtype) for n in self.bias_names})
-        args = (x,) if hx is None else (x, hx)
-        return functional_call(self._template, weights, args)
+        template = self._template  # its forward reads `_flat_weights`; refs of None mean "unchanged"
+        template._flat_weights = [weights[n] for n in template._flat_weights_names]
+        template._flat_weight_refs = [None] * len(template._flat_weights_names)
+        try:
+            return template(x, hx)
+        finally:
+            template._flat_weights = []  # no reference to this call's tensors outlives it
 
     def extra_repr(self) -> str:
         g = self.grid
