@@ -10,6 +10,7 @@ import torch
 
 from mmcompress import quantize
 from mmcompress.audio.features import log_mel, pad_waveforms
+from mmcompress.audio.normalize import normalize_english
 from mmcompress.audio.speech import load_real_speech, transcribe, word_error_rate
 from mmcompress.data import spoken_digits
 from mmcompress.errors import DataError
@@ -91,6 +92,29 @@ def test_word_error_rate():
     assert word_error_rate(["Hello, world!"], ["hello world"]) == 0
     with pytest.raises(ValueError, match="2 references but 1"):
         word_error_rate(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("Mr. Dashwood won't play, ill-disposed!", "mister dashwood will not play ill disposed"),
+        ("ten of clubs, twenty one, five five", "10 of clubs 21 5 5"),
+        ("two hundred and five; three thousand four hundred", "205 3400"),
+        ("rock and roll, one and two", "rock and roll 1 and 2"),
+        ("It's 3.5 or 1,000 [music] (laughs) um yes", "it's 3.5 or 1000 yes"),
+        ("'quoted' words, she'd go", "quoted words she would go"),
+    ],
+)
+def test_english_normalizer(text, normalized):
+    assert normalize_english(text) == normalized
+
+
+def test_normalized_wer_forgives_spelling_but_not_wrong_words():
+    refs = ["and mister john dashwood had ten of clubs", "five five"]
+    hyps = ["And Mr. John Dashwood had 10 of clubs.", "5 5"]
+    assert word_error_rate(refs, hyps) == 4 / 10  # mister/mr, ten/10 and five/5 twice
+    assert word_error_rate(refs, hyps, normalize=True) == 0
+    assert word_error_rate(refs, ["And Mr. John Dashwood had 10 of clothes.", "5"], normalize=True) == 2 / 10
 
 
 @needs_speech

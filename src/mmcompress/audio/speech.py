@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmcompress.audio.normalize import normalize_english
 from mmcompress.errors import DataError
 
 SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
@@ -55,17 +56,28 @@ def load_real_speech(root: Path = SPEECH_DIR) -> list[Utterance]:
     return out
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER: (substitutions + deletions + insertions) / reference words (case-insensitive).
+def word_error_rate(references: list[str], hypotheses: list[str], normalize: bool = False) -> float:
+    """Corpus WER: (substitutions + deletions + insertions) / reference words.
+
+    Args:
+        references, hypotheses: one transcript each per recording.
+        normalize: False ("raw" WER): only case and punctuation are ignored (a hyphen separates
+            words). True: both sides go through `normalize_english` first (titles, contractions,
+            spelled numbers -> digits, hesitations; see `mmcompress.audio.normalize`), in the
+            spirit of Whisper's EnglishTextNormalizer.
 
     Example:
         >>> word_error_rate(["the cat sat"], ["the cat sat down"])
         0.3333333333333333
+        >>> word_error_rate(["ten of clubs"], ["10 of clubs."], normalize=True)
+        0.0
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     errors = words = 0
     for ref, hyp in zip(references, hypotheses, strict=True):
+        if normalize:
+            ref, hyp = normalize_english(ref), normalize_english(hyp)
         r, h = _words(ref), _words(hyp)
         errors += _edit_distance(r, h)
         words += len(r)
