@@ -110,9 +110,9 @@ def test_prune_errors_name_the_problem():
         PruneConfig.from_dict({"pattern": "4:2"})
     with pytest.raises(ConfigError, match="does not divide"):
         prune(nn.Sequential(nn.Linear(6, 4)), PruneConfig(pattern="2:4"))
-    conv = nn.Sequential(nn.Conv2d(1, 4, 3))
-    with pytest.raises(UnsupportedError, match="sparsegpt prunes Linear"):
-        prune(conv, PruneConfig(method="sparsegpt"), data=[torch.randn(1, 1, 8, 8)])
+    emb = nn.Sequential(nn.Embedding(10, 4))
+    with pytest.raises(UnsupportedError, match="sparsegpt prunes Linear and Conv2d layers; '0'"):
+        prune(emb, PruneConfig(method="sparsegpt", layer_types=("embedding",)), data=[torch.tensor([[1, 2]])])
     model = _mlp()
     with pytest.raises(ConfigError):
         prune(model, {"0": {"pattern": "2:4"}, "2": {"pattern": "3:5"}})

@@ -65,7 +65,7 @@ def test_gptq_errors(two_tower):
         quantize(model, QuantConfig(method="gptq"), calib=[torch.randn(2, 4)])
     with pytest.raises(DataError, match="empty"):
         quantize(two_tower, {"head": QuantConfig(method="gptq"), "_default": None}, calib=[])
-    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(UnsupportedError, match="grouped convolution '0'"):
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2, padding=1, padding_mode="circular"))
+    with pytest.raises(UnsupportedError, match="zero padding; Conv2d '0'"):
         quantize(conv, QuantConfig(method="gptq"), calib=[torch.randn(1, 4, 8, 8)])
     assert GPTQConfig.from_dict(GPTQConfig(act_order=True).to_dict()).act_order

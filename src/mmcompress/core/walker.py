@@ -2,7 +2,9 @@
 
 Statistics are gathered with forward hooks on the named modules in a single pass over the data.
 Every module asked for must see data: a tower that received none is an error, not a silently
-uncalibrated tower.
+uncalibrated tower. `layer_columns` and `grouped_weight` give a Linear or (grouped) Conv2d the
+common form of `groups` independent matrix products, which GPTQ, SparseGPT, Wanda and the error
+analysis all work on.
 """
 
 from __future__ import annotations
@@ -11,12 +13,58 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.core.batches import call_model, check_finite
 from mmcompress.errors import DataError
 
 Collector = Callable[[str, nn.Module, torch.Tensor], None]
+
+
+def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows each group of the layer multiplies its weight with: (groups, rows, in per group).
+
+    Linear: x (..., in) -> (1, rows, in). Conv2d with `groups` g: the input patches, unfolded
+    with the layer's padding, stride and dilation, split by group:
+    (B, C, H, W) -> (g, B * L, C / g * kh * kw), column order matching `grouped_weight`.
+
+    Example:
+        >>> layer_columns(nn.Conv2d(4, 4, 3, groups=4), torch.randn(2, 4, 8, 8)).shape
+        torch.Size([4, 72, 9])
+    """
+    if not isinstance(module, nn.Conv2d):
+        return x.reshape(1, -1, x.shape[-1])
+    padding = module.padding
+    if isinstance(padding, str):  # "valid" or "same": pad explicitly, as F.conv2d does
+        x = _pad_same(x, module) if padding == "same" else x
+        padding = (0, 0)
+    patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (B, C*kh*kw, L)
+    b, ck, length = patches.shape
+    g = module.groups
+    grouped = patches.view(b, g, ck // g, length)  # channels of a group are contiguous
+    return grouped.permute(1, 0, 3, 2).reshape(g, b * length, ck // g)
+
+
+def grouped_weight(module: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """A Linear (out, in) or Conv2d (out, in / g, kh, kw) weight as (g, out / g, in / g * kh * kw).
+
+    Example:
+        >>> grouped_weight(nn.Conv2d(4, 8, 3, groups=4)).shape
+        torch.Size([4, 2, 9])
+    """
+    w = module.weight if weight is None else weight
+    g = module.groups if isinstance(module, nn.Conv2d) else 1
+    return w.reshape(g, w.shape[0] // g, -1)
+
+
+def _pad_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) as Conv2d(padding="same") does (the odd extra pixel goes right/bottom)."""
+    pads = []
+    for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size), strict=True):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from torch import nn
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.walker import grouped_weight
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.prune.collect import LossFn, gradient_stats, input_stats
@@ -35,7 +36,8 @@ class PruneConfig(FrozenConfig):
         sparsity: fraction of weights to remove, in [0, 1) (ignored by an N:M pattern).
         method: importance: "magnitude" (|w|), "taylor" (|w * dL/dw|), "fisher" (1/2 w^2 F,
             optimal brain damage), "wanda" (|w| * ||x||) or "sparsegpt" (second-order pruning
-            that also updates the kept weights; Linear layers). Data-driven methods need `data=`
+            that also updates the kept weights; Linear and Conv2d, grouped and depthwise included:
+            each group of a grouped conv has its own input norms / Hessian). Data-driven methods need `data=`
             (taylor/fisher also `loss_fn=`).
         pattern: "unstructured" or "N:M" (e.g. "2:4": keep N of every M consecutive inputs).
         scope: "global" (one threshold across every layer this config targets), "layer" or
@@ -142,9 +144,9 @@ def _check_inputs(groups, data, loss_fn) -> None:
     """Every method gets what it needs (before any pass over the data)."""
     for cfg, members in groups.items():
         if cfg.method == "sparsegpt":
-            bad = [n for n, m in members if not isinstance(m, nn.Linear)]
+            bad = [n for n, m in members if not isinstance(m, (nn.Linear, nn.Conv2d))]
             if bad:
-                raise UnsupportedError(f"sparsegpt prunes Linear layers; {bad[0]!r} is not one (use wanda)")
+                raise UnsupportedError(f"sparsegpt prunes Linear and Conv2d layers; {bad[0]!r} is not one")
         if cfg.method != "magnitude" and data is None:
             raise ConfigError(f"importance {cfg.method!r} needs data= (layer {members[0][0]!r})")
         if cfg.method in NEEDS_GRADIENTS and loss_fn is None:
@@ -166,13 +168,9 @@ def _collect(model, groups, data, loss_fn, modality_of, max_batches) -> dict[str
 
 def _plan_group(cfg: PruneConfig, members, stats) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     if cfg.method == "sparsegpt":
-        plans = {}
-        for name, module in members:
-            weight, mask = sparsegpt_prune(module.weight, stats[name].extra["hessian"][0], cfg.sparsity, cfg.nm())
-            plans[name] = (mask, weight)
-        return plans
-    scores = [scores_for(cfg.method, m.weight, stats.get(n)) for n, m in members]
+        return {name: _sparsegpt_plan(cfg, name, module, stats[name]) for name, module in members}
     try:
+        scores = [scores_for(cfg.method, m.weight, stats.get(n)) for n, m in members]
         if cfg.nm() is not None:
             masks = [nm_mask(s, *cfg.nm()) for s in scores]
         else:
@@ -180,6 +178,15 @@ def _plan_group(cfg: PruneConfig, members, stats) -> dict[str, tuple[torch.Tenso
     except ValueError as err:
         raise ConfigError(f"{err} (layers {', '.join(n for n, _ in members[:3])})") from None
     return {name: (mask, None) for (name, _), mask in zip(members, masks, strict=True)}
+
+
+def _sparsegpt_plan(cfg: PruneConfig, name: str, module: nn.Module, stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on the layer's groups: weight (g, out / g, k) with Hessians (g, k, k)."""
+    try:
+        weight, keep = sparsegpt_prune(grouped_weight(module), stats.extra["hessian"][0], cfg.sparsity, cfg.nm())
+    except ValueError as err:
+        raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
+    return keep.reshape(module.weight.shape), weight.reshape(module.weight.shape)
 
 
 def replay_prune(model: nn.Module, record: Record) -> None:

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import check_finite
-from mmcompress.core.walker import run_calibration
+from mmcompress.core.walker import layer_columns, run_calibration
 from mmcompress.errors import DataError
 from mmcompress.prune.importance import Stats
 from mmcompress.quant.gptq import accumulate_hessian
-from mmcompress.quant.gptq_apply import layer_columns
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -65,14 +64,19 @@ def input_stats(
     max_batches: int | None,
     hessian: bool = False,
 ) -> dict[str, Stats]:
-    """Squared input norms per input feature (wanda) and, with `hessian`, 2 X X^T (sparsegpt)."""
+    """Squared input norms per input feature (wanda) and, with `hessian`, 2 X X^T (sparsegpt).
+
+    Both are per group of the layer (`core.walker.layer_columns`): norms (g, k), Hessians (g, k, k)
+    with g = 1 for Linear and ungrouped Conv2d.
+    """
     stats = {name: Stats() for name in layers}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        cols = layer_columns(module, x.float())
+        cols = layer_columns(module, x.float())  # (g, rows, k)
         stats[name].add_inputs(cols)
         if hessian:
-            h, n = stats[name].extra.get("hessian", (torch.zeros(cols.shape[1], cols.shape[1], dtype=torch.float64), 0))
+            g, _, k = cols.shape
+            h, n = stats[name].extra.get("hessian", (torch.zeros(g, k, k, dtype=torch.float64), 0))
             stats[name].extra["hessian"] = accumulate_hessian(h, n, cols)
 
     run_calibration(model, layers, data, collect, modality_of, max_batches)

@@ -26,7 +26,8 @@ class Stats:
         grad_product: sum over batches of |w * grad| (taylor).
         grad_square: sum over batches of grad^2 (fisher).
         batches: how many gradient batches were accumulated.
-        input_sq_norm: (in,) sum of squared inputs per input feature (wanda).
+        input_sq_norm: (in,) sum of squared inputs per input feature, or (g, in / g * kh * kw)
+            per group of a grouped convolution (wanda).
     """
 
     grad_product: torch.Tensor | None = None
@@ -49,8 +50,9 @@ class Stats:
         self.batches += 1
 
     def add_inputs(self, columns: torch.Tensor) -> None:
-        """Accumulate squared input features: columns (n, in) as the layer multiplies them."""
-        sq = columns.detach().float().pow(2).sum(0)
+        """Accumulate squared input features: columns (n, in), or (g, n, k) per group, as the layer
+        multiplies them (`core.walker.layer_columns`)."""
+        sq = columns.detach().float().pow(2).sum(-2)  # (in,) or (g, k)
         self.input_sq_norm = sq if self.input_sq_norm is None else self.input_sq_norm + sq
 
 
@@ -79,9 +81,10 @@ def fisher_scores(weight: torch.Tensor, stats: Stats) -> torch.Tensor:
 
 
 def wanda_scores(weight: torch.Tensor, stats: Stats) -> torch.Tensor:
-    """|w_ij| * ||x_j||_2 for a Linear (out, in) or Conv2d (out, in, kh, kw) weight.
+    """|w_ij| * ||x_j||_2 for a Linear (out, in) or Conv2d (out, in / g, kh, kw) weight.
 
-    Conv inputs are the unfolded patches, so ||x|| has in * kh * kw entries.
+    Conv inputs are the unfolded patches. For a grouped conv (norms (g, k)), output channel o
+    belongs to group o // (out / g) and sees that group's k columns (depthwise: its own channel).
 
     Example:
         >>> s = Stats(); s.add_inputs(torch.tensor([[3.0, 0.0], [4.0, 1.0]]))
@@ -90,11 +93,16 @@ def wanda_scores(weight: torch.Tensor, stats: Stats) -> torch.Tensor:
     """
     _need(stats.input_sq_norm, "wanda", "calibration inputs")
     w = weight.detach().float()
-    norms = stats.input_sq_norm.sqrt()
-    flat = w.reshape(w.shape[0], -1)
-    if norms.numel() != flat.shape[1]:
-        raise ValueError(f"{norms.numel()} input norms for a weight with {flat.shape[1]} inputs per output")
-    return (flat.abs() * norms[None, :]).view_as(w)
+    norms = stats.input_sq_norm.sqrt().reshape(-1, stats.input_sq_norm.shape[-1])  # (g, k)
+    flat = w.reshape(w.shape[0], -1)  # (out, k)
+    groups = norms.shape[0]
+    if norms.shape[1] != flat.shape[1] or flat.shape[0] % groups:
+        raise ValueError(
+            f"input norms of {groups} group(s) x {norms.shape[1]} inputs do not fit a weight with "
+            f"{flat.shape[0]} outputs x {flat.shape[1]} inputs per output"
+        )
+    per_output = norms.repeat_interleave(flat.shape[0] // groups, dim=0)  # (out, k)
+    return (flat.abs() * per_output).view_as(w)
 
 
 def scores_for(criterion: str, weight: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:

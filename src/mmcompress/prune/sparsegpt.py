@@ -1,4 +1,4 @@
-"""SparseGPT (Frantar & Alistarh, 2023): prune a Linear weight column block by column block,
+"""SparseGPT (Frantar & Alistarh, 2023): prune a Linear or (grouped) Conv2d weight column block by column block,
 choosing the mask from w^2 / [H^-1]_jj^2 and pushing each removed weight's error onto the
 remaining columns through the inverse Hessian of the layer's inputs. Pure math.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from mmcompress.prune.patterns import nm_mask
+from mmcompress.quant.gptq import damped_inverse_factor
 
 
 def sparsegpt_prune(
@@ -20,9 +21,13 @@ def sparsegpt_prune(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune an (out, in) weight with second-order updates; returns (new weight, keep mask).
 
+    A batch of independent layers, (B, out, in) with (B, in, in) Hessians (the groups of a grouped
+    convolution), is solved in one batched loop; the unstructured mask of each block of columns is
+    chosen across the whole batch, so the layer as a whole meets `sparsity`.
+
     Args:
-        weight: (out, in) float weight.
-        hessian: (in, in) 2 X X^T of the layer's inputs (see `quant.gptq.accumulate_hessian`).
+        weight: (out, in) or (B, out, in) float weight.
+        hessian: (in, in) or (B, in, in) 2 X X^T of the layer's inputs (`quant.gptq.accumulate_hessian`).
         sparsity: fraction removed in each block of columns (unstructured).
         nm: (N, M) to keep N of every M consecutive inputs instead.
         block_size: columns per mask-selection block (a multiple of M for N:M).
@@ -36,36 +41,41 @@ def sparsegpt_prune(
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    batched = weight.dim() == 3
     w = weight.detach().double().clone()
-    out_dim, in_dim = w.shape
+    h = hessian.detach().double()
+    if not batched:
+        w, h = w.unsqueeze(0), h.unsqueeze(0)
+    nb, out_dim, in_dim = w.shape
     if nm is not None and (block_size % nm[1] or in_dim % nm[1]):
         raise ValueError(f"N:M group size {nm[1]} must divide the {in_dim} inputs and the block size {block_size}")
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(in_dim, dtype=h.dtype)
-    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    h_inv = damped_inverse_factor(h, w, damp)  # (B, in, in); zeroes inputs that never fire
     keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, in_dim, block_size):
         end = min(start + block_size, in_dim)
-        w_blk, h_blk = w[:, start:end].clone(), h_inv[start:end, start:end]
+        w_blk, h_blk = w[..., start:end].clone(), h_inv[:, start:end, start:end]  # (B, out, b), (B, b, b)
         err_blk = torch.zeros_like(w_blk)
-        saliency = w_blk**2 / torch.diag(h_blk).unsqueeze(0) ** 2
-        if nm is not None:
-            keep_blk = nm_mask(saliency, *nm)
-        else:
-            keep_blk = torch.ones_like(w_blk, dtype=torch.bool)
-            drop = int(sparsity * saliency.numel())
-            if drop:
-                keep_blk.view(-1)[saliency.flatten().argsort()[:drop]] = False
+        saliency = w_blk**2 / torch.diagonal(h_blk, dim1=-2, dim2=-1).unsqueeze(1) ** 2  # (B, out, b)
+        keep_blk = _block_mask(saliency, sparsity, nm)
         for i in range(end - start):
-            q = w_blk[:, i] * keep_blk[:, i]
-            err = (w_blk[:, i] - q) / h_blk[i, i]
-            w_blk[:, i:] -= err.unsqueeze(1) @ h_blk[i, i:].unsqueeze(0)
-            w_blk[:, i] = q
-            err_blk[:, i] = err
-        w[:, start:end] = w_blk
-        keep[:, start:end] = keep_blk
-        w[:, end:] -= err_blk @ h_inv[start:end, end:]
-    return w.to(weight.dtype) * keep, keep
+            q = w_blk[..., i] * keep_blk[..., i]
+            err = (w_blk[..., i] - q) / h_blk[:, i, i].unsqueeze(1)  # (B, out)
+            w_blk[..., i:] -= err.unsqueeze(2) * h_blk[:, i, i:].unsqueeze(1)
+            w_blk[..., i] = q
+            err_blk[..., i] = err
+        w[..., start:end] = w_blk
+        keep[..., start:end] = keep_blk
+        w[..., end:] -= err_blk @ h_inv[:, start:end, end:]
+    w = w.to(weight.dtype) * keep
+    return (w, keep) if batched else (w[0], keep[0])
+
+
+def _block_mask(saliency: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
+    """Keep mask of one block (B, out, b): N:M per row, or the lowest `sparsity` fraction dropped."""
+    if nm is not None:
+        return nm_mask(saliency.reshape(-1, saliency.shape[-1]), *nm).view_as(saliency)
+    keep = torch.ones_like(saliency, dtype=torch.bool)
+    drop = int(sparsity * saliency.numel())
+    if drop:
+        keep.view(-1)[saliency.flatten().argsort()[:drop]] = False
+    return keep

@@ -11,16 +11,15 @@ import torch
 from torch import nn
 
 from mmcompress.core.targets import require_matches, resolve_targets
-from mmcompress.core.walker import run_calibration
+from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.api import LAYER_TYPES, QuantConfig, as_mapping
-from mmcompress.quant.gptq_apply import layer_columns
 from mmcompress.quant.modules import FLOAT_TO_QUANT, quantize_weight
 from mmcompress.quant.primitives import dequantize_affine, sqnr_db
 
 RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
-MAX_ROWS = 4096  # input rows kept per layer
+MAX_ROWS = 4096  # input rows kept per layer (per group of a grouped convolution)
 
 
 @dataclass
@@ -47,8 +46,9 @@ def _dequantized(weight: torch.Tensor, cfg: QuantConfig, ratio: float) -> torch.
 
 
 def _output_error(x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor) -> float:
-    ref = x @ w.T  # (rows, out)
-    return float((x @ wq.T - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+    """Relative output error per group: x (g, rows, k), w and wq (g, out / g, k)."""
+    ref = x @ w.transpose(1, 2)  # (g, rows, out / g)
+    return float((x @ wq.transpose(1, 2) - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
 
 
 def analyze_quantization_error(
@@ -79,15 +79,15 @@ def analyze_quantization_error(
     chosen = [
         (n, m, c)
         for n, m, c in resolve_targets(model, mapping, lambda m: type(m) in FLOAT_TO_QUANT, adapter.modality_of)
-        if any(type(m) is LAYER_TYPES[t] for t in c.layer_types)
+        if any(type(m) is LAYER_TYPES.get(t) for t in c.layer_types)
     ]
     require_matches(chosen, mapping, model)
     rows_of: dict[str, list[torch.Tensor]] = {}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        kept = sum(r.shape[0] for r in rows_of.get(name, []))
+        kept = sum(r.shape[1] for r in rows_of.get(name, []))
         if kept < MAX_ROWS:
-            rows_of.setdefault(name, []).append(layer_columns(module, x.float())[: MAX_ROWS - kept])
+            rows_of.setdefault(name, []).append(layer_columns(module, x.float())[:, : MAX_ROWS - kept])
 
     matmuls = {n: m for n, m, _ in chosen if not isinstance(m, nn.Embedding)}
     if matmuls:
@@ -101,9 +101,9 @@ def _layer_error(name, module, cfg, rows, modality, ratios) -> LayerError:
         wq = _dequantized(w, cfg, 1.0)
     except ValueError as err:
         raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
-    x = torch.cat(rows) if rows else None
+    x = torch.cat(rows, dim=1) if rows else None  # (g, rows, k)
     err = (
-        (lambda q: _output_error(x, w, q))
+        (lambda q: _output_error(x, grouped_weight(module, w), grouped_weight(module, q)))
         if x is not None
         else (lambda q: float((q - w).pow(2).sum() / w.pow(2).sum()))
     )

@@ -1,5 +1,8 @@
 """GPTQ (Frantar et al., 2022): quantize weight columns one by one, pushing each column's error
 onto the not-yet-quantized columns through the inverse Hessian of the layer's inputs. Pure math.
+
+Every function also takes a leading batch of independent problems: a grouped convolution with g
+groups is g layers, each with its own (k, k) input Hessian, solved together in one batched loop.
 """
 
 from __future__ import annotations
@@ -10,15 +13,44 @@ from mmcompress.quant.primitives import affine_params, code_range, to_groups
 
 
 def accumulate_hessian(hessian: torch.Tensor, count: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Running mean of 2 X X^T over input rows: x (..., in) -> hessian (in, in).
+    """Running mean of 2 X X^T over input rows: x (..., in) -> hessian (in, in), or per group
+    x (G, n, in) -> hessian (G, in, in).
 
     Example:
         >>> H, n = accumulate_hessian(torch.zeros(4, 4), 0, torch.randn(10, 4))
+        >>> H, n = accumulate_hessian(torch.zeros(3, 4, 4), 0, torch.randn(3, 10, 4))
     """
-    rows = x.reshape(-1, x.shape[-1]).double()  # (n, in)
-    new = count + rows.shape[0]
-    hessian.mul_(count / new).add_(rows.T @ rows, alpha=2.0 / new)
+    if hessian.dim() == 3:
+        rows = x.double()  # (G, n, in)
+        gram = rows.transpose(1, 2) @ rows  # (G, in, in)
+    else:
+        rows = x.reshape(-1, x.shape[-1]).double()  # (n, in)
+        gram = rows.T @ rows
+    new = count + rows.shape[-2]
+    hessian.mul_(count / new).add_(gram, alpha=2.0 / new)
     return hessian, new
+
+
+def damped_inverse_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of the damped inverse Hessian: (B, in, in) -> (B, in, in).
+
+    Inputs that never fire (zero diagonal) get a unit diagonal and their weights are zeroed in place
+    in `weight` (B, out, in), as the reference implementation does.
+    """
+    h = hessian.clone()
+    diag = h.diagonal(dim1=-2, dim2=-1)  # (B, in), a view
+    dead = diag == 0
+    diag[dead] = 1.0
+    weight.masked_fill_(dead.unsqueeze(1), 0.0)
+    diag += damp * diag.mean(-1, keepdim=True)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+def _permute(w: torch.Tensor, h: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder columns: w (B, out, in), h (B, in, in) by perm (B, in)."""
+    w = w.gather(-1, perm.unsqueeze(1).expand_as(w))
+    h = h.gather(-1, perm.unsqueeze(1).expand_as(h)).gather(-2, perm.unsqueeze(2).expand_as(h))
+    return w, h
 
 
 def gptq_quantize(
@@ -31,54 +63,59 @@ def gptq_quantize(
     damp: float = 0.01,
     act_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GPTQ for one (out, in) weight. Returns codes (out, in) int8, steps and zero points (out, G).
+    """GPTQ for an (out, in) weight with an (in, in) Hessian, or a batch: (B, out, in) with (B, in, in).
 
-    Steps are per group of `group_size` consecutive input columns (None: per output row). With
-    `act_order`, columns are processed by decreasing Hessian diagonal and group steps are fixed
-    from the original weight up front ("static groups"), so the storage layout is unchanged.
+    Returns codes (..., out, in) int8, steps and zero points (..., out, G). Steps are per group of
+    `group_size` consecutive input columns (None: per output row). With `act_order`, columns are
+    processed by decreasing Hessian diagonal and group steps are fixed from the original weight up
+    front ("static groups"), so groups stay on contiguous columns and the storage layout is unchanged.
 
     Example:
         >>> H, _ = accumulate_hessian(torch.zeros(64, 64, dtype=torch.float64), 0, torch.randn(256, 64))
         >>> codes, scale, zero = gptq_quantize(torch.randn(16, 64), H, bits=4, group_size=32)
     """
-    w = weight.detach().double().clone()  # (out, in)
-    out_dim, in_dim = w.shape
+    batched = weight.dim() == 3
+    w = weight.detach().double().clone()
+    h = hessian.detach().double()
+    if not batched:
+        w, h = w.unsqueeze(0), h.unsqueeze(0)
+    nb, out_dim, in_dim = w.shape
     g = min(group_size, in_dim) if group_size else in_dim
     if in_dim % g:
         raise ValueError(f"group size {group_size} does not divide the {in_dim} inputs per channel")
-    group_size = None if g == in_dim else g
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    static = act_order or g == in_dim  # steps fixed from the original weight
+    diag = torch.diagonal(h, dim1=-2, dim2=-1)  # (B, in)
+    w.masked_fill_((diag == 0).unsqueeze(1), 0.0)  # inputs that never fire
     lo, hi = code_range(bits, symmetric)
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(in_dim)
-    inv_perm = torch.argsort(perm)
-    scale = torch.zeros(out_dim, in_dim // g, dtype=torch.float64)
-    zero = torch.zeros(out_dim, in_dim // g, dtype=torch.float64)
-    if act_order or group_size is None:  # static steps from the original weight
-        s, z = affine_params(to_groups(w, group_size), bits, symmetric)
-        scale, zero = s.double(), z.double()
-    w, h = w[:, perm], h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(in_dim, dtype=h.dtype)
-    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    scale = torch.zeros(nb, out_dim, in_dim // g, dtype=torch.float64)
+    zero = torch.zeros_like(scale)
+    if static:
+        s, z = affine_params(to_groups(w.reshape(nb * out_dim, in_dim), g), bits, symmetric)  # (B*out, G)
+        scale, zero = s.double().view_as(scale), z.double().view_as(zero)
+    perm = diag.argsort(-1, descending=True) if act_order else torch.arange(in_dim).expand(nb, in_dim)
+    if act_order:
+        w, h = _permute(w, h, perm)
+    h_inv = damped_inverse_factor(h, w, damp)
+    group_of = (perm // g).unsqueeze(1).expand(nb, out_dim, in_dim)  # (B, out, in) group of each column
     codes = torch.zeros_like(w)
     for start in range(0, in_dim, block_size):
         end = min(start + block_size, in_dim)
-        w_blk, err_blk, h_blk = w[:, start:end].clone(), torch.zeros_like(w[:, start:end]), h_inv[start:end, start:end]
+        w_blk, h_blk = w[..., start:end].clone(), h_inv[:, start:end, start:end]  # (B, out, b), (B, b, b)
+        err_blk = torch.zeros_like(w_blk)
         for i in range(end - start):
-            col = perm[start + i]  # original column index
-            grp = int(col) // g
-            if not act_order and group_size is not None and int(col) % g == 0:
-                # step of a new group from the weights as updated so far (as the reference GPTQ does)
-                s, z = affine_params(w[:, start + i : start + i + g].unsqueeze(1), bits, symmetric)
-                scale[:, grp], zero[:, grp] = s[:, 0].double(), z[:, 0].double()
-            s_col, z_col = scale[:, grp], zero[:, grp]
-            q = torch.clamp(torch.round(w_blk[:, i] / s_col) + z_col, lo, hi)
-            codes[:, start + i] = q
-            err = (w_blk[:, i] - (q - z_col) * s_col) / h_blk[i, i]
-            w_blk[:, i:] -= err.unsqueeze(1) @ h_blk[i, i:].unsqueeze(0)
-            err_blk[:, i] = err
-        w[:, start:end] = w_blk
-        w[:, end:] -= err_blk @ h_inv[start:end, end:]
-    return codes[:, inv_perm].to(torch.int8), scale.float(), zero.to(torch.int8)
+            col = start + i
+            if not static and col % g == 0:  # a new group's step from the weights as updated so far
+                s, z = affine_params(w[..., col : col + g].reshape(nb * out_dim, 1, g), bits, symmetric)
+                scale[..., col // g], zero[..., col // g] = s.view(nb, out_dim), z.double().view(nb, out_dim)
+            idx = group_of[..., col : col + 1]
+            s_col, z_col = scale.gather(-1, idx)[..., 0], zero.gather(-1, idx)[..., 0]  # (B, out)
+            q = torch.clamp(torch.round(w_blk[..., i] / s_col) + z_col, lo, hi)
+            codes[..., col] = q
+            err = (w_blk[..., i] - (q - z_col) * s_col) / h_blk[:, i, i].unsqueeze(1)  # (B, out)
+            w_blk[..., i:] -= err.unsqueeze(2) * h_blk[:, i, i:].unsqueeze(1)
+            err_blk[..., i] = err
+        w[..., start:end] = w_blk
+        w[..., end:] -= err_blk @ h_inv[:, start:end, end:]
+    codes = codes.gather(-1, perm.argsort(-1).unsqueeze(1).expand_as(codes))  # back to the original order
+    codes, scale, zero = codes.to(torch.int8), scale.float(), zero.to(torch.int8)
+    return (codes, scale, zero) if batched else (codes[0], scale[0], zero[0])

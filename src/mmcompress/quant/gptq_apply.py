@@ -1,5 +1,9 @@
 """Model plumbing for GPTQ: collect each target layer's input Hessian in one calibration pass,
-then solve every layer with `gptq_quantize` (layers see float inputs: not sequential)."""
+then solve every layer with `gptq_quantize` (layers see float inputs: not sequential).
+
+A Conv2d with `groups` g is g independent layers: each group's Hessian covers its own
+(in / g * kh * kw) unfolded input columns, and the g problems are solved in one batched call.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.core.walker import run_calibration
-from mmcompress.errors import UnsupportedError
+from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
+from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.quant.gptq import accumulate_hessian, gptq_quantize
 from mmcompress.quant.modules import WeightGrid
 
 
-def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The rows the layer multiplies its (out, in) weight with: Linear (..., in); Conv2d patches."""
-    if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C*k*k, L)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
 def check_gptq_supported(name: str, module: nn.Module) -> None:
-    """GPTQ handles Linear and ungrouped Conv2d; anything else is an error naming the layer."""
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise UnsupportedError(f"GPTQ does not support grouped convolution {name!r} (groups={module.groups})")
+    """GPTQ handles Linear and Conv2d (grouped and depthwise too); anything else is an error naming the layer."""
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise UnsupportedError(f"GPTQ does not apply to {type(module).__name__} {name!r}")
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        raise UnsupportedError(f"GPTQ needs zero padding; Conv2d {name!r} pads with {module.padding_mode!r}")
 
 
 def gptq_params(
@@ -56,17 +51,23 @@ def gptq_params(
     stats: dict[str, tuple[torch.Tensor, int]] = {}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        cols = layer_columns(module, x.float())
-        h, n = stats.get(name, (torch.zeros(cols.shape[1], cols.shape[1], dtype=torch.float64), 0))
+        cols = layer_columns(module, x.float())  # (g, rows, k)
+        g, _, k = cols.shape
+        h, n = stats.get(name, (torch.zeros(g, k, k, dtype=torch.float64), 0))
         stats[name] = accumulate_hessian(h, n, cols)
 
     modules = {name: module for name, (module, _, _) in targets.items()}
     run_calibration(model, modules, calib, collect, modality_of, max_batches)
     out = {}
     for name, (module, grid, cfg) in targets.items():
-        weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-        out[name] = gptq_quantize(
-            weight, stats[name][0], grid.bits, grid.symmetric, grid.group_size,
-            cfg.block_size, cfg.damp, cfg.act_order,
-        )  # fmt: skip
+        weight = grouped_weight(module).detach()  # (g, out / g, k)
+        try:
+            codes, scale, zero = gptq_quantize(
+                weight, stats[name][0], grid.bits, grid.symmetric, grid.group_size,
+                cfg.block_size, cfg.damp, cfg.act_order,
+            )  # fmt: skip
+        except ValueError as err:
+            raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
+        rows = module.weight.shape[0]
+        out[name] = (codes.reshape(rows, -1), scale.reshape(rows, -1), zero.reshape(rows, -1))
     return out

@@ -11,6 +11,7 @@ modality tower when the tower has its own budget.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.errors import ConfigError
 from mmcompress.quant.analysis import analyze_quantization_error
-from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.api import LAYER_TYPES, QuantConfig, quantize
 
 
 class MixedPrecisionConfig(FrozenConfig):
@@ -32,7 +33,9 @@ class MixedPrecisionConfig(FrozenConfig):
         bits_options: candidate bit widths per layer.
         average_bits: budget, average bits per weight over every targeted layer.
         modality_budgets: tower -> its own average-bits budget (e.g. {"image": 6, "text": 4}).
-        base: grid settings shared by every layer (granularity, group size, method, ...).
+        base: grid settings shared by every layer (granularity, group size, method, ...). With
+            "per_group", a layer whose inputs per output the group size does not divide (e.g.
+            MobileNetV2's 144-input 1x1 convs at group 128) gets per-channel steps, with a warning.
         sensitivity: "output_error" (relative output error on calibration inputs) or "fisher"
             (Fisher-weighted weight error: needs `data=` labelled batches and `loss_fn=`).
 
@@ -60,6 +63,26 @@ class Allocation:
 
 def _at_bits(base: QuantConfig, bits: int) -> QuantConfig:
     return QuantConfig.from_dict({**base.to_dict(), "weight_bits": bits}, "mixed precision bits_options")
+
+
+def _base_mapping(model: nn.Module, base: QuantConfig, bits: int | None, warn: bool = True) -> dict:
+    """Target mapping of `base` at `bits` (None: as is), per-channel for layers the group size misfits."""
+    misfit = []
+    if base.granularity == "per_group":
+        kinds = tuple(LAYER_TYPES[t] for t in base.layer_types if t != "embedding")
+        for name, module in model.named_modules():
+            if type(module) in kinds:
+                k = module.weight[0].numel()  # inputs per output (per group for a grouped conv)
+                misfit += [name] if k % min(base.group_size, k) else []
+    if misfit and warn:
+        warnings.warn(
+            f"group size {base.group_size} does not divide the inputs of {len(misfit)} layer(s) "
+            f"(first: {misfit[0]!r}); they get per-channel steps",
+            stacklevel=3,
+        )
+    at = base if bits is None else _at_bits(base, bits)
+    channel = at.model_copy(update={"granularity": "per_channel"})
+    return {**dict.fromkeys(misfit, channel), "_default": at}
 
 
 def allocate_bits(sensitivity: dict[str, dict[int, float]], numel: dict[str, int], budget: float) -> dict[str, int]:
@@ -104,8 +127,8 @@ def plan_mixed_precision(
         sensitivity, modality = fisher_sensitivity(model, config, data, loss_fn)
     else:
         sensitivity, modality = {}, {}
-        for b in sorted(set(config.bits_options)):
-            for row in analyze_quantization_error(model, _at_bits(config.base, b), calib):
+        for i, b in enumerate(sorted(set(config.bits_options))):
+            for row in analyze_quantization_error(model, _base_mapping(model, config.base, b, i == 0), calib):
                 sensitivity.setdefault(row.name, {})[b] = row.output_rel_error
                 modality[row.name] = row.modality
     modules = dict(model.named_modules())
@@ -137,7 +160,8 @@ def quantize_mixed(
     """
     calib = list(calib)
     plan = plan_mixed_precision(model, config, calib, data, loss_fn)
-    mapping = {name: _at_bits(config.base, b) for name, b in plan.bits.items()}
+    bases = _base_mapping(model, config.base, None, warn=False)
+    mapping = {name: _at_bits(bases.get(name, config.base), b) for name, b in plan.bits.items()}
     record = quantize(model, mapping, calib=calib)
     record.metrics.update({f"average_bits.{k}": v for k, v in plan.average_bits.items()})
     return record, plan
@@ -148,13 +172,12 @@ def fisher_sensitivity(model: nn.Module, config: MixedPrecisionConfig, data, los
     from mmcompress.core.targets import resolve_targets
     from mmcompress.models.adapter import adapter_for
     from mmcompress.prune.collect import gradient_stats
-    from mmcompress.quant.api import LAYER_TYPES
     from mmcompress.quant.modules import FLOAT_TO_QUANT
 
     if data is None or loss_fn is None:
         raise ConfigError("sensitivity 'fisher' needs labelled data= and loss_fn=")
     adapter = adapter_for(model)
-    kinds = tuple(LAYER_TYPES[t] for t in config.base.layer_types)
+    kinds = tuple(LAYER_TYPES[t] for t in config.base.layer_types if t in LAYER_TYPES)
     targets = {
         name: module
         for name, module, _ in resolve_targets(model, {"_default": config.base}, lambda m: type(m) in kinds,
@@ -162,10 +185,11 @@ def fisher_sensitivity(model: nn.Module, config: MixedPrecisionConfig, data, los
     }  # fmt: skip
     stats = gradient_stats(model, {n: m.weight for n, m in targets.items()}, list(data), loss_fn, None)
     sensitivity: dict[str, dict[int, float]] = {}
+    bases = _base_mapping(model, config.base, None)
     for name, module in targets.items():
         fisher = stats[name].grad_square / stats[name].batches
         for b in sorted(set(config.bits_options)):
-            grid = _at_bits(config.base, b).grid()
+            grid = _at_bits(bases.get(name, config.base), b).grid()
             error = module.weight.detach() - FLOAT_TO_QUANT[type(module)].from_float(module, grid).dequantized_weight()
             sensitivity.setdefault(name, {})[b] = float((fisher * error.float() ** 2).sum())
     return sensitivity, {name: adapter.modality_of(name) for name in targets}
