@@ -128,3 +128,29 @@ def test_real_speech_transcribes_and_mild_quantization_keeps_the_transcripts():
     assert word_error_rate([u.text for u in speech[:4]], float_texts) >= 0
     quantize(whisper, {"_default": {"weight_bits": 8}})
     assert transcribe(whisper, speech[:4], max_new_tokens=5) == float_texts
+
+
+@needs_speech
+def test_speech_batches_need_transcripts_and_teacher_forcing_reads_the_generation_prefix():
+    from transformers import WhisperTokenizerFast
+
+    from mmcompress.audio.speech import load_unlabeled_speech
+    from mmcompress.data.collate import calibration_batches, speech_batches
+    from mmcompress.models.hf.whisper_ct2 import packaged_whisper_path
+
+    unlabeled = load_unlabeled_speech()
+    assert len(unlabeled) == 4 and all(u.audio.abs().max() > 0.1 for u in unlabeled)
+    with pytest.raises(DataError, match="without a transcript"):
+        speech_batches(unlabeled)
+    speech = load_real_speech()[:3]
+    raw = speech_batches(speech, batch_size=2)
+    assert [len(b["audio"]) for b in raw] == [2, 1] and raw[1]["text"] == [speech[2].text]
+    whisper = tiny_model("whisper")
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(packaged_whisper_path() / "tokenizer.json"))
+    whisper.mmcompress_tokenizer = tokenizer
+    batch = calibration_batches(whisper, raw)[0]
+    want = tokenizer.prefix_tokens + tokenizer.encode(" " + speech[1].text, add_special_tokens=False)
+    ids, mask = batch["decoder_input_ids"][1], batch["decoder_attention_mask"][1]
+    assert ids[mask.bool()].tolist() == want  # one start token, words with their leading space
+    assert tokenizer.convert_ids_to_tokens(want[2]) == "Ġhe" and not mask[len(want) :].any()
+    assert (ids[len(want) :] == whisper.config.eos_token_id).all()

@@ -14,6 +14,7 @@ from mmcompress.errors import DataError
 
 SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
 SETS = ("librivox", "cards")
+UNLABELED = ("goforward.raw", "numbers.raw", "something.raw", "tidigits/dhd.2934z.raw")  # 16-bit 16 kHz PCM
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,35 @@ def load_real_speech(root: Path = SPEECH_DIR) -> list[Utterance]:
             text = " ".join(w for w in words.split() if w not in ("<s>", "</s>"))
             out.append(Utterance(f"{name}/{uid}", read_wav(folder / f"{uid}.wav"), text))
     return out
+
+
+def load_unlabeled_speech(root: Path = SPEECH_DIR) -> list[Utterance]:
+    """The 4 other real recordings of pocketsphinx-testdata (headerless 16-bit 16 kHz PCM, 2.4-4 s:
+    commands and digit strings), without transcripts (text ""): calibration audio disjoint from
+    `load_real_speech`. `pseudo_label` gives them a model's own transcripts.
+
+    Example:
+        >>> [round(u.audio.numel() / 16000, 1) for u in load_unlabeled_speech()]
+        [2.8, 4.0, 3.0, 2.4]
+    """
+    if not root.is_dir():
+        raise DataError(f"real speech is missing ({root}); install it with 'apt-get install pocketsphinx-testdata'")
+    out = []
+    for name in UNLABELED:
+        pcm = np.fromfile(root / name, dtype="<i2")
+        out.append(Utterance(name.rpartition(".")[0], torch.from_numpy(pcm.astype(np.float32) / 32768.0), ""))
+    return out
+
+
+def pseudo_label(model: torch.nn.Module, utterances: list[Utterance]) -> list[Utterance]:
+    """The utterances with the model's own greedy transcripts as text (calibration targets).
+
+    Example:
+        >>> pseudo_label(whisper, load_unlabeled_speech())[0].text
+        'Go forward 10 meters.'
+    """
+    texts = transcribe(model, utterances)
+    return [Utterance(u.id, u.audio, t) for u, t in zip(utterances, texts, strict=True)]
 
 
 def word_error_rate(references: list[str], hypotheses: list[str], normalize: bool = False) -> float:

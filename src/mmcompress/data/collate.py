@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.errors import ConfigError
+from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, describe_missing
 
 
@@ -59,3 +59,30 @@ def image_text_batches(split: str = "train", batch_size: int = 16, batches: int 
         images = ds.images[chunk].float().unsqueeze(1) / 255.0
         out.append({"image": images, "text": [ds.caption_text(int(i)) for i in chunk]})
     return out
+
+
+def speech_batches(utterances: list, batch_size: int = 2) -> list[dict]:
+    """Real recordings with their transcripts as raw {"audio", "text"} batches (teacher forcing).
+
+    Keep them disjoint from the evaluation clips, e.g. calibrate on the untranscribed recordings
+    labelled by the float model and evaluate on the transcribed ones.
+
+    Args:
+        utterances: `mmcompress.audio.speech.Utterance`s, each with a transcript.
+        batch_size: recordings per batch.
+
+    Example:
+        >>> from mmcompress.audio.speech import load_real_speech, load_unlabeled_speech, pseudo_label
+        >>> raw = speech_batches(pseudo_label(whisper, load_unlabeled_speech()))
+        >>> calib = calibration_batches(whisper, raw)     # input_features + decoder_input_ids
+        >>> evaluate_on = load_real_speech()
+    """
+    if not utterances:
+        raise DataError("no recordings to calibrate with")
+    untranscribed = [u.id for u in utterances if not u.text.strip()]
+    if untranscribed:
+        raise DataError(f"recordings without a transcript: {untranscribed}; label them first (pseudo_label)")
+    return [
+        {"audio": [u.audio for u in chunk], "text": [u.text for u in chunk]}
+        for chunk in (utterances[i : i + batch_size] for i in range(0, len(utterances), batch_size))
+    ]

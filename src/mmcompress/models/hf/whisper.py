@@ -13,6 +13,39 @@ from mmcompress.models.adapter import Adapter, register_adapter
 from mmcompress.models.hf.common import layer_paths, need, random_audio, random_texts, token_ids, towers
 
 
+def decoder_inputs(model: nn.Module, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Teacher-forcing decoder inputs: what the decoder reads while generating each transcript.
+
+    With a Whisper tokenizer: its prefix (<|startoftranscript|><|notimestamps|> for tiny.en) + the
+    tokens of " " + text (Whisper's words carry a leading space), no end token, right-padded with
+    the end token and masked. Other tokenizers (random-config models): the decoder start token +
+    their ids folded into the vocabulary.
+
+    Example:
+        >>> decoder_inputs(whisper, ["he was"])["decoder_input_ids"]
+        tensor([[50257, 50362,   339,   373]])
+    """
+    config = model.config
+    tokenizer = getattr(model, "mmcompress_tokenizer", None)
+    limit = config.max_target_positions
+    if tokenizer is None or not hasattr(tokenizer, "prefix_tokens"):
+        enc = token_ids(model, texts, config.vocab_size, limit - 1)
+        start = torch.full((enc["input_ids"].shape[0], 1), config.decoder_start_token_id)
+        ones = torch.ones_like(start)
+        return {
+            "decoder_input_ids": torch.cat([start, enc["input_ids"]], 1),
+            "decoder_attention_mask": torch.cat([ones, enc["attention_mask"]], 1),
+        }
+    prefix = list(tokenizer.prefix_tokens)
+    rows = [(prefix + tokenizer.encode(" " + t.strip(), add_special_tokens=False))[:limit] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), config.eos_token_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return {"decoder_input_ids": ids, "decoder_attention_mask": mask}
+
+
 @register_adapter("whisper")
 def whisper_adapter(model: nn.Module) -> Adapter:
     """Adapter of transformers' Whisper models.
@@ -31,10 +64,8 @@ def whisper_adapter(model: nn.Module) -> Adapter:
         waves = [w.float().flatten() for w in need(raw, "audio", "Whisper")]
         audio, _ = pad_waveforms(waves)
         out = {"input_features": log_mel(audio, config.num_mel_bins, frames)}
-        if raw.get("text") is not None:  # teacher forcing: decoder start token + transcript tokens
-            ids = token_ids(model, raw["text"], config.vocab_size, config.max_target_positions - 1)["input_ids"]
-            start = torch.full((ids.shape[0], 1), config.decoder_start_token_id)
-            out["decoder_input_ids"] = torch.cat([start, ids], 1)
+        if raw.get("text") is not None:  # teacher forcing: the generation prefix + " transcript"
+            out.update(decoder_inputs(model, raw["text"]))
         else:
             out["decoder_input_ids"] = torch.full((len(waves), 1), config.decoder_start_token_id)
         return out
