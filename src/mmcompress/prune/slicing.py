@@ -17,7 +17,8 @@ def _param(t: torch.Tensor) -> nn.Parameter:
 
 
 def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep output units `keep` of a Linear / Conv2d, or features of a norm layer.
+    """Keep output units `keep` of a Linear / Conv2d, or features of a norm layer; a depthwise
+    Conv2d keeps those channels (inputs, outputs and groups).
 
     Example:
         >>> layer = nn.Linear(4, 6); keep_outputs(layer, torch.tensor([0, 2])); layer.out_features
@@ -25,7 +26,8 @@ def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
     """
     keep = keep.to(torch.long)
     if isinstance(module, (nn.Linear, nn.Conv2d)):
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
+        if isinstance(module, nn.Conv2d) and module.groups != 1 and not depthwise:
             raise ValueError(f"grouped convolution (groups={module.groups}) cannot drop output channels")
         module.weight = _param(module.weight[keep])
         if module.bias is not None:
@@ -34,6 +36,8 @@ def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
             module.out_features = len(keep)
         else:
             module.out_channels = len(keep)
+        if depthwise and module.groups != 1:  # one filter per channel: inputs and groups shrink too
+            module.in_channels = module.groups = len(keep)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         _keep_norm(module, keep)
         module.num_features = len(keep)
@@ -56,6 +60,17 @@ def _keep_norm(module: nn.Module, keep: torch.Tensor) -> None:
             setattr(module, name, buffer[keep].clone())
 
 
+def dropped_columns(units: int, keep: torch.Tensor, repeat: int = 1, offset: int = 0) -> set[int]:
+    """Input columns of a consumer that carry the dropped units (unit u: offset + u*repeat .. + repeat-1).
+
+    Example:
+        >>> sorted(dropped_columns(3, torch.tensor([1]), repeat=2, offset=4))
+        [4, 5, 8, 9]
+    """
+    dropped = sorted(set(range(units)) - set(keep.tolist()))
+    return {offset + u * repeat + r for u in dropped for r in range(repeat)}
+
+
 def consumer_columns(inputs: int, units: int, keep: torch.Tensor, repeat: int = 1, offset: int = 0) -> torch.Tensor:
     """Input columns a consumer keeps when a producer of `units` units keeps `keep`: unit u is
     columns offset + u*repeat .. + repeat-1; columns outside that span (other concatenated
@@ -65,8 +80,7 @@ def consumer_columns(inputs: int, units: int, keep: torch.Tensor, repeat: int = 
         >>> consumer_columns(6, 2, torch.tensor([1]), offset=2)
         tensor([0, 1, 3, 4, 5])
     """
-    dropped = sorted(set(range(units)) - set(keep.tolist()))
-    drop = {offset + u * repeat + r for u in dropped for r in range(repeat)}
+    drop = dropped_columns(units, keep, repeat, offset)
     return torch.tensor([c for c in range(inputs) if c not in drop], dtype=torch.long)
 
 

@@ -20,12 +20,17 @@ from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
-from mmcompress.models.adapter import Adapter, adapter_for
+from mmcompress.models.adapter import adapter_for
+from mmcompress.prune.channel_importance import keep_count, top_units
+from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.collect import LossFn, gradient_stats
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups
-from mmcompress.prune.importance import scores_for
-from mmcompress.prune.slicing import GATES, consumer_columns, keep_heads, keep_hidden_units, keep_inputs, keep_outputs
+from mmcompress.prune.heads import head_params, head_parts, head_scores, is_attention
+from mmcompress.prune.slicing import dropped_columns, keep_heads, keep_hidden_units, keep_inputs, keep_outputs
+from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
 from mmcompress.quant.api import as_mapping
+
+__all__ = ["StructuredConfig", "apply_plans", "head_parts", "prune_structured", "replay_structured"]
 
 
 class StructuredConfig(FrozenConfig):
@@ -33,10 +38,14 @@ class StructuredConfig(FrozenConfig):
 
     Attributes:
         ratio: fraction of units removed in each group (channels of a layer, heads of a layer), [0, 1).
+            Units are whole, so the removed fraction is rounded; the record holds `removed_ratio`.
         unit: "channels" (Conv2d channels, Linear neurons, LSTM/GRU hidden units) or "heads".
         method: unit importance: "magnitude" (L1 of the unit's weights), "taylor" or "fisher"
             (summed over the unit; need `data=` and `loss_fn=`).
         round_to: keep a multiple of this many units (at least one).
+        bn_aware: with "magnitude", scale a layer's unit scores by |gamma| / sqrt(var + eps) of the
+            BatchNorm that follows it (the magnitude of the BN-folded kernel; BN makes the raw
+            kernel's scale meaningless).
 
     Example:
         >>> StructuredConfig(ratio=0.5, unit="heads").ratio
@@ -47,6 +56,7 @@ class StructuredConfig(FrozenConfig):
     unit: Literal["channels", "heads"] = "channels"
     method: Literal["magnitude", "taylor", "fisher"] = "magnitude"
     round_to: int = Field(1, ge=1)
+    bn_aware: bool = True
 
 
 def prune_structured(
@@ -78,57 +88,73 @@ def prune_structured(
     adapter = adapter_for(model)
     modules = dict(model.named_modules())
     chosen = list(
-        resolve_targets(model, mapping, lambda m: _is_attention(m, adapter) or _producer(m), adapter.modality_of)
+        resolve_targets(model, mapping, lambda m: is_attention(m, adapter) or _producer(m), adapter.modality_of)
     )
-    chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == _is_attention(m, adapter)]
+    chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == is_attention(m, adapter)]
     require_matches(chosen, mapping, model)
-    plans = []  # (kind, name or group, keep indices); computed fully before anything changes
-    skipped: dict[str, str] = {}  # targeted producers that keep their width, and why
     channel_targets = {n: c for n, m, c in chosen if c.unit == "channels"}
+    inputs = example_inputs
+    if inputs is None and adapter.example_inputs is not None:
+        inputs = adapter.example_inputs(2)
+    if channel_targets and inputs is None:
+        raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
+    kept: dict[str, str] = {}  # targeted layers that keep their width, and why
+    channel_plans = []  # every plan is computed before anything changes
     if channel_targets:
-        inputs = example_inputs if example_inputs is not None else None
-        if inputs is None and adapter.example_inputs is not None:
-            inputs = adapter.example_inputs(2)
-        if inputs is None:
-            raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
-        groups = channel_groups(model, inputs)
-        plans += _plan_channels(model, modules, groups, channel_targets, mapping, data, loss_fn, max_batches, skipped)
-    for name, module, cfg in chosen:
-        if cfg.unit == "heads":
-            plans.append(("heads", name, _keep_heads(name, module, cfg, data, loss_fn, max_batches, model, adapter)))
+        selected, kept = select_groups(modules, channel_groups(model, inputs), channel_targets, set(mapping))
+        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches)
+    head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
+    head_plans = _plan_heads(model, head_targets, adapter, data, loss_fn, max_batches)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     before = sum(p.numel() for p in model.parameters())
-    for kind, target, keep in plans:
-        entry = apply_plan(model, kind, target, keep)
-        record.modules[entry.pop("name")] = entry
-    for name, reason in skipped.items():
-        record.modules[name] = {"structure": "kept", "reason": reason}
+    macs_before = count_macs(model, inputs) if inputs is not None else None
+    apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
+    record.modules.update({p.group.producers[0]: plan_entry(p) for p in channel_plans})
+    record.modules.update({name: entry for name, _, entry in head_plans})
+    record.modules.update({name: {"structure": "kept", "reason": reason} for name, reason in kept.items()})
     after = sum(p.numel() for p in model.parameters())
-    record.metrics.update(params_before=float(before), params_after=float(after), removed=1 - after / max(before, 1))
+    metrics = {"params_before": float(before), "params_after": float(after), "removed": 1 - after / max(before, 1)}
+    if macs_before is not None:
+        macs_after = _macs_after(model, inputs)
+        metrics.update(
+            macs_before=macs_before, macs_after=macs_after, macs_removed=1 - macs_after / max(macs_before, 1)
+        )
+    metrics.update(_unit_totals(record.modules))
+    record.metrics.update(metrics)
+    warn_kept(kept)
+    warn_ratios(record.modules)
+    summarise(record.metrics)
     return record
 
 
-def apply_plan(model: nn.Module, kind: str, target: Any, keep: torch.Tensor) -> dict[str, Any]:
-    """Shrink the model for one plan; returns its record entry (what `replay_structured` reapplies)."""
+def apply_plans(model: nn.Module, channels: list[tuple[ChannelGroup, torch.Tensor]], heads=()) -> None:
+    """Shrink the model for every plan of one call at once.
+
+    Channel groups of one call share consumers (towers concatenated into one fusion layer), and
+    their column offsets count the model as traced, so each consumer's dropped columns are
+    gathered over all groups first and sliced once.
+
+    Example:
+        >>> apply_plans(model, [(group, torch.tensor([0, 2]))], [("encoder.0.attn", torch.tensor([1]))])
+    """
     modules = dict(model.named_modules())
-    keep = torch.as_tensor(keep, dtype=torch.long)
-    if kind == "heads":
-        q, k, v, o, heads, head_dim, set_heads = head_parts(modules[target], adapter_for(model))
+    drops: dict[str, set[int]] = {}
+    for group, keep in channels:
+        keep = torch.as_tensor(keep, dtype=torch.long)
+        for name, repeat, offset in group.consumers:
+            drops.setdefault(name, set()).update(dropped_columns(group.size, keep, repeat, offset))
+        for name in group.members():
+            layer = modules[name]
+            keep_hidden_units(layer, keep) if isinstance(layer, RECURRENT) else keep_outputs(layer, keep)
+    for name, drop in drops.items():
+        layer = modules[name]
+        width = layer.input_size if isinstance(layer, RECURRENT) else layer.weight.shape[1]
+        keep_inputs(layer, torch.tensor([c for c in range(width) if c not in drop], dtype=torch.long))
+    for name, keep in heads:
+        q, k, v, o, _, head_dim, set_heads = head_parts(modules[name], adapter_for(model))
+        keep = torch.as_tensor(keep, dtype=torch.long)
         keep_heads(q, k, v, o, keep, head_dim)
         set_heads(len(keep))
-        return {"name": target, "structure": "heads", "keep": keep.tolist(), "before": heads, "kept": len(keep)}
-    group = ChannelGroup(**target) if isinstance(target, dict) else target
-    for name in group.producers:
-        layer = modules[name]
-        keep_hidden_units(layer, keep) if isinstance(layer, RECURRENT) else keep_outputs(layer, keep)
-    for name in group.norms:
-        keep_outputs(modules[name], keep)
-    for name, repeat, offset in group.consumers:
-        layer = modules[name]
-        inputs = layer.input_size if isinstance(layer, RECURRENT) else layer.weight.shape[1]
-        keep_inputs(layer, consumer_columns(inputs, group.size, keep, repeat, offset))
-    entry = {"structure": "channels", "group": group.to_dict(), "keep": keep.tolist()}
-    return {"name": group.producers[0], **entry, "before": group.size, "kept": len(keep)}
 
 
 def replay_structured(model: nn.Module, record: Record) -> None:
@@ -137,132 +163,64 @@ def replay_structured(model: nn.Module, record: Record) -> None:
     Example:
         >>> replay_structured(build_model("fashion-clip"), Record.from_dict(saved))
     """
+    channels, heads = [], []
     for name, entry in record.modules.items():
-        if entry["structure"] == "kept":
-            continue
-        target = name if entry["structure"] == "heads" else entry["group"]
-        apply_plan(model, entry["structure"], target, torch.tensor(entry["keep"]))
+        if entry["structure"] == "channels":
+            group = entry["group"]
+            fields = {k: group[k] for k in ("producers", "size", "norms", "depthwise") if k in group}
+            consumers = [tuple(c) for c in group["consumers"]]
+            channels.append((ChannelGroup(**fields, consumers=consumers), torch.tensor(entry["keep"])))
+        elif entry["structure"] == "heads":
+            heads.append((name, torch.tensor(entry["keep"])))
+    apply_plans(model, channels, heads)
 
 
 def _producer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.Linear, *RECURRENT))
 
 
-def _plan_channels(model, modules, groups, targets, mapping, data, loss_fn, max_batches, skipped) -> list:
-    by_producer = {p: g for g in groups.values() for p in g.producers}
-    selected: dict[int, tuple[ChannelGroup, StructuredConfig]] = {}
-    for name, cfg in targets.items():
-        group = by_producer.get(name)
-        if group is None:
-            raise UnsupportedError(f"structured pruning cannot shrink {name!r} ({type(modules[name]).__name__})")
-        if group.pinned:
-            if name in mapping:  # named explicitly: the user expects it to shrink
-                raise UnsupportedError(f"cannot prune channels of {name!r}: it {group.pinned}")
-            skipped[name] = group.pinned  # matched by a pattern: keeps its width (e.g. the model's outputs)
-            continue
-        selected.setdefault(id(group), (group, cfg))
+def _plan_heads(model, targets, adapter, data, loss_fn, max_batches) -> list[tuple[str, torch.Tensor, dict]]:
+    """(attention module, heads kept, record entry) per target; each module's heads ranked on their own."""
     params = {}
-    for group, cfg in selected.values():
+    for name, module, cfg in targets:
         if cfg.method != "magnitude":
-            params.update({f"{p}.{n}": t for p in group.producers for n, t in _unit_params(modules[p]).items()})
+            params.update(head_params(name, module, adapter))
     stats = {}
     if params:
         if data is None or loss_fn is None:
-            raise ConfigError("taylor/fisher structured importance needs data= and loss_fn=")
-        stats = gradient_stats(model, params, data, loss_fn, max_batches)
+            raise ConfigError("taylor/fisher head importance needs data= and loss_fn=")
+        stats = gradient_stats(model, params, data, loss_fn, max_batches)  # one pass for every module
     plans = []
-    for group, cfg in selected.values():
-        score = sum(_normalised(_channel_scores(p, modules[p], cfg.method, stats)) for p in group.producers)
-        plans.append(("channels", group, _keep_top(score, cfg, group.producers[0])))
+    for name, module, cfg in targets:
+        heads = head_parts(module, adapter)[4]
+        keep = keep_count(heads, cfg.ratio, cfg.round_to)
+        if keep < 1:
+            raise ConfigError(f"pruning {cfg.ratio:.0%} of the {heads} heads of {name!r} would remove them all")
+        chosen = top_units(head_scores(name, module, cfg.method, stats, adapter), keep)
+        entry = {"structure": "heads", "keep": chosen.tolist(), "before": heads, "kept": keep, "ratio": cfg.ratio}
+        plans.append((name, chosen, {**entry, "removed_ratio": 1 - keep / heads}))
     return plans
 
 
-def _unit_params(module: nn.Module) -> dict[str, torch.Tensor]:
-    if isinstance(module, RECURRENT):
-        return {"weight_ih_l0": module.weight_ih_l0, "weight_hh_l0": module.weight_hh_l0}
-    return {"weight": module.weight}
-
-
-def _channel_scores(name: str, module: nn.Module, method: str, stats: dict) -> torch.Tensor:
-    """Importance of each output unit of one producer (recurrent: summed over its gates)."""
-    total = 0
-    for pname, weight in _unit_params(module).items():
-        per_row = scores_for(method, weight, stats.get(f"{name}.{pname}")).reshape(weight.shape[0], -1).sum(1)
-        if isinstance(module, RECURRENT):
-            per_row = per_row.view(GATES[type(module)], -1).sum(0)
-        total = total + per_row
-    return total
-
-
-def _normalised(score: torch.Tensor) -> torch.Tensor:
-    return score / score.mean().clamp_min(1e-12)
-
-
-def _keep_top(score: torch.Tensor, cfg: StructuredConfig, name: str) -> torch.Tensor:
-    size = score.numel()
-    keep = int(round(size * (1 - cfg.ratio) / cfg.round_to)) * cfg.round_to
-    if keep < 1:
-        raise ConfigError(f"pruning {cfg.ratio:.0%} of the {size} units of {name!r} would remove them all")
-    return score.argsort(descending=True)[:keep].sort().values
-
-
-def _is_attention(module: nn.Module, adapter: Adapter) -> bool:
-    return adapter.attention_spec(module) is not None
-
-
-def _keep_heads(name, module, cfg, data, loss_fn, max_batches, model, adapter) -> torch.Tensor:
-    q, k, v, o, heads, head_dim, _ = head_parts(module, adapter)
-    stats = {}
-    if cfg.method != "magnitude":
-        if data is None or loss_fn is None:
-            raise ConfigError("taylor/fisher head importance needs data= and loss_fn=")
-        params = {f"{name}.{i}": t.weight for i, t in enumerate((q, k, v, o))}
-        stats = gradient_stats(model, params, data, loss_fn, max_batches)
-    score = 0
-    for i, layer in enumerate((q, k, v, o)):
-        s = scores_for(cfg.method, layer.weight, stats.get(f"{name}.{i}"))
-        per_unit = s.sum(0) if layer is o else s.sum(1)  # o: its inputs are the heads' outputs
-        score = score + _normalised(per_unit.view(heads, head_dim).sum(1))
-    return _keep_top(score, cfg, name)
-
-
-def head_parts(module: nn.Module, adapter: Adapter | None = None):
-    """(q, k, v, o, heads, head_dim, set_heads) for an attention module the adapter knows, else None.
-
-    Example:
-        >>> q, k, v, o, heads, head_dim, set_heads = head_parts(Attention(64, 4))
-        >>> heads, head_dim
-        (4, 16)
-    """
-    spec = (adapter or Adapter()).attention_spec(module)
-    if spec is None:
-        return None
-    q, k, v, o = (module.get_submodule(p) for p in (spec.q, spec.k, spec.v, spec.o))
-    if spec.kv_groups is not None and _attr(module, spec.kv_groups) != 1:
+def _macs_after(model: nn.Module, inputs: Any) -> float:
+    try:
+        return count_macs(model, inputs)
+    except Exception as err:  # a plan that leaves a model that does not run is a bug: say so plainly
         raise UnsupportedError(
-            f"{type(module).__name__} uses grouped-query attention ({_attr(module, spec.kv_groups)} query heads "
-            "per key/value head); pruning its heads is not supported"
-        )
-    if spec.head_dim:
-        head_dim = int(_attr(module, spec.head_dim))
-    else:
-        head_dim = q.out_features // int(_attr(module, spec.head_counts[0]))
-    heads = q.out_features // head_dim
-
-    def set_heads(n: int) -> None:
-        for path in spec.head_counts:
-            _set_attr(module, path, n)
-        for path in spec.widths:
-            _set_attr(module, path, n * head_dim)
-
-    return q, k, v, o, heads, head_dim, set_heads
+            f"structured pruning left {type(model).__name__} unable to run ({type(err).__name__}: {str(err)[:200]}); "
+            "please report this model"
+        ) from err
 
 
-def _attr(module: nn.Module, path: str) -> Any:
-    owner, _, attr = path.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, attr)
-
-
-def _set_attr(module: nn.Module, path: str, value: Any) -> None:
-    owner, _, attr = path.rpartition(".")
-    setattr(module.get_submodule(owner) if owner else module, attr, value)
+def _unit_totals(entries: dict[str, dict]) -> dict[str, float]:
+    """Requested vs removed units over every shrunk group (channels and heads)."""
+    shrunk = [e for e in entries.values() if e["structure"] in ("channels", "heads")]
+    if not shrunk:
+        return {}
+    units = sum(e["before"] for e in shrunk)
+    return {
+        "groups": float(len(shrunk)),
+        "requested_ratio": sum(e["ratio"] * e["before"] for e in shrunk) / units,
+        "units_removed": sum(e["before"] - e["kept"] for e in shrunk) / units,
+        "layers_kept": float(sum(e["structure"] == "kept" for e in entries.values())),
+    }

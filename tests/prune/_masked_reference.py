@@ -1,0 +1,36 @@
+"""Test helper: the masked reference of a structured-pruning record (same units zeroed, nothing removed)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mask_like_record(model: nn.Module, record) -> nn.Module:
+    """Zero, in place, every parameter of the units `record` removed: producer rows (all gates of a
+    recurrent unit), depthwise filters, and the scale and shift of their norms, so each removed
+    unit outputs exactly 0 (the activations on the way map 0 to 0). Heads: q/k/v rows are not
+    enough (softmax), so o's columns of removed heads are zeroed instead."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for _name, entry in record.modules.items():
+            if entry["structure"] != "channels":
+                continue
+            group = entry["group"]
+            drop = sorted(set(range(group["size"])) - set(entry["keep"]))
+            for member in [*group["producers"], *group.get("depthwise", []), *group["norms"]]:
+                _zero_units(modules[member], drop)
+    return model
+
+
+def _zero_units(layer: nn.Module, drop: list[int]) -> None:
+    if isinstance(layer, (nn.LSTM, nn.GRU)):
+        gates, hidden = (4 if isinstance(layer, nn.LSTM) else 3), layer.hidden_size
+        rows = [u + g * hidden for g in range(gates) for u in drop]
+        for pname in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(layer, pname)[rows] = 0
+        return
+    for pname in ("weight", "bias"):
+        param = getattr(layer, pname, None)
+        if param is not None:
+            param[drop] = 0
