@@ -2,7 +2,9 @@
 
 Encodings: dense; bitmap (a bit per element + the non-zero values); and, for integer codes of
 fewer than 8 bits, packed (a bit stream of b-bit codes) and bitmap + packed non-zero codes.
-The measured "stored bytes" of a model is exactly the payload this format writes.
+The measured "stored bytes" of a model is exactly the payload this format writes. A tensor that
+several names share (tied weights, tied integer codes) is stored once under its first name; the
+others are listed as aliases and filled in again on loading.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors.torch import save
 from torch import nn
 
 from mmcompress.core.io import atomic_write_bytes
+from mmcompress.core.shared_params import tensor_key
 from mmcompress.errors import ModelError
 from mmcompress.graph.sparse import bitmap_bytes, decode_bitmap, dense_bytes, encode_bitmap
 from mmcompress.quant.modules import QUANT_MODULES
@@ -25,14 +28,26 @@ FORMAT = "mmcompress-compact-v1"
 
 
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without duplicates of shared (tied) tensors."""
-    seen, out = set(), {}
+    """State dict without duplicates of shared (tied) tensors: each under its first name."""
+    aliases = tied_aliases(model)
+    return {name: t for name, t in model.state_dict().items() if name not in aliases}
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict name -> the first name of the same shared tensor, for every later name.
+
+    Example:
+        >>> tied_aliases(whisper)
+        {'proj_out.weight': 'model.decoder.embed_tokens.weight'}
+    """
+    first: dict[tuple, str] = {}
+    aliases = {}
     for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key not in seen:
-            seen.add(key)
-            out[name] = t
-    return out
+        key = tensor_key(t)
+        if t.numel() and key in first:
+            aliases[name] = first[key]
+        first.setdefault(key, name)
+    return aliases
 
 
 def code_bits(model: nn.Module) -> dict[str, int]:
@@ -96,6 +111,7 @@ def save_compact(model: nn.Module, path: str | Path, extra: dict | None = None) 
             info.update(bits=bits, nnz=values.numel())
         layout[name] = info
     meta = {"format": FORMAT, "layout": json.dumps(layout), "extra": json.dumps(extra or {})}
+    meta["aliases"] = json.dumps(tied_aliases(model))
     return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
@@ -115,7 +131,8 @@ def _decode(fh, name: str, info: dict) -> torch.Tensor:
 
 
 def load_compact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Decode a compact file into a plain state dict (exact) and its `extra` metadata.
+    """Decode a compact file into a plain state dict (exact; tied names share one tensor) and its
+    `extra` metadata.
 
     Example:
         >>> state, extra = load_compact("out/model.safetensors")
@@ -128,6 +145,7 @@ def load_compact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 raise ModelError(f"{path} is not an mmcompress compact weight file")
             layout = json.loads(meta["layout"])
             state = {name: _decode(fh, name, info) for name, info in layout.items()}
+            state.update({alias: state[name] for alias, name in json.loads(meta.get("aliases", "{}")).items()})
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise ModelError(f"{path} is corrupted or truncated ({err}); re-create it") from None
     return state, json.loads(meta.get("extra", "{}"))

@@ -8,6 +8,7 @@ it (static ranges, GPTQ Hessians) sees the smoothed inputs the quantized layer w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.shared_params import modules_sharing_weight
 from mmcompress.core.walker import run_calibration
 from mmcompress.errors import DataError
 from mmcompress.quant.activations import smoothing_factors, static_params
@@ -75,9 +77,26 @@ def smoothquant_factors(
 ) -> dict[str, torch.Tensor]:
     """SmoothQuant factors per layer from calibration: name -> s (in,), for (layer, alpha) targets.
 
+    A layer whose weight another module shares (a tied output head and input embedding) gets no
+    factor, with a warning: scaling its weight columns would scale the other module's weight too.
+    Its inputs are still quantized, unsmoothed.
+
     Example:
         >>> smoothquant_factors(model, {"fc": (model.fc, 0.5)}, batches, str)["fc"].shape
     """
+    sharing = modules_sharing_weight(model)
+    tied = [n for n in layers if n in sharing]
+    if tied:
+        warnings.warn(
+            "smoothquant: not smoothing "
+            + ", ".join(f"{n!r} (weight shared with {sharing[n]})" for n in tied)
+            + "; their inputs are quantized without smoothing",
+            UserWarning,
+            stacklevel=3,
+        )
+        layers = {n: v for n, v in layers.items() if n not in sharing}
+    if not layers:
+        return {}
     absmax = channel_absmax(model, {n: m for n, (m, _) in layers.items()}, calib, modality_of, max_batches)
     return {n: smoothing_factors(absmax[n], m.weight, alpha) for n, (m, alpha) in layers.items()}
 

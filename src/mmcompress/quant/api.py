@@ -13,6 +13,7 @@ from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
+from mmcompress.core.shared_params import weight_groups
 from mmcompress.core.targets import require_matches, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for
@@ -23,6 +24,7 @@ from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
 from mmcompress.quant.skipped import warn_float_left
+from mmcompress.quant.tied import tie_quantized, tie_replayed
 
 QUANT_LAYER_TYPES = {  # `layer_types` name -> the layer types `quantize` selects with it
     "linear": (nn.Linear,),
@@ -202,6 +204,7 @@ def quantize(
             stacklevel=2,
         )
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
+    tie_quantized(model, built)  # tied float weights: one set of codes, stored once
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     for name, (qmodule, info) in built.items():  # swap only once every layer succeeded
         _replace(model, name, qmodule)
@@ -313,6 +316,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
     Example:
         >>> replay_quantize(fresh_model, Record.from_dict(saved))
     """
+    tied = weight_groups(model, list(record.modules))  # tied float weights share their codes again
     for name, info in record.modules.items():
         module = model.get_submodule(name)
         grid = WeightGrid(**info["grid"]) if "grid" in info else WeightGrid(bits=int(info["bits"]))
@@ -322,6 +326,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
             smooth = torch.ones(module.weight.shape[1]) if info.get("smoothquant") is not None else None
             qmodule.set_activations(spec, smooth)
         _replace(model, name, qmodule)
+    tie_replayed(model, tied)
 
 
 def activation_spec(entry: str | dict) -> ActSpec | None:
