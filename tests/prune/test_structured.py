@@ -176,3 +176,79 @@ def test_late_fusion_concat_loses_exactly_the_pruned_tower_columns():
     text_side = {"re:text_tower.*": {"ratio": 0.5}}
     with pytest.raises(UnsupportedError):
         prune_structured(LateFusion(), {"text_tower.blocks.0.mlp.2": text_side["re:text_tower.*"]})
+
+
+class ImageText(nn.Module):
+    """A CNN vector and an LSTM's last hidden state concatenated into one fusion Linear (issue 14.2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 3, groups=2))
+        self.image = nn.Sequential(nn.Conv2d(3, 12, 3), nn.BatchNorm2d(12), nn.Hardswish(), nn.AdaptiveAvgPool2d(1))
+        self.lstm = nn.LSTM(5, 10, batch_first=True)
+        self.fuse = nn.Linear(22, 4)
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.lstm(tokens)[0][:, -1]
+        vec = self.image(image).view(image.shape[0], -1)
+        return self.fuse(torch.cat([vec, hidden], 1)) + self.conv(image).mean() * 0
+
+
+def _image_text_inputs():
+    return {"image": torch.randn(2, 3, 8, 8), "tokens": torch.randn(2, 4, 5)}
+
+
+def test_two_concatenated_towers_pruned_in_one_call_slice_the_fusion_columns_of_each():
+    torch.manual_seed(0)
+    model, x = ImageText().eval(), _image_text_inputs()
+    text_columns = model.fuse.weight[:, 12:].detach().clone()
+    rec = prune_structured(model, {"image.0": {"ratio": 0.5}, "lstm": {"ratio": 0.3}}, example_inputs=x)
+    assert model.fuse.in_features == 6 + 7 and model.lstm.hidden_size == 7
+    assert torch.equal(model.fuse.weight[:, 6:], text_columns[:, rec.modules["lstm"]["keep"]])
+    assert model(**x).shape == (2, 4)
+
+
+def test_grouped_convolution_is_refused_by_name_or_kept_with_a_warning():
+    x = _image_text_inputs()
+    with pytest.raises(UnsupportedError, match=r"'conv.0'.*grouped convolution 'conv.3'"):
+        prune_structured(ImageText(), {"conv.0": {"ratio": 0.5}}, example_inputs=x)
+    with pytest.raises(UnsupportedError, match=r"'conv.3'.*grouped convolution \(groups=2\)"):
+        prune_structured(ImageText(), {"conv.3": {"ratio": 0.5}}, example_inputs=x)
+    with pytest.warns(UserWarning, match=r"'conv.0'.*grouped convolution"):
+        rec = prune_structured(ImageText(), {"re:conv.*": {"ratio": 0.5}, "image.0": {"ratio": 0.5}}, example_inputs=x)
+    assert rec.modules["conv.3"]["structure"] == "kept" and "groups=2" in rec.modules["conv.3"]["reason"]
+    assert rec.modules["image.0"]["kept"] == 6
+
+
+def test_bn_aware_magnitude_drops_a_channel_whose_batchnorm_silences_it():
+    torch.manual_seed(0)
+    model, x = Tower().eval(), _inputs()
+    with torch.no_grad():
+        model.cnn.features[0].weight[3] *= 100  # the largest kernel ...
+        model.cnn.features[1].weight[3] = 1e-4  # ... scaled to nothing by its BatchNorm
+    rec = prune_structured(model, {"cnn.features.0": {"ratio": 0.125}}, example_inputs=x)
+    assert 3 not in rec.modules["cnn.features.0"]["keep"]
+    raw = prune_structured(Tower().eval(), {"cnn.features.0": {"ratio": 0.125, "bn_aware": False}}, example_inputs=x)
+    assert len(raw.modules["cnn.features.0"]["keep"]) == 7
+
+
+def test_pruning_leaves_the_mode_and_batchnorm_statistics_alone():
+    model, x = Tower().train(), _inputs()
+    prune_structured(model, {"cnn.features.0": {"ratio": 0.5}}, example_inputs=x)
+    assert model.training and all(m.training for m in model.modules())
+    bn = model.cnn.features[1]
+    assert torch.count_nonzero(bn.running_mean) == 0 and int(bn.num_batches_tracked) == 0  # tracing ran in eval
+
+
+def test_head_rounding_is_reported_and_each_attention_module_ranks_its_own_heads():
+    torch.manual_seed(0)
+    model = nn.Sequential(Attention(24, 6), Attention(24, 6)).eval()
+    with torch.no_grad():
+        for layer in (model[1].q, model[1].k, model[1].v, model[1].o):
+            layer.weight *= 1000  # a tower of much larger weights must not take the other's budget
+    with pytest.warns(UserWarning, match=r"'0': 2 of 6 heads \(33%, asked 25%\)"):
+        rec = prune_structured(model, {"_default": {"unit": "heads", "ratio": 0.25}})
+    assert [rec.modules[n]["kept"] for n in ("0", "1")] == [4, 4] and rec.modules["0"][
+        "removed_ratio"
+    ] == pytest.approx(2 / 6)
+    assert model(torch.randn(2, 3, 24)).shape == (2, 3, 24)

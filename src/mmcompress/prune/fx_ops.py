@@ -91,8 +91,11 @@ def _classify_module(node: fx.Node, came_from: fx.Node, module: nn.Module) -> st
     if isinstance(module, (nn.Linear, nn.Conv2d, *RECURRENT)) and takes_it:
         if is_depthwise(module):
             return "depthwise"
-        refusal = conv_refusal(module)
-        return f"convolution {node.target!r}, which {refusal}" if refusal else "consumer"
+        if conv_refusal(module):
+            multiplier = module.out_channels // module.groups
+            kind = f"groups={module.groups}" if module.groups != module.in_channels else f"multiplier {multiplier}"
+            return f"grouped convolution {node.target!r} ({kind})"
+        return "consumer"
     return f"module {node.target!r} ({type(module).__name__})"
 
 
