@@ -1,0 +1,226 @@
+"""The real models of the conformance matrix: how each is loaded, calibrated, evaluated and repaired.
+
+Each suite evaluates a model against the float model's own outputs on held-out real inputs
+(calibration inputs are disjoint), so a cell's metric is what compression changed, not the
+model's accuracy on a labelled benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from _minilm_data import calibration_batches as minilm_calibration
+from _minilm_data import embed, evaluation_sentences, training_sentences
+from torch import nn
+
+import mmcompress
+from mmcompress.core.batches import call_model
+from mmcompress.data.photos import photo_crops
+from mmcompress.data.tokenizer import WordTokenizer
+from mmcompress.evaluate.metrics import cosine_similarity, mean_kl, top1_agreement
+
+
+@dataclass
+class Suite:
+    """One real model: `evaluate(model) -> {metric: value}` compares with the float model."""
+
+    name: str
+    metric: str  # the headline metric of `evaluate`
+    higher_is_better: bool
+    load: Callable[[], nn.Module]
+    calib: list[Any]  # model inputs
+    evaluate: Callable[[nn.Module], dict[str, float]]
+    example: Any  # an export batch
+    repair: Callable[[nn.Module, nn.Module], None] | None = None  # (teacher, student) -> student trained in place
+    heads: bool = False
+
+
+def _batched_logits(model: nn.Module, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + batch]).float() for i in range(0, len(images), batch)])
+
+
+def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
+    """MobileNetV2, torchvision's ImageNet weights: top-1 agreement and KL vs float on photo crops."""
+    from mmcompress.models.mobilenet_v2 import load_mobilenet_v2
+
+    test, calib = photo_crops(n_test, seed=0, split="test"), photo_crops(n_calib, seed=0, split="calib")
+    reference = _batched_logits(load_mobilenet_v2(), test)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        logits = _batched_logits(model, test)
+        return {"agreement": top1_agreement(reference, logits), "kl": mean_kl(reference, logits)}
+
+    def repair(teacher: nn.Module, student: nn.Module) -> None:
+        crops = photo_crops(256, seed=3, split="calib")  # distillation crops: not the test stream
+        train = torch.utils.data.TensorDataset(crops, _batched_logits(teacher, crops).argmax(-1))
+        config = {"temperature": 2.0, "unlabeled": True, "train": {"epochs": 2, "batch_size": 32, "lr": 1e-4}}
+        mmcompress.distill(teacher, student, train, config, task=mmcompress.ClassificationTask(), progress=False)
+        student.eval()
+
+    calib_batches = [calib[i : i + 16] for i in range(0, n_calib, 16)]
+    return Suite("MobileNetV2 (ImageNet)", "agreement", True, load_mobilenet_v2, calib_batches, evaluate, test[:2],
+                 repair)  # fmt: skip
+
+
+def minilm_suite() -> Suite:
+    """all-MiniLM-L6-v2: mean cosine of sentence embeddings to float on 504 unseen sentences."""
+    sentences = evaluation_sentences()
+
+    def load() -> nn.Module:
+        return mmcompress.load_model("minilm").eval()
+
+    def run(model):
+        return lambda batch: call_model(model, batch)
+
+    with torch.no_grad():
+        reference = embed(run(load()), sentences)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            emb = embed(run(model), sentences)
+        cos = torch.nn.functional.cosine_similarity(emb, reference, dim=-1)
+        return {"cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+
+    def repair(teacher: nn.Module, student: nn.Module) -> None:
+        from _minilm_data import tokenize
+
+        texts = training_sentences(n_chains=256)[:384]
+        batches = [tokenize(texts[i : i + 32], 64) for i in range(0, len(texts), 32)]
+        _embedding_repair(teacher, student, batches)
+
+    example = {k: v[:2, :16] for k, v in minilm_calibration()[0].items()}
+    return Suite("all-MiniLM-L6-v2", "cosine", True, load, minilm_calibration(), evaluate, example, repair,
+                 heads=True)  # fmt: skip
+
+
+def _embedding_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 2) -> None:
+    """A short repair: 1 - cosine between student and teacher embeddings (AdamW, lr 2e-5)."""
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-5)
+    for _ in range(epochs):
+        for batch in batches:
+            with torch.no_grad():
+                target = call_model(teacher, batch)
+            loss = 1 - torch.nn.functional.cosine_similarity(call_model(student, batch), target, dim=-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    student.eval()
+
+
+class UserFusion(nn.Module):
+    """A model as a user writes it: a CNN image tower (BN, depthwise conv, residual add, global pool +
+    Flatten), an LSTM caption tower, and a Linear over the concatenation of the two (late fusion)."""
+
+    def __init__(self, vocab: int, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.block = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+            nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32),
+        )  # fmt: skip
+        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.pool, self.flatten = nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        self.embed = nn.Embedding(vocab, 48)
+        self.lstm = nn.LSTM(48, 64, batch_first=True)
+        self.head = nn.Linear(64 + 64, classes)
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        x = self.flatten(self.pool(self.down(x + self.block(x))))
+        states, _ = self.lstm(self.embed(input_ids))
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        text = (states * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return self.head(torch.cat([x, text], 1))
+
+
+FUSION_ADAPTER = {"towers": {"image": ["stem", "block", "down"], "text": ["embed", "lstm"], "fusion": ["head"]}}
+
+
+def fusion_suite(n_test: int = 2000) -> Suite:
+    """UserFusion trained one pass over 20k Fashion-MNIST image + caption pairs: accuracy and agreement."""
+    from mmcompress.data.captions import caption_vocabulary
+
+    train, test = (
+        mmcompress.load_dataset("fashion-captions", "train"),
+        mmcompress.load_dataset("fashion-captions", "test"),
+    )
+    tokenizer = WordTokenizer.from_corpus(text for text, _, _ in caption_vocabulary())
+    tokens = tokenizer(test.captions, max_length=16)
+
+    def batch(ds, index, toks):
+        image = ds.images[index].float().div(255).unsqueeze(1)
+        cid = ds.caption_ids[index]
+        return {"image": image, "input_ids": toks["input_ids"][cid], "attention_mask": toks["attention_mask"][cid]}
+
+    idx = torch.arange(n_test)
+    test_inputs, labels = batch(test, idx, tokens), test.labels[idx]
+    float_model = _train_fusion(tokenizer, train, batch)
+    with torch.no_grad():
+        reference = float_model(**test_inputs)
+
+    def load() -> nn.Module:
+        model = UserFusion(len(tokenizer))
+        model.load_state_dict(float_model.state_dict())
+        mmcompress.attach_adapter(model, FUSION_ADAPTER)
+        return model.eval()
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            logits = model(**test_inputs)
+        return {
+            "accuracy": float((logits.argmax(-1) == labels).float().mean()),
+            "agreement": top1_agreement(reference, logits),
+        }
+
+    train_tokens = tokenizer(train.captions, max_length=16)
+    calib = [batch(train, torch.arange(i, i + 64), train_tokens) for i in range(0, 256, 64)]
+
+    def repair(teacher: nn.Module, student: nn.Module) -> None:
+        _logit_repair(
+            teacher, student, [batch(train, torch.arange(i, i + 128), train_tokens) for i in range(0, 4096, 128)]
+        )
+
+    example = {k: v[:2] for k, v in test_inputs.items()}
+    return Suite("user CNN + LSTM late fusion", "accuracy", True, load, calib, evaluate, example, repair)
+
+
+def _train_fusion(tokenizer, train, batch, epochs: int = 1, samples: int = 20000) -> nn.Module:
+    torch.manual_seed(0)
+    model = UserFusion(len(tokenizer))
+    tokens = tokenizer(train.captions, max_length=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(train))[:samples].split(128):
+            loss = nn.functional.cross_entropy(model(**batch(train, index, tokens)), train.labels[index])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _logit_repair(teacher: nn.Module, student: nn.Module, batches: list, temperature: float = 2.0) -> None:
+    """Short Hinton distillation on unlabeled batches (KL at temperature T, scaled by T^2)."""
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    for inputs in batches:
+        with torch.no_grad():
+            soft = (teacher(**inputs) / temperature).log_softmax(-1)
+        log_q = (student(**inputs) / temperature).log_softmax(-1)
+        loss = nn.functional.kl_div(log_q, soft, log_target=True, reduction="batchmean") * temperature**2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    student.eval()
+
+
+__all__ = ["Suite", "cosine_similarity", "fusion_suite", "minilm_suite", "mobilenet_suite"]

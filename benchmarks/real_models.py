@@ -1,0 +1,180 @@
+"""Conformance matrix: every technique x every real pretrained model, each cell measured against float.
+
+Run: .venv/bin/python benchmarks/real_models.py [--models mobilenet,whisper,minilm,fusion] [--only NAME,...]
+Writes the `real-models` section of docs/benchmarks.md (and the rows as JSON under /tmp).
+
+Each cell starts from a fresh copy of the float model, applies one technique through the public
+API, evaluates the task metric against the float model on held-out real inputs (calibration inputs
+are disjoint), measures the stored size (`measure`), exports ONNX and checks the exported file
+against PyTorch (cosine of outputs, file size). A technique that fails is an `error:` cell naming
+the exception: it is a bug to fix, never a skipped row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+from _real_suites import Suite, fusion_suite, minilm_suite, mobilenet_suite
+from _results import machine, table, update_section
+
+import mmcompress
+from mmcompress.quant.api import QuantConfig
+from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
+
+W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
+
+
+def _structured(ratio: float, unit: str = "channels", repair: bool = False):
+    def run(suite: Suite, model):
+        teacher = suite.load() if repair else None
+        rec = mmcompress.prune_structured(
+            model, {"_default": {"ratio": ratio, "unit": unit}}, example_inputs=suite.example
+        )
+        if repair:
+            suite.repair(teacher, model)
+        removed = rec.metrics.get("removed_params_ratio", rec.metrics.get("removed_ratio"))
+        return {"removed": removed}
+
+    return run
+
+
+TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited in place
+    "fold BatchNorm": lambda s, m: {"folded": mmcompress.fold_batchnorm(m).metrics.get("folded")},
+    "W8 weight-only": lambda s, m: mmcompress.quantize(m, QuantConfig(weight_bits=8)) and {},
+    "W8A8 dynamic": lambda s, m: mmcompress.quantize(m, {"weight_bits": 8, "activations": "dynamic"}) and {},
+    "W8A8 static": lambda s, m: (
+        mmcompress.quantize(m, {"weight_bits": 8, "activations": "static"}, calib=s.calib) and {}
+    ),
+    "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
+    "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
+    "mixed ~5 bits": lambda s, m: {
+        "avg_bits": quantize_mixed(m, MixedPrecisionConfig(average_bits=5.0, bits_options=(3, 4, 6, 8)), s.calib)[
+            1
+        ].average_bits
+    },
+    "50% magnitude (layer)": lambda s, m: mmcompress.prune(m, {"sparsity": 0.5, "scope": "layer"}) and {},
+    "50% magnitude (global)": lambda s, m: mmcompress.prune(m, {"sparsity": 0.5, "scope": "global"}) and {},
+    "50% Wanda": lambda s, m: (
+        mmcompress.prune(m, {"sparsity": 0.5, "method": "wanda", "scope": "row"}, data=s.calib) and {}
+    ),
+    "50% SparseGPT": lambda s, m: (
+        mmcompress.prune(m, {"sparsity": 0.5, "method": "sparsegpt", "scope": "layer"}, data=s.calib) and {}
+    ),  # fmt: skip
+    "30% channels": _structured(0.3),
+    "30% channels + repair": _structured(0.3, repair=True),
+    "25% heads + repair": _structured(0.25, unit="heads", repair=True),
+}
+SUITES = {"mobilenet": mobilenet_suite, "minilm": minilm_suite, "fusion": fusion_suite}
+
+
+def _onnx(suite: Suite, model, folder: Path) -> dict:
+    path = folder / "model.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = mmcompress.export_onnx(model, suite.example, path)
+    info = result.to_dict()
+    path.unlink(missing_ok=True)
+    return {
+        "onnx_cosine": info.get("cosine"),
+        "onnx_mb": info.get("file_bytes", 0) / 1e6,
+        "onnx_warnings": [str(w.message)[:160] for w in caught if issubclass(w.category, UserWarning)],
+    }
+
+
+def run_cell(suite: Suite, name: str, folder: Path) -> dict:
+    row = {"technique": name}
+    if name.endswith("heads + repair") and not suite.heads:
+        return {**row, "status": "n/a (no attention heads)"}
+    model = suite.load()
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            row.update(TECHNIQUES[name](suite, model) or {})
+        row["warnings"] = sorted({str(w.message)[:160] for w in caught if issubclass(w.category, UserWarning)})
+        row.update(suite.evaluate(model))
+        row["stored_mb"] = mmcompress.measure(model).total.stored_bytes / 1e6
+        row["status"] = "ok"
+    except Exception as err:  # a cell that fails is reported, and is a bug
+        row["status"] = f"error: {type(err).__name__}: {str(err)[:200]}"
+        traceback.print_exc()
+        return row
+    try:
+        row.update(_onnx(suite, model, folder))
+    except Exception as err:
+        row["onnx_error"] = f"{type(err).__name__}: {str(err)[:160]}"
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render(results: dict[str, list[dict]], baselines: dict[str, dict]) -> str:
+    parts = [
+        f"Written by `benchmarks/real_models.py` ({machine()}). Each cell: the technique applied through the "
+        "public API to a fresh copy of the float model; the metric is measured against the float model on "
+        "held-out real inputs (calibration inputs are disjoint); size is `measure`'s stored size; ONNX is the "
+        "exported file (cosine of its outputs to PyTorch's on the export batch, and its size on disk)."
+    ]
+    for suite_name, rows in results.items():
+        base = baselines[suite_name]
+        metrics = [k for k in base if k not in ("stored_mb",)]
+        head = ["technique", *metrics, "stored MB", "ONNX MB", "ONNX cosine", "status / notes"]
+        body = [["float32", *[_fmt(base[k]) for k in metrics], _fmt(base["stored_mb"], 2), "", "", "reference"]]
+        for r in rows:
+            notes = r["status"] if r["status"] != "ok" else "; ".join(r.get("warnings", [])[:2])
+            if r.get("onnx_error"):
+                notes += f" ONNX error: {r['onnx_error']}"
+            elif r.get("onnx_warnings"):
+                notes += " ONNX: " + "; ".join(r["onnx_warnings"][:1])
+            sizes = [_fmt(r.get("stored_mb"), 2), _fmt(r.get("onnx_mb"), 2), _fmt(r.get("onnx_cosine"), 4)]
+            body.append([r["technique"], *[_fmt(r.get(k)) for k in metrics], *sizes, notes.replace("|", "/")])
+        parts.append(f"### {suite_name}\n\n" + table([head, *body]))
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(SUITES))
+    parser.add_argument("--only", default="", help="comma-separated technique names (default: all)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    techniques = [t for t in TECHNIQUES if not args.only or t in args.only.split(",")]
+    results, baselines = {}, {}
+    folder = Path(tempfile.mkdtemp(prefix="mmc-real-"))
+    for key in args.models.split(","):
+        suite = SUITES[key]()
+        float_model = suite.load()
+        baselines[suite.name] = {
+            **suite.evaluate(float_model),
+            "stored_mb": mmcompress.measure(float_model).total.stored_bytes / 1e6,
+        }
+        print(suite.name, baselines[suite.name], flush=True)
+        results[suite.name] = []
+        for name in techniques:
+            row = run_cell(suite, name, folder)
+            print(json.dumps(row, default=str), flush=True)
+            results[suite.name].append(row)
+        torch.manual_seed(0)
+    Path(tempfile.gettempdir(), "mmc-real-models.json").write_text(
+        json.dumps({"baselines": baselines, "results": results}, default=str, indent=1)
+    )
+    if not args.no_write:
+        update_section("real-models", "## Real pretrained models: conformance matrix\n\n" + render(results, baselines))
+
+
+if __name__ == "__main__":
+    main()
