@@ -15,11 +15,11 @@ from mmcompress.core.walker import grouped_weight, layer_columns, run_calibratio
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.api import LAYER_TYPES, QuantConfig, as_mapping
+from mmcompress.quant.gptq import accumulate_hessian
 from mmcompress.quant.modules import FLOAT_TO_QUANT, quantize_weight
 from mmcompress.quant.primitives import dequantize_affine, sqnr_db
 
 RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
-MAX_ROWS = 4096  # input rows kept per layer (per group of a grouped convolution)
 
 
 @dataclass
@@ -45,10 +45,12 @@ def _dequantized(weight: torch.Tensor, cfg: QuantConfig, ratio: float) -> torch.
     return dequantize_affine(codes.reshape(weight.shape[0], scale.shape[1], -1), scale, zero).view_as(weight)
 
 
-def _output_error(x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor) -> float:
-    """Relative output error per group: x (g, rows, k), w and wq (g, out / g, k)."""
-    ref = x @ w.transpose(1, 2)  # (g, rows, out / g)
-    return float((x @ wq.transpose(1, 2) - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+def _output_error(gram: torch.Tensor, w: torch.Tensor, wq: torch.Tensor) -> float:
+    """Relative output error ||X (W' - W)^T||^2 / ||X W^T||^2 over every calibration row, from the
+    input Gram matrix per group: gram (g, k, k) = mean X^T X, w and wq (g, out / g, k)."""
+    d = (wq - w).double()
+    ref = ((w.double() @ gram) * w.double()).sum()  # tr(W G W^T) summed over groups
+    return float(((d @ gram) * d).sum() / ref.clamp_min(1e-30))
 
 
 def analyze_quantization_error(
@@ -82,29 +84,29 @@ def analyze_quantization_error(
         if any(type(m) is LAYER_TYPES.get(t) for t in c.layer_types)
     ]
     require_matches(chosen, mapping, model)
-    rows_of: dict[str, list[torch.Tensor]] = {}
+    grams: dict[str, tuple[torch.Tensor, int]] = {}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        kept = sum(r.shape[1] for r in rows_of.get(name, []))
-        if kept < MAX_ROWS:
-            rows_of.setdefault(name, []).append(layer_columns(module, x.float())[:, : MAX_ROWS - kept])
+        cols = layer_columns(module, x.float())  # (g, rows, k)
+        g, _, k = cols.shape
+        gram, n = grams.get(name, (torch.zeros(g, k, k, dtype=torch.float64), 0))
+        grams[name] = accumulate_hessian(gram, n, cols)
 
     matmuls = {n: m for n, m, _ in chosen if not isinstance(m, nn.Embedding)}
     if matmuls:
         run_calibration(model, matmuls, calib, collect, adapter.modality_of, max_batches)
-    return [_layer_error(n, m, c, rows_of.get(n), adapter.modality_of(n), ratios) for n, m, c in chosen]
+    return [_layer_error(n, m, c, grams.get(n, (None,))[0], adapter.modality_of(n), ratios) for n, m, c in chosen]
 
 
-def _layer_error(name, module, cfg, rows, modality, ratios) -> LayerError:
+def _layer_error(name, module, cfg, gram, modality, ratios) -> LayerError:
     w = module.weight.detach().float().reshape(module.weight.shape[0], -1)
     try:
         wq = _dequantized(w, cfg, 1.0)
     except ValueError as err:
         raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None
-    x = torch.cat(rows, dim=1) if rows else None  # (g, rows, k)
     err = (
-        (lambda q: _output_error(x, grouped_weight(module, w), grouped_weight(module, q)))
-        if x is not None
+        (lambda q: _output_error(gram, grouped_weight(module, w), grouped_weight(module, q)))
+        if gram is not None
         else (lambda q: float((q - w).pow(2).sum() / w.pow(2).sum()))
     )
     search = {r: err(_dequantized(w, cfg, r)) for r in ratios}

@@ -61,7 +61,7 @@ def gptq_quantize(
     group_size: int | None = None,
     block_size: int = 128,
     damp: float = 0.01,
-    act_order: bool = False,
+    act_order: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ for an (out, in) weight with an (in, in) Hessian, or a batch: (B, out, in) with (B, in, in).
 
