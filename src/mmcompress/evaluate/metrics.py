@@ -45,3 +45,33 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two tensors flattened to vectors."""
     a, b = a.flatten().double(), b.flatten().double()
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+def top1_agreement(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    """Fraction of rows whose argmax matches the reference's: (N, C), (N, C) -> float.
+
+    Example:
+        >>> top1_agreement(torch.tensor([[0.1, 0.9], [2.0, 1.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        0.5
+    """
+    if reference.shape != logits.shape or reference.shape[0] == 0:
+        raise ValueError(
+            f"need two non-empty logit tensors of one shape, got {tuple(reference.shape)} and {tuple(logits.shape)}"
+        )
+    return float((reference.argmax(-1) == logits.argmax(-1)).double().mean())
+
+
+def mean_kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over rows of KL(softmax(reference) || softmax(logits)) in nats: (N, C), (N, C) -> float.
+
+    Example:
+        >>> mean_kl(torch.zeros(2, 3), torch.zeros(2, 3))
+        0.0
+    """
+    if reference.shape != logits.shape or reference.shape[0] == 0:
+        raise ValueError(
+            f"need two non-empty logit tensors of one shape, got {tuple(reference.shape)} and {tuple(logits.shape)}"
+        )
+    log_p = torch.log_softmax(reference.double(), -1)
+    log_q = torch.log_softmax(logits.double(), -1)
+    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())

@@ -1,4 +1,10 @@
-"""`export_onnx`: float or int8 ONNX export, checked, and compared with PyTorch on real inputs."""
+"""`export_onnx`: float or integer ONNX export, checked, and compared with PyTorch on real inputs.
+
+Export leaves the model as it found it (the train/eval mode of every submodule, parameters,
+buffers). What ships is what was measured: every quantized layer goes into the file in its
+integer form (a warning names any that cannot), the result reports the file's bytes beside
+`measure`'s stored bytes, and a warning says when ONNX Runtime's outputs drift from PyTorch's.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
-from mmcompress.graph.onnx_int8 import rewrite_int8
+from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
 from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
+from mmcompress.graph.storage import stored_bytes
 from mmcompress.quant.modules import QUANT_MODULES
 
 
@@ -28,10 +35,13 @@ class ExportResult:
     """Where the model went and how well ONNX Runtime agrees with PyTorch on the given inputs."""
 
     path: str
-    file_bytes: int
+    file_bytes: int  # the deployed .onnx file
     int8_weights: int
     max_abs_error: float
     cosine: float
+    measured_bytes: int = 0  # what `measure` / the compact safetensors file store for the same model
+    top1_agreement: float | None = None  # (N, C) outputs: share of rows whose argmax both runtimes agree on
+    float_layers: tuple[str, ...] = ()  # quantized layers whose weights stayed float in the file
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,17 +91,32 @@ def named_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
     return {f"input_{i}": t for i, t in enumerate(example_inputs)}
 
 
-def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opset: int = 17) -> ExportResult:
-    """Export to ONNX with named inputs and dynamic batch/sequence axes; int8 weights stay int8.
+MIN_COSINE = 0.999  # default parity thresholds of the exported file against PyTorch
+MIN_TOP1 = 0.99
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    min_cosine: float = MIN_COSINE,
+    min_top1: float = MIN_TOP1,
+) -> ExportResult:
+    """Export to ONNX with named inputs and dynamic batch/sequence axes; quantized weights stay integer.
 
     The file is validated by the ONNX checker, then run by ONNX Runtime on `example_inputs`
-    and compared with the PyTorch model (max abs error and cosine similarity of outputs).
+    and compared with the PyTorch model (max abs error, cosine similarity of outputs and, for
+    (N, C) outputs, top-1 agreement). The model's modes, parameters and buffers are unchanged.
 
     Args:
         model: float or quantized model.
         example_inputs: a real batch (tensor, tuple or dict keyed by input name).
         path: the .onnx file to write (atomically).
         opset: ONNX opset.
+        min_cosine: warn when the outputs' cosine similarity falls below this.
+        min_top1: warn when top-1 agreement (first output, when it is (N, C)) falls below this.
 
     Example:
         >>> res = export_onnx(model, model.example_inputs(4), "out/model.onnx")
@@ -99,8 +124,40 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         True
     """
     named = named_inputs(example_inputs)
-    model = model.eval()
-    wrapper = _Positional(model, list(named), keyword=isinstance(example_inputs, dict))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        proto, reference = _export_proto(model, named, isinstance(example_inputs, dict), opset)
+    finally:
+        for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
+            module.training = training
+    float_layers = tuple(unconverted_layers(proto, model))
+    if float_layers:
+        warnings.warn(
+            f"export: quantized layers stored as float weights in the ONNX file: {list(float_layers)}", stacklevel=2
+        )
+    int8_weights = sum(
+        1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
+    )
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    got = OrtModel.from_bytes(data).run(named)
+    max_err, cosine = _compare(reference, got)
+    top1 = _top1(reference[0], got[0])
+    if cosine < min_cosine or (top1 is not None and top1 < min_top1):
+        warnings.warn(
+            f"export: ONNX Runtime output differs from PyTorch on the example batch (cosine {cosine:.4f}, "
+            f"top-1 agreement {top1}, max abs error {max_err:.3g}); thresholds {min_cosine} / {min_top1}",
+            stacklevel=2,
+        )
+    atomic_write_bytes(path, data)
+    measured = sum(stored_bytes(model).values())
+    return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers)
+
+
+def _export_proto(model: nn.Module, named: dict, keyword: bool, opset: int) -> tuple[onnx.ModelProto, list]:
+    """Trace the eval-mode model (W8A8 input simulation off) and rewrite quantized layers."""
+    wrapper = _Positional(model, list(named), keyword=keyword).eval()
     with torch.no_grad():
         reference = flat_tensors(wrapper(*named.values()))
     outputs = [f"output_{i}" for i in range(len(reference))]
@@ -109,29 +166,27 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, opse
         for n, t in named.items()
     }
     dynamic.update({o: {0: "batch"} for o in outputs})
-    simulated = [m for m in model.modules() if getattr(m, "act", None) is not None]
+    simulated = {m: m.simulate_activations for m in model.modules() if getattr(m, "act", None) is not None}
     for module in simulated:  # the rewrite inserts the real activation quantization: trace without the simulation
         module.simulate_activations = False
     try:
         traced = _trace(wrapper, named, outputs, dynamic, opset)
     finally:
-        for module in simulated:
-            module.simulate_activations = True
+        for module, value in simulated.items():
+            module.simulate_activations = value
     proto = onnx.load_from_string(traced)
-    has_quant = any(isinstance(m, QUANT_MODULES) for m in model.modules())
-    if has_quant:
-        rewrite_w8a8(proto, model)  # W8A8 Linear layers (dynamic / per-token / static): integer kernels
+    if any(isinstance(m, QUANT_MODULES) for m in model.modules()):
+        rewrite_w8a8(proto, model)  # W8A8 Linear/Conv layers (dynamic / per-token / static): integer kernels
         rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
-        rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear
-    int8_weights = sum(
-        1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
-    )
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    got = OrtModel.from_bytes(data).run(named)
-    max_err, cosine = _compare(reference, got)
-    atomic_write_bytes(path, data)
-    return ExportResult(str(path), len(data), int8_weights, max_err, cosine)
+        rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear, or packed codes
+    return proto, reference
+
+
+def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
+    """Top-1 agreement of (N, C) logits (None for other output shapes)."""
+    if reference.dim() != 2 or reference.shape[1] < 2 or not reference.is_floating_point():
+        return None
+    return float((reference.argmax(-1).numpy() == got.argmax(-1)).mean())
 
 
 def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opset: int) -> bytes:

@@ -18,7 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
-from mmcompress.graph.onnx_rewrite import commit_nodes, digest, linear_keys, replace_linear_nodes
+from mmcompress.graph.onnx_int8 import find_module
+from mmcompress.graph.onnx_rewrite import commit_nodes, linear_keys, replace_linear_nodes
 from mmcompress.quant.activations import TOKEN_LEVELS
 from mmcompress.quant.modules import QuantConv2d, QuantLinear
 
@@ -111,17 +112,20 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _replace_convs(proto: onnx.ModelProto, table: dict[str, dict]) -> int:
-    """Swap every Conv whose weight digest is in `table` for its integer chain; returns how many."""
+def _replace_convs(proto: onnx.ModelProto, layers: dict[str, QuantConv2d]) -> int:
+    """Swap every Conv whose weight is a W8A8 layer's (also with a BatchNorm folded in by the
+    exporter: the per-channel steps absorb its scale) for its integer chain; returns how many."""
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     new_nodes, used = [], set()
     for i, node in enumerate(graph.node):
         init = inits.get(node.input[1]) if node.op_type == "Conv" else None
-        entry = table.get(digest(numpy_helper.to_array(init))) if init is not None else None
-        if entry is None:
+        found = find_module(numpy_helper.to_array(init), layers) if init is not None else None
+        if found is None:
             new_nodes.append(node)
             continue
+        name, steps, _ = found
+        entry = {**_entry(layers.pop(name)), "scale": steps[:, 0].astype(np.float32)}
         nodes, initializers = _build_conv(entry, node, f"{node.name or f'conv{i}'}_w8a8")
         new_nodes.extend(nodes)
         graph.initializer.extend(initializers)
@@ -152,12 +156,12 @@ def rewrite_w8a8(proto: onnx.ModelProto, model: nn.Module) -> int:
         >>> n = rewrite_w8a8(proto, w8a8_model)
     """
     linear, conv = {}, {}
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, QuantLinear) and module.act is not None:
             entry = _entry(module)
             for key, is_gemm in linear_keys(module.dequantized_weight().cpu().numpy()).items():
                 linear[key] = (is_gemm, entry)
         elif isinstance(module, QuantConv2d) and module.act is not None:
-            conv[digest(module.dequantized_weight().cpu().numpy())] = _entry(module)
+            conv[name] = module
     count = replace_linear_nodes(proto, linear, _build, "w8a8") if linear else 0
     return count + (_replace_convs(proto, conv) if conv else 0)

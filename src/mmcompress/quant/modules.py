@@ -6,6 +6,8 @@ and Embedding are weight-only.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,7 @@ from mmcompress.quant.codes import (
     _QuantWeight,
     quantize_weight,  # noqa: F401  (re-exported: callers import it from here)
 )
+from mmcompress.quant.integer_sim import exact_static, integer_layer, linear_op
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
@@ -81,6 +84,10 @@ class QuantLinear(_QuantWeight, _ActivationQuant):
         return cls(layer, grid, params).to(layer.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if exact_static(self, x):  # the integers and float32 rounding ONNX Runtime's MatMulInteger chain uses
+            smooth = getattr(self, "act_smooth", None)
+            x = x if smooth is None else x * smooth.to(x.dtype)
+            return integer_layer(x, self.act_step, self.act_zero, self.qweight, self.scale, self.bias, linear_op)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(self.quantize_input(x), self.dequantized_weight().to(x.dtype), bias)
 
@@ -110,9 +117,12 @@ class _QuantConv(_QuantWeight, _ActivationQuant):
         return cls(conv, grid, params).to(conv.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv1d if self.qweight.dim() == 3 else F.conv2d
+        if exact_static(self, x):  # the integers and float32 rounding ONNX Runtime's ConvInteger chain uses
+            op = partial(conv, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+            return integer_layer(x, self.act_step, self.act_zero, self.qweight, self.scale, self.bias, op)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         w = self.dequantized_weight().to(x.dtype)
-        conv = F.conv1d if w.dim() == 3 else F.conv2d
         return conv(self.quantize_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
