@@ -1,3 +1,5 @@
+import warnings
+
 import onnx
 import pytest
 import torch
@@ -40,3 +42,53 @@ def test_int8_file_is_about_four_times_smaller(tmp_path):
     quantize(model, QuantConfig())
     int8_bytes = export_onnx(model, x, tmp_path / "q.onnx").file_bytes
     assert float_bytes / int8_bytes > 3.5
+
+
+def _bn_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_export_leaves_modes_parameters_and_buffers_as_found(tmp_path, quantized):
+    model = _bn_cnn().eval()
+    if quantized:
+        quantize(model, QuantConfig())
+    model[4].train()  # a mixed state must come back exactly
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx")
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+W4_GROUPED = {
+    "re:^(6|9)$": {"weight_bits": 4, "granularity": "per_group", "group_size": 8},
+    "_default": {"weight_bits": 4},
+}
+
+
+@pytest.mark.parametrize("config", [{"weight_bits": 4}, W4_GROUPED, {"weight_bits": 8}])
+def test_every_quantized_layer_ships_as_integers_even_with_batchnorm(tmp_path, config):
+    model = _bn_cnn().eval()
+    quantize(model, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = export_onnx(model, torch.randn(3, 3, 8, 8), tmp_path / "m.onnx")
+    assert not res.float_layers and res.cosine > MIN_COSINE and res.max_abs_error < MAX_ABS_ERR
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    float_weights = [
+        i.name
+        for i in proto.graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 1 and not i.name.endswith(("_steps", "_offset"))
+    ]
+    assert not float_weights
+
+
+def test_parity_warning_when_onnx_drifts(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match="differs from PyTorch"):
+        export_onnx(model, torch.randn(4, 8), tmp_path / "m.onnx", min_cosine=1.01)  # unreachable threshold
