@@ -154,3 +154,18 @@ def test_speech_batches_need_transcripts_and_teacher_forcing_reads_the_generatio
     assert ids[mask.bool()].tolist() == want  # one start token, words with their leading space
     assert tokenizer.convert_ids_to_tokens(want[2]) == "Ġhe" and not mask[len(want) :].any()
     assert (ids[len(want) :] == whisper.config.eos_token_id).all()
+
+
+@needs_speech
+def test_speech_batches_pack_short_recordings_into_whisper_windows():
+    from mmcompress.data.collate import speech_batches
+
+    speech = load_real_speech()
+    cards = speech[5:]
+    packed = speech_batches(cards, batch_size=8, pack_seconds=29)
+    assert len(packed) == 1 and len(packed[0]["audio"]) == 1  # five card names fit one 30 s window
+    assert packed[0]["audio"][0].numel() == sum(u.audio.numel() for u in cards)
+    assert packed[0]["text"][0] == " ".join(u.text for u in cards)
+    windows = speech_batches(speech, batch_size=1, pack_seconds=10)[0]["audio"][0]
+    assert windows.numel() <= 10 * 16000 or windows.numel() == speech[0].audio.numel()
+    assert sum(len(b["audio"]) for b in speech_batches(speech, batch_size=1, pack_seconds=10)) > 2

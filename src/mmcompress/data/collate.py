@@ -61,15 +61,18 @@ def image_text_batches(split: str = "train", batch_size: int = 16, batches: int 
     return out
 
 
-def speech_batches(utterances: list, batch_size: int = 2) -> list[dict]:
+def speech_batches(utterances: list, batch_size: int = 2, pack_seconds: float | None = None) -> list[dict]:
     """Real recordings with their transcripts as raw {"audio", "text"} batches (teacher forcing).
 
     Keep them disjoint from the evaluation clips, e.g. calibrate on the untranscribed recordings
-    labelled by the float model and evaluate on the transcribed ones.
+    labelled by the float model and evaluate on the transcribed ones. Whisper encodes 30 s windows:
+    a 3 s clip leaves 90% of the encoder rows silent padding, which then dominates GPTQ Hessians;
+    `pack_seconds=29` joins consecutive recordings (and transcripts) into windows of that length.
 
     Args:
         utterances: `mmcompress.audio.speech.Utterance`s, each with a transcript.
-        batch_size: recordings per batch.
+        batch_size: recordings (or packed windows) per batch.
+        pack_seconds: join consecutive recordings into windows of at most this length (None: don't).
 
     Example:
         >>> from mmcompress.audio.speech import load_real_speech, load_unlabeled_speech, pseudo_label
@@ -82,7 +85,21 @@ def speech_batches(utterances: list, batch_size: int = 2) -> list[dict]:
     untranscribed = [u.id for u in utterances if not u.text.strip()]
     if untranscribed:
         raise DataError(f"recordings without a transcript: {untranscribed}; label them first (pseudo_label)")
+    pairs = [(u.audio.float().flatten(), u.text.strip()) for u in utterances]
+    if pack_seconds is not None:
+        pairs = _pack(pairs, int(pack_seconds * 16000))
     return [
-        {"audio": [u.audio for u in chunk], "text": [u.text for u in chunk]}
-        for chunk in (utterances[i : i + batch_size] for i in range(0, len(utterances), batch_size))
+        {"audio": [a for a, _ in chunk], "text": [t for _, t in chunk]}
+        for chunk in (pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size))
     ]
+
+
+def _pack(pairs: list[tuple[torch.Tensor, str]], samples: int) -> list[tuple[torch.Tensor, str]]:
+    """Consecutive (waveform, text) pairs joined into windows of at most `samples` (a longer one alone)."""
+    windows: list[list[tuple[torch.Tensor, str]]] = []
+    for pair in pairs:
+        if windows and sum(a.numel() for a, _ in windows[-1]) + pair[0].numel() <= samples:
+            windows[-1].append(pair)
+        else:
+            windows.append([pair])
+    return [(torch.cat([a for a, _ in w]), " ".join(t for _, t in w)) for w in windows]
