@@ -1,4 +1,6 @@
-"""Test helper: the masked reference of a structured-pruning record (same units zeroed, nothing removed)."""
+"""Test helpers: the masked reference of a structured-pruning record (same units zeroed, nothing
+removed), and the mean-filled reference of a compensated record (the removed units reach their
+consumers as their expected value)."""
 
 from __future__ import annotations
 
@@ -34,3 +36,35 @@ def _zero_units(layer: nn.Module, drop: list[int]) -> None:
         param = getattr(layer, pname, None)
         if param is not None:
             param[drop] = 0
+
+
+def fill_like_record(model: nn.Module, record, means: dict[str, torch.Tensor]) -> list:
+    """Mask like `record`, then make every consumer see the removed columns as `means[consumer]`
+    (forward pre-hooks; returns the handles). This is what mean compensation promises, exactly for
+    1x1 convolutions and Linear consumers (a padded k x k kernel sees zeros at the border)."""
+    from mmcompress.prune.compensate import consumers_of
+    from mmcompress.prune.dependency import ChannelGroup
+
+    mask_like_record(model, record)
+    plans = []
+    for entry in record.modules.values():
+        if entry["structure"] == "channels":
+            group = entry["group"]
+            consumers = [tuple(c) for c in group["consumers"]]
+            plans.append((ChannelGroup(group["producers"], group["size"], consumers=consumers), entry["keep"]))
+    modules = dict(model.named_modules())
+    handles = []
+    for name, cols in consumers_of(plans).items():
+        fill = torch.nan_to_num(means[name][cols], nan=0.0)
+
+        def hook(module, args, cols=cols, fill=fill):
+            x = args[0].clone()
+            index = [slice(None)] * x.dim()
+            index[1 if isinstance(module, nn.Conv2d) else -1] = cols
+            shape = [1] * x.dim()
+            shape[1 if isinstance(module, nn.Conv2d) else -1] = len(cols)
+            x[tuple(index)] = fill.view(shape).to(x.dtype)
+            return (x, *args[1:])
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    return handles

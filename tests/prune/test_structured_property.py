@@ -1,15 +1,19 @@
 """Property: any model a user would write, pruned at any ratios per tower in one call, still runs,
-equals the masked reference (the same units zeroed, nothing removed) and exports to ONNX."""
+equals the masked reference (the same units zeroed, nothing removed) and exports to ONNX; with
+mean compensation (the default) it equals the mean-filled reference (removed units replaced by
+their expected value at each consumer)."""
 
 import copy
 import random
 
 import pytest
 import torch
-from _masked_reference import mask_like_record
+from _masked_reference import fill_like_record, mask_like_record
 from torch import nn
 
 from mmcompress.graph.export import export_onnx
+from mmcompress.prune.compensate import graph_input_stats
+from mmcompress.prune.dependency import trace
 from mmcompress.prune.structured import prune_structured
 
 MASKED_ATOL = 1e-4  # pruned vs masked model: removing zeroed units only reorders float sums
@@ -90,7 +94,7 @@ def test_random_fused_models_pruned_per_tower_run_match_masking_and_export(seed,
                 m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.2, 1.5)
     inputs = {"image": torch.randn(2, 3, 16, 16), "ids": torch.randint(0, 50, (2, 6))}
     towers = [f"images.{i}" for i in range(len(model.images))] + (["text"] if model.text is not None else [])
-    mapping = {f"re:{t}\\..*": {"ratio": rng.choice((0.25, 0.4, 0.5))} for t in towers}
+    mapping = {f"re:{t}\\..*": {"ratio": rng.choice((0.25, 0.4, 0.5)), "compensate": False} for t in towers}
     masked = copy.deepcopy(model)
     record = prune_structured(model, mapping, example_inputs=inputs)
     mask_like_record(masked, record)
@@ -101,3 +105,24 @@ def test_random_fused_models_pruned_per_tower_run_match_masking_and_export(seed,
         error = (model(**inputs) - masked(**inputs)).abs().max()
     assert error < MASKED_ATOL
     assert export_onnx(model, inputs, tmp_path / "m.onnx").cosine > ONNX_COSINE
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compensated_pruning_equals_the_mean_filled_reference(seed):
+    torch.manual_seed(seed)
+    model = Fused(seed).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.bias.uniform_(-1, 1)
+    inputs = {"image": torch.randn(2, 3, 16, 16), "ids": torch.randint(0, 50, (2, 6))}
+    towers = [f"images.{i}" for i in range(len(model.images))]
+    reference = copy.deepcopy(model)
+    record = prune_structured(model, {f"re:{t}\\..*": {"ratio": 0.4} for t in towers}, example_inputs=inputs)
+    consumers = {c[0] for e in record.modules.values() if "group" in e for c in e["group"]["consumers"]}
+    means = graph_input_stats(trace(reference, inputs), dict(reference.named_modules()), consumers)
+    fill_like_record(reference, record, {n: mean for n, (mean, _) in means.items()})
+    assert any("compensation" in e for e in record.modules.values())
+    with torch.no_grad():
+        error = (model(**inputs) - reference(**inputs)).abs().max()
+    assert error < MASKED_ATOL

@@ -74,3 +74,33 @@ def removed_share(score: torch.Tensor, keep: torch.Tensor) -> float:
     """
     total = float(score.sum())
     return 0.0 if total <= 0 else max(0.0, 1.0 - float(score[keep].sum()) / total)
+
+
+def cap_ratio(cfg) -> float:
+    """The most a group may lose under global allocation: `max_ratio`, else twice `ratio` (at most 0.9)."""
+    return cfg.max_ratio if cfg.max_ratio is not None else min(2 * cfg.ratio, 0.9)
+
+
+def global_keep(scores: list[torch.Tensor], sizes: list[int], ratio: float, cap: float, round_to: int = 1) -> list[int]:
+    """Units each group keeps when `ratio` of all units go by one ranking of their (normalised)
+    scores, no group losing more than `cap` of its units: [(size_g,)], [size_g] -> [keep_g].
+
+    Example:
+        >>> global_keep([torch.tensor([1.0, 1.0]), torch.tensor([0.1, 1.9, 1.0, 1.0])], [2, 4], 1 / 3, 0.5)
+        [2, 2]
+    """
+    total = sum(sizes)
+    budget = int(round(total * ratio))
+    floor = [max(keep_count(size, cap, round_to), round_to) for size in sizes]  # fewest units a group keeps
+    flat = torch.cat(scores)  # (total,)
+    owner = torch.cat([torch.full((size,), g) for g, size in enumerate(sizes)])
+    removed = [0] * len(sizes)
+    taken = 0
+    for index in flat.argsort(stable=True).tolist():
+        if taken >= budget:
+            break
+        g = int(owner[index])
+        if sizes[g] - removed[g] > floor[g]:
+            removed[g] += 1
+            taken += 1
+    return [max(floor[g], int(round((size - removed[g]) / round_to)) * round_to) for g, size in enumerate(sizes)]

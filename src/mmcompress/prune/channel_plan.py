@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from mmcompress.errors import ConfigError, UnsupportedError
-from mmcompress.prune.channel_importance import bn_scale, keep_count, normalised, removed_share, row_norms, top_units
+from mmcompress.prune.channel_importance import (
+    bn_scale,
+    cap_ratio,
+    global_keep,
+    keep_count,
+    normalised,
+    removed_share,
+    row_norms,
+    top_units,
+)
 from mmcompress.prune.collect import gradient_stats
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup
 from mmcompress.prune.fx_ops import conv_refusal
@@ -27,6 +36,7 @@ class ChannelPlan:
     keep: torch.Tensor
     ratio: float
     scores: torch.Tensor
+    config: Any = None
 
 
 def select_groups(
@@ -60,11 +70,14 @@ def _why_not(module: nn.Module) -> str:
     return "is not called by the traced forward pass (unused, or inside an opaque library module)"
 
 
-def plan_channels(model: nn.Module, modules: dict, selected: list, data, loss_fn, max_batches) -> list[ChannelPlan]:
-    """Score every selected group and choose the units it keeps (gradients in one pass over `data`)."""
+def plan_channels(
+    model: nn.Module, modules: dict, selected: list, data, loss_fn, max_batches, inputs: dict | None = None
+) -> list[ChannelPlan]:
+    """Score every selected group and choose the units it keeps (gradients in one pass over `data`;
+    `inputs`: consumer -> its input (mean, var) per column, for the "variance" method)."""
     params = {}
     for group, cfg in selected:
-        if cfg.method != "magnitude":
+        if cfg.method in ("taylor", "fisher"):
             weighted = (*group.producers, *group.depthwise)
             params.update({f"{p}.{n}": t for p in weighted for n, t in unit_params(modules[p]).items()})
     stats = {}
@@ -72,15 +85,29 @@ def plan_channels(model: nn.Module, modules: dict, selected: list, data, loss_fn
         if data is None or loss_fn is None:
             raise ConfigError("taylor/fisher structured importance needs data= and loss_fn=")
         stats = gradient_stats(model, params, data, loss_fn, max_batches)
+    scores = [
+        variance_scores(group, modules, inputs or {}, cfg.compensate)
+        if cfg.method == "variance"
+        else group_scores(group, modules, cfg, stats)
+        for group, cfg in selected
+    ]
+    keeps = [keep_count(group.size, cfg.ratio, cfg.round_to) for group, cfg in selected]
+    buckets: dict[Any, list[int]] = {}
+    for i, (_, cfg) in enumerate(selected):
+        if cfg.scope == "global":
+            buckets.setdefault(cfg, []).append(i)
+    for cfg, members in buckets.items():
+        sizes = [selected[i][0].size for i in members]
+        found = global_keep([normalised(scores[i]) for i in members], sizes, cfg.ratio, cap_ratio(cfg), cfg.round_to)
+        for i, keep in zip(members, found, strict=True):
+            keeps[i] = keep
     plans = []
-    for group, cfg in selected:
-        scores = group_scores(group, modules, cfg, stats)
-        keep = keep_count(group.size, cfg.ratio, cfg.round_to)
+    for (group, cfg), score, keep in zip(selected, scores, keeps, strict=True):
         if keep < 1:
             raise ConfigError(
                 f"pruning {cfg.ratio:.0%} of the {group.size} units of {group.producers[0]!r} would remove them all"
             )
-        plans.append(ChannelPlan(group, top_units(scores, keep), cfg.ratio, scores))
+        plans.append(ChannelPlan(group, top_units(score, keep), cfg.ratio, score, cfg))
     return plans
 
 
@@ -99,6 +126,28 @@ def group_scores(group: ChannelGroup, modules: dict, cfg: Any, stats: dict) -> t
             scale = bn_scale(norm.weight, norm.running_var, norm.eps)
             score = score * scale if scale is not None else score
         total = total + normalised(score)
+    return total
+
+
+def variance_scores(group: ChannelGroup, modules: dict, inputs: dict, compensated: bool) -> torch.Tensor:
+    """(units,) share of its consumers' output variance each unit carries, summed over consumers.
+
+    A consumer y = W x loses sum_c W[o, c]^2 Var(x_c) of output o's variance (inputs taken as
+    independent; with compensation the mean is kept, else E[x_c^2] is lost); each output's loss is
+    a fraction of its total, averaged over the outputs, so units of different groups compare.
+    """
+    total = torch.zeros(group.size)
+    for name, repeat, offset in group.consumers:
+        layer = modules[name]
+        w = (layer.weight_ih_l0 if isinstance(layer, RECURRENT) else layer.weight).detach().float()
+        w2 = (w * w).reshape(w.shape[0], w.shape[1], -1).sum(2)  # (out, in)
+        mean, var = inputs[name]
+        power = var if compensated else var + mean * mean
+        power = torch.nan_to_num(power, nan=float(power.nanmean()) if power.isfinite().any() else 1.0)
+        share = w2 * power[None]  # (out, in)
+        share = share / share.sum(1, keepdim=True).clamp_min(1e-30)
+        per_column = share.mean(0)  # (in,)
+        total += per_column[offset : offset + group.size * repeat].view(group.size, repeat).sum(1)
     return total
 
 
@@ -122,9 +171,12 @@ def unit_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {"weight": module.weight}
 
 
-def plan_entry(plan: ChannelPlan) -> dict[str, Any]:
-    """The record entry of one channel plan (what `replay_structured` reapplies, plus what it cost)."""
+def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None) -> dict[str, Any]:
+    """The record entry of one channel plan (what `replay_structured` reapplies, plus what it cost);
+    `folded`: consumer -> where its mean compensation went."""
     size, kept = plan.group.size, len(plan.keep)
+    consumers = {c[0] for c in plan.group.consumers}
+    compensation = {c: where for c, where in (folded or {}).items() if c in consumers}
     return {
         "structure": "channels",
         "group": plan.group.to_dict(),
@@ -134,4 +186,5 @@ def plan_entry(plan: ChannelPlan) -> dict[str, Any]:
         "ratio": plan.ratio,
         "removed_ratio": 1 - kept / size,
         "score_removed": round(removed_share(plan.scores, plan.keep), 6),
+        **({"compensation": compensation} if compensation else {}),
     }

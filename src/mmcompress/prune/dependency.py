@@ -128,15 +128,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def channel_groups(model: nn.Module, example_inputs: Any) -> dict[str, ChannelGroup]:
-    """One ChannelGroup per set of coupled producers, keyed by its first producer's name.
+def channel_groups(model: nn.Module, example_inputs: Any, gm: fx.GraphModule | None = None) -> dict[str, ChannelGroup]:
+    """One ChannelGroup per set of coupled producers, keyed by its first producer's name
+    (`gm`: the model already traced with `trace`, else it is traced here).
 
     Example:
         >>> groups = channel_groups(model, {"x": torch.randn(2, 1, 28, 28)})
         >>> groups["features.0"].consumers
         [('features.4', 1, 0)]
     """
-    gm = trace(model, example_inputs)
+    gm = gm if gm is not None else trace(model, example_inputs)
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     producers = [n for n in gm.graph.nodes if n.op == "call_module" and prunable(modules[n.target])]

@@ -69,7 +69,7 @@ def classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node) -
     if node.op == "call_method":
         if node.target in PASS_METHODS:
             return "pass"
-        if node.target in ("mean", "sum", "amax") and _keeps_channel_axis(node):
+        if node.target in ("mean", "sum", "amax") and keeps_channel_axis(node):
             return "pass"
         if node.target in ("size", "dim", "to", "type_as") and node.args[0] is came_from:
             return "ignore" if node.target in ("size", "dim") else "pass"
@@ -169,7 +169,7 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _keeps_channel_axis(node: fx.Node) -> bool:
+def keeps_channel_axis(node: fx.Node) -> bool:
     """A reduction (mean/sum/amax) over dimensions other than the channel axis."""
     rank = len(shape_of(node.args[0]) or ())
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")

@@ -24,9 +24,10 @@ from mmcompress.models.adapter import adapter_for
 from mmcompress.prune.channel_importance import keep_count, top_units
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.collect import LossFn, gradient_stats
-from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups
+from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
+from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
 from mmcompress.prune.heads import head_params, head_parts, head_scores, is_attention
-from mmcompress.prune.slicing import dropped_columns, keep_heads, keep_hidden_units, keep_inputs, keep_outputs
+from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
 from mmcompress.quant.api import as_mapping
 
@@ -40,12 +41,20 @@ class StructuredConfig(FrozenConfig):
         ratio: fraction of units removed in each group (channels of a layer, heads of a layer), [0, 1).
             Units are whole, so the removed fraction is rounded; the record holds `removed_ratio`.
         unit: "channels" (Conv2d channels, Linear neurons, LSTM/GRU hidden units) or "heads".
-        method: unit importance: "magnitude" (L1 of the unit's weights), "taylor" or "fisher"
-            (summed over the unit; need `data=` and `loss_fn=`).
+        method: unit importance: "magnitude" (L1 of the unit's weights), "variance" (the share of
+            its consumers' output variance the unit carries: consumer weights times the input
+            variance, measured on `calib=` or estimated from BatchNorm statistics), "taylor" or
+            "fisher" (summed over the unit; need `data=` and `loss_fn=`).
         round_to: keep a multiple of this many units (at least one).
         bn_aware: with "magnitude", scale a layer's unit scores by |gamma| / sqrt(var + eps) of the
             BatchNorm that follows it (the magnitude of the BN-folded kernel; BN makes the raw
             kernel's scale meaningless).
+        compensate: fold the expected value of each removed channel, times its consumer's weights,
+            into the consumer's bias (or the BatchNorm after it): measured on `calib=` batches, else
+            estimated from the BatchNorm statistics (`compensate.py`). Channels only.
+        scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
+            groups that share this config, ranked by their scores normalised per group (mean 1).
+        max_ratio: with "global", the most any one group loses (default: 2 x ratio, at most 0.9).
 
     Example:
         >>> StructuredConfig(ratio=0.5, unit="heads").ratio
@@ -54,9 +63,12 @@ class StructuredConfig(FrozenConfig):
 
     ratio: float = Field(0.5, ge=0.0, lt=1.0)
     unit: Literal["channels", "heads"] = "channels"
-    method: Literal["magnitude", "taylor", "fisher"] = "magnitude"
+    method: Literal["magnitude", "variance", "taylor", "fisher"] = "magnitude"
     round_to: int = Field(1, ge=1)
     bn_aware: bool = True
+    compensate: bool = True
+    scope: Literal["layer", "global"] = "layer"
+    max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
 
 
 def prune_structured(
@@ -67,6 +79,7 @@ def prune_structured(
     data: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
     max_batches: int | None = None,
+    calib: Iterable[Any] | None = None,
 ) -> Record:
     """Remove the least important units of the targeted layers in place; returns a replayable Record.
 
@@ -78,6 +91,8 @@ def prune_structured(
         example_inputs: inputs for tracing, following the batch convention (tensor, tuple or dict;
             default: the model adapter's example inputs).
         data, loss_fn, max_batches: for taylor/fisher importance.
+        calib: model inputs (batch convention) whose mean activations compensate removed channels;
+            without it the means come from BatchNorm statistics (data-free).
 
     Example:
         >>> rec = prune_structured(model, {"modality:image": {"ratio": 0.5}})
@@ -101,15 +116,23 @@ def prune_structured(
     kept: dict[str, str] = {}  # targeted layers that keep their width, and why
     channel_plans = []  # every plan is computed before anything changes
     if channel_targets:
-        selected, kept = select_groups(modules, channel_groups(model, inputs), channel_targets, set(mapping))
-        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches)
+        graph = trace(model, inputs)
+        groups = channel_groups(model, inputs, graph)
+        selected, kept = select_groups(modules, groups, channel_targets, set(mapping))
+        names = sorted({c[0] for group, _ in selected for c in group.consumers})
+        needs = any(cfg.compensate or cfg.method == "variance" for _, cfg in selected)
+        stats = input_stats_of(model, modules, graph, names, calib, max_batches) if needs else {}
+        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats)
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = _plan_heads(model, head_targets, adapter, data, loss_fn, max_batches)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
+    folded = {}
+    if any(p.config.compensate for p in channel_plans):
+        folded = compensate_plans(modules, groups, channel_plans, stats)
     apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
-    record.modules.update({p.group.producers[0]: plan_entry(p) for p in channel_plans})
+    record.modules.update({p.group.producers[0]: plan_entry(p, folded) for p in channel_plans})
     record.modules.update({name: entry for name, _, entry in head_plans})
     record.modules.update({name: {"structure": "kept", "reason": reason} for name, reason in kept.items()})
     after = sum(p.numel() for p in model.parameters())
@@ -138,17 +161,16 @@ def apply_plans(model: nn.Module, channels: list[tuple[ChannelGroup, torch.Tenso
         >>> apply_plans(model, [(group, torch.tensor([0, 2]))], [("encoder.0.attn", torch.tensor([1]))])
     """
     modules = dict(model.named_modules())
-    drops: dict[str, set[int]] = {}
+    drops = consumers_of(channels)
     for group, keep in channels:
         keep = torch.as_tensor(keep, dtype=torch.long)
-        for name, repeat, offset in group.consumers:
-            drops.setdefault(name, set()).update(dropped_columns(group.size, keep, repeat, offset))
         for name in group.members():
             layer = modules[name]
             keep_hidden_units(layer, keep) if isinstance(layer, RECURRENT) else keep_outputs(layer, keep)
     for name, drop in drops.items():
         layer = modules[name]
         width = layer.input_size if isinstance(layer, RECURRENT) else layer.weight.shape[1]
+        drop = set(drop)
         keep_inputs(layer, torch.tensor([c for c in range(width) if c not in drop], dtype=torch.long))
     for name, keep in heads:
         q, k, v, o, _, head_dim, set_heads = head_parts(modules[name], adapter_for(model))
@@ -163,15 +185,17 @@ def replay_structured(model: nn.Module, record: Record) -> None:
     Example:
         >>> replay_structured(build_model("fashion-clip"), Record.from_dict(saved))
     """
-    channels, heads = [], []
+    channels, heads, new_biases = [], [], []
     for name, entry in record.modules.items():
         if entry["structure"] == "channels":
             group = entry["group"]
             fields = {k: group[k] for k in ("producers", "size", "norms", "depthwise") if k in group}
             consumers = [tuple(c) for c in group["consumers"]]
             channels.append((ChannelGroup(**fields, consumers=consumers), torch.tensor(entry["keep"])))
+            new_biases += [c for c, where in entry.get("compensation", {}).items() if where == "new bias"]
         elif entry["structure"] == "heads":
             heads.append((name, torch.tensor(entry["keep"])))
+    add_biases(dict(model.named_modules()), new_biases)
     apply_plans(model, channels, heads)
 
 
@@ -183,6 +207,8 @@ def _plan_heads(model, targets, adapter, data, loss_fn, max_batches) -> list[tup
     """(attention module, heads kept, record entry) per target; each module's heads ranked on their own."""
     params = {}
     for name, module, cfg in targets:
+        if cfg.method == "variance":
+            raise ConfigError(f"method 'variance' scores channels; heads of {name!r}: magnitude, taylor or fisher")
         if cfg.method != "magnitude":
             params.update(head_params(name, module, adapter))
     stats = {}

@@ -1,0 +1,175 @@
+"""Mean compensation for removed channels: what a removed unit fed its consumer on average stays.
+
+A consumer y = W x + b that loses input columns D loses W[:, D] x_D; replacing x_D by its expected
+value mu_D keeps y's mean: y ~ W[:, keep] x_keep + (b + W[:, D] mu_D). The constant goes into the
+consumer's bias, or, when it has none and a BatchNorm follows it directly, into that BatchNorm's
+running mean (BN(y + d) with running mean m equals BN(y) with running mean m - d). A consumer with
+neither gets a bias (the record lists it, so a replay creates it too).
+
+The means come from calibration batches (measured at each consumer's input) or, without data,
+from the BatchNorm statistics propagated through the graph (`mean_flow.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mmcompress.core.walker import run_calibration
+from mmcompress.errors import DataError
+from mmcompress.prune.dependency import RECURRENT, ChannelGroup
+from mmcompress.prune.mean_flow import Stats, channel_means
+from mmcompress.prune.slicing import dropped_columns
+
+
+def consumers_of(plans: Iterable[tuple[ChannelGroup, torch.Tensor]]) -> dict[str, list[int]]:
+    """Consumer layer -> its input columns that carry removed units (over every group of one call).
+
+    Example:
+        >>> consumers_of([(group, torch.tensor([0, 2]))])
+        {'features.4': [1, 3]}
+    """
+    drops: dict[str, set[int]] = {}
+    for group, keep in plans:
+        keep = torch.as_tensor(keep, dtype=torch.long)
+        for name, repeat, offset in group.consumers:
+            drops.setdefault(name, set()).update(dropped_columns(group.size, keep, repeat, offset))
+    return {name: sorted(cols) for name, cols in drops.items() if cols}
+
+
+def graph_input_stats(gm: fx.GraphModule, modules: dict[str, nn.Module], names: Iterable[str]) -> dict[str, Stats]:
+    """Data-free expected input of each named layer and its variance, (in_features,) each, NaN where unknown.
+
+    Example:
+        >>> mean, var = graph_input_stats(trace(model, x), dict(model.named_modules()), ["features.3"])["features.3"]
+    """
+    stats = channel_means(gm, modules)
+    nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    found = {}
+    for name in names:
+        width = input_width(modules[name])
+        source = nodes[name].args[0] if name in nodes and nodes[name].args else None
+        got = stats.get(source) if isinstance(source, fx.Node) else None
+        unknown = torch.full((width,), torch.nan)
+        found[name] = (got[0].clone(), got[1].clone()) if got and got[0].shape == (width,) else (unknown, unknown)
+    return found
+
+
+def measured_input_stats(
+    model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[Any], max_batches: int | None = None
+) -> dict[str, Stats]:
+    """Mean and variance of each layer's input per input column over calibration batches (eval mode).
+
+    Example:
+        >>> mean, var = measured_input_stats(model, {"head": model.head}, [x])["head"]
+    """
+    sums = {name: torch.zeros(2, input_width(layer), dtype=torch.float64) for name, layer in layers.items()}
+    counts = dict.fromkeys(layers, 0)
+
+    def collect(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):  # a packed sequence: no column means to take
+            return
+        x = x.double()
+        rows = x.movedim(1, -1).reshape(-1, x.shape[1]) if isinstance(layer, nn.Conv2d) else x.reshape(-1, x.shape[-1])
+        sums[name] += torch.stack([rows.sum(0), (rows * rows).sum(0)])  # (2, in)
+        counts[name] += rows.shape[0]
+
+    used = run_calibration(model, layers, calib, collect, max_batches=max_batches)
+    if used == 0:
+        raise DataError("structured pruning got no calibration batches; pass calib=[...] or none at all")
+    found = {}
+    for name in layers:
+        first, second = sums[name] / max(counts[name], 1)
+        found[name] = (first.float(), (second - first * first).clamp_min(0).float())
+    return found
+
+
+def input_stats_of(model, modules, graph, names, calib, max_batches) -> dict[str, Stats]:
+    """Consumers' input statistics: measured on `calib` when given, else data-free from the graph."""
+    layers = {name: modules[name] for name in names}
+    if calib is not None:
+        return measured_input_stats(model, layers, calib, max_batches)
+    return graph_input_stats(graph, modules, layers)
+
+
+def fold_means(
+    modules: dict[str, nn.Module],
+    dropped: dict[str, list[int]],
+    means: dict[str, torch.Tensor],
+    norm_after: dict[str, str],
+) -> dict[str, str]:
+    """Add W[:, D] @ mean[D] of each consumer to its bias (or the following BatchNorm's running mean,
+    or a new bias). Returns consumer -> where the constant went ("bias", "norm:<name>", "new bias").
+
+    Example:
+        >>> fold_means(modules, {"head": [1]}, {"head": torch.tensor([0.0, 2.0])}, {})
+        {'head': 'bias'}
+    """
+    where = {}
+    with torch.no_grad():
+        for name, cols in dropped.items():
+            layer = modules[name]
+            mu = torch.nan_to_num(means[name][cols], nan=0.0)  # unknown: no compensation
+            if not bool(mu.any()):
+                continue
+            delta = compensation(_in_weight(layer), torch.tensor(cols), mu)  # (out,)
+            where[name] = _fold(name, layer, delta, modules, norm_after)
+    return where
+
+
+def compensation(weight: torch.Tensor, cols: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """W[:, D] @ mu_D, a conv kernel summed over its taps: (out, in[, kh, kw]), (d,), (d,) -> (out,).
+
+    Example:
+        >>> compensation(torch.ones(2, 3, 1, 1), torch.tensor([0, 2]), torch.tensor([1.0, 2.0]))
+        tensor([3., 3.])
+    """
+    w = weight.detach().float().reshape(weight.shape[0], weight.shape[1], -1).sum(2)  # (out, in)
+    return w[:, cols] @ mu.float()
+
+
+def _fold(name: str, layer: nn.Module, delta: torch.Tensor, modules: dict, norm_after: dict) -> str:
+    if isinstance(layer, RECURRENT):
+        if not layer.bias:
+            return "none (recurrent layer without bias)"
+        layer.bias_ih_l0 += delta.to(layer.bias_ih_l0.dtype)
+        return "bias"
+    if layer.bias is not None:
+        layer.bias += delta.to(layer.bias.dtype)
+        return "bias"
+    norm = modules.get(norm_after.get(name, ""))
+    if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.running_mean is not None:
+        norm.running_mean -= delta.to(norm.running_mean.dtype)
+        return f"norm:{norm_after[name]}"
+    layer.bias = nn.Parameter(delta.to(layer.weight.dtype).clone())
+    return "new bias"
+
+
+def add_biases(modules: dict[str, nn.Module], names: Iterable[str]) -> None:
+    """Give each named layer a zero bias (a replay recreates the biases compensation added)."""
+    for name in names:
+        layer = modules[name]
+        if getattr(layer, "bias", None) is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+
+
+def _in_weight(layer: nn.Module) -> torch.Tensor:
+    return layer.weight_ih_l0 if isinstance(layer, RECURRENT) else layer.weight
+
+
+def input_width(layer: nn.Module) -> int:
+    if isinstance(layer, RECURRENT):
+        return layer.input_size
+    return layer.weight.shape[1]
+
+
+def compensate_plans(modules, groups, plans, stats: dict[str, Stats]) -> dict[str, str]:
+    """Fold the mean of every removed unit of the plans that ask for it into its consumers (before
+    any slicing), `stats` holding each consumer's input (mean, var). Returns consumer -> where the
+    constant went."""
+    dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
+    norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
+    return fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after)
