@@ -1,0 +1,124 @@
+"""MobileNetV2 (real ImageNet weights) quantization on 300 real photo crops: agreement with the
+float model, KL, stored size and deployed ONNX file size; ONNX Runtime's quantize_static as peer.
+
+Run: .venv/bin/python benchmarks/mobilenet_v2.py   (several minutes; run it alone)
+Writes the `mobilenet-v2` section of docs/benchmarks.md. Accuracy only (no timing).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from _results import machine, table, update_section
+
+from mmcompress.data.photos import photo_crops
+from mmcompress.evaluate.measure import measure
+from mmcompress.evaluate.metrics import mean_kl, top1_agreement
+from mmcompress.graph.export import export_onnx
+from mmcompress.graph.folding import fold_batchnorm
+from mmcompress.graph.runtime import OrtModel
+from mmcompress.models.mobilenet_v2 import load_mobilenet_v2
+from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
+
+N_TEST, N_CALIB, BATCH = 300, 32, 50
+
+
+@torch.no_grad()
+def logits(model, x):
+    return torch.cat([model(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def ort_logits(path, x):
+    session = OrtModel.from_path(path, threads=2)
+    return torch.cat([torch.from_numpy(session.run({"input": x[i : i + BATCH]})[0]) for i in range(0, len(x), BATCH)])
+
+
+def variant(base, folded, cle, cfg, calib, bias_correction):
+    reference = copy.deepcopy(base)
+    if folded:
+        fold_batchnorm(reference)
+    if cle:
+        equalize_cross_layer(reference)
+    model = copy.deepcopy(reference)
+    quantize(model, cfg, calib=[calib[i : i + 4] for i in range(0, len(calib), 4)])
+    if bias_correction:
+        correct_bias(model, reference, [calib])
+    return model
+
+
+def ort_peer(float_path: Path, out: Path, calib) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": calib[i : i + 4].numpy()} for i in range(0, len(calib), 4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    warnings.simplefilter("ignore")
+    test, calib = photo_crops(N_TEST, split="test"), photo_crops(N_CALIB, split="calib")
+    base = load_mobilenet_v2()
+    ref = logits(base, test)
+    tmp = Path(tempfile.mkdtemp())
+    rows = [["variant", "top-1 agreement", "mean KL", "measure bytes", "ONNX file bytes", "ORT vs PyTorch top-1"]]
+
+    def add(name, model, onnx_too=False):
+        out = logits(model, test)
+        size = measure(model).total.stored_bytes
+        file_cells = ["", ""]
+        if onnx_too:
+            res = export_onnx(model, test[:8], tmp / "m.onnx")
+            deployed = ort_logits(tmp / "m.onnx", test)
+            file_cells = [f"{res.file_bytes:,}", f"{top1_agreement(out, deployed):.3f}"]
+            rows.append([f"{name}, ONNX Runtime artifact", f"{top1_agreement(ref, deployed):.3f}",
+                         f"{mean_kl(ref, deployed):.4f}", f"{size:,}", *file_cells])  # fmt: skip
+        rows.insert(len(rows) - onnx_too, [name, f"{top1_agreement(ref, out):.3f}", f"{mean_kl(ref, out):.4f}",
+                                           f"{size:,}", *file_cells])  # fmt: skip
+        print(rows[-1], flush=True)
+
+    add("float", base)
+    w8 = QuantConfig()
+    static = QuantConfig(activations="static")
+    add("W8 RTN (reported issue)", variant(base, False, False, w8, calib, False), onnx_too=True)
+    add("W8 RTN + bias correction", variant(base, True, False, w8, calib, True))
+    add("W8 GPTQ + bias correction", variant(base, True, False, QuantConfig(method="gptq"), calib, True), True)
+    add("W8A8 static RTN (BN not folded)", variant(base, False, False, static, calib, False), onnx_too=True)
+    add("W8A8 static RTN, folded", variant(base, True, False, static, calib, False), onnx_too=True)
+    gptq_static = QuantConfig(activations="static", method="gptq")
+    add("W8A8 static GPTQ + CLE + bias correction", variant(base, True, True, gptq_static, calib, True), True)
+    export_onnx(base, test[:4], tmp / "float.onnx")
+    peer = ort_peer(tmp / "float.onnx", tmp / "ort_static.onnx", calib)
+    deployed = ort_logits(peer, test)
+    rows.append(["ORT quantize_static (QDQ, per-channel, MinMax)", f"{top1_agreement(ref, deployed):.3f}",
+                 f"{mean_kl(ref, deployed):.4f}", "", f"{peer.stat().st_size:,}", ""])  # fmt: skip
+    print(rows[-1], flush=True)
+    body = (
+        "## MobileNetV2 quantization on real photo crops (`benchmarks/mobilenet_v2.py`)\n\n"
+        f"{machine()}. torchvision's ImageNet MobileNetV2; {N_TEST} test crops and {N_CALIB} disjoint "
+        "calibration crops (`mmcompress.data.photos.photo_crops`: random resized crops + flips of the six "
+        "bundled sample photos, disjoint random streams). Agreement = top-1 agreement with the float model; "
+        "KL = mean KL(float || quantized). Rows named 'ONNX Runtime artifact' evaluate the exported file; "
+        "'ORT vs PyTorch top-1' is the file's agreement with the PyTorch model it came from.\n\n"
+        f"{table(rows)}\n"
+    )
+    update_section("mobilenet-v2", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
