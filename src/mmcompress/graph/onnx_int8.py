@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from mmcompress.quant.modules import QUANT_MODULES
+from mmcompress.quant.recurrent import QuantRNN
 
 FLOAT = onnx.TensorProto.FLOAT
 RTOL = 1e-5  # weights equal up to float rounding of the exporter's BatchNorm folding
@@ -203,7 +204,9 @@ def unconverted_layers(onnx_model: onnx.ModelProto, model: nn.Module) -> list[st
         []
     """
     layers = quant_layers(model)
-    left = []
+    recurrent = {n for n, m in model.named_modules() if isinstance(m, QuantRNN)}
+    layers = {n: m for n, m in layers.items() if n.rpartition(".codes.")[0] not in recurrent}
+    left = sorted(recurrent)  # ONNX LSTM/GRU take float W/R/B inputs: their matrices ship dequantized
     for init in onnx_model.graph.initializer:
         if init.data_type == FLOAT and layers:
             found = find_module(numpy_helper.to_array(init), layers)

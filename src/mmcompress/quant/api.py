@@ -318,6 +318,7 @@ def _quantize_module(name: str, module: nn.Module, grid: WeightGrid, params: tup
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    new.train(getattr(parent, child).training)  # the replacement keeps the layer's mode
     setattr(parent, child, new)
 
 
