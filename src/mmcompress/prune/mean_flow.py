@@ -43,6 +43,10 @@ Stats = tuple[torch.Tensor, torch.Tensor]  # (mean, var), each (channels,); NaN 
 
 GRID_POINTS = 1601  # quadrature of E[f(X)]: +-8 sigma in steps of 0.01
 GRID_SIGMAS = 8.0
+# Max-pooling raises a channel's mean by E[max of the window]; neighbouring pixels are strongly
+# correlated, so the iid order statistic overstates it (digits-cnn: +1.03 std predicted, ~0.1
+# measured). Measured on digits-cnn, keeping the mean (0) beats the iid shift (1).
+MAX_POOL_SHIFT = 0.0
 _KEEP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
                  nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # fmt: skip
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
@@ -156,7 +160,7 @@ def _module_stats(node: fx.Node, module: nn.Module, inp: Stats | None) -> Stats 
     if isinstance(module, _MAX_POOLS):
         size = module.kernel_size if isinstance(module, nn.MaxPool2d) else _adaptive_window(node)
         window = math.prod(size if isinstance(size, tuple) else (size, size))
-        return inp[0] + max_order_shift(window) * inp[1].sqrt(), inp[1]
+        return inp[0] + MAX_POOL_SHIFT * max_order_shift(window) * inp[1].sqrt(), inp[1]
     if isinstance(module, nn.Flatten):
         return _repeat(inp, flattened_positions(node, {node.target: module}))
     if isinstance(module, PASS_MODULES) or (isinstance(module, nn.PReLU) and module.num_parameters == 1):
