@@ -74,10 +74,17 @@ def test_embedding_groups_dequantize_only_the_looked_up_rows():
     assert sqnr_db(ref[ids], model["e"](ids)) > 15
 
 
+def test_a_group_size_that_does_not_divide_falls_back_to_per_channel_with_a_warning():
+    model = nn.Sequential(nn.Linear(100, 8), nn.Linear(8, 256), nn.Linear(256, 4))
+    with pytest.warns(UserWarning, match=r"does not divide the inputs of 1 layer\(s\).*: 0 \(100 inputs\)"):
+        rec = quantize(model, QuantConfig(weight_bits=4, granularity="per_group", group_size=64))
+    assert model[0].scale.shape == (8, 1) and rec.modules["0"]["grid"]["group_size"] is None
+    assert model[1].scale.shape == (256, 1)  # 8 inputs: one group per row, no warning needed
+    assert model[2].scale.shape == (4, 4)
+
+
 def test_bad_inputs_name_the_layer():
     model = nn.Sequential(nn.Linear(100, 8))
-    with pytest.raises(ConfigError, match=r"layer '0'.*group size 64 does not divide the 100"):
-        quantize(model, QuantConfig(weight_bits=4, granularity="per_group", group_size=64))
     model[0].weight.data[0, 0] = float("nan")
     with pytest.raises(DataError, match="layer '0' has NaN"):
         quantize(model, QuantConfig())

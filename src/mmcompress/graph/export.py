@@ -27,7 +27,7 @@ from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
 from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.graph.storage import stored_bytes
-from mmcompress.quant.modules import QUANT_MODULES
+from mmcompress.quant.modules import QUANT_MODULES, ActivationQuant
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _export_proto(model: nn.Module, named: dict, keyword: bool, opset: int) -> t
         for n, t in named.items()
     }
     dynamic.update({o: {0: "batch"} for o in outputs})
-    simulated = {m: m.simulate_activations for m in model.modules() if getattr(m, "act", None) is not None}
+    simulated = {m: m.simulate_activations for m in model.modules() if isinstance(m, ActivationQuant) and m.act}
     for module in simulated:  # the rewrite inserts the real activation quantization: trace without the simulation
         module.simulate_activations = False
     try:

@@ -20,6 +20,7 @@ from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.gptq_apply import gptq_params
+from mmcompress.quant.group_fit import fit_group_sizes
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
@@ -205,6 +206,7 @@ def quantize(
         if any(type(module) in QUANT_LAYER_TYPES[t] for t in cfg.layer_types)
     ]
     require_matches(chosen, mapping, model)
+    chosen = fit_group_sizes(chosen)
     float_left = warn_float_left(model, mapping, supported, adapter.modality_of)
     weight_only = [n for n, m, c in chosen if c.activations != "none" and not isinstance(m, ACT_TYPES)]
     if weight_only:

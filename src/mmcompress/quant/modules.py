@@ -24,7 +24,7 @@ from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
 
-class _ActivationQuant(nn.Module):
+class ActivationQuant(nn.Module):
     """Input (activation) quantization shared by QuantLinear and QuantConv2d (W8A8)."""
 
     act: ActSpec | None = None  # W8A8: how inputs are quantized (None: weight-only)
@@ -64,7 +64,7 @@ class _ActivationQuant(nn.Module):
         return act + (", smoothed" if hasattr(self, "act_smooth") else "")
 
 
-class QuantLinear(_QuantWeight, _ActivationQuant):
+class QuantLinear(_QuantWeight, ActivationQuant):
     """Linear with integer weight codes; computes in float with the dequantized weight.
 
     Example:
@@ -95,7 +95,7 @@ class QuantLinear(_QuantWeight, _ActivationQuant):
         return super().extra_repr() + self._act_repr()
 
 
-class _QuantConv(_QuantWeight, _ActivationQuant):
+class _QuantConv(_QuantWeight, ActivationQuant):
     """Conv1d/Conv2d with integer weight codes (steps per output channel or per group of inputs)."""
 
     float_type: type[nn.Module] = nn.Conv2d
