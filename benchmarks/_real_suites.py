@@ -37,6 +37,7 @@ class Suite:
     example: Any  # an export batch
     repair: Callable[[nn.Module, nn.Module], None] | None = None  # (teacher, student) -> student trained in place
     heads: bool = False
+    batchnorm: bool = False
 
 
 def _batched_logits(model: nn.Module, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
@@ -65,7 +66,7 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
 
     calib_batches = [calib[i : i + 16] for i in range(0, n_calib, 16)]
     return Suite("MobileNetV2 (ImageNet)", "agreement", True, load_mobilenet_v2, calib_batches, evaluate, test[:2],
-                 repair)  # fmt: skip
+                 repair, batchnorm=True)  # fmt: skip
 
 
 def minilm_suite() -> Suite:
@@ -191,7 +192,9 @@ def fusion_suite(n_test: int = 2000) -> Suite:
         )
 
     example = {k: v[:2] for k, v in test_inputs.items()}
-    return Suite("user CNN + LSTM late fusion", "accuracy", True, load, calib, evaluate, example, repair)
+    return Suite(
+        "user CNN + LSTM late fusion", "accuracy", True, load, calib, evaluate, example, repair, batchnorm=True
+    )
 
 
 def _train_fusion(tokenizer, train, batch, epochs: int = 1, samples: int = 20000) -> nn.Module:

@@ -13,6 +13,7 @@ the exception: it is a bug to fix, never a skipped row.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -25,8 +26,10 @@ from _real_suites import Suite, fusion_suite, minilm_suite, mobilenet_suite, whi
 from _results import machine, table, update_section
 
 import mmcompress
+from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
 from mmcompress.quant.api import QuantConfig
+from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
 
 W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
@@ -46,6 +49,23 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
     return run
 
 
+def _calibrated(config: dict, equalize: bool = False):
+    """Fold BatchNorm (and optionally equalize ranges across layers), quantize with GPTQ, correct biases."""
+
+    def run(suite: Suite, model):
+        folded = mmcompress.fold_batchnorm(model).metrics.get("folded", 0)
+        if not folded:
+            raise UnsupportedError("no BatchNorm to fold: bias correction rows are for BatchNorm CNNs")
+        if equalize:
+            equalize_cross_layer(model)
+        reference = copy.deepcopy(model)
+        mmcompress.quantize(model, {**config, "method": "gptq"}, calib=suite.calib)
+        correct_bias(model, reference, suite.calib)
+        return {}
+
+    return run
+
+
 TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited in place
     "fold BatchNorm": lambda s, m: {"folded": mmcompress.fold_batchnorm(m).metrics.get("folded")},
     "W8 weight-only": lambda s, m: mmcompress.quantize(m, QuantConfig(weight_bits=8)) and {},
@@ -53,6 +73,8 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "W8A8 static": lambda s, m: (
         mmcompress.quantize(m, {"weight_bits": 8, "activations": "static"}, calib=s.calib) and {}
     ),
+    "W8 GPTQ + bias correction": _calibrated({"weight_bits": 8}),
+    "W8A8 static, CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
     "mixed ~5 bits": lambda s, m: {
@@ -72,6 +94,7 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "30% channels + repair": _structured(0.3, repair=True),
     "25% heads + repair": _structured(0.25, unit="heads", repair=True),
 }
+BATCHNORM_ONLY = ("fold BatchNorm", "W8 GPTQ + bias correction", "W8A8 static, CLE + GPTQ + bias corr.")
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
 
@@ -98,6 +121,8 @@ def run_cell(suite: Suite, name: str, folder: Path) -> dict:
     row = {"technique": name}
     if name.endswith("heads + repair") and not suite.heads:
         return {**row, "status": "n/a (no attention heads)"}
+    if name in BATCHNORM_ONLY and not suite.batchnorm:
+        return {**row, "status": "n/a (no BatchNorm)"}
     model = suite.load()
     start = time.perf_counter()
     try:
@@ -152,34 +177,41 @@ def render(results: dict[str, list[dict]], baselines: dict[str, dict]) -> str:
     return "\n\n".join(parts)
 
 
+RESULTS = Path(tempfile.gettempdir()) / "mmc-real-models.json"  # rows of every model run so far
+
+
+def _load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"baselines": {}, "results": {}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(SUITES))
     parser.add_argument("--only", default="", help="comma-separated technique names (default: all)")
+    parser.add_argument("--skip", default="", help="comma-separated technique names to leave out")
+    parser.add_argument("--fresh", action="store_true", help="forget rows of earlier runs (default: merge)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    techniques = [t for t in TECHNIQUES if not args.only or t in args.only.split(",")]
-    results, baselines = {}, {}
+    techniques = [
+        t for t in TECHNIQUES if (not args.only or t in args.only.split(",")) and t not in args.skip.split(",")
+    ]
+    saved = {"baselines": {}, "results": {}} if args.fresh else _load_results()
     folder = Path(tempfile.mkdtemp(prefix="mmc-real-"))
     for key in args.models.split(","):
         suite = SUITES[key]()
         float_model = suite.load()
-        baselines[suite.name] = {
-            **suite.evaluate(float_model),
-            "stored_mb": _stored_mb(float_model),
-        }
-        print(suite.name, baselines[suite.name], flush=True)
-        results[suite.name] = []
+        saved["baselines"][suite.name] = {**suite.evaluate(float_model), "stored_mb": _stored_mb(float_model)}
+        print(suite.name, saved["baselines"][suite.name], flush=True)
+        rows = {r["technique"]: r for r in saved["results"].get(suite.name, [])}
         for name in techniques:
-            row = run_cell(suite, name, folder)
-            print(json.dumps(row, default=str), flush=True)
-            results[suite.name].append(row)
+            rows[name] = run_cell(suite, name, folder)
+            print(json.dumps(rows[name], default=str), flush=True)
+            saved["results"][suite.name] = [rows[t] for t in TECHNIQUES if t in rows]
+            RESULTS.write_text(json.dumps(saved, default=str, indent=1))  # every finished cell is kept
         torch.manual_seed(0)
-    Path(tempfile.gettempdir(), "mmc-real-models.json").write_text(
-        json.dumps({"baselines": baselines, "results": results}, default=str, indent=1)
-    )
     if not args.no_write:
-        update_section("real-models", "## Real pretrained models: conformance matrix\n\n" + render(results, baselines))
+        body = render(saved["results"], saved["baselines"])
+        update_section("real-models", "## Real pretrained models: conformance matrix\n\n" + body)
 
 
 if __name__ == "__main__":
