@@ -226,9 +226,10 @@ def test_bn_aware_magnitude_drops_a_channel_whose_batchnorm_silences_it():
     with torch.no_grad():
         model.cnn.features[0].weight[3] *= 100  # the largest kernel ...
         model.cnn.features[1].weight[3] = 1e-4  # ... scaled to nothing by its BatchNorm
-    rec = prune_structured(model, {"cnn.features.0": {"ratio": 0.125}}, example_inputs=x)
+    magnitude = {"ratio": 0.125, "method": "magnitude"}
+    rec = prune_structured(model, {"cnn.features.0": magnitude}, example_inputs=x)
     assert 3 not in rec.modules["cnn.features.0"]["keep"]
-    raw = prune_structured(Tower().eval(), {"cnn.features.0": {"ratio": 0.125, "bn_aware": False}}, example_inputs=x)
+    raw = prune_structured(Tower().eval(), {"cnn.features.0": {**magnitude, "bn_aware": False}}, example_inputs=x)
     assert len(raw.modules["cnn.features.0"]["keep"]) == 7
 
 

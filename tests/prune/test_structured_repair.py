@@ -95,7 +95,8 @@ def test_variance_importance_keeps_the_channels_the_consumer_relies_on():
     with torch.no_grad():
         model.block[6].weight[:, :8] *= 20  # the projection leans on 8 hidden channels ...
         model.block[0].weight[:8] *= 0.05  # ... whose expand kernels are small
-    magnitude = prune_structured(copy.deepcopy(model), {"block.0": {"ratio": 0.5}}, example_inputs=data[:2])
+    config = {"block.0": {"ratio": 0.5, "method": "magnitude"}}
+    magnitude = prune_structured(copy.deepcopy(model), config, example_inputs=data[:2])
     variance = prune_structured(model, {"block.0": {"ratio": 0.5, "method": "variance"}}, example_inputs=data[:2])
     assert set(range(8)) <= set(variance.modules["block.0"]["keep"])
     assert set(range(8)) - set(magnitude.modules["block.0"]["keep"])  # L1 of the producer misses them
@@ -105,7 +106,8 @@ def test_global_scope_meets_the_overall_ratio_within_per_group_caps():
     model, data = _trained_looking()
     with torch.no_grad():
         model.block[0].weight[:24] *= 1e-3  # half the hidden channels carry almost nothing
-    config = {"re:(stem|block).*": {"ratio": 0.3, "scope": "global", "max_ratio": 0.6, "compensate": False}}
+    cfg = {"ratio": 0.3, "scope": "global", "max_ratio": 0.6, "compensate": False, "method": "magnitude"}
+    config = {"re:(stem|block).*": cfg}
     record = prune_structured(model, config, example_inputs=data[:2])
     groups = [e for e in record.modules.values() if e["structure"] == "channels"]
     units = sum(e["before"] for e in groups)

@@ -87,7 +87,7 @@ def plan_channels(
         stats = gradient_stats(model, params, data, loss_fn, max_batches)
     scores = [
         variance_scores(group, modules, inputs or {}, cfg.compensate)
-        if cfg.method == "variance"
+        if cfg.method in ("variance", "auto")
         else group_scores(group, modules, cfg, stats)
         for group, cfg in selected
     ]

@@ -41,10 +41,11 @@ class StructuredConfig(FrozenConfig):
         ratio: fraction of units removed in each group (channels of a layer, heads of a layer), [0, 1).
             Units are whole, so the removed fraction is rounded; the record holds `removed_ratio`.
         unit: "channels" (Conv2d channels, Linear neurons, LSTM/GRU hidden units) or "heads".
-        method: unit importance: "magnitude" (L1 of the unit's weights), "variance" (the share of
-            its consumers' output variance the unit carries: consumer weights times the input
-            variance, measured on `calib=` or estimated from BatchNorm statistics), "taylor" or
-            "fisher" (summed over the unit; need `data=` and `loss_fn=`).
+        method: unit importance: "auto" ("variance" for channels, "magnitude" for heads; chosen by
+            measurement on MobileNetV2 and digits-cnn), "magnitude" (L1 of the unit's weights),
+            "variance" (the share of its consumers' output variance the unit carries: consumer
+            weights times the input variance, measured on `calib=` or estimated from BatchNorm
+            statistics), "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`).
         round_to: keep a multiple of this many units (at least one).
         bn_aware: with "magnitude", scale a layer's unit scores by |gamma| / sqrt(var + eps) of the
             BatchNorm that follows it (the magnitude of the BN-folded kernel; BN makes the raw
@@ -63,7 +64,7 @@ class StructuredConfig(FrozenConfig):
 
     ratio: float = Field(0.5, ge=0.0, lt=1.0)
     unit: Literal["channels", "heads"] = "channels"
-    method: Literal["magnitude", "variance", "taylor", "fisher"] = "magnitude"
+    method: Literal["auto", "magnitude", "variance", "taylor", "fisher"] = "auto"
     round_to: int = Field(1, ge=1)
     bn_aware: bool = True
     compensate: bool = True
@@ -120,7 +121,7 @@ def prune_structured(
         groups = channel_groups(model, inputs, graph)
         selected, kept = select_groups(modules, groups, channel_targets, set(mapping))
         names = sorted({c[0] for group, _ in selected for c in group.consumers})
-        needs = any(cfg.compensate or cfg.method == "variance" for _, cfg in selected)
+        needs = any(cfg.compensate or cfg.method in ("variance", "auto") for _, cfg in selected)
         stats = input_stats_of(model, modules, graph, names, calib, max_batches) if needs else {}
         channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats)
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
@@ -206,6 +207,7 @@ def _producer(module: nn.Module) -> bool:
 def _plan_heads(model, targets, adapter, data, loss_fn, max_batches) -> list[tuple[str, torch.Tensor, dict]]:
     """(attention module, heads kept, record entry) per target; each module's heads ranked on their own."""
     params = {}
+    targets = [(n, m, c.model_copy(update={"method": "magnitude"}) if c.method == "auto" else c) for n, m, c in targets]
     for name, module, cfg in targets:
         if cfg.method == "variance":
             raise ConfigError(f"method 'variance' scores channels; heads of {name!r}: magnitude, taylor or fisher")
