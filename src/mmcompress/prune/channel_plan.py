@@ -187,4 +187,5 @@ def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None) -> dict[
         "removed_ratio": 1 - kept / size,
         "score_removed": round(removed_share(plan.scores, plan.keep), 6),
         **({"compensation": compensation} if compensation else {}),
+        **({"scope": "global"} if getattr(plan.config, "scope", "layer") == "global" else {}),
     }

@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from mmcompress.core.walker import run_calibration
 from mmcompress.errors import DataError
-from mmcompress.prune.dependency import RECURRENT, ChannelGroup
+from mmcompress.prune.dependency import RECURRENT, ChannelGroup, eval_mode
 from mmcompress.prune.mean_flow import Stats, channel_means
 from mmcompress.prune.slicing import dropped_columns
 
@@ -77,7 +77,8 @@ def measured_input_stats(
         sums[name] += torch.stack([rows.sum(0), (rows * rows).sum(0)])  # (2, in)
         counts[name] += rows.shape[0]
 
-    used = run_calibration(model, layers, calib, collect, max_batches=max_batches)
+    with eval_mode(model):  # every module's own mode comes back (run_calibration restores only the root's)
+        used = run_calibration(model, layers, calib, collect, max_batches=max_batches)
     if used == 0:
         raise DataError("structured pruning got no calibration batches; pass calib=[...] or none at all")
     found = {}

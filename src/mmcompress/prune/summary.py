@@ -73,8 +73,13 @@ def warn_kept(kept: dict[str, str]) -> None:
 
 
 def warn_ratios(entries: dict[str, dict]) -> None:
-    """One UserWarning for entries whose removed fraction differs from the requested ratio (rounding)."""
-    off = {n: e for n, e in entries.items() if "ratio" in e and abs(e["removed_ratio"] - e["ratio"]) > RATIO_NOTE}
+    """One UserWarning for entries whose removed fraction differs from the requested ratio (rounding);
+    groups allocated globally differ on purpose (their overall ratio is in the record's metrics)."""
+    off = {
+        n: e
+        for n, e in entries.items()
+        if "ratio" in e and e.get("scope") != "global" and abs(e["removed_ratio"] - e["ratio"]) > RATIO_NOTE
+    }
     if not off:
         return
     parts = []
