@@ -150,3 +150,26 @@ def test_reference_transfer_keeps_an_unpruned_model_and_repairs_a_pruned_one():
     before = _error(model, base, test)
     recalibrate_batchnorm(model, [data[:32], data[32:]], reference=base, record=record)
     assert _error(model, base, test) < RECAL_GAIN * before
+
+
+def test_a_consumer_without_bias_gets_one_and_replay_recreates_it():
+    from mmcompress.core.record import Record
+    from mmcompress.prune.structured import replay_structured
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(8, 6, bias=False), nn.Linear(6, 2),
+        ).eval()  # fmt: skip
+
+    model, x = build(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model[1].bias.fill_(1.0)  # removed channels carry a clear positive mean
+    record = prune_structured(model, {"0": {"ratio": 0.5}}, example_inputs=x)
+    assert record.modules["0"]["compensation"] == {"5": "new bias"} and model[5].bias is not None
+    fresh = build()
+    replay_structured(fresh, Record.from_json(record.to_json()))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
