@@ -179,3 +179,18 @@ def test_graph_passes_fold_factorize_share_resume_and_rebuild(trained, digits, t
     rebuilt = load_run(tmp_path, copy.deepcopy(start))
     acc = ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"]
     assert acc == pytest.approx(res.metrics("compressed")["accuracy"])
+
+
+def test_a_stage_that_loses_more_than_warn_drop_points_is_warned_and_recorded(trained, digits, tmp_path):
+    recipe = {
+        "warn_drop": 2.0,
+        "stages": [
+            {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 1}},
+            {"pass": "prune_structured", "config": {"ratio": 0.9}},  # no fine-tuning: a large loss
+            {"name": "pruned", "pass": "evaluate", "config": {"latency_repeats": 1}},
+        ],
+    }
+    with pytest.warns(UserWarning, match=r"stage 2 'pruned' loses .* points of accuracy .* warn_drop 2.0"):
+        res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    assert res.metrics("pruned")["drop_points"] > 2.0
+    assert "drop_points" not in res.metrics("baseline")  # the reference itself

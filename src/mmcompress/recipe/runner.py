@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ def compress(
         if passes[i].changes_model:
             save_compact(ctx.model, ctx.stage_dir / WEIGHTS_FILE)
         (ctx.stage_dir / "last.pt").unlink(missing_ok=True)  # training checkpoint: the stage is done
+        _check_drop(recipe.warn_drop, task, results, result)
         atomic_write_json(ctx.stage_dir / STAGE_FILE, {"key": keys[i], **result.__dict__})
         results.append(result)
         if on_stage is not None:
@@ -138,6 +140,23 @@ def compress(
     save_compact(ctx.model, out / WEIGHTS_FILE, extra={"recipe": recipe.to_dict()})
     record_path = atomic_write_json(out / "record.json", _record(recipe, results, model, task))
     return RunResult(out, results, record_path)
+
+
+def _check_drop(warn_drop: float | None, task: Task, earlier: list[StageResult], result: StageResult) -> None:
+    """Warn when this stage's primary metric fell more than `warn_drop` points below the first evaluation."""
+    key = task.primary_metric
+    first = next((r.metrics[key] for r in earlier if key in r.metrics), None)
+    if warn_drop is None or first is None or key not in result.metrics:
+        return
+    drop = (first - result.metrics[key]) * 100
+    result.metrics["drop_points"] = round(drop, 3)
+    if drop > warn_drop:
+        warnings.warn(
+            f"stage {result.index} {result.label!r} loses {drop:.2f} points of {key} "
+            f"({first:.4f} -> {result.metrics[key]:.4f}), more than the recipe's warn_drop {warn_drop}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _stage_dir(out: Path, index: int, label: str) -> Path:

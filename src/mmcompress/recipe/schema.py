@@ -50,6 +50,8 @@ class Recipe(FrozenConfig):
         data: subset sizes (`train_limit` also applies to training the baseline).
         train: TrainConfig overrides for training the baseline when it is not cached.
         stages: the ordered passes.
+        warn_drop: warn (and record `drop_points`) when an evaluated stage's primary metric is this
+            many points (x100) below the first evaluation's; None: never.
 
     Example:
         >>> recipe = load_recipe(None)  # the built-in default recipe
@@ -63,6 +65,7 @@ class Recipe(FrozenConfig):
     data: DataSpec = DataSpec()
     train: dict[str, Any] | None = None
     stages: list[StageSpec] = Field(min_length=1)
+    warn_drop: float | None = Field(1.0, ge=0)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
