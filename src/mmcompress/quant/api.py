@@ -208,11 +208,13 @@ def quantize(
     require_matches(chosen, mapping, model)
     chosen = fit_group_sizes(chosen)
     float_left = warn_float_left(model, mapping, supported, adapter.modality_of)
-    weight_only = [n for n, m, c in chosen if c.activations != "none" and not isinstance(m, ACT_TYPES)]
+    weight_only = [  # embeddings look rows up: they have no input activation to quantize
+        n for n, m, c in chosen if c.activations != "none" and not isinstance(m, (*ACT_TYPES, nn.Embedding))
+    ]
     if weight_only:
         warnings.warn(
             f"quantize: activations stay float for {len(weight_only)} layer(s) whose type has weight-only "
-            f"kernels (embeddings, Conv1d, LSTM/GRU): {_names(weight_only)}",
+            f"kernels (Conv1d, LSTM/GRU): {_names(weight_only)}",
             UserWarning,
             stacklevel=2,
         )

@@ -106,8 +106,6 @@ class _QuantConv(_QuantWeight, ActivationQuant):
             raise ValueError(
                 f"{type(conv).__name__} padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
             )
-        if isinstance(conv.padding, str):
-            raise ValueError(f"{type(conv).__name__} padding {conv.padding!r} is not supported (give sizes)")
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self._init_quant(conv.weight, grid, params)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
