@@ -177,11 +177,14 @@ def render(results: dict[str, list[dict]], baselines: dict[str, dict]) -> str:
     return "\n\n".join(parts)
 
 
-RESULTS = Path(tempfile.gettempdir()) / "mmc-real-models.json"  # rows of every model run so far
+def _results_file(key: str) -> Path:
+    """Rows of one model's runs so far (a file per model, so models can run in separate processes)."""
+    return Path(tempfile.gettempdir()) / f"mmc-real-{key}.json"
 
 
-def _load_results() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"baselines": {}, "results": {}}
+def _load(key: str) -> dict:
+    path = _results_file(key)
+    return json.loads(path.read_text()) if path.exists() else {"baseline": None, "rows": []}
 
 
 def main() -> None:
@@ -190,27 +193,28 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated technique names (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated technique names to leave out")
     parser.add_argument("--fresh", action="store_true", help="forget rows of earlier runs (default: merge)")
+    parser.add_argument("--render-only", action="store_true", help="write the doc section from saved rows")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    techniques = [
-        t for t in TECHNIQUES if (not args.only or t in args.only.split(",")) and t not in args.skip.split(",")
-    ]
-    saved = {"baselines": {}, "results": {}} if args.fresh else _load_results()
+    keys = args.models.split(",")
+    wanted = [t for t in TECHNIQUES if (not args.only or t in args.only.split(",")) and t not in args.skip.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="mmc-real-"))
-    for key in args.models.split(","):
+    for key in [] if args.render_only else keys:
         suite = SUITES[key]()
+        saved = {"baseline": None, "rows": []} if args.fresh else _load(key)
         float_model = suite.load()
-        saved["baselines"][suite.name] = {**suite.evaluate(float_model), "stored_mb": _stored_mb(float_model)}
-        print(suite.name, saved["baselines"][suite.name], flush=True)
-        rows = {r["technique"]: r for r in saved["results"].get(suite.name, [])}
-        for name in techniques:
+        saved.update(name=suite.name, baseline={**suite.evaluate(float_model), "stored_mb": _stored_mb(float_model)})
+        print(suite.name, saved["baseline"], flush=True)
+        rows = {r["technique"]: r for r in saved["rows"]}
+        for name in wanted:
             rows[name] = run_cell(suite, name, folder)
             print(json.dumps(rows[name], default=str), flush=True)
-            saved["results"][suite.name] = [rows[t] for t in TECHNIQUES if t in rows]
-            RESULTS.write_text(json.dumps(saved, default=str, indent=1))  # every finished cell is kept
+            saved["rows"] = [rows[t] for t in TECHNIQUES if t in rows]
+            _results_file(key).write_text(json.dumps(saved, default=str, indent=1))  # every finished cell is kept
         torch.manual_seed(0)
     if not args.no_write:
-        body = render(saved["results"], saved["baselines"])
+        runs = [_load(k) for k in SUITES if _results_file(k).exists()]
+        body = render({r["name"]: r["rows"] for r in runs}, {r["name"]: r["baseline"] for r in runs})
         update_section("real-models", "## Real pretrained models: conformance matrix\n\n" + body)
 
 
