@@ -74,7 +74,7 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
         mmcompress.quantize(m, {"weight_bits": 8, "activations": "static"}, calib=s.calib) and {}
     ),
     "W8 GPTQ + bias correction": _calibrated({"weight_bits": 8}),
-    "W8A8 static, CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
+    "W8A8 static + CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
     "mixed ~5 bits": lambda s, m: {
@@ -94,7 +94,7 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "30% channels + repair": _structured(0.3, repair=True),
     "25% heads + repair": _structured(0.25, unit="heads", repair=True),
 }
-BATCHNORM_ONLY = ("fold BatchNorm", "W8 GPTQ + bias correction", "W8A8 static, CLE + GPTQ + bias corr.")
+BATCHNORM_ONLY = ("fold BatchNorm", "W8 GPTQ + bias correction", "W8A8 static + CLE + GPTQ + bias corr.")
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
 
