@@ -60,7 +60,7 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
     def repair(teacher: nn.Module, student: nn.Module) -> None:
         crops = photo_crops(256, seed=3, split="calib")  # distillation crops: not the test stream
         train = torch.utils.data.TensorDataset(crops, _batched_logits(teacher, crops).argmax(-1))
-        config = {"temperature": 2.0, "unlabeled": True, "train": {"epochs": 2, "batch_size": 32, "lr": 1e-4}}
+        config = {"temperature": 2.0, "unlabeled": True, "train": {"epochs": 4, "batch_size": 32, "lr": 5e-4}}
         mmcompress.distill(teacher, student, train, config, task=mmcompress.ClassificationTask(), progress=False)
         student.eval()
 

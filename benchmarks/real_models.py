@@ -30,6 +30,7 @@ from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
 from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
+from mmcompress.prune.repair import recalibrate_batchnorm
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
 
 W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
@@ -38,10 +39,12 @@ W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
 def _structured(ratio: float, unit: str = "channels", repair: bool = False):
     def run(suite: Suite, model):
         teacher = suite.load() if repair else None
-        rec = mmcompress.prune_structured(
-            model, {"_default": {"ratio": ratio, "unit": unit}}, example_inputs=suite.example
-        )
+        config = {"_default": {"ratio": ratio, "unit": unit}}
+        calib = suite.calib if unit == "channels" else None  # measured means compensate removed channels
+        rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=calib)
         if repair:
+            if suite.batchnorm:  # BatchNorm statistics follow the pruned inputs (the change, not the photos')
+                recalibrate_batchnorm(model, suite.calib, reference=teacher, record=rec)
             suite.repair(teacher, model)
         removed = rec.metrics.get("removed_params_ratio", rec.metrics.get("removed_ratio"))
         return {"removed": removed}
