@@ -28,9 +28,9 @@ from _results import machine, table, update_section
 import mmcompress
 from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
+from mmcompress.prune.repair import recalibrate_batchnorm
 from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
-from mmcompress.prune.repair import recalibrate_batchnorm
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
 
 W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
