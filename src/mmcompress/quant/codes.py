@@ -38,6 +38,11 @@ class WeightGrid:
     observer: str = "minmax"
     clip_ratio: float = 1.0
 
+    def describe(self) -> str:
+        """A short description: "bits=4, asym, group 128"."""
+        shape = "per-tensor" if self.per_tensor else f"group {self.group_size}" if self.group_size else "per-channel"
+        return f"bits={self.bits}, {'sym' if self.symmetric else 'asym'}, {shape}"
+
 
 def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes (weight's shape, int8), steps (out, G) and zero points (out, G) for a weight.
@@ -92,9 +97,7 @@ class _QuantWeight(nn.Module):
         return dequantize_affine(groups, self.scale, self._zero()).view(self.qweight.shape)
 
     def extra_repr(self) -> str:
-        g = self.grid
-        shape = "per-tensor" if g.per_tensor else f"group {g.group_size}" if g.group_size else "per-channel"
-        return f"{tuple(self.qweight.shape)}, bits={g.bits}, {'sym' if g.symmetric else 'asym'}, {shape}"
+        return f"{tuple(self.qweight.shape)}, {self.grid.describe()}"
 
 
 class QuantWeightTensor(_QuantWeight):

@@ -87,9 +87,7 @@ class QuantRNN(nn.Module):
             template._flat_weights = []  # no reference to this call's tensors outlives it
 
     def extra_repr(self) -> str:
-        g = self.grid
-        shape = "per-tensor" if g.per_tensor else f"group {g.group_size}" if g.group_size else "per-channel"
-        return f"{len(self.weight_names)} matrices, bits={g.bits}, {'sym' if g.symmetric else 'asym'}, {shape}"
+        return f"{len(self.weight_names)} matrices, {self.grid.describe()}"
 
 
 class QuantLSTM(QuantRNN):
