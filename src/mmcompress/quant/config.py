@@ -1,0 +1,141 @@
+"""Quantization settings: `QuantConfig` (weights, activations, method) and `GPTQConfig`, validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mmcompress.core.config import FrozenConfig
+from mmcompress.errors import ConfigError
+from mmcompress.quant.activations import ActSpec
+from mmcompress.quant.codes import WeightGrid
+
+
+class GPTQConfig(FrozenConfig):
+    """GPTQ settings. The defaults are the field's best practice (GPTQ / AutoGPTQ `desc_act` with
+    `static_groups`), chosen by measurement: on all-MiniLM-L6-v2 at W4 g128 (calibrated on 256
+    prose sentences, scored on 200 unseen ones) act-order raised mean embedding cosine from 0.9787
+    to 0.9821 (symmetric) and from 0.9853 to 0.9878 (asymmetric); on MobileNetV2 W4 per-channel
+    top-1 agreement with float went from 0.594 to 0.672 (RTN: 0.082).
+
+    Attributes:
+        block_size: columns per lazy-batch block (128).
+        damp: Hessian damping, a fraction of its mean diagonal (0.01).
+        act_order: process columns by decreasing Hessian diagonal (on). Group steps are fixed from
+            the original weight up front (static groups), so groups stay on contiguous columns and
+            the storage layout and kernels are unchanged.
+
+    Example:
+        >>> GPTQConfig().act_order, GPTQConfig().damp
+        (True, 0.01)
+    """
+
+    block_size: int = Field(128, ge=1)
+    damp: float = Field(0.01, gt=0, le=1)
+    act_order: bool = True
+
+
+class QuantConfig(FrozenConfig):
+    """Weight (and Linear input) quantization settings.
+
+    Attributes:
+        weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
+            so the measured size is the packed size.
+        scheme: "symmetric" (zero point 0) or "asymmetric" (an int8 zero point per step).
+        granularity: "per_channel" (a step per output channel / embedding row), "per_group"
+            (a step per `group_size` inputs of a channel) or "per_tensor".
+        group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
+        observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
+        activations: "none" (weight-only), "dynamic" (Linear inputs quantized per call) or
+            "static" (Linear inputs quantized with a step fixed from calibration data). Both need
+            symmetric per-channel weights of 7 or 8 bits; Conv2d inputs are quantized per tensor,
+            embeddings stay weight-only. Use
+            7-bit weights on x86 CPUs without VNNI: their u8s8 kernels add pairs of products in
+            int16, which 8-bit weights overflow.
+        act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
+            "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic, Linear only.
+        act_observer: range observer of "static": "minmax", "percentile", "mse" or "kl".
+        smoothquant: SmoothQuant migration strength alpha in (0, 1) (None: off). Divides each input
+            channel by s_j = max|x_j|^alpha / max|w_j|^(1-alpha) and folds s into the weight, so
+            activation outlier channels shrink; needs calibration data and activations. Linear
+            layers only.
+        clip_ratio: fraction of each step's range kept with observer "minmax" (see
+            `analyze_quantization_error`, which searches it per layer).
+        method: "rtn" (round to nearest) or "gptq" (needs calibration data; Linear and Conv2d;
+            other layers fall back to rtn with a warning, and the record says so).
+        gptq: GPTQ settings.
+        layer_types: which layer types `_default`/regex/modality keys select: "linear", "conv"
+            (Conv1d, Conv2d), "embedding", "recurrent" (LSTM, GRU: weight-only, a step per gate row).
+
+    Example:
+        >>> QuantConfig(weight_bits=4, granularity="per_group", group_size=128).to_dict()["scheme"]
+        'symmetric'
+    """
+
+    weight_bits: int = Field(8, ge=2, le=8)
+    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    granularity: Literal["per_channel", "per_group", "per_tensor"] = "per_channel"
+    group_size: int = Field(128, ge=2)
+    observer: Literal["minmax", "mse"] = "minmax"
+    clip_ratio: float = Field(1.0, gt=0, le=1)
+    activations: Literal["none", "dynamic", "static"] = "none"
+    act_granularity: Literal["per_tensor", "per_token"] = "per_tensor"
+    act_observer: Literal["minmax", "percentile", "mse", "kl"] = "minmax"
+    smoothquant: float | None = Field(None, gt=0, lt=1)
+    method: Literal["rtn", "gptq"] = "rtn"
+    gptq: GPTQConfig = GPTQConfig()
+    layer_types: tuple[Literal["linear", "conv", "embedding", "recurrent"], ...] = (
+        "linear",
+        "conv",
+        "embedding",
+        "recurrent",
+    )
+
+    @model_validator(mode="after")
+    def _activations_need_int8_channels(self) -> QuantConfig:
+        if self.activations != "none" and (
+            self.weight_bits not in (7, 8) or self.granularity != "per_channel" or self.scheme != "symmetric"
+        ):
+            raise ValueError(
+                f"activations {self.activations!r} needs weight_bits 7 or 8, granularity 'per_channel' "
+                "and scheme 'symmetric'"
+            )
+        if self.act_granularity == "per_token" and self.activations != "dynamic":
+            raise ValueError("act_granularity 'per_token' needs activations 'dynamic'")
+        if self.smoothquant is not None and self.activations == "none":
+            raise ValueError("smoothquant migrates activation outliers: it needs activations 'dynamic' or 'static'")
+        return self
+
+    def act_spec(self) -> ActSpec | None:
+        """The activation quantization these settings describe (None: weight-only)."""
+        if self.activations == "none":
+            return None
+        return ActSpec(self.activations, self.act_granularity, self.act_observer)
+
+    def grid(self) -> WeightGrid:
+        """The WeightGrid these settings describe."""
+        return WeightGrid(
+            bits=self.weight_bits,
+            symmetric=self.scheme == "symmetric",
+            group_size=self.group_size if self.granularity == "per_group" else None,
+            per_tensor=self.granularity == "per_tensor",
+            observer=self.observer,
+            clip_ratio=self.clip_ratio,
+        )
+
+
+def as_mapping(config, cls) -> dict[str, object]:
+    """Accept a config, a dict of fields, or a target mapping of key -> config/dict/None."""
+    if isinstance(config, cls):
+        return {"_default": config}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"expected a {cls.__name__} or a target mapping, got {type(config).__name__}")
+    target_like = any(isinstance(k, str) and (k.startswith(("re:", "modality:")) or k == "_default") for k in config)
+    if not target_like and all(k in cls.model_fields for k in config):
+        return {"_default": cls.from_dict(dict(config))}
+    return {
+        k: (v if v is None or isinstance(v, cls) else cls.from_dict(dict(v), f"targets[{k!r}]"))
+        for k, v in config.items()
+    }
