@@ -112,8 +112,26 @@ def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
     else:
         args = list(example_inputs)
     with torch.no_grad(), eval_mode(model):
-        ShapeProp(gm).propagate(*args)
+        _ShapeProp(gm).propagate(*args)
     return gm
+
+
+class _ShapeProp(ShapeProp):
+    """ShapeProp that hands opaque leaf modules plain dicts and lists: fx freezes the containers a
+    graph builds (`immutable_dict`), and modules such as sentence-transformers update their inputs."""
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_module(target, _thawed(args), _thawed(kwargs))
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thawed(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_thawed(v) for v in value)
+    return value
 
 
 @contextmanager
