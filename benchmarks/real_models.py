@@ -46,7 +46,7 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
             if suite.batchnorm:  # BatchNorm statistics follow the pruned inputs (the change, not the photos')
                 recalibrate_batchnorm(model, suite.calib, reference=teacher, record=rec)
             suite.repair(teacher, model)
-        removed = rec.metrics.get("removed_params_ratio", rec.metrics.get("removed_ratio"))
+        removed = rec.metrics.get("removed")  # fraction of parameters removed
         return {"removed": removed}
 
     return run
