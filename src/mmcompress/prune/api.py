@@ -3,6 +3,7 @@ masks kept through fine-tuning (zeros stay zeros)."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -29,6 +30,9 @@ METHODS = ("magnitude", "taylor", "fisher", "wanda", "sparsegpt")
 NEEDS_GRADIENTS = ("taylor", "fisher")
 
 
+EMPTIED = 0.99  # a layer pruned this far is gone: warn
+
+
 class PruneConfig(FrozenConfig):
     """Unstructured / N:M pruning settings.
 
@@ -41,7 +45,8 @@ class PruneConfig(FrozenConfig):
             (taylor/fisher also `loss_fn=`).
         pattern: "unstructured" or "N:M" (e.g. "2:4": keep N of every M consecutive inputs).
         scope: "global" (one threshold across every layer this config targets), "layer" or
-            "row" (the same fraction from every output row; what Wanda compares within).
+            "row" (the same fraction from every output row; what Wanda compares within, and
+            Wanda's default). A layer left with (almost) no weights is warned about.
         layer_types: layer types selected by `_default`/regex/modality keys (embeddings are
             left dense by default: rows of rare tokens are not small, just rarely used).
         sequential: wanda/sparsegpt: prune layers in forward order, each calibrated on the
@@ -58,6 +63,14 @@ class PruneConfig(FrozenConfig):
     scope: Literal["global", "layer", "row"] = "global"
     layer_types: tuple[Literal["linear", "conv", "embedding"], ...] = ("linear", "conv")
     sequential: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wanda_compares_within_rows(cls, data: Any) -> Any:
+        """Wanda's scores are comparable within an output row (its paper), not across layers: "row" by default."""
+        if isinstance(data, dict) and data.get("method") == "wanda" and "scope" not in data:
+            return {**data, "scope": "row"}
+        return data
 
     @model_validator(mode="after")
     def _check_pattern(self) -> PruneConfig:
@@ -136,6 +149,14 @@ def prune(
         record.modules[name] = {"sparsity": round(pruned / mask.numel(), 4), "numel": mask.numel()}
         total, zeros = total + mask.numel(), zeros + pruned
     record.metrics["sparsity"] = zeros / total if total else 0.0
+    emptied = [n for n, entry in record.modules.items() if entry["sparsity"] >= EMPTIED]
+    if emptied:
+        warnings.warn(
+            f"prune: {len(emptied)} layer(s) lost (almost) every weight, the model may be broken: {emptied[:6]} "
+            "(a global threshold compares scores across layers; try scope 'layer' or 'row')",
+            UserWarning,
+            stacklevel=2,
+        )
     record.metrics["pruned_weights"] = float(zeros)
     return record
 
