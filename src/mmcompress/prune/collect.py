@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import check_finite
+from mmcompress.core.hessian import accumulate_hessian
 from mmcompress.core.walker import layer_columns, run_calibration
 from mmcompress.errors import DataError
 from mmcompress.prune.importance import Stats
-from mmcompress.quant.gptq import accumulate_hessian
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

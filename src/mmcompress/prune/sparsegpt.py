@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from mmcompress.core.hessian import batched_problem, damped_inverse_factor
 from mmcompress.prune.patterns import nm_mask
-from mmcompress.quant.gptq import damped_inverse_factor
 
 
 def sparsegpt_prune(
@@ -41,11 +41,7 @@ def sparsegpt_prune(
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    batched = weight.dim() == 3
-    w = weight.detach().double().clone()
-    h = hessian.detach().double()
-    if not batched:
-        w, h = w.unsqueeze(0), h.unsqueeze(0)
+    batched, w, h = batched_problem(weight, hessian)
     nb, out_dim, in_dim = w.shape
     if nm is not None and (block_size % nm[1] or in_dim % nm[1]):
         raise ValueError(f"N:M group size {nm[1]} must divide the {in_dim} inputs and the block size {block_size}")

@@ -9,41 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from mmcompress.core.hessian import (
+    accumulate_hessian,  # noqa: F401  (re-exported)
+    batched_problem,
+    damped_inverse_factor,
+)
 from mmcompress.quant.primitives import affine_params, code_range, to_groups
-
-
-def accumulate_hessian(hessian: torch.Tensor, count: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Running mean of 2 X X^T over input rows: x (..., in) -> hessian (in, in), or per group
-    x (G, n, in) -> hessian (G, in, in).
-
-    Example:
-        >>> H, n = accumulate_hessian(torch.zeros(4, 4), 0, torch.randn(10, 4))
-        >>> H, n = accumulate_hessian(torch.zeros(3, 4, 4), 0, torch.randn(3, 10, 4))
-    """
-    if hessian.dim() == 3:
-        rows = x.double()  # (G, n, in)
-        gram = rows.transpose(1, 2) @ rows  # (G, in, in)
-    else:
-        rows = x.reshape(-1, x.shape[-1]).double()  # (n, in)
-        gram = rows.T @ rows
-    new = count + rows.shape[-2]
-    hessian.mul_(count / new).add_(gram, alpha=2.0 / new)
-    return hessian, new
-
-
-def damped_inverse_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of the damped inverse Hessian: (B, in, in) -> (B, in, in).
-
-    Inputs that never fire (zero diagonal) get a unit diagonal and their weights are zeroed in place
-    in `weight` (B, out, in), as the reference implementation does.
-    """
-    h = hessian.clone()
-    diag = h.diagonal(dim1=-2, dim2=-1)  # (B, in), a view
-    dead = diag == 0
-    diag[dead] = 1.0
-    weight.masked_fill_(dead.unsqueeze(1), 0.0)
-    diag += damp * diag.mean(-1, keepdim=True)
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
 def _permute(w: torch.Tensor, h: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +45,7 @@ def gptq_quantize(
         >>> H, _ = accumulate_hessian(torch.zeros(64, 64, dtype=torch.float64), 0, torch.randn(256, 64))
         >>> codes, scale, zero = gptq_quantize(torch.randn(16, 64), H, bits=4, group_size=32)
     """
-    batched = weight.dim() == 3
-    w = weight.detach().double().clone()
-    h = hessian.detach().double()
-    if not batched:
-        w, h = w.unsqueeze(0), h.unsqueeze(0)
+    batched, w, h = batched_problem(weight, hessian)
     nb, out_dim, in_dim = w.shape
     g = min(group_size, in_dim) if group_size else in_dim
     if in_dim % g:
