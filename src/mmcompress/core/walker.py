@@ -105,14 +105,8 @@ def run_calibration(
     handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in modules.items()]
     was_training = model.training
     model.eval()
-    used = 0
     try:
-        for batch in batches:
-            if max_batches is not None and used >= max_batches:
-                break
-            check_finite(batch, "calibration")
-            call_model(model, batch)
-            used += 1
+        used = forward_batches(model, batches, max_batches, "calibration")
     finally:
         for handle in handles:
             handle.remove()
@@ -132,3 +126,20 @@ def _check_coverage(calls: dict[str, int], modality_of: Callable[[str], str | No
         f"calibration never reached {len(starved)} module(s) to quantize (towers: {', '.join(towers)}; "
         f"first: {starved[0]}); give calibration batches that carry every modality"
     )
+
+
+def forward_batches(model: nn.Module, batches: Iterable[Any], max_batches: int | None, what: str) -> int:
+    """Run `model` on each batch (at most `max_batches`), checking inputs are finite; returns how many ran.
+
+    Example:
+        >>> forward_batches(model, [x1, x2], None, "calibration")
+        2
+    """
+    used = 0
+    for batch in batches:
+        if max_batches is not None and used >= max_batches:
+            break
+        check_finite(batch, what)
+        call_model(model, batch)
+        used += 1
+    return used

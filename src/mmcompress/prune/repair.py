@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import call_model, check_finite
+from mmcompress.core.walker import forward_batches
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.prune.dependency import eval_mode
 
@@ -76,12 +77,7 @@ def recalibrate_batchnorm(
             m.momentum = None  # cumulative average over the batches
             m.train()
         with torch.no_grad():
-            for batch in batches:
-                if max_batches is not None and used >= max_batches:
-                    break
-                check_finite(batch, "BatchNorm recalibration")
-                call_model(model, batch)
-                used += 1
+            used = forward_batches(model, batches, max_batches, "BatchNorm recalibration")
         if used == 0:
             raise DataError("BatchNorm recalibration got no batches; give at least one")
     except BaseException:
