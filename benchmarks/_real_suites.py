@@ -101,22 +101,6 @@ def minilm_suite() -> Suite:
                  heads=True)  # fmt: skip
 
 
-def _embedding_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 2) -> None:
-    """A short repair: 1 - cosine between student and teacher embeddings (AdamW, lr 2e-5)."""
-    teacher.eval()
-    student.train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-5)
-    for _ in range(epochs):
-        for batch in batches:
-            with torch.no_grad():
-                target = call_model(teacher, batch)
-            loss = 1 - torch.nn.functional.cosine_similarity(call_model(student, batch), target, dim=-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    student.eval()
-
-
 class UserFusion(nn.Module):
     """A model as a user writes it: a CNN image tower (BN, depthwise conv, residual add, global pool +
     Flatten), an LSTM caption tower, and a Linear over the concatenation of the two (late fusion)."""
@@ -211,22 +195,6 @@ def _train_fusion(tokenizer, train, batch, epochs: int = 1, samples: int = 20000
     return model.eval()
 
 
-def _logit_repair(teacher: nn.Module, student: nn.Module, batches: list, temperature: float = 2.0) -> None:
-    """Short Hinton distillation on unlabeled batches (KL at temperature T, scaled by T^2)."""
-    teacher.eval()
-    student.train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
-    for inputs in batches:
-        with torch.no_grad():
-            soft = (teacher(**inputs) / temperature).log_softmax(-1)
-        log_q = (student(**inputs) / temperature).log_softmax(-1)
-        loss = nn.functional.kl_div(log_q, soft, log_target=True, reduction="batchmean") * temperature**2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    student.eval()
-
-
 def whisper_suite() -> Suite:
     """Whisper tiny.en (CTranslate2 weights converted to transformers): corpus WER on the 10 real
     pocketsphinx clips; calibration on the package's 4 other real recordings, pseudo-labelled by the
@@ -267,23 +235,51 @@ def whisper_suite() -> Suite:
     return Suite("Whisper tiny.en", "wer", False, load, calib, evaluate, example, repair, heads=True)
 
 
-def _seq2seq_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 4) -> None:
-    """Teacher-forced distillation of an encoder-decoder: KL of next-token distributions, padding masked."""
+def _distill_loop(teacher: nn.Module, student: nn.Module, batches: list, loss_of, lr: float, epochs: int) -> None:
+    """Train `student` on `loss_of(teacher_output, student_output, batch)` over the batches (AdamW)."""
     teacher.eval()
     student.train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=5e-5)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
     for _ in range(epochs):
         for batch in batches:
             with torch.no_grad():
-                target = teacher(**batch).logits.log_softmax(-1)
-            log_q = student(**batch).logits.log_softmax(-1)
-            mask = batch["decoder_attention_mask"].to(log_q.dtype)  # (B, T)
-            kl = (target.exp() * (target - log_q)).sum(-1)  # (B, T)
-            loss = (kl * mask).sum() / mask.sum()
+                target = call_model(teacher, batch)
+            loss = loss_of(target, call_model(student, batch), batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
     student.eval()
+
+
+def _embedding_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 2) -> None:
+    """A short repair: 1 - cosine between student and teacher embeddings (AdamW, lr 2e-5)."""
+
+    def loss(target, out, _batch):
+        return 1 - torch.nn.functional.cosine_similarity(out, target, dim=-1).mean()
+
+    _distill_loop(teacher, student, batches, loss, 2e-5, epochs)
+
+
+def _logit_repair(teacher: nn.Module, student: nn.Module, batches: list, temperature: float = 2.0) -> None:
+    """Short Hinton distillation on unlabeled batches (KL at temperature T, scaled by T^2)."""
+
+    def loss(target, out, _batch):
+        soft, log_q = (target / temperature).log_softmax(-1), (out / temperature).log_softmax(-1)
+        return nn.functional.kl_div(log_q, soft, log_target=True, reduction="batchmean") * temperature**2
+
+    _distill_loop(teacher, student, batches, loss, 1e-3, 1)
+
+
+def _seq2seq_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 4) -> None:
+    """Teacher-forced distillation of an encoder-decoder: KL of next-token distributions, padding masked."""
+
+    def loss(target, out, batch):
+        log_p, log_q = target.logits.log_softmax(-1), out.logits.log_softmax(-1)
+        mask = batch["decoder_attention_mask"].to(log_q.dtype)  # (B, T)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
+        return (kl * mask).sum() / mask.sum()
+
+    _distill_loop(teacher, student, batches, loss, 5e-5, epochs)
 
 
 __all__ = ["Suite", "cosine_similarity", "fusion_suite", "minilm_suite", "mobilenet_suite", "whisper_suite"]
