@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from mmcompress.errors import MMCompressError
+from mmcompress.errors import ConfigError, MMCompressError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -68,8 +68,30 @@ def cli() -> None:
     """mmcompress: make multimodal models small and fast while keeping them accurate."""
 
 
+def _spec_options(fn):
+    """--data / --task / --adapter: what a model that is not built-in is measured on."""
+    fn = click.option(
+        "--adapter", type=click.Path(path_type=Path), default=None,
+        help="YAML describing the model's towers (towers: {image: [backbone], text: [encoder]}).",
+    )(fn)  # fmt: skip
+    fn = click.option(
+        "--task", default=None,
+        help="classification | agreement (top-1 vs the float model, no labels) | cosine | py:FILE.py:FACTORY.",
+    )(fn)  # fmt: skip
+    fn = click.option(
+        "--data", "data_spec", default=None,
+        help="Built-in dataset name or py:FILE.py:FACTORY returning (train, test[, task]). "
+        "Default: a built-in model's own dataset.",
+    )(fn)  # fmt: skip
+    return fn
+
+
 @cli.command()
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--model", "model_spec", default=None,
+    help="Model spec (built-in name, hf:DIR, st:DIR, py:FILE.py:FACTORY or a run folder); overrides the recipe's.",
+)  # fmt: skip
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -79,22 +101,27 @@ def cli() -> None:
 )
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_spec_options
 @_data_options
 @_friendly
-def run(recipe: Path | None, out: Path, resume: bool, quiet: bool, data_dir: Path | None, cache_dir: Path | None):
-    """Run RECIPE (YAML; default: the built-in recipe on fashion-clip) and write a report."""
-    from mmcompress.recipe.schema import load_recipe
+def run(recipe, model_spec, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir):
+    """Run RECIPE (YAML; default: the built-in recipe on fashion-clip) and write a report.
 
-    _run_recipe(load_recipe(recipe), str(recipe or "built-in default"), out, resume, quiet, data_dir, cache_dir)
+    Example: mmcompress run recipes/w8.yaml --model py:my_models.py:build --data py:my_data.py:load
+    """
+    from mmcompress.recipe.run_spec import recipe_for
+
+    spec = recipe_for(recipe, model=model_spec, data=data_spec, task=task, adapter=adapter)
+    _run_recipe(spec, str(recipe or "built-in default"), out, resume, quiet, data_dir, cache_dir)
 
 
 def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir, cache_dir) -> None:
-    """Validate, check the output folder, run the stages with a table per stage."""
+    """Check the output folder, resolve model and data, check the recipe, run the stages (a table each)."""
     from mmcompress.core.io import check_writable
-    from mmcompress.models.zoo import get_spec
-    from mmcompress.recipe.builtin_run import run_recipe
+    from mmcompress.recipe.run_spec import run_recipe
+    from mmcompress.recipe.specs import check_model_spec
 
-    get_spec(spec.model)
+    check_model_spec(spec.model)
     check_writable(out)
     console.print(f"[bold]recipe[/bold] {label}: model {spec.model}, {len(spec.stages)} stages -> {out}")
 
@@ -159,43 +186,66 @@ def train(model, epochs, batch_size, lr, amp, seed, limit, out, quiet, data_dir,
 @click.argument("model")
 @_run_option("Evaluate the compressed model of this run folder instead of the baseline.")
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N test samples.")
+@_spec_options
 @_data_options
 @_friendly
-def evaluate(model, run_dir, limit, data_dir, cache_dir):
-    """Evaluate a built-in MODEL (or a run's compressed version) on its test set."""
-    from mmcompress.data.registry import load_dataset
-    from mmcompress.models.zoo import get_spec, task_for
+def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_dir):
+    """Evaluate MODEL (a spec or a run folder), or with --run a run's compressed version, on its test data.
 
-    net = _load(model, run_dir, data_dir, cache_dir)
-    test = load_dataset(get_spec(model).dataset, "test", data_dir=data_dir, limit=limit)
-    console.print(_table(f"{model} test metrics", task_for(net, test).evaluate(net, test)))
+    Example: mmcompress eval py:my_models.py:build --data py:my_data.py:load --task agreement --run runs/w8
+    """
+    from mmcompress.recipe.specs import load_model_spec, resolve_workload
+
+    _check_run_of(model, run_dir)
+    work = resolve_workload(model, data_spec, task, adapter=adapter, cache_dir=cache_dir, data_dir=data_dir,
+                            test_limit=limit, progress=False)  # fmt: skip
+    work.require_data("eval")
+    net = load_model_spec(run_dir, cache_dir=cache_dir) if run_dir else work.model
+    name = f"{work.name} (run {run_dir})" if run_dir else work.name
+    console.print(_table(f"{name} test metrics", work.task.evaluate(net, work.test)))
 
 
-def _load(model: str, run_dir: Path | None, data_dir, cache_dir, trained: bool = True):
-    """The baseline (trained or cached), or a run's compressed model (its own weights: no training)."""
-    from mmcompress.models.zoo import build_model, load_model
-    from mmcompress.recipe.runner import load_run
+def _check_run_of(model: str, run_dir: Path | None) -> None:
+    """A run compared with MODEL must have compressed MODEL."""
+    from mmcompress.recipe.specs import is_run_folder, read_record
 
-    if run_dir:
-        return load_run(run_dir, build_model(model))
-    return load_model(model, cache_dir=cache_dir, data_dir=data_dir, pretrained=trained)
+    if run_dir is None:
+        return
+    spec = read_record(run_dir).get("model_spec")
+    if spec and not is_run_folder(model) and spec != model:
+        raise ConfigError(f"run {run_dir} compressed {spec!r}, not {model!r}")
 
 
 @cli.command(name="measure")
 @click.argument("model")
 @_run_option("Measure the compressed model of this run folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--data", "data_spec", default=None, help="Data spec for the latency batch (default: the adapter's).")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None, help="YAML describing the model's towers.")
 @_data_options
 @_friendly
-def measure_cmd(model, run_dir, as_json, data_dir, cache_dir):
-    """Parameters, non-zeros, stored bytes per modality tower, and latency of MODEL."""
-    from mmcompress.evaluate.measure import measure
+def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir):
+    """Parameters, non-zeros, stored bytes per modality tower, and latency of MODEL (a spec or a run folder).
 
-    result = measure(_load(model, run_dir, data_dir, cache_dir, trained=False))  # size needs no training
+    Example: mmcompress measure runs/quantize
+    """
+    import torch
+
+    from mmcompress.evaluate.measure import measure
+    from mmcompress.recipe.specs import load_model_spec, resolve_workload
+
+    _check_run_of(model, run_dir)
+    target = run_dir or model
+    net = load_model_spec(target, pretrained=False, cache_dir=cache_dir, adapter=adapter)  # size needs no training
+    example = None
+    if data_spec:
+        work = resolve_workload(net, data_spec, None, data_dir=data_dir, test_limit=8, progress=False)
+        example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
+    result = measure(net, example)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"{model}: size per modality (compression {result.compression:.2f}x)")
+    table = Table(title=f"{target}: size per modality (compression {result.compression:.2f}x)")
     for col in ("tower", "params", "non-zeros", "stored MB", "float32 MB"):
         table.add_column(col, justify="right")
     for name, size in [*result.per_modality.items(), ("total", result.total)]:
@@ -216,10 +266,14 @@ def measure_cmd(model, run_dir, as_json, data_dir, cache_dir):
 @cli.command()
 def models() -> None:
     """List the built-in models."""
-    from mmcompress.models.zoo import list_models
+    from mmcompress.models.zoo import list_models, list_pretrained
 
     for name, desc in list_models().items():
-        click.echo(f"{name:16s} {desc}")
+        click.echo(f"{name:20s} {desc}")
+    click.echo("\nPretrained, loaded as published (offline):")
+    for name, desc in list_pretrained().items():
+        click.echo(f"{name:20s} {desc}")
+    click.echo("\nAny other model: hf:<folder or hub id>, st:<folder or id>, py:<module or file.py>:<factory>")
 
 
 @cli.command()

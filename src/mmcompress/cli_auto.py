@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _friendly, cli, console
+from mmcompress.cli import _friendly, _spec_options, cli, console
 from mmcompress.errors import MMCompressError
 
 
@@ -24,10 +24,11 @@ from mmcompress.errors import MMCompressError
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-robustness", is_flag=True, help="Skip the corruption table.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/auto"), show_default=True)
+@_spec_options
 @_friendly
 def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, backend, test_limit, seed,
-             no_robustness, out):  # fmt: skip
-    """Search per-modality compression plans of MODEL under constraints; write the chosen recipe and a report.
+             no_robustness, out, data_spec, task, adapter):  # fmt: skip
+    """Search per-modality compression plans of MODEL (a spec) under constraints; write the chosen recipe and a report.
 
     Trials are cached under OUT/trials: running the same command again resumes the search.
 
@@ -36,7 +37,8 @@ def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jo
     from mmcompress.auto.api import auto_compress
 
     result = auto_compress(
-        model, out, max_drop=max_drop, max_size_mb=max_size, max_latency_ms=max_latency,
+        model, out, data=data_spec, task=task, adapter=adapter, max_drop=max_drop, max_size_mb=max_size,
+        max_latency_ms=max_latency,
         time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, backend=backend, seed=seed,
         test_limit=test_limit,
         check_robustness=not no_robustness,

@@ -21,10 +21,11 @@ from mmcompress.cli import _data_options, _friendly, cli, console
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
+@click.option("--data", "data_spec", default=None, help="Data spec of the timed batches (default: the run's/model's).")
 @_data_options
 @_friendly
-def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads, out, data_dir, cache_dir):
-    """Time MODEL (and a run's compressed version) per tower, runtime and batch; table, JSON, plot.
+def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads, out, data_spec, data_dir, cache_dir):
+    """Time MODEL (a spec or a run folder; and a run's compressed version) per tower, runtime and batch.
 
     Example: mmcompress bench fashion-clip --run runs/quantize --batch 64
     """
@@ -36,7 +37,7 @@ def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads
     rows = bench(
         model, out, run_dir=run_dir, batches=tuple(batches) or (1, 32), runtimes=runtimes,
         parts=tuple(parts) or None, repeats=repeats, warmup=warmup, threads=threads,
-        cache_dir=str(cache_dir) if cache_dir else None, data_dir=str(data_dir) if data_dir else None,
+        cache_dir=str(cache_dir) if cache_dir else None, data_dir=str(data_dir) if data_dir else None, data=data_spec,
     )  # fmt: skip
     table = Table(title=f"{model}: median latency, {threads} threads, each case in its own process")
     for column in (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
+from mmcompress.cli import _data_options, _friendly, _run_recipe, _spec_options, cli
 from mmcompress.errors import ConfigError
 
 
@@ -38,12 +38,16 @@ from mmcompress.errors import ConfigError
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quantize"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_spec_options
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
                  smoothquant, only, onnx, train_limit, epochs, test_limit, out, resume, quiet,
-                 data_dir, cache_dir):  # fmt: skip
-    """Quantize a built-in MODEL: evaluate, quantize, evaluate (and export); report in --out."""
+                 data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
+    """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
+
+    Example: mmcompress quantize py:my_models.py:build --data py:my_data.py:load --task agreement --bits 8
+    """
     from mmcompress.recipe.schema import load_recipe
 
     config = {
@@ -57,7 +61,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage, {"name": "quantized", "pass": "evaluate"}]
     if onnx:
         stages.append({"pass": "export_onnx"})
-    recipe = _recipe(model, train_limit, test_limit, epochs, stages)
+    recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
     _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir)
 
 
@@ -81,12 +85,15 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/prune"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_spec_options
 @_data_options
 @_friendly
 def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetune_epochs, onnx, train_limit,
-              epochs, test_limit, out, resume, quiet, data_dir, cache_dir):  # fmt: skip
-    """Prune a built-in MODEL: evaluate, prune, fine-tune, evaluate (and export); report in --out."""
-    from mmcompress.models.zoo import get_spec
+              epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
+    """Prune MODEL (a spec): evaluate, prune, fine-tune, evaluate (and export); report in --out.
+
+    Example: mmcompress prune digits-cnn --structured channels --ratio 0.3
+    """
     from mmcompress.recipe.schema import load_recipe
 
     if structured:
@@ -99,17 +106,26 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetun
         stage["targets"] = {key: {} for key in only}
     stages = [{"name": "baseline", "pass": "evaluate"}, stage]
     if finetune_epochs:  # the model's own frozen parts (e.g. fashion-clip's MiniLM) stay frozen
-        freeze = list(get_spec(model).train.freeze)
+        freeze = list(builtin_freeze(model))
         stages.append({"pass": "finetune", "config": {"epochs": finetune_epochs, "freeze": freeze}})
     stages.append({"name": "pruned", "pass": "evaluate"})
     if onnx:
         stages.append({"pass": "export_onnx"})
-    recipe = _recipe(model, train_limit, test_limit, epochs, stages)
+    recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
     _run_recipe(load_recipe(recipe), "prune", out, resume, quiet, data_dir, cache_dir)
 
 
-def _recipe(model: str, train_limit, test_limit, epochs, stages: list[dict]) -> dict:
+def builtin_freeze(model: str) -> tuple[str, ...]:
+    """Parameters a built-in model keeps frozen in training (fashion-clip's MiniLM); none for others."""
+    from mmcompress.models.zoo import MODELS
+
+    return tuple(MODELS[model].train.freeze) if model in MODELS else ()
+
+
+def _recipe(model: str, train_limit, test_limit, epochs, stages: list[dict], data=None, task=None,
+            adapter=None) -> dict:  # fmt: skip
     recipe = {"model": model, "data": {"train_limit": train_limit, "test_limit": test_limit}, "stages": stages}
+    recipe.update({k: str(v) for k, v in dict(dataset=data, task=task, adapter=adapter).items() if v})
     if epochs is not None:
         recipe["train"] = {"epochs": epochs}
     return recipe

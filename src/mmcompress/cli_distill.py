@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _data_options, _friendly, _run_recipe, cli
-from mmcompress.cli_compress import _recipe
+from mmcompress.cli import _data_options, _friendly, _run_recipe, _spec_options, cli
+from mmcompress.cli_compress import _recipe, builtin_freeze
 from mmcompress.errors import ConfigError
 
 
@@ -34,16 +34,16 @@ from mmcompress.errors import ConfigError
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/distill"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_spec_options
 @_data_options
 @_friendly
 def distill_cmd(model, channels, only, keep_every, layer_path, temperature, alpha, mode, kd_epochs, lr, batch_size, amp,
-                onnx,
-                train_limit, epochs, test_limit, out, resume, quiet, data_dir, cache_dir):  # fmt: skip
-    """Shrink a built-in MODEL into a student and distill it from the original; report in --out.
+                onnx, train_limit, epochs, test_limit, out, resume, quiet, data_spec, task, adapter,
+                data_dir, cache_dir):  # fmt: skip
+    """Shrink MODEL (a spec) into a student and distill it from the original; report in --out.
 
     Example: mmcompress distill fashion-cnn --channels 0.5 --kd-epochs 3
     """
-    from mmcompress.models.zoo import get_spec
     from mmcompress.recipe.schema import load_recipe
 
     if channels is None and keep_every is None:
@@ -54,12 +54,12 @@ def distill_cmd(model, channels, only, keep_every, layer_path, temperature, alph
         if only:
             stage["targets"] = {key: {} for key in only}
         stages.append(stage)
-    freeze = list(get_spec(model).train.freeze)
+    freeze = list(builtin_freeze(model))
     if keep_every is not None:
         from mmcompress.distill.students import every_kth, layer_stack
-        from mmcompress.models.zoo import build_model
+        from mmcompress.recipe.specs import load_model_spec
 
-        _, stack = layer_stack(build_model(model), layer_path)  # checked before any work
+        _, stack = layer_stack(load_model_spec(model, pretrained=False), layer_path)  # checked before any work
         every_kth(len(stack), keep_every)
         stages.append({"pass": "drop_layers", "config": {"every": keep_every, "path": layer_path}})
         freeze = []  # a shallower tower has to learn
@@ -69,5 +69,5 @@ def distill_cmd(model, channels, only, keep_every, layer_path, temperature, alph
     stages += [{"pass": "distill", "config": config}, {"name": "distilled", "pass": "evaluate"}]
     if onnx:
         stages.append({"pass": "export_onnx"})
-    recipe = _recipe(model, train_limit, test_limit, epochs, stages)
+    recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
     _run_recipe(load_recipe(recipe), "distill", out, resume, quiet, data_dir, cache_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,9 +18,12 @@ from mmcompress.core.io import atomic_write_bytes, atomic_write_json
 
 
 def auto_compress(
-    model_name: str,
+    model: Any,
     out_dir: str | Path,
     *,
+    data: Any = None,
+    task: Any = None,
+    adapter: Any = None,
     max_drop: float = 1.0,
     max_size_mb: float | None = None,
     max_latency_ms: float | None = None,
@@ -33,7 +37,7 @@ def auto_compress(
     verify_top: int = 3,
     progress: bool = True,
 ) -> AutoResult:
-    """Find the best per-modality compression plan of a built-in model under constraints.
+    """Find the best per-modality compression plan of a model under constraints.
 
     Writes to `out_dir`: `trials/` (cache; a rerun resumes), `runs/<plan>/` (each trial's run),
     `chosen.yaml` (the chosen plan as a recipe on the full test set: `mmcompress run chosen.yaml`
@@ -42,7 +46,10 @@ def auto_compress(
     closest plan and by how much it misses.
 
     Args:
-        model_name: a built-in model.
+        model: a model spec (built-in name, `hf:...`, `py:<file.py>:<factory>`, ...) or an nn.Module.
+        data, task, adapter: specs or objects for a model that is not built-in (a data spec or a
+            `(train, test)` pair; task `agreement` compares with the float model and needs no labels;
+            an adapter gives per-modality plans, without one the model is one tower).
         max_drop: largest allowed drop of the task's primary metric, in points.
         max_size_mb, max_latency_ms: optional limits (latency: ONNX Runtime, batch 32, 2 threads).
         time_budget_min, max_trials, jobs, backend, seed, test_limit: search settings (see
@@ -54,39 +61,55 @@ def auto_compress(
 
     Example:
         >>> result = auto_compress("fashion-clip", "runs/auto", max_drop=1.0, time_budget_min=20)
+        >>> result = auto_compress(my_net, "runs/auto", data=(train, test), task="agreement")
         >>> print(result.message)
     """
-    from mmcompress.data.registry import load_dataset
+    import copy
+
     from mmcompress.evaluate.measure import measure
-    from mmcompress.models.zoo import build_model, get_spec, load_model, task_for
+    from mmcompress.models.zoo import task_for
     from mmcompress.recipe.runner import load_run
+    from mmcompress.recipe.specs import resolve_workload
 
     out = Path(out_dir)
     constraints = Constraints(max_drop, max_size_mb, max_latency_ms)
-    result = search_plans(model_name, out, constraints=constraints, time_budget_min=time_budget_min,
+    work = resolve_workload(model, data, task, adapter=adapter, progress=progress)
+    work.require_data("auto")
+    result = search_plans(work, out, constraints=constraints, time_budget_min=time_budget_min,
                           max_trials=max_trials, jobs=jobs, backend=backend, seed=seed, test_limit=test_limit,
                           progress=progress)  # fmt: skip
     if verify_top and test_limit is not None:
-        verify_choice(result, model_name, out, top=verify_top)
-    original = load_model(model_name, progress=progress)
+        verify_choice(result, work, out, top=verify_top)
+    original = work.model
     before_mb = {t: s.stored_bytes / 1e6 for t, s in measure(original).per_modality.items()}
     table = None
     if result.chosen is not None:
         plan = result.trials[result.chosen].plan
-        recipe = plan_to_recipe(plan, model_name, seed=seed)
+        specs = {"dataset": data if isinstance(data, str) else None, "task": task if isinstance(task, str) else None,
+                 "adapter": str(adapter) if isinstance(adapter, (str, Path)) else None}  # fmt: skip
+        recipe = plan_to_recipe(plan, work.spec, seed=seed, specs=specs)
         result.recipe_path = out / "chosen.yaml"
         header = f"# mmcompress auto: {plan.describe()}\n"
+        if work.spec is None:
+            header += "# made from a Python model object: run it with --model SPEC (and --data/--task)\n"
         atomic_write_bytes(result.recipe_path, (header + yaml.safe_dump(recipe.to_dict(), sort_keys=False)).encode())
         if check_robustness:
             run_dir = out / "verified" / plan.key()
-            chosen = load_run(run_dir if run_dir.is_dir() else out / "runs" / plan.key(), build_model(model_name))
-            test = load_dataset(get_spec(model_name).dataset, "test", limit=test_limit)
-            table = robustness({"float32": original, "chosen": chosen}, lambda ds: task_for(original, ds), test, seed)
+            chosen = load_run(run_dir if run_dir.is_dir() else out / "runs" / plan.key(), copy.deepcopy(original))
+            test = work.test if test_limit is None or len(work.test) <= test_limit else _first(work.test, test_limit)
+            make_task = (lambda ds: task_for(original, ds)) if work.builtin else (lambda ds: work.task)
+            table = robustness({"float32": original, "chosen": chosen}, make_task, test, seed)
     result.extra["robustness"] = table
     atomic_write_json(out / "auto.json", {**summary_dict(result), "robustness": table,
                                          "verified": result.extra.get("verified")})  # fmt: skip
     result.extra["report"] = [str(p) for p in write_auto_report(result, out, before_mb, table)]
     return result
+
+
+def _first(ds: Any, n: int) -> Any:
+    import torch.utils.data
+
+    return ds.subset(n) if hasattr(ds, "subset") else torch.utils.data.Subset(ds, range(n))
 
 
 def load_summary(out_dir: str | Path) -> dict:

@@ -75,13 +75,14 @@ def latency_inputs(task: Any, test: Any, batch: int) -> Any:
 def evaluate_plan(
     model: nn.Module,
     plan: Plan,
-    model_name: str,
+    model_spec: str | None,
     data: tuple[Any, Any],
     out_dir: Path,
     *,
     latency_batch: int = 32,
     threads: int = 2,
     metric_fn: MetricFn | None = None,
+    task: Any = None,
 ) -> dict[str, float]:
     """Metrics of `plan` applied to a copy of `model`: metric, size_mb, latency_ms (ORT) and the
     stored bytes per tower. A metric that is not finite raises ValueError (the trial fails).
@@ -95,8 +96,8 @@ def evaluate_plan(
     torch.set_num_threads(threads)
     candidate = copy.deepcopy(model)
     train, test = data
-    task = task_for(candidate, test)
-    recipe = plan_to_recipe(plan, model_name, onnx_eval_limit=200)
+    task = task or task_for(candidate, test)
+    recipe = plan_to_recipe(plan, model_spec, onnx_eval_limit=200)
     run = compress(candidate, recipe, data=(train, test), output_dir=out_dir, task=task, progress=False)
     final = run.metrics("compressed")
     metric = metric_fn(candidate) if metric_fn is not None else final[task.primary_metric]

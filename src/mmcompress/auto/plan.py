@@ -89,9 +89,16 @@ class Plan(FrozenConfig):
 
 
 def plan_to_recipe(
-    plan: Plan, model: str, *, test_limit: int | None = None, seed: int = 0, onnx_eval_limit: int | None = None
+    plan: Plan,
+    model: str | None,
+    *,
+    test_limit: int | None = None,
+    seed: int = 0,
+    onnx_eval_limit: int | None = None,
+    specs: dict[str, Any] | None = None,
 ) -> Recipe:
-    """The recipe that applies `plan` to a built-in model: structured pruning, unstructured
+    """The recipe that applies `plan` to a model (spec; `specs` adds dataset/task/adapter specs):
+    structured pruning, unstructured
     pruning, fine-tuning, quantization, evaluation and ONNX export (the artifact is evaluated
     in ONNX Runtime on `onnx_eval_limit` test samples, all when None).
 
@@ -120,7 +127,8 @@ def plan_to_recipe(
     stages.append({"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 3}})
     stages.append({"pass": "export_onnx", "config": {"eval_limit": onnx_eval_limit}})
     data = {"test_limit": test_limit} if test_limit else {}
-    return load_recipe({"model": model, "seed": seed, "data": data, "stages": stages})
+    extra = {k: v for k, v in (specs or {}).items() if v is not None}
+    return load_recipe({"model": model, **extra, "seed": seed, "data": data, "stages": stages})
 
 
 def _table_target(tower: TowerPlan) -> dict[str, Any] | None:

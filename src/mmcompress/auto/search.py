@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, ort_latency_ms
 from mmcompress.auto.pareto import pareto_front
@@ -18,6 +19,7 @@ from mmcompress.auto.space import SearchSpace, build_space
 from mmcompress.auto.trials import TrialCache, TrialRecord
 from mmcompress.auto.workers import Workers
 from mmcompress.errors import ConfigError, DataError
+from mmcompress.recipe.specs import Workload, resolve_workload
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class Constraints:
 
     def violations(self, metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
         """How far a trial misses each constraint (positive = violated)."""
-        out = {"max_drop": 100 * (baseline["metric"] - metrics["metric"]) - self.max_drop}
+        sign = baseline.get("higher_is_better", 1.0)  # -1: a lower metric (WER) is better
+        out = {"max_drop": 100 * sign * (baseline["metric"] - metrics["metric"]) - self.max_drop}
         if self.max_size_mb is not None:
             out["max_size_mb"] = metrics["size_mb"] - self.max_size_mb
         if self.max_latency_ms is not None:
@@ -53,8 +56,8 @@ class AutoResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _objectives(metrics: dict[str, float]) -> tuple[float, float, float]:
-    return metrics["size_mb"], metrics["latency_ms"], metrics["metric"]
+def _objectives(metrics: dict[str, float], sign: float = 1.0) -> tuple[float, float, float]:
+    return metrics["size_mb"], metrics["latency_ms"], sign * metrics["metric"]
 
 
 def choose(trials: list[TrialRecord], baseline: dict[str, float], constraints: Constraints) -> tuple[int | None, str]:
@@ -69,7 +72,12 @@ def choose(trials: list[TrialRecord], baseline: dict[str, float], constraints: C
     feasible = [(i, t) for i, t in ok if max(constraints.violations(t.metrics, baseline).values()) <= 0]
     if feasible:
         i, t = min(
-            feasible, key=lambda it: (it[1].metrics["size_mb"], it[1].metrics["latency_ms"], -it[1].metrics["metric"])
+            feasible,
+            key=lambda it: (
+                it[1].metrics["size_mb"],
+                it[1].metrics["latency_ms"],
+                -baseline.get("higher_is_better", 1.0) * it[1].metrics["metric"],
+            ),
         )
         return i, f"chosen: {t.plan.describe()}"
     i, t = min(ok, key=lambda it: max(constraints.violations(it[1].metrics, baseline).values()))
@@ -79,9 +87,11 @@ def choose(trials: list[TrialRecord], baseline: dict[str, float], constraints: C
 
 
 def search_plans(
-    model_name: str,
+    model: str | nn.Module | Workload,
     out_dir: str | Path,
     *,
+    data: Any = None,
+    task: Any = None,
     constraints: Constraints = Constraints(),
     time_budget_min: float = 20.0,
     max_trials: int | None = None,
@@ -93,7 +103,7 @@ def search_plans(
     metric_fn: MetricFn | None = None,
     progress: bool = True,
 ) -> AutoResult:
-    """Search per-modality compression plans of a built-in model under constraints.
+    """Search per-modality compression plans of a model under constraints.
 
     Measures per-tower quantization sensitivity first (it prunes the bit widths), then lets
     Optuna's multi-objective TPE sampler propose plans (bits, W7A8, sparsity, channels per tower,
@@ -102,7 +112,10 @@ def search_plans(
     a trial that raises or returns NaN is recorded as failed and the search goes on.
 
     Args:
-        model_name: a built-in model (its cached trained baseline is the starting point).
+        model: a model spec (a built-in's cached trained baseline is the starting point; `hf:`,
+            `py:...:factory`, ...), an nn.Module, or a resolved Workload.
+        data, task: data and task specs or objects for a model that is not built-in (see
+            `mmcompress.recipe.specs`; task `agreement` needs no labels).
         out_dir: trials, per-trial runs, the chosen recipe (`chosen.yaml`) and the report.
         constraints: max metric drop (points), size (MB) and latency (ms).
         time_budget_min: no trial starts after this many minutes.
@@ -119,22 +132,20 @@ def search_plans(
     """
     import optuna
 
-    from mmcompress.data.registry import load_dataset
-    from mmcompress.models.zoo import get_spec, load_model, task_for
-
     if jobs < 1 or time_budget_min <= 0:
         raise ConfigError("jobs must be >= 1 and time_budget_min > 0")
     out = Path(out_dir)
     start = time.perf_counter()
-    spec = get_spec(model_name)
-    model = load_model(model_name, progress=progress)
-    train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test", limit=test_limit)
-    task = task_for(model, test)
+    work = as_workload(model, data, task, progress=progress)
+    model, train, task = work.model, work.train, work.task
+    test = _subset(work.test, test_limit) if test_limit else work.test
     calib = [task.batch(train, i)[0] for i in torch.arange(min(256, len(train))).split(64)]
-    space = build_space(model, calib, task, test.subset(min(len(test), 1000)), max(3.0, 3 * constraints.max_drop))
-    space.finetune_freeze = tuple(spec.train.freeze)  # fine-tune like the model was trained
-    space.finetune_lr, space.finetune_batch_size = spec.train.lr, spec.train.batch_size
+    space = build_space(model, calib, task, _subset(test, 1000), max(3.0, 3 * constraints.max_drop))
+    space.finetune_freeze = work.freeze  # fine-tune like the model was trained
+    if work.train_config is not None:
+        space.finetune_lr, space.finetune_batch_size = work.train_config.lr, work.train_config.batch_size
     baseline = _baseline(model, task, test, out / "baseline", latency_batch, metric_fn)
+    sign = baseline["higher_is_better"]
     cache = TrialCache(out / "trials")
     records: dict[str, TrialRecord] = {r.plan.key(): r for r in cache.all()}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -161,12 +172,13 @@ def search_plans(
                     args = (
                         shared_model,
                         plan,
-                        model_name,
+                        work.spec,
                         shared_data,
                         out / "runs" / plan.key(),
                         latency_batch,
                         threads,
                         metric_fn,
+                        task,
                     )
                     runs.append((trial, plan, workers.submit(_run_trial, *args)))
                 else:
@@ -184,17 +196,37 @@ def search_plans(
         workers.close()
     trials = list(records.values())
     ok = [i for i, t in enumerate(trials) if t.ok]
-    front = [ok[j] for j in pareto_front([_objectives(trials[i].metrics) for i in ok], (False, False, True))]
+    front = [ok[j] for j in pareto_front([_objectives(trials[i].metrics, sign) for i in ok], (False, False, True))]
     chosen, message = choose(trials, baseline, constraints)
     return AutoResult(trials, front, chosen, baseline, constraints, space, message)
 
 
-def _run_trial(model, plan, model_name, data, run_dir, latency_batch, threads, metric_fn) -> TrialRecord:
+def as_workload(model: Any, data: Any = None, task: Any = None, *, progress: bool = True) -> Workload:
+    """A resolved model + data + task (a Workload passes through).
+
+    Example:
+        >>> as_workload("digits-cnn").task.primary_metric
+        'accuracy'
+    """
+    if isinstance(model, Workload):
+        return model
+    work = resolve_workload(model, data, task, progress=progress)
+    work.require_data("the search")
+    return work
+
+
+def _subset(ds: Any, n: int) -> Any:
+    if len(ds) <= n:
+        return ds
+    return ds.subset(n) if hasattr(ds, "subset") else torch.utils.data.Subset(ds, range(n))
+
+
+def _run_trial(model, plan, model_spec, data, run_dir, latency_batch, threads, metric_fn, task=None) -> TrialRecord:
     """Evaluate one plan; any error or NaN becomes a failed record (the search continues)."""
     start = time.perf_counter()
     try:
-        metrics = evaluate_plan(model, plan, model_name, data, run_dir, latency_batch=latency_batch,
-                                threads=threads, metric_fn=metric_fn)  # fmt: skip
+        metrics = evaluate_plan(model, plan, model_spec, data, run_dir, latency_batch=latency_batch,
+                                threads=threads, metric_fn=metric_fn, task=task)  # fmt: skip
         return TrialRecord(plan, {}, "ok", metrics, seconds=time.perf_counter() - start)
     except Exception as err:  # a failing trial must not stop the search
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
@@ -212,6 +244,7 @@ def _baseline(model, task, test, out: Path, latency_batch: int, metric_fn) -> di
         raise DataError(f"the evaluation of the original model returned {metric!r}; the search needs a finite baseline")
     return {
         "metric": float(metric),
+        "higher_is_better": -1.0 if getattr(task, "higher_is_better", True) is False and not metric_fn else 1.0,
         "size_mb": measure(model).total.stored_bytes / 1e6,
         "latency_ms": ort_latency_ms(out / "model.onnx", inputs, threads=2),
     }
@@ -225,7 +258,7 @@ def _tell(study, trial, record: TrialRecord, constraints: Constraints, baseline:
         return
     for key, value in constraints.violations(record.metrics, baseline).items():
         trial.set_constraint(key, value)
-    study.tell(trial, list(_objectives(record.metrics)))
+    study.tell(trial, list(_objectives(record.metrics, baseline.get("higher_is_better", 1.0))))
 
 
 def _add_cached(study, space: SearchSpace, record: TrialRecord, constraints: Constraints, baseline: dict) -> None:
@@ -239,7 +272,8 @@ def _add_cached(study, space: SearchSpace, record: TrialRecord, constraints: Con
         study.add_trial(optuna.trial.create_trial(params=record.params, distributions=dists,
                                                   state=optuna.trial.TrialState.FAIL))  # fmt: skip
         return
-    values, violations = list(_objectives(record.metrics)), constraints.violations(record.metrics, baseline)
+    values = list(_objectives(record.metrics, baseline.get("higher_is_better", 1.0)))
+    violations = constraints.violations(record.metrics, baseline)
     frozen = optuna.trial.create_trial(params=record.params, distributions=dists, values=values, constraints=violations)
     study.add_trial(frozen)
 
@@ -263,7 +297,7 @@ def _distributions(space: SearchSpace, params: dict) -> dict:
 def _print_trial(n: int, record: TrialRecord, baseline: dict) -> None:
     if record.ok:
         m = record.metrics
-        drop = 100 * (baseline["metric"] - m["metric"])
+        drop = 100 * baseline.get("higher_is_better", 1.0) * (baseline["metric"] - m["metric"])
         print(f"trial {n}: {m['size_mb']:.2f} MB, {m['latency_ms']:.1f} ms, drop {drop:+.2f} pt "
               f"({record.seconds:.0f} s) - {record.plan.describe()}", flush=True)  # fmt: skip
     else:

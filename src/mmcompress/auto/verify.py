@@ -7,19 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmcompress.auto.evaluate import evaluate_plan
-from mmcompress.auto.search import AutoResult
+from mmcompress.auto.search import AutoResult, as_workload
+from mmcompress.recipe.specs import Workload
 
 
-def verify_choice(result: AutoResult, model_name: str, out_dir: str | Path, *, top: int = 3) -> AutoResult:
+def verify_choice(result: AutoResult, work: Workload, out_dir: str | Path, *, top: int = 3) -> AutoResult:
     """Re-evaluate up to `top` of the smallest feasible trials on the full test set; `result.chosen`
     becomes the first that passes (None if none does), `result.extra["verified"]` holds each check.
 
     Example:
-        >>> verify_choice(result, "fashion-clip", "runs/auto", top=3).message
+        >>> verify_choice(result, resolve_workload("fashion-clip"), "runs/auto", top=3).message
     """
-    from mmcompress.data.registry import load_dataset
-    from mmcompress.models.zoo import get_spec, load_model, task_for
-
     base, limits = result.baseline, result.constraints
     feasible = [
         i for i, t in enumerate(result.trials) if t.ok and max(limits.violations(t.metrics, base).values()) <= 0
@@ -27,16 +25,15 @@ def verify_choice(result: AutoResult, model_name: str, out_dir: str | Path, *, t
     feasible.sort(key=lambda i: (result.trials[i].metrics["size_mb"], result.trials[i].metrics["latency_ms"]))
     if not feasible:
         return result
-    spec = get_spec(model_name)
-    model = load_model(model_name, progress=False)
-    train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test")
-    task = task_for(model, test)
+    work = as_workload(work)
+    model, train, test, task = work.model, work.train, work.test, work.task
     full = {**base, "metric": float(task.evaluate(model, test)[task.primary_metric])}
     checks = []
     result.chosen = None
     for index in feasible[:top]:
         plan = result.trials[index].plan
-        metrics = evaluate_plan(model, plan, model_name, (train, test), Path(out_dir) / "verified" / plan.key())
+        folder = Path(out_dir) / "verified" / plan.key()
+        metrics = evaluate_plan(model, plan, work.spec, (train, test), folder, task=task)
         misses = {k: v for k, v in limits.violations(metrics, full).items() if v > 0}
         checks.append({"trial": index, "plan": plan.describe(), "metrics": metrics, "misses": misses})
         if not misses:

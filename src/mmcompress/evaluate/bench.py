@@ -38,28 +38,25 @@ class BenchRow:
     speedup: float | None = None
 
 
-def load_part(model_name: str, run_dir: str | None, variant: str, part: str, cache_dir: str | None = None) -> nn.Module:
+def load_part(model_spec: str, run_dir: str | None, variant: str, part: str, cache_dir: str | None = None) -> nn.Module:
     """The whole model (`part="model"`) or one tower module: the run's compressed model, or the
-    original (the baseline the run started from, or the cached baseline without a run).
+    original (the baseline the run started from, or the model the spec names without a run).
 
     Example:
         >>> load_part("fashion-clip", None, "original", "image")   # the trained baseline's image tower
     """
-    from mmcompress.models.zoo import build_model, load_model
-    from mmcompress.recipe.runner import load_run
+    from mmcompress.models.zoo import MODELS
+    from mmcompress.recipe.schema import Recipe, baseline_train_config
+    from mmcompress.recipe.specs import load_model_spec, read_record
 
     if variant == "compressed":
-        model = load_run(run_dir, build_model(model_name))
-    elif run_dir:
-        from mmcompress.recipe.schema import baseline_train_config, load_recipe
-
-        recipe = load_recipe(json.loads((Path(run_dir) / "record.json").read_text())["recipe"])
-        if recipe.model != model_name:
-            raise ConfigError(f"run {run_dir} compressed {recipe.model!r}, not {model_name!r}")
-        model = load_model(model_name, cache_dir=cache_dir, progress=False, train=baseline_train_config(recipe),
-                           train_limit=recipe.data.train_limit)  # fmt: skip
+        model = load_model_spec(run_dir, cache_dir=cache_dir)
+    elif run_dir and model_spec in MODELS:  # the baseline trained exactly as the run's was
+        recipe = Recipe.from_dict(read_record(run_dir)["recipe"], "record.recipe")
+        model = load_model_spec(model_spec, cache_dir=cache_dir, progress=False, train=baseline_train_config(recipe),
+                                train_limit=recipe.data.train_limit)  # fmt: skip
     else:
-        model = load_model(model_name, cache_dir=cache_dir, progress=False)
+        model = load_model_spec(model_spec, cache_dir=cache_dir, progress=False)
     model.eval()
     return model if part == "model" else model.get_submodule(tower_modules(model)[part])
 
@@ -97,7 +94,7 @@ def part_inputs(model: nn.Module, batch: Any, module_name: str | None) -> dict[s
 
 
 def bench(
-    model_name: str,
+    model_spec: str,
     out_dir: str | Path,
     *,
     run_dir: str | Path | None = None,
@@ -109,42 +106,56 @@ def bench(
     threads: int = 2,
     cache_dir: str | None = None,
     data_dir: str | None = None,
+    data: str | None = None,
 ) -> list[BenchRow]:
-    """Time a built-in model (and a run's compressed version) per part, runtime and batch size.
+    """Time a model (and a run's compressed version) per part, runtime and batch size.
 
     Args:
-        model_name: a built-in model; its trained baseline is the "original".
+        model_spec: a model spec (built-in name: its trained baseline is the "original"; hf:, st:,
+            py:...:factory) or a run folder (then its model spec is the original and it is the run).
         out_dir: bench.json, bench.png, the exported ONNX files and the inputs go here.
         run_dir: a `mmcompress run` folder: its compressed model is timed beside the original.
         batches, runtimes: what to time ("eager", "onnxruntime", "compile").
         parts: "model" and/or tower names (default: the whole model and every one-module tower).
         repeats, warmup, threads: timing settings (each case in its own process).
+        data: data spec of the timed batches (default: the run's or the built-in model's dataset).
 
     Example:
         >>> rows = bench("fashion-clip", "runs/bench", run_dir="runs/quantize", batches=(64,))
     """
-    from mmcompress.data.registry import load_dataset
     from mmcompress.graph.export import export_onnx
-    from mmcompress.models.zoo import get_spec, task_for
+    from mmcompress.recipe.specs import is_run_folder, read_record, resolve_workload
 
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
         raise ConfigError(f"unknown runtime {bad[0] if bad else None!r}; choose from {list(RUNTIMES)}")
     if not batches or min(batches) < 1 or repeats < 1 or warmup < 0:
         raise ConfigError("batch sizes and repeats must be >= 1, warmup >= 0")
+    if is_run_folder(model_spec) and run_dir is None:
+        model_spec, run_dir = read_record(model_spec).get("model_spec"), model_spec
+        if not model_spec:
+            raise ConfigError(f"run {run_dir} names no model spec (made from a Python object): give MODEL and --run")
+    record = read_record(run_dir) if run_dir else {}
+    if record.get("model_spec") and record["model_spec"] != model_spec:
+        raise ConfigError(f"run {run_dir} compressed {record['model_spec']!r}, not {model_spec!r}")
+    data = data or record.get("recipe", {}).get("dataset")
+    work = resolve_workload(model_spec, data, record.get("recipe", {}).get("task"), cache_dir=cache_dir,
+                            data_dir=data_dir, test_limit=max(batches), progress=False, pretrained=False)  # fmt: skip
+    work.require_data("bench")
+    test, task = work.test, work.task
+    if len(test) < max(batches):
+        raise ConfigError(f"the test data has {len(test)} samples, fewer than the largest batch {max(batches)}")
     out = ensure_writable_dir(out_dir)
-    test = load_dataset(get_spec(model_name).dataset, "test", data_dir=data_dir, limit=max(batches))
     rd = str(run_dir) if run_dir else None
     rows: list[BenchRow] = []
     exported: set[Path] = set()
     for variant in ("original", "compressed") if run_dir else ("original",):
-        model = load_part(model_name, rd, variant, "model", cache_dir)
+        model = load_part(model_spec, rd, variant, "model", cache_dir)
         towers = tower_modules(model)
         chosen = parts or ("model", *towers)
         unknown = [p for p in chosen if p != "model" and p not in towers]
         if unknown:
-            raise ConfigError(f"part {unknown[0]!r} is not 'model' or a tower of {model_name} ({sorted(towers)})")
-        task = task_for(model, test)
+            raise ConfigError(f"part {unknown[0]!r} is not 'model' or a tower of {model_spec} ({sorted(towers)})")
         for part in chosen:
             module = model if part == "model" else model.get_submodule(towers[part])
             onnx_path = out / f"{variant}-{part}.onnx"
@@ -155,7 +166,7 @@ def bench(
                 if "onnxruntime" in runtimes and onnx_path not in exported:  # dynamic batch: one file per part
                     export_onnx(module, inputs, onnx_path)
                     exported.add(onnx_path)
-                where = {"model": model_name, "run_dir": rd, "variant": variant, "part": part, "cache_dir": cache_dir}
+                where = {"model": model_spec, "run_dir": rd, "variant": variant, "part": part, "cache_dir": cache_dir}
                 for runtime in runtimes:
                     case = {"runtime": runtime, "inputs": str(inputs_path), "onnx": str(onnx_path), "keyword": True,
                             "threads": threads, "warmup": warmup, "repeats": repeats, **where}  # fmt: skip
@@ -163,7 +174,7 @@ def bench(
                     rows.append(BenchRow(variant, part, runtime, batch, got["median_ms"], got["p10_ms"], got["p90_ms"],
                                          1000 * batch / got["median_ms"], got["peak_rss_mb"]))  # fmt: skip
     _speedups(rows)
-    atomic_write_json(out / "bench.json", {"model": model_name, "run_dir": str(run_dir) if run_dir else None,
+    atomic_write_json(out / "bench.json", {"model": model_spec, "run_dir": str(run_dir) if run_dir else None,
                                            "threads": threads, "rows": [asdict(r) for r in rows]})  # fmt: skip
     plot_bench(rows, out / "bench.png")
     return rows

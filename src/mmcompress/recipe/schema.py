@@ -44,8 +44,14 @@ class Recipe(FrozenConfig):
     """A compression recipe.
 
     Attributes:
-        model: built-in model name (see `mmcompress models`); ignored by `compress` when a model is given.
-        dataset: dataset name (default: the model's own).
+        model: a model spec: built-in name (see `mmcompress models`), `hf:...`, `st:...`,
+            `py:<module or file.py>:<factory>` or a run folder; `compress` takes the model object
+            instead. None: given on the command line (`mmcompress run RECIPE --model SPEC`).
+        dataset: a data spec: built-in dataset name or `py:...:<factory>` returning
+            (train, test[, task]) (default: a built-in model's own dataset).
+        task: `classification`, `agreement` (top-1 agreement with the float model, no labels
+            needed), `cosine`, or `py:...:<factory>` returning a Task or an evaluation function.
+        adapter: towers of the model for `modality:` targets (a YAML file or a mapping).
         seed: seeds every stage.
         data: subset sizes (`train_limit` also applies to training the baseline).
         train: TrainConfig overrides for training the baseline when it is not cached.
@@ -59,8 +65,10 @@ class Recipe(FrozenConfig):
         ['evaluate', 'prune']
     """
 
-    model: str = "fashion-clip"
+    model: str | None = None
     dataset: str | None = None
+    task: str | None = None
+    adapter: str | dict[str, Any] | None = None
     seed: int = 0
     data: DataSpec = DataSpec()
     train: dict[str, Any] | None = None
@@ -113,8 +121,8 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
 
 def baseline_train_config(recipe: Recipe):
     """The TrainConfig for the recipe's baseline: the model's default with `recipe.train` overrides."""
-    from mmcompress.models.zoo import get_spec
+    from mmcompress.models.zoo import MODELS
     from mmcompress.train.config import TrainConfig
 
-    base = get_spec(recipe.model).train.to_dict()
+    base = MODELS[recipe.model].train.to_dict() if recipe.model in MODELS else {}
     return TrainConfig.from_dict({**base, **(recipe.train or {})}, "recipe.train")

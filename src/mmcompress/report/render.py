@@ -114,7 +114,7 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
 
 
 def _markdown(record, stages, evals, metric, plot_names) -> str:
-    lines = [f"# mmcompress report: {record['recipe'].get('model', '')}", ""]
+    lines = [f"# mmcompress report: {_model_name(record)}", ""]
     lines += _summary(evals, metric) + [""]
     lines += ["## Stages", "", *_md_table(stage_table(stages)), ""]
     if evals:
@@ -133,7 +133,7 @@ def _html(record, stages, evals, metric, plots) -> str:
         f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
         for n, d in plots.items()
     )
-    title = html.escape(f"mmcompress report: {record['recipe'].get('model', '')}")
+    title = html.escape(f"mmcompress report: {_model_name(record)}")
     style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px}"
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}"
@@ -141,3 +141,8 @@ def _html(record, stages, evals, metric, plots) -> str:
         f"<ul>{summary}</ul><h2>Stages</h2>{table}{images}"
         f"<p>Versions: {html.escape(json.dumps(record['versions']))}; seed {record['seed']}.</p></body></html>\n"
     )
+
+
+def _model_name(record: dict) -> str:
+    """The compressed model's name: its spec or class (older records: the recipe's model)."""
+    return str(record.get("model_name") or record["recipe"].get("model") or "model")

@@ -25,6 +25,7 @@ class Task(abc.ABC):
     """
 
     primary_metric: str = "accuracy"
+    higher_is_better: bool | None = True  # of the primary metric (None: known after the first evaluate)
 
     @abc.abstractmethod
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:

@@ -1,0 +1,102 @@
+"""Check a recipe against the model before the first stage runs (not minutes later, after the baseline).
+
+Errors: a target that matches no module, a `modality:` target on a model without that tower, an
+N:M pattern whose group does not divide a targeted layer's inputs. Warnings (printed, the run goes
+on): per-group quantization whose group size does not divide a layer's inputs (it gets per-channel
+steps).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+from torch import nn
+
+from mmcompress.core.targets import first_match
+from mmcompress.errors import ConfigError
+from mmcompress.models.adapter import adapter_for, describe_missing
+from mmcompress.quant.group_fit import fits, row_lengths
+from mmcompress.recipe.schema import Recipe
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
+    """Raise ConfigError for what cannot work on `model`; warn (and return) what works differently.
+
+    Example:
+        >>> check_recipe(load_recipe("recipes/w8.yaml"), model)
+        []
+    """
+    adapter = adapter_for(model)
+    modules = dict(model.named_modules())
+    notes: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        where = f"recipe.stages[{i}] ({stage.label})"
+        targets = stage.targets or {}
+        for key, value in targets.items():
+            if value is not None and not _matches_any(key, modules, adapter):
+                hint = _hint(key, adapter, model)
+                raise ConfigError(f"{where}: target {key!r} matches no module of the model; {hint}")
+        for name, module, config in _targeted(stage.config, targets, modules, adapter):
+            problem = _misfit(stage.pass_, config, name, module)
+            if problem and stage.pass_ == "prune":
+                raise ConfigError(f"{where}: {problem}")
+            if problem:
+                notes.append(f"{where}: {problem}")
+    if notes:
+        shown = "; ".join(notes[:4]) + (f" (and {len(notes) - 4} more)" if len(notes) > 4 else "")
+        warnings.warn(f"recipe check: {shown}", UserWarning, stacklevel=2)
+    return notes
+
+
+def _matches_any(key: str, modules: dict[str, nn.Module], adapter) -> bool:
+    if key == "_default":
+        return True
+    if key.startswith("modality:"):
+        return key[len("modality:") :] in adapter.towers
+    if key.startswith("re:"):
+        return any(re.fullmatch(key[3:], name) for name in modules if name)
+    return key in modules
+
+
+def _hint(key: str, adapter, model: nn.Module) -> str:
+    if key.startswith("modality:"):
+        if not adapter.towers:
+            return describe_missing(model)
+        return f"the adapter's towers are {sorted(adapter.towers)}"
+    names = [n for n in dict(model.named_modules()) if n][:8]
+    return f"module names look like {', '.join(names)}"
+
+
+def _targeted(config: dict[str, Any], targets: dict, modules: dict[str, nn.Module], adapter):
+    """(name, module, effective config) of each weighted layer a stage reaches (first matching key wins)."""
+    for name, module in modules.items():
+        if not name or not isinstance(module, WEIGHTED):
+            continue
+        if not targets:
+            yield name, module, config
+            continue
+        value = first_match(targets, name, adapter.modality_of(name))
+        if value is not None:
+            yield name, module, {**config, **value}
+
+
+def _misfit(pass_name: str, config: dict[str, Any], name: str, module: nn.Module) -> str | None:
+    if pass_name in ("quantize", "analyze_quant") and config.get("granularity") == "per_group":
+        size = int(config.get("group_size", 128))
+        if not fits(size, row_lengths(module)):
+            inputs = row_lengths(module)[0]
+            return f"group size {size} does not divide the {inputs} inputs of {name!r} (per-channel steps)"
+    pattern = str(config.get("pattern", "unstructured"))
+    if pass_name == "prune" and ":" in pattern:
+        m = int(pattern.split(":")[1])
+        inputs = module.weight[0].numel()
+        if inputs % m:
+            return (
+                f"N:M pattern {pattern} needs the inputs of every targeted layer to be a multiple of {m}; "
+                f"{name!r} has {inputs}: exclude it (targets: {{{name!r}: null, _default: {{}}}})"
+            )
+    return None
