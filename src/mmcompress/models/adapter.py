@@ -1,6 +1,6 @@
 """Adapters: declarative descriptions of which modules form each modality tower.
 
-Algorithms ask the adapter; they never hard-code attribute paths (DESIGN principle 4). A model
+Algorithms ask the adapter; they never hard-code attribute paths. A model
 finds its adapter (`adapter_for`) in this order: one attached with `attach_adapter` (Python or
 YAML), its own `adapter()` method, the registry of known architectures (Hugging Face families,
 `mmcompress.models.hf`), else an empty adapter (algorithms work on the whole model).

@@ -1,4 +1,5 @@
-"""`quantize(model, config)`: weight-only integer quantization with real int8 storage."""
+"""`quantize(model, config)`: integer weights (2-8 bits, packed storage), optionally with dynamic or
+static integer activations (W8A8), GPTQ or round-to-nearest, per target."""
 
 from __future__ import annotations
 
