@@ -23,10 +23,10 @@ from mmcompress.data.registry import load_dataset
 from mmcompress.distill import DistillConfig, distill, every_kth
 from mmcompress.distill.students import drop_layers
 from mmcompress.models.zoo import load_model
+from mmcompress.models.zoo_tasks import ContrastiveTask
 from mmcompress.prune.structured import prune_structured
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
-from mmcompress.train.tasks import ContrastiveTask
 
 TRAIN = TrainConfig(
     epochs=2, batch_size=256, lr=2e-3, max_steps_per_epoch=150, seed=0, lr_scale={"text_tower": 0.05},

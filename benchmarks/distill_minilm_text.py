@@ -23,9 +23,9 @@ from mmcompress.data.registry import load_dataset
 from mmcompress.distill import DistillConfig, distill, every_kth, keep_layers
 from mmcompress.models.minilm import load_minilm_tokenizer
 from mmcompress.models.zoo import load_model
+from mmcompress.models.zoo_tasks import ContrastiveTask
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.embedding_task import EmbeddingTask, Sentences
-from mmcompress.train.tasks import ContrastiveTask
 
 WORK = Path("/tmp/mmc-distill-bench")
 STEPS = 600

@@ -99,7 +99,7 @@ def test_attention_pairs_with_different_heads_are_named():
 
 def test_dual_encoder_batches_encode_each_distinct_caption_once(captions_small):
     from mmcompress.models.clip import DualEncoder
-    from mmcompress.train.tasks import ContrastiveTask
+    from mmcompress.models.zoo_tasks import ContrastiveTask
 
     torch.manual_seed(0)
     model = DualEncoder(pretrained_text=False).eval()
@@ -117,8 +117,8 @@ def test_contrastive_distillation_of_a_smaller_dual_encoder_reads_the_teachers_c
     from mmcompress.distill.students import drop_layers
     from mmcompress.distill.task import DistillationTask
     from mmcompress.models.clip import DualEncoder
+    from mmcompress.models.zoo_tasks import ContrastiveTask
     from mmcompress.prune.structured import prune_structured
-    from mmcompress.train.tasks import ContrastiveTask
 
     torch.manual_seed(0)
     teacher = DualEncoder(pretrained_text=False).eval()

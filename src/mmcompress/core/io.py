@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from mmcompress.errors import MMCompressError
+from mmcompress.errors import MMCompressError, ModelError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -120,3 +121,21 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     """
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def load_state_checked(model: nn.Module, state: dict, what: str, fix: str) -> None:
+    """Load a state dict; any missing, unexpected or mis-shaped tensor is a ModelError naming `what`.
+
+    Example:
+        >>> load_state_checked(model, state, "checkpoint x.safetensors", "delete it")
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ModelError(f"{what} does not fit model {type(model).__name__} ({first[:200]}); {fix}") from None
+    if missing or unexpected:
+        raise ModelError(
+            f"{what} does not fit model {type(model).__name__} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); {fix}"
+        )

@@ -15,16 +15,20 @@ def environment_versions() -> dict[str, str]:
         >>> "torch" in environment_versions()
         True
     """
+    import importlib.metadata
+
     import numpy
     import torch
 
-    import mmcompress
-
+    try:
+        ours = importlib.metadata.version("mmcompress")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
+        ours = "unknown"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "mmcompress": mmcompress.__version__,
+        "mmcompress": ours,
     }
 
 

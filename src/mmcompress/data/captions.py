@@ -121,6 +121,10 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         return to_float_image(self.images[i : i + 1])[0], int(self.caption_ids[i]), int(self.labels[i])
 
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
+        """The images alone, (B, 1, 28, 28) float (an image-only classifier on this set)."""
+        return to_float_image(self.images[index])
+
     def caption_text(self, i: int) -> str:
         return self.captions[int(self.caption_ids[i])]
 

@@ -59,6 +59,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return to_float_image(self.images[i : i + 1])[0], int(self.labels[i])
 
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
+        """A batch of model inputs, (B, 1, 28, 28) float (classification tasks batch through it)."""
+        return to_float_image(self.images[index])
+
     def subset(self, limit: int | None) -> ImageDataset:
         """First `limit` samples (all when None)."""
         if limit is None or limit >= len(self):

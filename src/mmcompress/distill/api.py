@@ -20,7 +20,7 @@ from mmcompress.distill.task import (
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.train.embedding_task import EmbeddingTask
 from mmcompress.train.loop import TrainResult, fit
-from mmcompress.train.tasks import Task
+from mmcompress.train.tasks import ClassificationTask, Task
 
 
 def distill(
@@ -46,8 +46,9 @@ def distill(
             except those `config.train.freeze` names.
         train_data: a dataset the task can index.
         config: DistillConfig or a dict of its fields.
-        task: batches, the hard-label loss and metrics (default: the student's built-in task,
-            or plain classification).
+        task: batches, the hard-label loss and metrics (default: classification). A task that
+            gives `embeddings(model, inputs, targets)` (a dual encoder's image and text embeddings)
+            is distilled contrastively; `frozen_embedder(teacher)` lets it cache the teacher's side.
         val_data: evaluated after every epoch.
         checkpoint_dir: per-epoch checkpoints (resumed when present).
 
@@ -62,10 +63,7 @@ def distill(
         raise DataError("distillation data is empty")
     for param in student.parameters():  # the student learns, even where it was copied from a frozen tower
         param.requires_grad_(True)
-    if task is None:
-        from mmcompress.models.zoo import task_for
-
-        task = task_for(student, train_data)
+    task = task or ClassificationTask()
     if isinstance(task, EmbeddingTask) and config.mode not in ("auto", "embedding"):
         raise ConfigError(f"a sentence-embedding task has no labels or logits: use mode 'embedding' ({config.mode!r})")
     projections = _projections(teacher, student, task, train_data, config)

@@ -14,8 +14,9 @@ from mmcompress.core.batches import call_model, prediction
 from mmcompress.distill.config import DistillConfig
 from mmcompress.distill.losses import attention_kd, attention_probs, contrastive_kd, embedding_kd, feature_kd, logit_kd
 from mmcompress.errors import ConfigError, ModelError
+from mmcompress.models.adapter import adapter_for
 from mmcompress.train.embedding_task import EmbeddingTask
-from mmcompress.train.tasks import ContrastiveTask, Task
+from mmcompress.train.tasks import Task
 
 
 class StudentWithProjections(nn.Module):
@@ -213,17 +214,17 @@ class DistillationTask(Task):
     def prepare(self, model: nn.Module) -> None:
         self.teacher.eval()
         self.base.prepare(unwrap(model))
-        self.teacher_text = None
+        self.teacher_embed = None
         teacher_hooks = [*self.config.features.values(), *self.config.attentions.values()]
-        if isinstance(self.base, ContrastiveTask) and not any(n.startswith("text_tower") for n in teacher_hooks):
-            with torch.no_grad():  # the frozen teacher's text features, once per distinct caption
-                self.teacher_text = self.teacher.text_tower(**self.base.tokens)
+        text = adapter_for(self.teacher).modality_of
+        if hasattr(self.base, "frozen_embedder") and not any(text(n) == "text" for n in teacher_hooks):
+            self.teacher_embed = self.base.frozen_embedder(self.teacher)  # e.g. text features once per caption
 
     def _forward(self, model: nn.Module, inputs: Any, targets: Any, teacher: bool) -> Any:
-        """Both embeddings of a dual encoder through the caption caches when they exist."""
-        if teacher and self.teacher_text is not None:
-            return model.encode_image(inputs["image"]), model.project_text(self.teacher_text[targets])
-        if not teacher and isinstance(self.base, ContrastiveTask):
+        """Both embeddings of a dual encoder when the task gives them (its caches included), else the prediction."""
+        if teacher and self.teacher_embed is not None:
+            return self.teacher_embed(inputs, targets)
+        if hasattr(self.base, "embeddings"):
             return self.base.embeddings(model, inputs, targets)
         return prediction(call_model(model, inputs))
 
@@ -282,6 +283,6 @@ class DistillationTask(Task):
         return loss
 
     def _contrastive_hard(self, student: nn.Module, s_out: Any, targets: Any) -> torch.Tensor:
-        if isinstance(self.base, ContrastiveTask):
+        if hasattr(self.base, "loss_from_embeddings"):
             return self.base.loss_from_embeddings(student, s_out[0], s_out[1], targets)
         return F.cross_entropy(s_out[0].float(), targets)

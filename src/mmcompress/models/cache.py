@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from mmcompress.core.io import atomic_write_bytes, atomic_write_json
+from mmcompress.core.io import atomic_write_bytes, atomic_write_json, load_state_checked
 from mmcompress.errors import ModelError
 
 
@@ -56,21 +56,3 @@ def load_cached(cache_dir: Path, name: str, key: str, model: nn.Module) -> dict[
         raise ModelError(f"cached checkpoint {weights} belongs to another config; delete it to retrain")
     load_state_checked(model, state, f"cached checkpoint {weights}", "delete it to retrain")
     return info
-
-
-def load_state_checked(model: nn.Module, state: dict, what: str, fix: str) -> None:
-    """Load a state dict; any missing, unexpected or mis-shaped tensor is a ModelError naming `what`.
-
-    Example:
-        >>> load_state_checked(model, state, "checkpoint x.safetensors", "delete it")
-    """
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise ModelError(f"{what} does not fit model {type(model).__name__} ({first[:200]}); {fix}") from None
-    if missing or unexpected:
-        raise ModelError(
-            f"{what} does not fit model {type(model).__name__} "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); {fix}"
-        )

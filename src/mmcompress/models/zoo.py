@@ -21,8 +21,9 @@ from mmcompress.models.fusion import CrossAttentionFusion, EarlyFusion, ImageOnl
 from mmcompress.models.hf.loading import MINILM_NAMES
 from mmcompress.models.layers import SmallCNN
 from mmcompress.models.recurrent import CaptionLSTM
+from mmcompress.models.zoo_tasks import CaptionClassificationTask, ContrastiveTask
 from mmcompress.train.config import TrainConfig
-from mmcompress.train.tasks import CaptionClassificationTask, ClassificationTask, ContrastiveTask, Task
+from mmcompress.train.tasks import ClassificationTask, Task
 
 CACHE_VERSION = 1
 

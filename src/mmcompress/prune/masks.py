@@ -1,9 +1,14 @@
-"""Pruning masks kept as non-persistent `weight_mask` buffers and re-applied after each update."""
+"""Pruning masks kept as non-persistent `weight_mask` buffers and re-applied after each update
+(a step hook on the masked module: every training loop re-zeros pruned weights)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from mmcompress.core.hooks import add_step_hook
+
+MASK_HOOK = "prune_mask"
 
 
 def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
@@ -20,7 +25,15 @@ def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
         module.weight_mask = mask
     else:
         module.register_buffer("weight_mask", mask, persistent=False)
+    add_step_hook(module, MASK_HOOK, _reapply)
     with torch.no_grad():
+        module.weight.mul_(mask)
+
+
+@torch.no_grad()
+def _reapply(module: nn.Module) -> None:
+    mask = getattr(module, "weight_mask", None)
+    if isinstance(mask, torch.Tensor) and isinstance(getattr(module, "weight", None), torch.Tensor):
         module.weight.mul_(mask)
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from torch import nn
 
-from mmcompress.core.io import atomic_write_json
+from mmcompress.core.io import atomic_write_json, load_state_checked
 from mmcompress.core.record import Record
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
-from mmcompress.models.cache import load_state_checked
 from mmcompress.quant.api import replay_quantize
 from mmcompress.quant.modules import QUANT_LAYERS
 

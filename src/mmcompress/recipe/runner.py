@@ -16,11 +16,10 @@ import torch
 import yaml
 from torch import nn
 
-from mmcompress.core.io import atomic_write_json, ensure_writable_dir, stable_hash
+from mmcompress.core.io import atomic_write_json, ensure_writable_dir, load_state_checked, stable_hash
 from mmcompress.core.record import Record, environment_versions
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
-from mmcompress.models.cache import load_state_checked
 from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import build_pass, load_builtin_passes
 from mmcompress.recipe.schema import Recipe, load_recipe

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import check_finite, move_to
+from mmcompress.core.hooks import run_step_hooks
 from mmcompress.core.io import atomic_torch_save, safe_torch_load, stable_hash
 from mmcompress.errors import ConfigError, DataError, ModelError
-from mmcompress.prune.masks import apply_masks
 from mmcompress.train import distributed as ddp
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.monitoring import EarlyStopping, TensorBoardLog
@@ -184,7 +184,7 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                apply_masks(model)
+                run_step_hooks(model)  # e.g. pruning masks re-zero their weights
                 losses.append(float(loss.detach()))
                 tick(losses[-1])
                 if log is not None:
