@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from _minilm_data import calibration_batches as minilm_calibration
 from _minilm_data import embed, evaluation_sentences, training_sentences
+from _minilm_data import varied_sentences as _python_doc_sentences
 from torch import nn
 
 import mmcompress
@@ -198,7 +199,9 @@ def _train_fusion(tokenizer, train, batch, epochs: int = 1, samples: int = 20000
 def whisper_suite() -> Suite:
     """Whisper tiny.en (CTranslate2 weights converted to transformers): corpus WER on the 10 real
     pocketsphinx clips; calibration on the package's 4 other real recordings, pseudo-labelled by the
-    float model; the heads repair also hears 24 espeak-ng sentences (teacher-forced distillation)."""
+    float model, and 32 espeak-ng sentences read with their own text (the 4 recordings alone give
+    the decoder's 384-wide Hessians 27 token rows); the heads repair also hears 24 other espeak-ng
+    sentences (teacher-forced distillation)."""
     from mmcompress.audio.speech import (
         Utterance,
         load_real_speech,
@@ -213,7 +216,12 @@ def whisper_suite() -> Suite:
     float_model = mmcompress.load_model("hf:whisper-tiny.en").eval()
     speech, refs = load_real_speech(), None
     refs = [u.text for u in speech]
-    calib = calibration_batches(float_model, speech_batches(pseudo_label(float_model, load_unlabeled_speech())))
+    voices = ("en-us", "en", "en-gb-x-rp")
+    sentences = _python_doc_sentences(260)
+    read = [Utterance(f"calib{i}", synthesize(text, voices[i % 3], 140 + 10 * (i % 5), 40 + 5 * (i % 5)), text)
+            for i, text in enumerate(sentences[224:256])]  # fmt: skip
+    unlabeled = pseudo_label(float_model, load_unlabeled_speech())
+    calib = calibration_batches(float_model, speech_batches(unlabeled + read, batch_size=4))
 
     def load() -> nn.Module:
         return copy.deepcopy(float_model)
@@ -223,11 +231,8 @@ def whisper_suite() -> Suite:
         return {"wer": word_error_rate(refs, texts), "wer_normalized": word_error_rate(refs, texts, normalize=True)}
 
     def repair(teacher: nn.Module, student: nn.Module) -> None:
-        from _minilm_data import varied_sentences
-
-        voices = ("en-us", "en", "en-gb-x-rp")
         spoken = [Utterance(f"tts{i}", synthesize(text, voices[i % 3], 150 + 10 * (i % 4), 50), "")
-                  for i, text in enumerate(varied_sentences(260)[200:224])]  # fmt: skip
+                  for i, text in enumerate(sentences[200:224])]  # fmt: skip
         raw = speech_batches(pseudo_label(teacher, spoken + load_unlabeled_speech()), batch_size=4)
         _seq2seq_repair(teacher, student, calibration_batches(teacher, raw))
 

@@ -26,6 +26,7 @@ from _real_suites import Suite, fusion_suite, minilm_suite, mobilenet_suite, whi
 from _results import machine, table, update_section
 
 import mmcompress
+from mmcompress.core.shared_params import modules_sharing_weight
 from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
 from mmcompress.prune.repair import recalibrate_batchnorm
@@ -34,6 +35,25 @@ from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
 
 W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
+
+
+def embedding_names(model) -> list[str]:
+    """Embeddings and the Linear layers tied to them (Whisper's proj_out): the "int8 embeddings" targets."""
+    tables = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)]
+    sharing = modules_sharing_weight(model)
+    return sorted({*tables, *(o for n in tables for o in sharing.get(n, []))})
+
+
+def _w4_int8_embeddings(method: str):
+    """W4 g128 everywhere but the embedding tables (and layers tied to them), which get W8 per channel:
+    a token table is looked up row by row, so a 4-bit row is the token's whole error (no averaging)."""
+
+    def run(suite: Suite, model):
+        config = {name: {"weight_bits": 8} for name in embedding_names(model)}
+        mmcompress.quantize(model, {**config, "_default": {**W4G128, "method": method}}, calib=suite.calib)
+        return {}
+
+    return run
 
 
 def _structured(ratio: float, unit: str = "channels", repair: bool = False):
@@ -52,7 +72,7 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
     return run
 
 
-def _calibrated(config: dict, equalize: bool = False):
+def _calibrated(config: dict, equalize: bool = False, bias: bool = True):
     """Fold BatchNorm (and optionally equalize ranges across layers), quantize with GPTQ, correct biases."""
 
     def run(suite: Suite, model):
@@ -63,7 +83,8 @@ def _calibrated(config: dict, equalize: bool = False):
             equalize_cross_layer(model)
         reference = copy.deepcopy(model)
         mmcompress.quantize(model, {**config, "method": "gptq"}, calib=suite.calib)
-        correct_bias(model, reference, suite.calib)
+        if bias:
+            correct_bias(model, reference, suite.calib)
         return {}
 
     return run
@@ -78,8 +99,13 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     ),
     "W8 GPTQ + bias correction": _calibrated({"weight_bits": 8}),
     "W8A8 static + CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
+    "W8A8 static + CLE + GPTQ, percentile": _calibrated(
+        {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize=True, bias=False
+    ),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
+    "W4 g128 RTN + int8 embeddings": _w4_int8_embeddings("rtn"),
+    "W4 g128 GPTQ + int8 embeddings": _w4_int8_embeddings("gptq"),
     "mixed ~5 bits": lambda s, m: {
         "avg_bits": quantize_mixed(m, MixedPrecisionConfig(average_bits=5.0, bits_options=(3, 4, 6, 8)), s.calib)[
             1
@@ -97,7 +123,12 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "30% channels + repair": _structured(0.3, repair=True),
     "25% heads + repair": _structured(0.25, unit="heads", repair=True),
 }
-BATCHNORM_ONLY = ("fold BatchNorm", "W8 GPTQ + bias correction", "W8A8 static + CLE + GPTQ + bias corr.")
+BATCHNORM_ONLY = (
+    "fold BatchNorm",
+    "W8 GPTQ + bias correction",
+    "W8A8 static + CLE + GPTQ + bias corr.",
+    "W8A8 static + CLE + GPTQ, percentile",
+)
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
 
@@ -127,6 +158,8 @@ def run_cell(suite: Suite, name: str, folder: Path) -> dict:
     if name in BATCHNORM_ONLY and not suite.batchnorm:
         return {**row, "status": "n/a (no BatchNorm)"}
     model = suite.load()
+    if name.endswith("int8 embeddings") and not embedding_names(model):
+        return {**row, "status": "n/a (no embeddings)"}
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
