@@ -39,7 +39,7 @@ W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
 
 def embedding_names(model) -> list[str]:
     """Embeddings and the Linear layers tied to them (Whisper's proj_out): the "int8 embeddings" targets."""
-    tables = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)]
+    tables = [n for n, m in model.named_modules() if type(m) is torch.nn.Embedding]  # not positional subclasses
     sharing = modules_sharing_weight(model)
     return sorted({*tables, *(o for n in tables for o in sharing.get(n, []))})
 
