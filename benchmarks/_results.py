@@ -19,13 +19,15 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}"
 
 
-def update_section(name: str, body: str) -> None:
-    """Replace (or append) the block between `<!-- name -->` and `<!-- /name -->`."""
-    text = DOC.read_text() if DOC.exists() else HEADER
+def update_section(name: str, body: str, path: Path | None = None) -> None:
+    """Replace (or append) the block between `<!-- name -->` and `<!-- /name -->` (of docs/benchmarks.md,
+    or of `path`)."""
+    doc = path or DOC
+    text = doc.read_text() if doc.exists() else HEADER
     block = f"<!-- {name} -->\n{body.strip()}\n<!-- /{name} -->"
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(DOC, text)
+    atomic_write_text(doc, text)
 
 
 def table(rows: list[list[str]]) -> str:

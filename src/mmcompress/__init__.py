@@ -1,5 +1,8 @@
 """mmcompress: compress multimodal PyTorch models (quantize, prune, distill, export) and measure them.
 
+Public names load their module on first use (PEP 562), so `import mmcompress` costs almost nothing
+beyond torch; `mmcompress.quantize` imports the quantization code the first time it is touched.
+
 Example:
     >>> import mmcompress
     >>> model = mmcompress.load_model("fashion-clip")
@@ -7,72 +10,83 @@ Example:
     >>> mmcompress.measure(model).compression
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 __version__ = "0.1.0"
 
-from mmcompress.auto.api import auto_compress
-from mmcompress.data.registry import list_datasets, load_dataset
-from mmcompress.distill import DistillConfig, distill
-from mmcompress.evaluate.bench import bench
-from mmcompress.evaluate.measure import Measurement, measure
-from mmcompress.graph.deep_file import load_deep, save_deep
-from mmcompress.graph.export import export_onnx
-from mmcompress.graph.folding import fold_batchnorm
-from mmcompress.graph.lowrank import LowRankConfig, factorize
-from mmcompress.graph.sharing import ShareConfig, fuse_shared_weights, share_weights
-from mmcompress.graph.storage import load_compact, save_compact
-from mmcompress.models.adapter import Adapter, attach_adapter, load_adapter, register_adapter
-from mmcompress.models.zoo import list_models, load_model
-from mmcompress.prune.api import PruneConfig, prune
-from mmcompress.prune.schedule import gradual_prune
-from mmcompress.prune.structured import StructuredConfig, prune_structured
-from mmcompress.quant.api import QuantConfig, quantize
-from mmcompress.quant.saving import load_quantized, save_quantized
-from mmcompress.recipe.runner import compress
-from mmcompress.recipe.schema import Recipe, load_recipe
-from mmcompress.train.config import TrainConfig
-from mmcompress.train.loop import fit
-from mmcompress.train.tasks import ClassificationTask, Task
+_PUBLIC = {  # name -> module that defines it
+    "Adapter": "mmcompress.models.adapter",
+    "attach_adapter": "mmcompress.models.adapter",
+    "load_adapter": "mmcompress.models.adapter",
+    "register_adapter": "mmcompress.models.adapter",
+    "auto_compress": "mmcompress.auto.api",
+    "ClassificationTask": "mmcompress.train.tasks",
+    "Task": "mmcompress.train.tasks",
+    "AgreementTask": "mmcompress.train.reference_tasks",
+    "EvaluationTask": "mmcompress.train.reference_tasks",
+    "TrainConfig": "mmcompress.train.config",
+    "fit": "mmcompress.train.loop",
+    "DistillConfig": "mmcompress.distill.config",
+    "distill": "mmcompress.distill.api",
+    "LowRankConfig": "mmcompress.graph.lowrank",
+    "factorize": "mmcompress.graph.lowrank",
+    "ShareConfig": "mmcompress.graph.sharing",
+    "fuse_shared_weights": "mmcompress.graph.sharing",
+    "share_weights": "mmcompress.graph.sharing",
+    "load_deep": "mmcompress.graph.deep_file",
+    "save_deep": "mmcompress.graph.deep_file",
+    "export_onnx": "mmcompress.graph.export",
+    "fold_batchnorm": "mmcompress.graph.folding",
+    "load_compact": "mmcompress.graph.storage",
+    "save_compact": "mmcompress.graph.storage",
+    "load_quantized": "mmcompress.graph.quant_files",
+    "save_quantized": "mmcompress.graph.quant_files",
+    "Measurement": "mmcompress.evaluate.measure",
+    "measure": "mmcompress.evaluate.measure",
+    "bench": "mmcompress.evaluate.bench",
+    "PruneConfig": "mmcompress.prune.api",
+    "prune": "mmcompress.prune.api",
+    "gradual_prune": "mmcompress.prune.schedule",
+    "StructuredConfig": "mmcompress.prune.structured",
+    "prune_structured": "mmcompress.prune.structured",
+    "QuantConfig": "mmcompress.quant.config",
+    "quantize": "mmcompress.quant.api",
+    "list_datasets": "mmcompress.data.registry",
+    "load_dataset": "mmcompress.data.registry",
+    "list_models": "mmcompress.models.zoo",
+    "load_model": "mmcompress.models.zoo",
+    "compress": "mmcompress.recipe.runner",
+    "Recipe": "mmcompress.recipe.schema",
+    "load_recipe": "mmcompress.recipe.schema",
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = [
-    "Adapter",
-    "attach_adapter",
-    "auto_compress",
-    "load_adapter",
-    "register_adapter",
-    "ClassificationTask",
-    "DistillConfig",
-    "LowRankConfig",
-    "Measurement",
-    "PruneConfig",
-    "QuantConfig",
-    "Recipe",
-    "ShareConfig",
-    "StructuredConfig",
-    "Task",
-    "TrainConfig",
-    "bench",
-    "compress",
-    "distill",
-    "export_onnx",
-    "factorize",
-    "fit",
-    "fold_batchnorm",
-    "fuse_shared_weights",
-    "gradual_prune",
-    "list_datasets",
-    "list_models",
-    "load_compact",
-    "load_deep",
-    "load_dataset",
-    "load_model",
-    "load_quantized",
-    "load_recipe",
-    "measure",
-    "prune",
-    "prune_structured",
-    "quantize",
-    "save_compact",
-    "save_deep",
-    "share_weights",
-    "save_quantized",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mmcompress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+class _Package(types.ModuleType):
+    """`mmcompress.prune` and `mmcompress.distill` are functions and subpackages: importing the
+    subpackage must not rebind the public function (the subpackage stays in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

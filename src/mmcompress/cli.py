@@ -1,89 +1,26 @@
-"""Command-line interface: a thin layer over the library (reads argv and environment only here)."""
+"""Command-line interface: a thin layer over the library (reads argv and environment only here).
+The group and shared options are in cli_common.py; each cli_*.py adds commands."""
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from mmcompress.errors import ConfigError, MMCompressError
-
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
-
-def _friendly(fn):
-    """Turn library errors into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MMCompressError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-def _data_options(fn):
-    fn = click.option(
-        "--data-dir",
-        envvar="MMCOMPRESS_DATA",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Folder searched first for dataset files (env MMCOMPRESS_DATA).",
-    )(fn)
-    fn = click.option(
-        "--cache-dir",
-        envvar="MMCOMPRESS_CACHE",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Trained-model cache (env MMCOMPRESS_CACHE; default ~/.cache/mmcompress).",
-    )(fn)
-    return fn
-
-
-def _run_option(help_text: str):
-    return click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None, help=help_text)
-
-
-def _table(title: str, rows: dict[str, object]) -> Table:
-    table = Table(title=title, show_header=True, min_width=len(title) + 4)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in rows.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    return table
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mmcompress")
-def cli() -> None:
-    """mmcompress: make multimodal models small and fast while keeping them accurate."""
-
-
-def _spec_options(fn):
-    """--data / --task / --adapter: what a model that is not built-in is measured on."""
-    fn = click.option(
-        "--adapter", type=click.Path(path_type=Path), default=None,
-        help="YAML describing the model's towers (towers: {image: [backbone], text: [encoder]}).",
-    )(fn)  # fmt: skip
-    fn = click.option(
-        "--task", default=None,
-        help="classification | agreement (top-1 vs the float model, no labels) | cosine | py:FILE.py:FACTORY.",
-    )(fn)  # fmt: skip
-    fn = click.option(
-        "--data", "data_spec", default=None,
-        help="Built-in dataset name or py:FILE.py:FACTORY returning (train, test[, task]). "
-        "Default: a built-in model's own dataset.",
-    )(fn)  # fmt: skip
-    return fn
+from mmcompress import cli_auto, cli_bench, cli_compress, cli_distill  # noqa: F401  (register their commands)
+from mmcompress.cli_common import (
+    _check_run_of,
+    _data_options,
+    _friendly,
+    _run_option,
+    _run_recipe,
+    _spec_options,
+    _table,
+    cli,
+    console,
+)
 
 
 @cli.command()
@@ -113,25 +50,6 @@ def run(recipe, model_spec, out, resume, quiet, data_spec, task, adapter, data_d
 
     spec = recipe_for(recipe, model=model_spec, data=data_spec, task=task, adapter=adapter)
     _run_recipe(spec, str(recipe or "built-in default"), out, resume, quiet, data_dir, cache_dir)
-
-
-def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir, cache_dir) -> None:
-    """Check the output folder, resolve model and data, check the recipe, run the stages (a table each)."""
-    from mmcompress.core.io import check_writable
-    from mmcompress.recipe.run_spec import run_recipe
-    from mmcompress.recipe.specs import check_model_spec
-
-    check_model_spec(spec.model)
-    check_writable(out)
-    console.print(f"[bold]recipe[/bold] {label}: model {spec.model}, {len(spec.stages)} stages -> {out}")
-
-    def show(stage) -> None:
-        metrics = {k: v for k, v in stage.metrics.items() if not k.startswith("stored_bytes.")}
-        note = " (resumed)" if stage.resumed else f" ({stage.seconds:.1f}s)"
-        console.print(_table(f"stage {stage.index}: {stage.label}{note}", metrics))
-
-    run_recipe(spec, out, data_dir=data_dir, cache_dir=cache_dir, resume=resume, progress=not quiet, on_stage=show)
-    console.print(f"[green]done[/green]: {out / 'report.html'}, {out / 'report.md'}, {out / 'record.json'}")
 
 
 @cli.command()
@@ -203,17 +121,6 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
     net = load_model_spec(run_dir, cache_dir=cache_dir) if run_dir else work.model
     name = f"{work.name} (run {run_dir})" if run_dir else work.name
     console.print(_table(f"{name} test metrics", work.task.evaluate(net, work.test)))
-
-
-def _check_run_of(model: str, run_dir: Path | None) -> None:
-    """A run compared with MODEL must have compressed MODEL."""
-    from mmcompress.recipe.specs import is_run_folder, read_record
-
-    if run_dir is None:
-        return
-    spec = read_record(run_dir).get("model_spec")
-    if spec and not is_run_folder(model) and spec != model:
-        raise ConfigError(f"run {run_dir} compressed {spec!r}, not {model!r}")
 
 
 @cli.command(name="measure")
@@ -294,9 +201,6 @@ def report(run_dir: Path) -> None:
 
     md, page = write_report(run_dir)
     console.print(f"wrote {md} and {page}")
-
-
-from mmcompress import cli_auto, cli_bench, cli_compress, cli_distill  # noqa: E402,F401  (register the commands)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _friendly, _spec_options, cli, console
+from mmcompress.cli_common import _friendly, _spec_options, cli, console
 from mmcompress.errors import MMCompressError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _data_options, _friendly, cli, console
+from mmcompress.cli_common import _data_options, _friendly, cli, console
 
 
 @cli.command("bench")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli import _data_options, _friendly, _run_recipe, _spec_options, cli
+from mmcompress.cli_common import _data_options, _friendly, _run_recipe, _spec_options, cli
 from mmcompress.cli_compress import _recipe, builtin_freeze
 from mmcompress.errors import ConfigError
 

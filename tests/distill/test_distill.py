@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from mmcompress.distill import DistillConfig, distill, every_kth, keep_layers, narrow_cnn
+from mmcompress.distill import DistillConfig, distill, every_kth, keep_layers
 from mmcompress.errors import ConfigError, DataError, ModelError
 from mmcompress.models.zoo import ImageClassifier
+from mmcompress.prune.structured import narrow_cnn
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
 from mmcompress.train.tasks import ClassificationTask

@@ -11,10 +11,10 @@ import torch
 from mmcompress import quantize
 from mmcompress.core.shared_params import modules_sharing_weight, shared_tensor_groups, tensor_key
 from mmcompress.evaluate.measure import measure
+from mmcompress.graph.quant_files import load_quantized, save_quantized
 from mmcompress.graph.storage import load_compact, save_compact, stored_bytes
 from mmcompress.models.adapter import adapter_for
 from mmcompress.models.hf.tiny import tiny_model
-from mmcompress.quant.saving import load_quantized, save_quantized
 
 EMB, HEAD = "model.decoder.embed_tokens", "proj_out"
 HEADER_SLACK = 64 * 1024  # safetensors header + JSON layout of a few hundred tensors

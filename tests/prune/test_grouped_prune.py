@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcompress.core.layer_stats import input_stats
 from mmcompress.errors import ConfigError
 from mmcompress.prune.api import PruneConfig, prune
-from mmcompress.prune.collect import input_stats
 from mmcompress.prune.importance import wanda_scores
 from mmcompress.prune.sparsegpt import sparsegpt_prune
 from mmcompress.quant.gptq import accumulate_hessian

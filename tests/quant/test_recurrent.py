@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from mmcompress.evaluate.measure import measure
+from mmcompress.graph.quant_files import load_quantized, save_quantized
 from mmcompress.quant.api import QuantConfig, quantize
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
-from mmcompress.quant.saving import load_quantized, save_quantized
 
 MAX_ABS_ERR_VS_DEQUANT_REFERENCE = 1e-5
 MIN_SQNR_DB_INT8 = 35.0

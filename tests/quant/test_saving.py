@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mmcompress.errors import ModelError
+from mmcompress.graph.quant_files import load_quantized, save_quantized
 from mmcompress.quant.api import QuantConfig, quantize
-from mmcompress.quant.saving import load_quantized, save_quantized
 
 
 def test_save_load_reproduces_outputs_bit_for_bit(two_tower, tmp_path):

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from mmcompress.errors import ConfigError
-from mmcompress.recipe.passes import PASSES, Pass, load_builtin_passes
+from mmcompress.recipe.passes import PASSES, Pass
 from mmcompress.recipe.schema import Recipe, load_recipe
+from mmcompress.recipe.stages import build_pass
 
 
 def test_default_recipe_is_valid_and_round_trips():
@@ -46,7 +47,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_every_registered_pass_fits_the_interface():
-    load_builtin_passes()
+    assert build_pass  # importing mmcompress.recipe.stages registered the built-in passes
     for name, cls in PASSES.items():
         assert issubclass(cls, Pass), name
         assert not getattr(cls.run, "__isabstractmethod__", False), name

@@ -14,6 +14,8 @@ from torch import nn
 
 from mmcompress.errors import ConfigError, UnsupportedError
 
+LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}  # `layer_types` of weight techniques
+
 
 def _key_matches(key: str, name: str, modality: str | None) -> bool:
     if key == "_default":
@@ -76,24 +78,6 @@ def first_match(mapping: Mapping[str, Any], name: str, modality: str | None) -> 
     return None
 
 
-def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) -> list:
-    """Raise ConfigError when a target mapping selected no module at all (never a silent no-op).
-
-    Example:
-        >>> chosen = require_matches(list(resolve_targets(...)), mapping, model)
-    """
-    if not chosen and any(v is not None for v in mapping.values()):
-        from mmcompress.models.adapter import adapter_for, describe_missing
-
-        if any(k.startswith("modality:") for k in mapping) and not adapter_for(model).towers:
-            raise ConfigError(f"targets {list(mapping)} name modalities, but {describe_missing(model)}")
-        raise ConfigError(
-            f"targets {list(mapping)} matched no supported module of {type(model).__name__}; "
-            "check module names, regexes and modality tags (a model without an adapter has no modalities)"
-        )
-    return chosen
-
-
 def _matches(model, mapping, is_supported, modality_of):
     modules = dict(model.named_modules())
     for key in mapping:
@@ -111,3 +95,25 @@ def _matches(model, mapping, is_supported, modality_of):
         config = first_match(mapping, name, modality_of(name))
         if config is not None:
             yield name, module, config
+
+
+def as_mapping(config, cls) -> dict[str, object]:
+    """Accept a config, a dict of fields, or a target mapping of key -> config/dict/None."""
+    if isinstance(config, cls):
+        return {"_default": config}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"expected a {cls.__name__} or a target mapping, got {type(config).__name__}")
+    target_like = any(isinstance(k, str) and (k.startswith(("re:", "modality:")) or k == "_default") for k in config)
+    if not target_like and all(k in cls.model_fields for k in config):
+        return {"_default": cls.from_dict(dict(config))}
+    not_configs = [k for k, v in config.items() if not (v is None or isinstance(v, (cls, Mapping)))]
+    if not_configs:  # a flat dict of fields with a misspelled one, not a target mapping
+        unknown = [k for k in config if k not in cls.model_fields]
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {unknown}; fields are {sorted(cls.model_fields)} "
+            "(or give a target mapping: name / 're:...' / 'modality:...' / '_default' -> config)"
+        )
+    return {
+        k: (v if v is None or isinstance(v, cls) else cls.from_dict(dict(v), f"targets[{k!r}]"))
+        for k, v in config.items()
+    }

@@ -1,5 +1,2 @@
-"""Built-in real datasets: Fashion-MNIST, Fashion-MNIST captions, scikit-learn digits."""
-
-from mmcompress.data.registry import list_datasets, load_dataset
-
-__all__ = ["list_datasets", "load_dataset"]
+"""Built-in real datasets: Fashion-MNIST (+ captions), scikit-learn digits, spoken digits, photos
+and real speech (`mmcompress.data.registry.load_dataset`)."""

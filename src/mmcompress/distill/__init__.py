@@ -2,6 +2,6 @@
 
 from mmcompress.distill.api import distill
 from mmcompress.distill.config import DistillConfig
-from mmcompress.distill.students import every_kth, keep_layers, narrow_cnn
+from mmcompress.distill.students import every_kth, keep_layers
 
-__all__ = ["DistillConfig", "distill", "every_kth", "keep_layers", "narrow_cnn"]
+__all__ = ["DistillConfig", "distill", "every_kth", "keep_layers"]

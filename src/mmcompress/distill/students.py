@@ -4,11 +4,11 @@ teacher's layers, as DistilBERT did), or narrow a CNN by removing channels."""
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from torch import nn
 
 from mmcompress.errors import ConfigError
+from mmcompress.models.adapter import adapter_for
 
 
 def layer_stack(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
@@ -22,8 +22,6 @@ def layer_stack(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
         'model.vision_tower.encoder.layers'
     """
     if path is not None and path.startswith("modality:"):
-        from mmcompress.models.adapter import adapter_for
-
         stacks = adapter_for(model).layers
         if path[9:] not in stacks:
             raise ConfigError(f"the model's adapter names no layer stack for {path!r}; known: {sorted(stacks)}")
@@ -88,22 +86,3 @@ def drop_layers(model: nn.Module, keep: list[int], path: str | None = None) -> s
             if hasattr(sub, "layer_idx"):
                 sub.layer_idx = index
     return name
-
-
-def narrow_cnn(teacher: nn.Module, ratio: float, example_inputs: Any = None, targets: str = "_default") -> nn.Module:
-    """A copy of `teacher` with `ratio` of the channels of its convolutions removed (magnitude).
-
-    Example:
-        >>> student = narrow_cnn(ImageClassifier((16, 32, 64)), 0.5)   # -> (8, 16, 32)
-    """
-    from mmcompress.prune.structured import prune_structured
-
-    student = copy.deepcopy(teacher)
-    convs = {n for n, m in student.named_modules() if isinstance(m, nn.Conv2d)}
-    if not convs:
-        raise ConfigError(f"{type(teacher).__name__} has no convolution to narrow")
-    mapping = (
-        {name: {"ratio": ratio} for name in sorted(convs)} if targets == "_default" else {targets: {"ratio": ratio}}
-    )
-    prune_structured(student, mapping, example_inputs=example_inputs)
-    return student

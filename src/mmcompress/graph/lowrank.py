@@ -14,9 +14,9 @@ from torch import nn
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import adapter_for, require_matches
 
 
 class LowRankConfig(FrozenConfig):
@@ -103,7 +103,6 @@ def factorize(model: nn.Module, config: LowRankConfig | Mapping[str, Any] | None
     Example:
         >>> rec = factorize(model, {"re:.*mlp.*": {"energy": 0.95}})
     """
-    from mmcompress.quant.api import as_mapping
 
     mapping = as_mapping(config if config is not None else LowRankConfig(), LowRankConfig)
     chosen = list(resolve_targets(model, mapping, _supported, adapter_for(model).modality_of))

@@ -17,9 +17,9 @@ from torch.nn.utils import parametrize
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import adapter_for, require_matches
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +115,6 @@ def share_weights(model: nn.Module, config: ShareConfig | Mapping[str, Any] | No
     Example:
         >>> rec = share_weights(lenet, {"re:features.*": {"bits": 8}, "_default": {"bits": 5}})
     """
-    from mmcompress.quant.api import as_mapping
 
     mapping = as_mapping(config if config is not None else ShareConfig(), ShareConfig)
     supported = (nn.Linear, nn.Conv2d, nn.Conv1d)

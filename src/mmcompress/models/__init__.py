@@ -1,6 +1,3 @@
-"""Built-in models, fusion styles, and adapters that describe modality towers."""
-
-from mmcompress.models.adapter import Adapter, adapter_for
-from mmcompress.models.zoo import list_models, load_model
-
-__all__ = ["Adapter", "adapter_for", "list_models", "load_model"]
+"""Adapters that describe modality towers (`adapter.py`, `attention_specs.py`: library floor),
+Hugging Face families and packaged pretrained models, and the built-in zoo (`zoo.py`: lab floor).
+Nothing is imported here, so the library's adapters never load the zoo."""

@@ -8,8 +8,9 @@ YAML), its own `adapter()` method, the registry of known architectures (Hugging 
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,38 +18,10 @@ from typing import Any
 from torch import nn
 
 from mmcompress.errors import ConfigError
+from mmcompress.models.attention_specs import BUILTIN_ATTENTION, AttentionSpec
 
 MODALITIES = ("image", "text", "audio", "fusion")
 _ATTACHED = "_mmcompress_adapter"
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """Where an attention class keeps its head projections, so heads can be pruned by name.
-
-    Attributes:
-        class_name: the attention module's class name (e.g. "CLIPAttention").
-        q, k, v, o: dotted paths, relative to the attention module, of the query/key/value
-            projections (head-major outputs) and the output projection (head-major inputs).
-        head_dim: attribute path holding the size of one head ("": q's outputs / the first head count).
-        head_counts: attribute paths set to the new number of heads after pruning.
-        widths: attribute paths set to heads * head_dim after pruning.
-        kv_groups: attribute path of the query heads per key/value head (grouped-query attention);
-            heads are pruned only when it is 1.
-
-    Example:
-        >>> spec = AttentionSpec("MyAttention", "q", "k", "v", "o", "head_dim", ("heads",))
-    """
-
-    class_name: str
-    q: str
-    k: str
-    v: str
-    o: str
-    head_dim: str
-    head_counts: tuple[str, ...] = ()
-    widths: tuple[str, ...] = ()
-    kv_groups: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +70,6 @@ class Adapter:
 
     def attention_spec(self, module: nn.Module) -> AttentionSpec | None:
         """The spec of `module`'s attention class (this adapter's first, then the built-in ones)."""
-        from mmcompress.models.attention_specs import BUILTIN_ATTENTION
-
         for spec in (*self.attention, *BUILTIN_ATTENTION):
             if type(module).__name__ == spec.class_name:
                 return spec
@@ -107,6 +78,7 @@ class Adapter:
 
 AdapterFactory = Callable[[nn.Module], Adapter]
 _REGISTRY: dict[str, AdapterFactory] = {}
+ADAPTER_PROVIDERS = ["mmcompress.models.hf"]  # modules registering adapters of known families, loaded on first lookup
 
 
 def register_adapter(*keys: str) -> Callable[[AdapterFactory], AdapterFactory]:
@@ -127,8 +99,8 @@ def register_adapter(*keys: str) -> Callable[[AdapterFactory], AdapterFactory]:
 
 def registered_adapters() -> dict[str, AdapterFactory]:
     """Every registered key (class name or model_type) and its factory."""
-    import mmcompress.models.hf  # noqa: F401  (registers the Hugging Face families)
-
+    for provider in ADAPTER_PROVIDERS:  # plugins, like entry points: their import registers adapters
+        importlib.import_module(provider)
     return dict(_REGISTRY)
 
 
@@ -261,3 +233,19 @@ def check_adapter(model: nn.Module, adapter: Adapter) -> list[str]:
 def matching(pattern: str, names: list[str]) -> list[str]:
     """Names fully matching a regex (adapters use it to list per-layer modules)."""
     return [n for n in names if re.fullmatch(pattern, n)]
+
+
+def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) -> list:
+    """Raise ConfigError when a target mapping selected no module at all (never a silent no-op).
+
+    Example:
+        >>> chosen = require_matches(list(resolve_targets(...)), mapping, model)
+    """
+    if not chosen and any(v is not None for v in mapping.values()):
+        if any(k.startswith("modality:") for k in mapping) and not adapter_for(model).towers:
+            raise ConfigError(f"targets {list(mapping)} name modalities, but {describe_missing(model)}")
+        raise ConfigError(
+            f"targets {list(mapping)} matched no supported module of {type(model).__name__}; "
+            "check module names, regexes and modality tags (a model without an adapter has no modalities)"
+        )
+    return chosen

@@ -6,7 +6,37 @@ pruning heads means slicing q/k/v rows and output-projection columns and updatin
 
 from __future__ import annotations
 
-from mmcompress.models.adapter import AttentionSpec
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Where an attention class keeps its head projections, so heads can be pruned by name.
+
+    Attributes:
+        class_name: the attention module's class name (e.g. "CLIPAttention").
+        q, k, v, o: dotted paths, relative to the attention module, of the query/key/value
+            projections (head-major outputs) and the output projection (head-major inputs).
+        head_dim: attribute path holding the size of one head ("": q's outputs / the first head count).
+        head_counts: attribute paths set to the new number of heads after pruning.
+        widths: attribute paths set to heads * head_dim after pruning.
+        kv_groups: attribute path of the query heads per key/value head (grouped-query attention);
+            heads are pruned only when it is 1.
+
+    Example:
+        >>> spec = AttentionSpec("MyAttention", "q", "k", "v", "o", "head_dim", ("heads",))
+    """
+
+    class_name: str
+    q: str
+    k: str
+    v: str
+    o: str
+    head_dim: str
+    head_counts: tuple[str, ...] = ()
+    widths: tuple[str, ...] = ()
+    kv_groups: str | None = None
+
 
 _PROJ = ("q_proj", "k_proj", "v_proj")
 

@@ -13,18 +13,17 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.layer_stats import LossFn, gradient_stats, input_stats
 from mmcompress.core.record import Record
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import LAYER_TYPES, as_mapping, resolve_targets
 from mmcompress.core.walker import grouped_weight
 from mmcompress.errors import ConfigError, UnsupportedError
-from mmcompress.models.adapter import adapter_for
-from mmcompress.prune.collect import LossFn, gradient_stats, input_stats
+from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.prune.importance import Stats, scores_for
 from mmcompress.prune.masks import masks_from_zeros, set_mask
 from mmcompress.prune.patterns import nm_mask, parse_nm, threshold_masks
 from mmcompress.prune.sequential import sequential_plans
 from mmcompress.prune.sparsegpt import sparsegpt_prune
-from mmcompress.quant.api import LAYER_TYPES, as_mapping
 
 METHODS = ("magnitude", "taylor", "fisher", "wanda", "sparsegpt")
 NEEDS_GRADIENTS = ("taylor", "fisher")

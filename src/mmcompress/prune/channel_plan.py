@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.layer_stats import gradient_stats
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.prune.channel_importance import (
     bn_scale,
@@ -21,7 +22,6 @@ from mmcompress.prune.channel_importance import (
     row_norms,
     top_units,
 )
-from mmcompress.prune.collect import gradient_stats
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup
 from mmcompress.prune.fx_ops import conv_refusal
 from mmcompress.prune.importance import scores_for

@@ -11,49 +11,11 @@ shape; unit scores for structured pruning sum them over a unit's slice (`unit_sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from mmcompress.core.layer_stats import Stats
+
 CRITERIA = ("magnitude", "taylor", "fisher", "wanda")
-
-
-@dataclass
-class Stats:
-    """What data-driven criteria accumulate for one layer.
-
-    Attributes:
-        grad_product: sum over batches of |w * grad| (taylor).
-        grad_square: sum over batches of grad^2 (fisher).
-        batches: how many gradient batches were accumulated.
-        input_sq_norm: (in,) sum of squared inputs per input feature, or (g, in / g * kh * kw)
-            per group of a grouped convolution (wanda).
-    """
-
-    grad_product: torch.Tensor | None = None
-    grad_square: torch.Tensor | None = None
-    batches: int = 0
-    input_sq_norm: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
-
-    def add_gradient(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
-        """Accumulate one batch's gradient of the loss with respect to `weight`.
-
-        Example:
-            >>> s = Stats(); s.add_gradient(torch.ones(2, 2), torch.full((2, 2), 0.5)); s.batches
-            1
-        """
-        w, g = weight.detach().float(), grad.detach().float()
-        product, square = (w * g).abs(), g * g
-        self.grad_product = product if self.grad_product is None else self.grad_product + product
-        self.grad_square = square if self.grad_square is None else self.grad_square + square
-        self.batches += 1
-
-    def add_inputs(self, columns: torch.Tensor) -> None:
-        """Accumulate squared input features: columns (n, in), or (g, n, k) per group, as the layer
-        multiplies them (`core.walker.layer_columns`)."""
-        sq = columns.detach().float().pow(2).sum(-2)  # (in,) or (g, k)
-        self.input_sq_norm = sq if self.input_sq_norm is None else self.input_sq_norm + sq
 
 
 def magnitude_scores(weight: torch.Tensor, norm: int = 1) -> torch.Tensor:

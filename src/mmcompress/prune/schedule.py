@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 
 from mmcompress.core.record import Record
+from mmcompress.core.targets import as_mapping
 from mmcompress.prune.api import PruneConfig, prune
-from mmcompress.quant.api import as_mapping
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import TrainResult, fit
 from mmcompress.train.tasks import Task

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.layer_stats import input_stats
 from mmcompress.core.walker import run_calibration
-from mmcompress.prune.collect import input_stats
 
 
 def forward_order(model: nn.Module, layers: dict[str, nn.Module], batch: Any, modality_of: Callable) -> list[str]:

@@ -9,6 +9,7 @@ concatenation works too: the fused layer loses exactly the pruned tower's column
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -17,19 +18,18 @@ from pydantic import Field
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.layer_stats import LossFn, gradient_stats
 from mmcompress.core.record import Record
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.prune.channel_importance import keep_count, top_units
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
-from mmcompress.prune.collect import LossFn, gradient_stats
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
 from mmcompress.prune.heads import head_params, head_parts, head_scores, is_attention
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
-from mmcompress.quant.api import as_mapping
 
 __all__ = ["StructuredConfig", "apply_plans", "head_parts", "prune_structured", "replay_structured"]
 
@@ -252,3 +252,20 @@ def _unit_totals(entries: dict[str, dict]) -> dict[str, float]:
         "units_removed": sum(e["before"] - e["kept"] for e in shrunk) / units,
         "layers_kept": float(sum(e["structure"] == "kept" for e in entries.values())),
     }
+
+
+def narrow_cnn(teacher: nn.Module, ratio: float, example_inputs: Any = None, targets: str = "_default") -> nn.Module:
+    """A copy of `teacher` with `ratio` of the channels of its convolutions removed (magnitude).
+
+    Example:
+        >>> student = narrow_cnn(ImageClassifier((16, 32, 64)), 0.5)   # -> (8, 16, 32)
+    """
+    student = copy.deepcopy(teacher)
+    convs = {n for n, m in student.named_modules() if isinstance(m, nn.Conv2d)}
+    if not convs:
+        raise ConfigError(f"{type(teacher).__name__} has no convolution to narrow")
+    mapping = (
+        {name: {"ratio": ratio} for name in sorted(convs)} if targets == "_default" else {targets: {"ratio": ratio}}
+    )
+    prune_structured(student, mapping, example_inputs=example_inputs)
+    return student

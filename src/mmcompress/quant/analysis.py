@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import LAYER_TYPES, as_mapping, resolve_targets
 from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
 from mmcompress.errors import ConfigError
-from mmcompress.models.adapter import adapter_for
-from mmcompress.quant.api import LAYER_TYPES, QuantConfig, as_mapping
+from mmcompress.models.adapter import adapter_for, require_matches
+from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.gptq import accumulate_hessian
 from mmcompress.quant.modules import FLOAT_TO_QUANT, quantize_weight
 from mmcompress.quant.primitives import dequantize_affine, sqnr_db

@@ -13,12 +13,12 @@ from torch import nn
 
 from mmcompress.core.record import Record
 from mmcompress.core.shared_params import weight_groups
-from mmcompress.core.targets import require_matches, resolve_targets
+from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, DataError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
-from mmcompress.quant.config import GPTQConfig, QuantConfig, as_mapping  # noqa: F401  (public here too)
+from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (public here too)
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.group_fit import fit_group_sizes
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
@@ -33,7 +33,6 @@ QUANT_LAYER_TYPES = {  # `layer_types` name -> the layer types `quantize` select
     "embedding": (nn.Embedding,),
     "recurrent": (nn.LSTM, nn.GRU),
 }
-LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}  # the weight-matrix techniques' set
 ACT_TYPES = (nn.Linear, nn.Conv2d)  # layers whose inputs W8A8 quantizes (embeddings look rows up)
 GPTQ_TYPES = (nn.Linear, nn.Conv2d)  # layers GPTQ solves; others round to nearest (with a warning)
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from mmcompress.core.config import FrozenConfig
-from mmcompress.errors import ConfigError
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.codes import WeightGrid
 
@@ -124,25 +122,3 @@ class QuantConfig(FrozenConfig):
             observer=self.observer,
             clip_ratio=self.clip_ratio,
         )
-
-
-def as_mapping(config, cls) -> dict[str, object]:
-    """Accept a config, a dict of fields, or a target mapping of key -> config/dict/None."""
-    if isinstance(config, cls):
-        return {"_default": config}
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"expected a {cls.__name__} or a target mapping, got {type(config).__name__}")
-    target_like = any(isinstance(k, str) and (k.startswith(("re:", "modality:")) or k == "_default") for k in config)
-    if not target_like and all(k in cls.model_fields for k in config):
-        return {"_default": cls.from_dict(dict(config))}
-    not_configs = [k for k, v in config.items() if not (v is None or isinstance(v, (cls, Mapping)))]
-    if not_configs:  # a flat dict of fields with a misspelled one, not a target mapping
-        unknown = [k for k in config if k not in cls.model_fields]
-        raise ConfigError(
-            f"unknown {cls.__name__} field(s) {unknown}; fields are {sorted(cls.model_fields)} "
-            "(or give a target mapping: name / 're:...' / 'modality:...' / '_default' -> config)"
-        )
-    return {
-        k: (v if v is None or isinstance(v, cls) else cls.from_dict(dict(v), f"targets[{k!r}]"))
-        for k, v in config.items()
-    }

@@ -20,10 +20,14 @@ from pydantic import Field
 from torch import nn
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.layer_stats import gradient_stats
 from mmcompress.core.record import Record
+from mmcompress.core.targets import LAYER_TYPES, resolve_targets
 from mmcompress.errors import ConfigError
+from mmcompress.models.adapter import adapter_for
 from mmcompress.quant.analysis import analyze_quantization_error
-from mmcompress.quant.api import LAYER_TYPES, QuantConfig, quantize
+from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.modules import FLOAT_TO_QUANT
 
 
 class MixedPrecisionConfig(FrozenConfig):
@@ -169,10 +173,6 @@ def quantize_mixed(
 
 def fisher_sensitivity(model: nn.Module, config: MixedPrecisionConfig, data, loss_fn) -> tuple[dict, dict]:
     """sum_i F_ii (w_i - q_b(w_i))^2 per target layer and bit option, and each layer's tower."""
-    from mmcompress.core.targets import resolve_targets
-    from mmcompress.models.adapter import adapter_for
-    from mmcompress.prune.collect import gradient_stats
-    from mmcompress.quant.modules import FLOAT_TO_QUANT
 
     if data is None or loss_fn is None:
         raise ConfigError("sensitivity 'fisher' needs labelled data= and loss_fn=")

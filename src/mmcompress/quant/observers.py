@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mmcompress.quant.primitives import code_range
+from mmcompress.quant.primitives import affine_params, code_range, dequantize_affine, quantize_affine
 
 OBSERVERS = ("minmax", "percentile", "mse", "kl")
 
@@ -129,7 +129,6 @@ def mse_clip_ratios(groups: torch.Tensor, bits: int, symmetric: bool, steps: int
         >>> mse_clip_ratios(torch.randn(4, 2, 64), 4, True).shape
         torch.Size([4, 2])
     """
-    from mmcompress.quant.primitives import affine_params, dequantize_affine, quantize_affine
 
     best_err = torch.full(groups.shape[:2], float("inf"))
     best_ratio = torch.ones(groups.shape[:2])

@@ -12,6 +12,7 @@ from torch import nn
 from mmcompress.core.record import Record
 from mmcompress.quant.modules import QuantConv2d, QuantLinear, WeightGrid
 from mmcompress.quant.primitives import code_range
+from mmcompress.train.loop import fit
 
 
 def lsq_fake_quant(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
@@ -147,7 +148,6 @@ def quantization_aware_training(model, task, train_data, config, bits: int, prob
     Example:
         >>> record, history = quantization_aware_training(model, task, train, TrainConfig(epochs=3), 3, test)
     """
-    from mmcompress.train.loop import fit
 
     prepare_qat(model, bits, skip)
     probe = task.batch(probe_data, torch.arange(min(512, len(probe_data))))

@@ -11,6 +11,7 @@ from mmcompress.distill.api import distill
 from mmcompress.distill.config import DistillConfig
 from mmcompress.distill.students import drop_layers, every_kth, layer_stack
 from mmcompress.errors import ConfigError
+from mmcompress.models.zoo import list_models, load_model
 from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import PASSES, Pass
 
@@ -51,8 +52,6 @@ class DistillPass(Pass):
             if ctx.original_model is None:
                 raise ConfigError("distill: this run kept no copy of its starting model to teach with")
             return ctx.original_model
-        from mmcompress.models.zoo import list_models, load_model
-
         if name not in list_models():
             raise ConfigError(f"distill.teacher: {name!r} is neither 'original' nor a model ({sorted(list_models())})")
         return load_model(name, progress=ctx.progress)

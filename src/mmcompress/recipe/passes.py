@@ -40,37 +40,3 @@ class Pass(abc.ABC):
 
     def restore(self, ctx: RunContext, record: Record) -> None:  # noqa: B027 - optional
         """Re-attach state that checkpoints do not hold (e.g. masks) after a checkpoint is loaded."""
-
-
-def build_pass(stage, where: str) -> Pass:
-    """Validate a StageSpec against its pass and build the pass."""
-    from mmcompress.errors import ConfigError
-
-    load_builtin_passes()
-    cls = PASSES.get(stage.pass_)
-    config = cls.Config.from_dict(stage.config, f"{where}.config")
-    targets = None
-    if stage.targets is not None:
-        if not cls.accepts_targets:
-            raise ConfigError(f"{where}.targets: pass {stage.pass_!r} does not take targets")
-        targets = {
-            key: None if value is None else cls.Config.from_dict({**stage.config, **value}, f"{where}.targets[{key}]")
-            for key, value in stage.targets.items()
-        }
-    return cls(config, targets)
-
-
-def validate_stage(stage, where: str) -> None:
-    """Raise ConfigError naming the field if the stage's pass or config is invalid."""
-    from mmcompress.errors import ConfigError
-
-    try:
-        build_pass(stage, where)
-    except ConfigError as err:
-        msg = str(err)
-        raise ConfigError(msg if where in msg else f"{where}.pass: {msg}") from None
-
-
-def load_builtin_passes() -> None:
-    """Import the modules that register the built-in passes."""
-    from mmcompress.recipe import builtin_passes, distill_pass, graph_passes, prune_passes  # noqa: F401

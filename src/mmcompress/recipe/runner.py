@@ -21,8 +21,8 @@ from mmcompress.core.record import Record, environment_versions
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.recipe.context import RunContext, StageOutcome
-from mmcompress.recipe.passes import build_pass, load_builtin_passes
 from mmcompress.recipe.schema import Recipe, load_recipe
+from mmcompress.recipe.stages import build_pass
 from mmcompress.train.loop import seed_everything
 from mmcompress.train.tasks import Task
 
@@ -95,7 +95,6 @@ def compress(
     """
     from mmcompress.models.zoo import task_for
 
-    load_builtin_passes()
     train_data, test_data = (data["train"], data["test"]) if isinstance(data, dict) else data
     task = task or task_for(model, train_data)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)

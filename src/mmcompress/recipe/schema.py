@@ -11,6 +11,9 @@ from pydantic import ConfigDict, Field
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.errors import ConfigError
+from mmcompress.models.zoo import MODELS
+from mmcompress.recipe.stages import validate_stage
+from mmcompress.train.config import TrainConfig
 
 
 class StageSpec(FrozenConfig):
@@ -94,8 +97,6 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
         >>> load_recipe("recipes/quick.yaml").stages[0].label
         'baseline'
     """
-    from mmcompress.recipe.passes import validate_stage
-
     if source is None:
         data = yaml.safe_load(default_recipe_text())
     elif isinstance(source, dict):
@@ -111,8 +112,6 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping with 'stages'")
     recipe = Recipe.from_dict(data, "recipe")
-    from mmcompress.train.config import TrainConfig
-
     TrainConfig.from_dict(recipe.train, "recipe.train")  # overrides must be valid training fields
     for i, stage in enumerate(recipe.stages):
         validate_stage(stage, f"recipe.stages[{i}]")
@@ -121,8 +120,5 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
 
 def baseline_train_config(recipe: Recipe):
     """The TrainConfig for the recipe's baseline: the model's default with `recipe.train` overrides."""
-    from mmcompress.models.zoo import MODELS
-    from mmcompress.train.config import TrainConfig
-
     base = MODELS[recipe.model].train.to_dict() if recipe.model in MODELS else {}
     return TrainConfig.from_dict({**base, **(recipe.train or {})}, "recipe.train")

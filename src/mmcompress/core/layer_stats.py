@@ -1,9 +1,10 @@
-"""Model plumbing for data-driven importance: gradients (taylor, fisher), input norms (wanda) and
-input Hessians (sparsegpt), each gathered in one pass over the data."""
+"""Per-layer statistics gathered from data in one pass: gradients (taylor, fisher; mixed-precision
+sensitivity), input norms (wanda) and input Hessians (sparsegpt), with the `Stats` they fill."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,9 +14,46 @@ from mmcompress.core.batches import check_finite
 from mmcompress.core.hessian import accumulate_hessian
 from mmcompress.core.walker import layer_columns, run_calibration
 from mmcompress.errors import DataError
-from mmcompress.prune.importance import Stats
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class Stats:
+    """What data-driven criteria accumulate for one layer.
+
+    Attributes:
+        grad_product: sum over batches of |w * grad| (taylor).
+        grad_square: sum over batches of grad^2 (fisher).
+        batches: how many gradient batches were accumulated.
+        input_sq_norm: (in,) sum of squared inputs per input feature, or (g, in / g * kh * kw)
+            per group of a grouped convolution (wanda).
+    """
+
+    grad_product: torch.Tensor | None = None
+    grad_square: torch.Tensor | None = None
+    batches: int = 0
+    input_sq_norm: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def add_gradient(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        """Accumulate one batch's gradient of the loss with respect to `weight`.
+
+        Example:
+            >>> s = Stats(); s.add_gradient(torch.ones(2, 2), torch.full((2, 2), 0.5)); s.batches
+            1
+        """
+        w, g = weight.detach().float(), grad.detach().float()
+        product, square = (w * g).abs(), g * g
+        self.grad_product = product if self.grad_product is None else self.grad_product + product
+        self.grad_square = square if self.grad_square is None else self.grad_square + square
+        self.batches += 1
+
+    def add_inputs(self, columns: torch.Tensor) -> None:
+        """Accumulate squared input features: columns (n, in), or (g, n, k) per group, as the layer
+        multiplies them (`core.walker.layer_columns`)."""
+        sq = columns.detach().float().pow(2).sum(-2)  # (in,) or (g, k)
+        self.input_sq_norm = sq if self.input_sq_norm is None else self.input_sq_norm + sq
 
 
 def gradient_stats(

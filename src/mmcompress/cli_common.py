@@ -1,0 +1,116 @@
+"""What every CLI command shares: the click group, one-line errors, common options, the recipe runner's
+per-stage tables. Commands live in cli.py and cli_*.py."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mmcompress.errors import ConfigError, MMCompressError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _friendly(fn):
+    """Turn library errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MMCompressError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _data_options(fn):
+    fn = click.option(
+        "--data-dir",
+        envvar="MMCOMPRESS_DATA",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Folder searched first for dataset files (env MMCOMPRESS_DATA).",
+    )(fn)
+    fn = click.option(
+        "--cache-dir",
+        envvar="MMCOMPRESS_CACHE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Trained-model cache (env MMCOMPRESS_CACHE; default ~/.cache/mmcompress).",
+    )(fn)
+    return fn
+
+
+def _run_option(help_text: str):
+    return click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None, help=help_text)
+
+
+def _table(title: str, rows: dict[str, object]) -> Table:
+    table = Table(title=title, show_header=True, min_width=len(title) + 4)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmcompress")
+def cli() -> None:
+    """mmcompress: make multimodal models small and fast while keeping them accurate."""
+
+
+def _spec_options(fn):
+    """--data / --task / --adapter: what a model that is not built-in is measured on."""
+    fn = click.option(
+        "--adapter", type=click.Path(path_type=Path), default=None,
+        help="YAML describing the model's towers (towers: {image: [backbone], text: [encoder]}).",
+    )(fn)  # fmt: skip
+    fn = click.option(
+        "--task", default=None,
+        help="classification | agreement (top-1 vs the float model, no labels) | cosine | py:FILE.py:FACTORY.",
+    )(fn)  # fmt: skip
+    fn = click.option(
+        "--data", "data_spec", default=None,
+        help="Built-in dataset name or py:FILE.py:FACTORY returning (train, test[, task]). "
+        "Default: a built-in model's own dataset.",
+    )(fn)  # fmt: skip
+    return fn
+
+
+def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir, cache_dir) -> None:
+    """Check the output folder, resolve model and data, check the recipe, run the stages (a table each)."""
+    from mmcompress.core.io import check_writable
+    from mmcompress.recipe.run_spec import run_recipe
+    from mmcompress.recipe.specs import check_model_spec
+
+    check_model_spec(spec.model)
+    check_writable(out)
+    console.print(f"[bold]recipe[/bold] {label}: model {spec.model}, {len(spec.stages)} stages -> {out}")
+
+    def show(stage) -> None:
+        metrics = {k: v for k, v in stage.metrics.items() if not k.startswith("stored_bytes.")}
+        note = " (resumed)" if stage.resumed else f" ({stage.seconds:.1f}s)"
+        console.print(_table(f"stage {stage.index}: {stage.label}{note}", metrics))
+
+    run_recipe(spec, out, data_dir=data_dir, cache_dir=cache_dir, resume=resume, progress=not quiet, on_stage=show)
+    console.print(f"[green]done[/green]: {out / 'report.html'}, {out / 'report.md'}, {out / 'record.json'}")
+
+
+def _check_run_of(model: str, run_dir: Path | None) -> None:
+    """A run compared with MODEL must have compressed MODEL."""
+    from mmcompress.recipe.specs import is_run_folder, read_record
+
+    if run_dir is None:
+        return
+    spec = read_record(run_dir).get("model_spec")
+    if spec and not is_run_folder(model) and spec != model:
+        raise ConfigError(f"run {run_dir} compressed {spec!r}, not {model!r}")
