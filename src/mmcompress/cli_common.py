@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmcompress.errors import ConfigError, MMCompressError
@@ -25,7 +26,7 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except MMCompressError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper

@@ -31,3 +31,7 @@ def unknown_name(kind: str, name: str, valid: list[str]) -> str:
         "unknown model 'foo'; valid names: a, b"
     """
     return f"unknown {kind} {name!r}; valid names: {', '.join(sorted(valid))}"
+
+
+class MissingExtraError(MMCompressError, ImportError):
+    """An optional dependency a feature needs is not installed (names the pip extra)."""

@@ -14,6 +14,7 @@ from mmcompress.auto.report import summary_dict, write_auto_report
 from mmcompress.auto.robustness import robustness
 from mmcompress.auto.search import AutoResult, Constraints, search_plans
 from mmcompress.auto.verify import verify_choice
+from mmcompress.core.extras import require
 from mmcompress.core.io import atomic_write_bytes, atomic_write_json
 
 
@@ -71,6 +72,7 @@ def auto_compress(
     from mmcompress.recipe.runner import load_run
     from mmcompress.recipe.specs import resolve_workload
 
+    require("optuna", "auto", "the compression search")  # before any work
     out = Path(out_dir)
     constraints = Constraints(max_drop, max_size_mb, max_latency_ms)
     work = resolve_workload(model, data, task, adapter=adapter, progress=progress)

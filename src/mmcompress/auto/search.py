@@ -18,6 +18,7 @@ from mmcompress.auto.pareto import pareto_front
 from mmcompress.auto.space import SearchSpace, build_space
 from mmcompress.auto.trials import TrialCache, TrialRecord
 from mmcompress.auto.workers import Workers
+from mmcompress.core.extras import require
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.recipe.specs import Workload, resolve_workload
 
@@ -130,7 +131,7 @@ def search_plans(
         >>> result = search_plans("fashion-clip", "runs/auto", constraints=Constraints(max_drop=1.0))
         >>> result.trials[result.chosen].plan.describe()
     """
-    import optuna
+    optuna = require("optuna", "auto", "the compression search")
 
     if jobs < 1 or time_budget_min <= 0:
         raise ConfigError("jobs must be >= 1 and time_budget_min > 0")
@@ -251,7 +252,7 @@ def _baseline(model, task, test, out: Path, latency_batch: int, metric_fn) -> di
 
 
 def _tell(study, trial, record: TrialRecord, constraints: Constraints, baseline: dict) -> None:
-    import optuna
+    optuna = require("optuna", "auto", "the compression search")
 
     if not record.ok:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -263,7 +264,7 @@ def _tell(study, trial, record: TrialRecord, constraints: Constraints, baseline:
 
 def _add_cached(study, space: SearchSpace, record: TrialRecord, constraints: Constraints, baseline: dict) -> None:
     """Give the sampler a cached trial (resume) with the distributions it was drawn from."""
-    import optuna
+    optuna = require("optuna", "auto", "the compression search")
 
     dists = _distributions(space, record.params)
     if set(dists) != set(record.params):

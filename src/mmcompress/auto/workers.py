@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from mmcompress.core.extras import require
 from mmcompress.errors import ConfigError
 
 BACKENDS = ("process", "ray")
@@ -28,10 +29,7 @@ class Workers:
         self.pool = None
         self.ray = None
         if backend == "ray":
-            try:
-                import ray
-            except ImportError:
-                raise ConfigError("backend 'ray' needs Ray: pip install 'mmcompress[ray]'") from None
+            ray = require("ray", "ray", "backend 'ray'")
             if not ray.is_initialized():  # joins a cluster given by RAY_ADDRESS, else starts a local one
                 ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
             self.ray = ray

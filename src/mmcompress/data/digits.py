@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcompress.core.extras import require
 from mmcompress.data.fashion_mnist import ImageDataset
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
@@ -17,7 +18,7 @@ def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0)
         >>> ds = load_digits("test"); ds.images.shape[1:]
         torch.Size([28, 28])
     """
-    from sklearn.datasets import load_digits as sk_load_digits
+    sk_load_digits = require("sklearn.datasets", "data", "the digits dataset").load_digits
 
     if split not in ("train", "test"):
         from mmcompress.errors import DataError

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmcompress.core.extras import require
 from mmcompress.data.digits import DIGIT_NAMES, load_digits
 from mmcompress.data.fashion_mnist import to_float_image
 from mmcompress.errors import DataError
@@ -45,7 +46,7 @@ def synthesize(word: str, voice: str, speed: int, pitch: int) -> torch.Tensor:
         >>> synthesize("seven", "en-us+f3", 160, 50).shape[0] > 4000
         True
     """
-    from scipy.signal import resample_poly
+    resample_poly = require("scipy.signal", "data", "spoken digits").resample_poly
 
     cmd = [espeak_binary(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word]
     wav = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout

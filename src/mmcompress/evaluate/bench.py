@@ -203,10 +203,7 @@ def _speedups(rows: list[BenchRow]) -> None:
 
 def plot_bench(rows: list[BenchRow], path: Path) -> None:
     """Median latency per case (bars, p10-p90 whiskers), original beside compressed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mmcompress.report.plots import plt
 
     cases = sorted({(r.part, r.runtime, r.batch) for r in rows})
     variants = sorted({r.variant for r in rows}, key=lambda v: v != "original")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+from mmcompress.core.extras import require
 
+matplotlib = require("matplotlib", "report", "the report's plots")
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+plt = require("matplotlib.pyplot", "report", "the report's plots")
 
 
 def _png(fig) -> bytes:
