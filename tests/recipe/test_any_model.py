@@ -191,6 +191,15 @@ def test_local_hf_folder_goes_through_quantize_and_measure(tmp_path):
     measured = _run("measure", spec, "--run", out, "--json")
     assert measured.exit_code == 0, measured.output
     assert json.loads(measured.stdout)["compression"] > 3
+    benched = _run("bench", spec, "--run", out, "--batch", 2, "--runtime", "eager", "--part", "model",
+                   "--repeats", 2, "--warmup", 1, "--out", tmp_path / "bench")  # fmt: skip
+    assert benched.exit_code == 0, benched.output
+    from mmcompress.auto.api import auto_compress
+
+    result = auto_compress(spec, tmp_path / "auto", data=f"py:{tmp_path / 'texts.py'}:data", task="agreement",
+                           max_drop=50.0, max_trials=1, test_limit=None, verify_top=0, check_robustness=False,
+                           progress=False)  # fmt: skip
+    assert len(result.trials) == 1 and result.trials[0].ok, result.trials[0].error
 
 
 def test_auto_searches_a_user_model(user):
