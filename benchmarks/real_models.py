@@ -99,7 +99,7 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     ),
     "W8 GPTQ + bias correction": _calibrated({"weight_bits": 8}),
     "W8A8 static + CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
-    "W8A8 static + CLE + GPTQ, percentile": _calibrated(
+    "W8A8 static + CLE + GPTQ (percentile)": _calibrated(
         {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize=True, bias=False
     ),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
@@ -127,7 +127,7 @@ BATCHNORM_ONLY = (
     "fold BatchNorm",
     "W8 GPTQ + bias correction",
     "W8A8 static + CLE + GPTQ + bias corr.",
-    "W8A8 static + CLE + GPTQ, percentile",
+    "W8A8 static + CLE + GPTQ (percentile)",
 )
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
