@@ -55,9 +55,12 @@ def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("mmcompress.data.fashion_mnist.DEBIAN_DIR", tmp_path / "none")
     monkeypatch.setattr("mmcompress.data.fashion_mnist.OFFICIAL_URL", "http://127.0.0.1:9/")  # no network here
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "nodata").mkdir()  # a folder without the files
     result = _run("run", str(QUICK), "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "nodata"))
     assert "apt-get install dataset-fashion-mnist" in result.output and result.exit_code == 2
     assert not (tmp_path / "o").exists()
+    missing = _run("run", str(QUICK), "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "typo"))
+    check_one_line_error(missing, "data folder")  # a folder the user names must exist: no silent fallback
 
 
 @pytest.mark.slow

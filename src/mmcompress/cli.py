@@ -4,15 +4,18 @@ The group and shared options are in cli_common.py; each cli_*.py adds commands."
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from mmcompress import cli_auto, cli_bench, cli_compress, cli_distill  # noqa: F401  (register their commands)
 from mmcompress.cli_common import (
     _check_run_of,
     _data_options,
+    _force_option,
     _friendly,
     _run_option,
     _run_recipe,
@@ -20,6 +23,7 @@ from mmcompress.cli_common import (
     _table,
     cli,
     console,
+    err_console,
 )
 
 
@@ -38,10 +42,11 @@ from mmcompress.cli_common import (
 )
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_force_option
 @_spec_options
 @_data_options
 @_friendly
-def run(recipe, model_spec, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir):
+def run(recipe, model_spec, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir, force):
     """Run RECIPE (YAML; default: the built-in recipe on fashion-clip) and write a report.
 
     Example: mmcompress run recipes/w8.yaml --model py:my_models.py:build --data py:my_data.py:load
@@ -49,7 +54,7 @@ def run(recipe, model_spec, out, resume, quiet, data_spec, task, adapter, data_d
     from mmcompress.recipe.run_spec import recipe_for
 
     spec = recipe_for(recipe, model=model_spec, data=data_spec, task=task, adapter=adapter)
-    _run_recipe(spec, str(recipe or "built-in default"), out, resume, quiet, data_dir, cache_dir)
+    _run_recipe(spec, str(recipe or "built-in default"), out, resume, quiet, data_dir, cache_dir, force)
 
 
 @cli.command()
@@ -204,5 +209,16 @@ def report(run_dir: Path) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mmcompress")
+    """Console-script entry point; usage errors are one line on stderr with exit code 2."""
+    try:
+        cli.main(prog_name="mmcompress", standalone_mode=False)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx else "mmcompress"
+        err_console.print(f"[red]error:[/red] {escape(err.format_message())} (see {command} --help)", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+        sys.exit(2)
+    except click.Abort:
+        err_console.print("[red]aborted[/red]")
+        sys.exit(130)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli_common import _friendly, _spec_options, cli, console
+from mmcompress.cli_common import _data_options, _friendly, _spec_options, cli, console
 from mmcompress.errors import MMCompressError
 
 
@@ -24,10 +24,12 @@ from mmcompress.errors import MMCompressError
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-robustness", is_flag=True, help="Skip the corruption table.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/auto"), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress output.")
 @_spec_options
+@_data_options
 @_friendly
 def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, backend, test_limit, seed,
-             no_robustness, out, data_spec, task, adapter):  # fmt: skip
+             no_robustness, out, quiet, data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
     """Search per-modality compression plans of MODEL (a spec) under constraints; write the chosen recipe and a report.
 
     Trials are cached under OUT/trials: running the same command again resumes the search.
@@ -41,7 +43,7 @@ def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jo
         max_latency_ms=max_latency,
         time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, backend=backend, seed=seed,
         test_limit=test_limit,
-        check_robustness=not no_robustness,
+        check_robustness=not no_robustness, progress=not quiet, cache_dir=cache_dir, data_dir=data_dir,
     )  # fmt: skip
     done = sum(t.ok for t in result.trials)
     console.print(f"{len(result.trials)} plans evaluated ({done} finished), {len(result.frontier)} on the frontier")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mmcompress.core.io import check_writable
 from mmcompress.errors import ConfigError, MMCompressError
 
 console = Console(stderr=False)
@@ -24,12 +25,23 @@ def _friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_folders(kwargs)
             return fn(*args, **kwargs)
         except MMCompressError as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _check_folders(options: dict) -> None:
+    """Folders the user names must be what they say, before any work (no silent fallback)."""
+    data_dir = options.get("data_dir")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ConfigError(f"data folder {data_dir} does not exist (from --data-dir or MMCOMPRESS_DATA)")
+    cache_dir = options.get("cache_dir")
+    if cache_dir is not None:
+        check_writable(cache_dir, "--cache-dir (or MMCOMPRESS_CACHE)")
 
 
 def _data_options(fn):
@@ -69,6 +81,13 @@ def cli() -> None:
     """mmcompress: make multimodal models small and fast while keeping them accurate."""
 
 
+def _force_option(fn):
+    return click.option(
+        "--force", is_flag=True,
+        help="Replace a run of another recipe in --out (stages the recipes share are kept, the rest deleted).",
+    )(fn)  # fmt: skip
+
+
 def _spec_options(fn):
     """--data / --task / --adapter: what a model that is not built-in is measured on."""
     fn = click.option(
@@ -87,7 +106,9 @@ def _spec_options(fn):
     return fn
 
 
-def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir, cache_dir) -> None:
+def _run_recipe(
+    spec, label: str, out: Path, resume: bool, quiet: bool, data_dir, cache_dir, force: bool = False
+) -> None:
     """Check the output folder, resolve model and data, check the recipe, run the stages (a table each)."""
     from mmcompress.core.io import check_writable
     from mmcompress.recipe.run_spec import run_recipe
@@ -102,7 +123,8 @@ def _run_recipe(spec, label: str, out: Path, resume: bool, quiet: bool, data_dir
         note = " (resumed)" if stage.resumed else f" ({stage.seconds:.1f}s)"
         console.print(_table(f"stage {stage.index}: {stage.label}{note}", metrics))
 
-    run_recipe(spec, out, data_dir=data_dir, cache_dir=cache_dir, resume=resume, progress=not quiet, on_stage=show)
+    run_recipe(spec, out, data_dir=data_dir, cache_dir=cache_dir, resume=resume, progress=not quiet, on_stage=show,
+               force=force)  # fmt: skip
     console.print(f"[green]done[/green]: {out / 'report.html'}, {out / 'report.md'}, {out / 'record.json'}")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli_common import _data_options, _friendly, _run_recipe, _spec_options, cli
+from mmcompress.cli_common import _data_options, _force_option, _friendly, _run_recipe, _spec_options, cli
 from mmcompress.errors import ConfigError
 
 
@@ -38,12 +38,13 @@ from mmcompress.errors import ConfigError
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quantize"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_force_option
 @_spec_options
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
                  smoothquant, only, onnx, train_limit, epochs, test_limit, out, resume, quiet,
-                 data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
+                 data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
     """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
 
     Example: mmcompress quantize py:my_models.py:build --data py:my_data.py:load --task agreement --bits 8
@@ -62,7 +63,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     if onnx:
         stages.append({"pass": "export_onnx"})
     recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
-    _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir)
+    _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir, force)
 
 
 @cli.command("prune")
@@ -85,11 +86,13 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/prune"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_force_option
 @_spec_options
 @_data_options
 @_friendly
 def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetune_epochs, onnx, train_limit,
-              epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
+              epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir,
+              force):  # fmt: skip
     """Prune MODEL (a spec): evaluate, prune, fine-tune, evaluate (and export); report in --out.
 
     Example: mmcompress prune digits-cnn --structured channels --ratio 0.3
@@ -112,7 +115,7 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, only, finetun
     if onnx:
         stages.append({"pass": "export_onnx"})
     recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
-    _run_recipe(load_recipe(recipe), "prune", out, resume, quiet, data_dir, cache_dir)
+    _run_recipe(load_recipe(recipe), "prune", out, resume, quiet, data_dir, cache_dir, force)
 
 
 def builtin_freeze(model: str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmcompress.cli_common import _data_options, _friendly, _run_recipe, _spec_options, cli
+from mmcompress.cli_common import _data_options, _force_option, _friendly, _run_recipe, _spec_options, cli
 from mmcompress.cli_compress import _recipe, builtin_freeze
 from mmcompress.errors import ConfigError
 
@@ -34,12 +34,13 @@ from mmcompress.errors import ConfigError
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/distill"), show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished stages.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_force_option
 @_spec_options
 @_data_options
 @_friendly
 def distill_cmd(model, channels, only, keep_every, layer_path, temperature, alpha, mode, kd_epochs, lr, batch_size, amp,
                 onnx, train_limit, epochs, test_limit, out, resume, quiet, data_spec, task, adapter,
-                data_dir, cache_dir):  # fmt: skip
+                data_dir, cache_dir, force):  # fmt: skip
     """Shrink MODEL (a spec) into a student and distill it from the original; report in --out.
 
     Example: mmcompress distill fashion-cnn --channels 0.5 --kd-epochs 3
@@ -70,4 +71,4 @@ def distill_cmd(model, channels, only, keep_every, layer_path, temperature, alph
     if onnx:
         stages.append({"pass": "export_onnx"})
     recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
-    _run_recipe(load_recipe(recipe), "distill", out, resume, quiet, data_dir, cache_dir)
+    _run_recipe(load_recipe(recipe), "distill", out, resume, quiet, data_dir, cache_dir, force)

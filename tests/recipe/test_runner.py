@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from mmcompress.errors import ConfigError
 from mmcompress.models.zoo import ImageClassifier
 from mmcompress.recipe.runner import compress, load_run
 from mmcompress.train.config import TrainConfig
@@ -63,8 +64,10 @@ def test_changed_recipe_or_model_invalidates_later_stages(trained, digits, tmp_p
     compress(copy.deepcopy(start), RECIPE, data=digits, output_dir=tmp_path, progress=False)
     changed = json.loads(json.dumps(RECIPE))
     changed["stages"][1]["config"]["sparsity"] = 0.4
-    res = compress(copy.deepcopy(start), changed, data=digits, output_dir=tmp_path, progress=False)
-    assert [s.resumed for s in res.stages] == [True] + [False] * 5
+    with pytest.raises(ConfigError, match="holds the run of another recipe"):  # never mixed in silently
+        compress(copy.deepcopy(start), changed, data=digits, output_dir=tmp_path, progress=False)
+    res = compress(copy.deepcopy(start), changed, data=digits, output_dir=tmp_path, progress=False, force=True)
+    assert [s.resumed for s in res.stages] == [True] + [False] * 5  # --force keeps the stage both share
     other = ImageClassifier((8, 16, 32))
     res = compress(other, changed, data=digits, output_dir=tmp_path, progress=False)
     assert not any(s.resumed for s in res.stages)

@@ -15,7 +15,7 @@ from mmcompress.auto.robustness import robustness
 from mmcompress.auto.search import AutoResult, Constraints, search_plans
 from mmcompress.auto.verify import verify_choice
 from mmcompress.core.extras import require
-from mmcompress.core.io import atomic_write_bytes, atomic_write_json
+from mmcompress.core.io import atomic_write_bytes, atomic_write_json, check_writable
 
 
 def auto_compress(
@@ -37,6 +37,8 @@ def auto_compress(
     check_robustness: bool = True,
     verify_top: int = 3,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> AutoResult:
     """Find the best per-modality compression plan of a model under constraints.
 
@@ -59,6 +61,7 @@ def auto_compress(
         check_robustness: evaluate the original and chosen model under input corruptions.
         verify_top: re-run this many of the smallest feasible plans on the full test set and choose
             the first that still meets the constraints (0: trust the subset scores).
+        cache_dir, data_dir: the trained-baseline cache and a folder searched first for data files.
 
     Example:
         >>> result = auto_compress("fashion-clip", "runs/auto", max_drop=1.0, time_budget_min=20)
@@ -73,9 +76,11 @@ def auto_compress(
     from mmcompress.recipe.specs import resolve_workload
 
     require("optuna", "auto", "the compression search")  # before any work
+    check_writable(out_dir)
     out = Path(out_dir)
     constraints = Constraints(max_drop, max_size_mb, max_latency_ms)
-    work = resolve_workload(model, data, task, adapter=adapter, progress=progress)
+    work = resolve_workload(model, data, task, adapter=adapter, progress=progress, cache_dir=cache_dir,
+                            data_dir=data_dir)  # fmt: skip
     work.require_data("auto")
     result = search_plans(work, out, constraints=constraints, time_budget_min=time_budget_min,
                           max_trials=max_trials, jobs=jobs, backend=backend, seed=seed, test_limit=test_limit,

@@ -78,3 +78,18 @@ def batch_size_of(inputs: Any) -> int:
     for _, t in tensors_in(inputs):
         return int(t.shape[0])
     raise DataError("batch holds no tensor")
+
+
+def check_finite_weights(modules: Any, verb: str) -> None:
+    """Raise DataError naming the first layer whose parameters hold NaN or Inf (`modules`: a model
+    or (name, module) pairs); `verb` says what cannot proceed.
+
+    Example:
+        >>> check_finite_weights(model, "export")
+    """
+    pairs = modules.named_modules() if isinstance(modules, torch.nn.Module) else modules
+    for name, module in pairs:
+        for pname, param in module.named_parameters(recurse=False):
+            if param.is_floating_point() and not torch.isfinite(param).all():
+                where = f"{name}.{pname}" if name else pname
+                raise DataError(f"parameter {where!r} has NaN or Inf values; the model cannot {verb}")

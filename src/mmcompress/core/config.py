@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import yaml
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmcompress.errors import ConfigError
 
 C = TypeVar("C", bound="FrozenConfig")
+_NESTED: ContextVar[int] = ContextVar("mmcompress_config_depth", default=0)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
@@ -44,13 +46,28 @@ class FrozenConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def __init__(self, **data: Any) -> None:
+        depth = _NESTED.get()
+        token = _NESTED.set(depth + 1)  # pydantic calls __init__ for nested configs too
+        try:
+            super().__init__(**data)
+        except ValidationError as err:  # the outermost direct call names the field, like from_dict
+            if depth:
+                raise
+            raise ConfigError(format_validation_error(err, type(self).__name__)) from None
+        finally:
+            _NESTED.reset(token)
+
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
         """Validate a plain dict, raising ConfigError that names the bad field."""
+        token = _NESTED.set(_NESTED.get() + 1)
         try:
             return cls.model_validate(data or {})
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, where or cls.__name__)) from None
+        finally:
+            _NESTED.reset(token)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict."""
@@ -64,3 +81,16 @@ class FrozenConfig(BaseModel):
     def from_yaml(cls: type[C], text: str) -> C:
         """Parse YAML text into this config."""
         return cls.from_dict(yaml.safe_load(text) or {})
+
+
+def yaml_error_line(err: Exception, source: str) -> str:
+    """A YAML parse error as one line naming line and column ("recipe.yaml line 4, column 7: ...").
+
+    Example:
+        >>> yaml_error_line(err, "recipes/w8.yaml")
+    """
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"{source} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+    context = getattr(err, "context", None)
+    return f"{where}: {problem}" + (f" ({context})" if context else "")

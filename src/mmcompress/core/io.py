@@ -95,8 +95,9 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail early, creating nothing, when `path` could not be created or written.
+def check_writable(path: str | Path, option: str = "--out") -> None:
+    """Fail early, creating nothing, when `path` could not be created or written (`option`: what
+    the user changes to fix it).
 
     Example:
         >>> check_writable("runs/demo")
@@ -107,9 +108,34 @@ def check_writable(path: str | Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         reason = "a file is in the way" if not probe.is_dir() else "permission denied"
-        raise MMCompressError(
-            f"output directory {path} is not writable ({reason} at {probe}); choose another with --out"
-        )
+        raise MMCompressError(f"directory {path} is not writable ({reason} at {probe}); choose another with {option}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (weights files are checked against it on load).
+
+    Example:
+        >>> file_sha256("runs/x/model.safetensors")[:8]
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | Path, expected: str | None, what: str, fix: str) -> None:
+    """Raise ModelError when `path`'s SHA-256 differs from `expected` (None: nothing recorded, not checked).
+
+    Example:
+        >>> check_sha256(weights, stage["weights_sha256"], "stage checkpoint", "rerun with --no-resume")
+    """
+    if expected is None:
+        return
+    if not Path(path).is_file():
+        raise ModelError(f"{what} {path} is missing; {fix}")
+    if file_sha256(path) != expected:
+        raise ModelError(f"{what} {path} does not match its recorded SHA-256 (corrupted or replaced); {fix}")
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

@@ -77,6 +77,8 @@ def load_dataset(
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; valid splits: train, test")
     loader, _ = DATASETS[name]
+    if data_dir is not None and not Path(data_dir).is_dir():  # a folder the user names must exist
+        raise DataError(f"data folder {data_dir} does not exist (from --data-dir or MMCOMPRESS_DATA)")
     if download_dir == "auto":
         download_dir = Path.home() / ".cache" / "mmcompress" / "datasets" / "fashion-mnist"
     ds = loader(split, Path(data_dir) if data_dir else None, Path(download_dir) if download_dir else None)

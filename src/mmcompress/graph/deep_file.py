@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from mmcompress.core.io import atomic_write_bytes
-from mmcompress.errors import DataError
+from mmcompress.errors import ConfigError, DataError
 from mmcompress.graph import huffman
 from mmcompress.graph.deep_compression import EncodedTensor, decode_tensor, encode_tensor, huffman_streams
 
@@ -41,6 +42,12 @@ def save_deep(model: nn.Module, path: str | Path, index_bits: int = 5, conv_inde
     Example:
         >>> save_deep(lenet, "lenet.mmdc")["total"]
     """
+    unfused = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if unfused:
+        raise ConfigError(
+            f"save_deep: {len(unfused)} layer(s) still share weights through trainable centroids "
+            f"({unfused[0]!r}, ...); call fuse_shared_weights(model) first, so the file holds the fine-tuned values"
+        )
     header: dict = {"tensors": {}}
     chunks: list[bytes] = []
     parts = {"values": 0, "indices": 0, "codebooks": 0, "other": 0}
@@ -75,6 +82,7 @@ def save_deep(model: nn.Module, path: str | Path, index_bits: int = 5, conv_inde
     payload = b"".join(chunks)
     header["sha256"] = hashlib.sha256(payload).hexdigest()
     header["payload_bytes"] = len(payload)
+    header["header_sha256"] = _header_digest(header)
     head = json.dumps(header, separators=(",", ":")).encode()
     atomic_write_bytes(path, MAGIC + struct.pack("<Q", len(head)) + head + payload)
     parts["header"] = len(MAGIC) + 8 + len(head)
@@ -89,7 +97,10 @@ def load_deep(path: str | Path) -> dict[str, torch.Tensor]:
     Example:
         >>> lenet.load_state_dict(load_deep("lenet.mmdc"))
     """
-    blob = Path(path).read_bytes()
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read Deep Compression file {path} ({err.strerror})") from None
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 8:
         raise DataError(f"{path} is not a Deep Compression file (bad magic)")
     (head_len,) = struct.unpack("<Q", blob[len(MAGIC) : len(MAGIC) + 8])
@@ -98,6 +109,8 @@ def load_deep(path: str | Path) -> dict[str, torch.Tensor]:
         header = json.loads(blob[start : start + head_len])
     except ValueError:
         raise DataError(f"{path}: header is unreadable (truncated or corrupted)") from None
+    if not isinstance(header, dict) or header.get("header_sha256") != _header_digest(header):
+        raise DataError(f"{path}: header checksum mismatch (corrupted)")
     payload = blob[start + head_len :]
     if len(payload) != header.get("payload_bytes"):
         raise DataError(
@@ -106,6 +119,11 @@ def load_deep(path: str | Path) -> dict[str, torch.Tensor]:
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise DataError(f"{path}: payload checksum mismatch (corrupted)")
     return {name: _decode(payload, info) for name, info in header["tensors"].items()}
+
+
+def _header_digest(header: dict) -> str:
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _slice(payload: bytes, at: list[int]) -> bytes:

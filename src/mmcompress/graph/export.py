@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
 from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
@@ -124,6 +125,7 @@ def export_onnx(
         True
     """
     named = named_inputs(example_inputs)
+    check_finite_weights(model, "be exported")
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()

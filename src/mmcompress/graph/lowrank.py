@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import as_mapping, resolve_targets
@@ -107,6 +108,7 @@ def factorize(model: nn.Module, config: LowRankConfig | Mapping[str, Any] | None
     mapping = as_mapping(config if config is not None else LowRankConfig(), LowRankConfig)
     chosen = list(resolve_targets(model, mapping, _supported, adapter_for(model).modality_of))
     require_matches(chosen, mapping, model)
+    check_finite_weights([(n, m) for n, m, _ in chosen], "be factorized")
     record = Record("factorize", {k: (None if c is None else c.to_dict()) for k, c in mapping.items()})
     plans = []
     for name, module, cfg in chosen:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
 
-from mmcompress.core.io import atomic_write_json, load_state_checked
+from mmcompress.core.io import atomic_write_json, check_sha256, file_sha256, load_state_checked
 from mmcompress.core.record import Record
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
@@ -41,7 +42,13 @@ def save_quantized(model: nn.Module, folder: str | Path) -> Path:
     """
     folder = Path(folder)
     save_compact(model, folder / WEIGHTS)
-    atomic_write_json(folder / QUANT_MAP, {"format": "mmcompress-quant-v1", "modules": quant_map(model)})
+    info = {
+        "format": "mmcompress-quant-v1",
+        "modules": quant_map(model),
+        "weights_sha256": file_sha256(folder / WEIGHTS),
+    }
+    info["map_sha256"] = _map_digest(info)
+    atomic_write_json(folder / QUANT_MAP, info)
     return folder
 
 
@@ -56,14 +63,27 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
         info = json.loads((folder / QUANT_MAP).read_text())
     except (OSError, ValueError) as err:
         raise ModelError(f"{folder / QUANT_MAP} is missing or not JSON ({err})") from None
-    if info.get("format") != "mmcompress-quant-v1":
+    if not isinstance(info, dict) or info.get("format") != "mmcompress-quant-v1":
         raise ModelError(f"{folder / QUANT_MAP} is not an mmcompress quantization map")
+    if "map_sha256" in info and info["map_sha256"] != _map_digest(info):
+        raise ModelError(f"{folder / QUANT_MAP} does not match its recorded SHA-256 (corrupted); save the model again")
+    check_sha256(folder / WEIGHTS, info.get("weights_sha256"), "quantized weights", "save the model again")
     modules = dict(model.named_modules())
-    for name, entry in info["modules"].items():
-        expected = entry["type"].replace("Quant", "")
-        if name not in modules or type(modules[name]).__name__ != expected:
-            raise ModelError(f"quantized module {name!r} ({expected}) is not in {type(model).__name__}")
-    replay_quantize(model, Record("quantize", {}, info["modules"]))
+    try:
+        for name, entry in info["modules"].items():
+            expected = entry["type"].replace("Quant", "")
+            if name not in modules or type(modules[name]).__name__ != expected:
+                raise ModelError(f"quantized module {name!r} ({expected}) is not in {type(model).__name__}")
+        replay_quantize(model, Record("quantize", {}, info["modules"]))
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ModelError(
+            f"{folder / QUANT_MAP} is corrupted ({type(err).__name__}: {err}); save the model again"
+        ) from None
     state, _ = load_compact(folder / WEIGHTS)
     load_state_checked(model, state, str(folder / WEIGHTS), "was it saved from this architecture?")
     return model.eval()
+
+
+def _map_digest(info: dict) -> str:
+    body = {k: v for k, v in info.items() if k != "map_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -11,6 +11,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from mmcompress.errors import ModelError
+
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -52,7 +54,15 @@ class OrtModel:
     def from_path(
         cls, path: str | Path, threads: int | None = None, level: str = "all", fold_dequantize: bool | None = None
     ) -> OrtModel:
-        return cls.from_bytes(Path(path).read_bytes(), threads, level, fold_dequantize)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise ModelError(f"cannot read ONNX file {path} ({err.strerror})") from None
+        try:
+            return cls.from_bytes(data, threads, level, fold_dequantize)
+        except Exception as err:  # onnx / onnxruntime raise many types for a broken file
+            detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ModelError(f"ONNX file {path} cannot be loaded (truncated or corrupted?): {detail}") from None
 
     @classmethod
     def from_bytes(

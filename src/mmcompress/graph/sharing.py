@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
+from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
 from mmcompress.core.targets import as_mapping, resolve_targets
@@ -121,6 +122,7 @@ def share_weights(model: nn.Module, config: ShareConfig | Mapping[str, Any] | No
     found = resolve_targets(model, mapping, lambda m: type(m) in supported, adapter_for(model).modality_of)
     chosen = [(n, m, c) for n, m, c in found if type(m).__name__ in c.layer_types]
     require_matches(chosen, mapping, model)
+    check_finite_weights([(n, m) for n, m, _ in chosen], "share weights")
     record = Record("share_weights", {k: (None if c is None else c.to_dict()) for k, c in mapping.items()})
     for name, module, cfg in chosen:
         if parametrize.is_parametrized(module, "weight"):

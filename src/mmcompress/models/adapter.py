@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from mmcompress.core.config import yaml_error_line
 from mmcompress.errors import ConfigError
 from mmcompress.models.attention_specs import BUILTIN_ATTENTION, AttentionSpec
 
@@ -200,7 +201,10 @@ def load_adapter(path: str | Path) -> Adapter:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"adapter file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"adapter file is not valid YAML: {yaml_error_line(err, str(path))}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"adapter file {str(path)!r} must hold a mapping with 'towers'")
     return adapter_from_dict(data)

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from mmcompress.core.io import atomic_write_bytes, atomic_write_json, load_state_checked
+from mmcompress.core.io import atomic_write_bytes, atomic_write_json, check_sha256, file_sha256, load_state_checked
 from mmcompress.errors import ModelError
 
 
@@ -34,7 +34,7 @@ def save_cached(cache_dir: Path, name: str, key: str, model: nn.Module, info: di
     weights, meta = cache_paths(cache_dir, name, key)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(weights, save(tensors))
-    atomic_write_json(meta, {**info, "name": name, "key": key})
+    atomic_write_json(meta, {**info, "name": name, "key": key, "weights_sha256": file_sha256(weights)})
     return weights
 
 
@@ -54,5 +54,6 @@ def load_cached(cache_dir: Path, name: str, key: str, model: nn.Module) -> dict[
         raise ModelError(f"cached checkpoint {weights} is corrupted ({err}); delete it to retrain") from None
     if info.get("key") != key:
         raise ModelError(f"cached checkpoint {weights} belongs to another config; delete it to retrain")
+    check_sha256(weights, info.get("weights_sha256"), "cached checkpoint", "delete it to retrain")
     load_state_checked(model, state, f"cached checkpoint {weights}", "delete it to retrain")
     return info

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.core.io import stable_hash
+from mmcompress.core.io import check_writable, stable_hash
 from mmcompress.data.registry import load_dataset
 from mmcompress.errors import ModelError, unknown_name
 from mmcompress.models import cache
@@ -220,7 +220,10 @@ def load_model(
     cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
     key = cache_key(name, train, train_limit, overrides)
     info = None if retrain else cache.load_cached(cache_dir, name, key, model)
-    if info is None:
+    if info is None:  # training: the cache and checkpoint folders must take the result (checked before an epoch)
+        check_writable(cache_dir, "--cache-dir (or MMCOMPRESS_CACHE)")
+        if checkpoint_dir is not None:
+            check_writable(checkpoint_dir)
         train_ds = load_dataset(spec.dataset, "train", data_dir=data_dir, limit=train_limit)
         test_ds = load_dataset(spec.dataset, "test", data_dir=data_dir)
         result = fit(

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.layer_stats import LossFn, gradient_stats, input_stats
 from mmcompress.core.record import Record
@@ -127,6 +128,7 @@ def prune(
         if any(type(module) is LAYER_TYPES[t] for t in cfg.layer_types):
             groups[cfg].append((name, module))
     require_matches([m for members in groups.values() for m in members], mapping, model)
+    check_finite_weights([m for members in groups.values() for m in members], "be pruned")
     _check_inputs(groups, data, loss_fn)
     parallel = {cfg: members for cfg, members in groups.items() if not cfg.sequential}
     stats = _collect(model, parallel, data, loss_fn, adapter.modality_of, max_batches)

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.layer_stats import LossFn, gradient_stats
 from mmcompress.core.record import Record
@@ -108,6 +109,7 @@ def prune_structured(
     )
     chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == is_attention(m, adapter)]
     require_matches(chosen, mapping, model)
+    check_finite_weights(model, "be pruned")
     channel_targets = {n: c for n, m, c in chosen if c.unit == "channels"}
     inputs = example_inputs
     if inputs is None and adapter.example_inputs is not None:

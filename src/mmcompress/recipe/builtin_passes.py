@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.io import file_sha256
 from mmcompress.core.record import Record
 from mmcompress.evaluate.measure import measure
 from mmcompress.graph.export import export_onnx
@@ -136,7 +137,7 @@ class ExportPass(Pass):
         primary = ctx.task.primary_metric
         metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
         metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]
-        return StageOutcome(metrics, artifacts={"onnx": str(path)})
+        return StageOutcome(metrics, artifacts={"onnx": str(path), "onnx_sha256": file_sha256(path)})
 
 
 class AnalyzeQuantConfig(QuantPassConfig):

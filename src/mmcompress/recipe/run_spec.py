@@ -66,6 +66,7 @@ def run_recipe(
     resume: bool = True,
     progress: bool = True,
     on_stage=None,
+    force: bool = False,
 ) -> RunResult:
     """Resolve the recipe's model, data and task, check the recipe against the model, run it and
     write report.md/html.
@@ -75,7 +76,7 @@ def run_recipe(
         output_dir: run folder.
         data_dir: folder searched first for dataset files.
         cache_dir: trained-checkpoint cache.
-        resume, progress, on_stage: as for `compress`.
+        resume, progress, on_stage, force: as for `compress`.
 
     Example:
         >>> result = run_recipe(recipe_for("recipes/w8.yaml", model="hf:whisper-tiny.en", data="py:speech.py:load"),
@@ -87,6 +88,6 @@ def run_recipe(
     check_recipe(recipe, work.model)
     ensure_writable_dir(output_dir)
     result = compress(work.model, recipe, data=(work.train, work.test), task=work.task, output_dir=output_dir,
-                      resume=resume, progress=progress, on_stage=on_stage)  # fmt: skip
+                      resume=resume, progress=progress, on_stage=on_stage, force=force)  # fmt: skip
     write_report(output_dir)
     return result

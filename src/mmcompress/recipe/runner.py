@@ -16,11 +16,20 @@ import torch
 import yaml
 from torch import nn
 
-from mmcompress.core.io import atomic_write_json, ensure_writable_dir, load_state_checked, stable_hash
+from mmcompress.core.io import (
+    atomic_write_json,
+    check_sha256,
+    ensure_writable_dir,
+    file_sha256,
+    load_state_checked,
+    stable_hash,
+)
 from mmcompress.core.record import Record, environment_versions
-from mmcompress.errors import ModelError
+from mmcompress.errors import ConfigError, ModelError
 from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.models.zoo import task_for
 from mmcompress.recipe.context import RunContext, StageOutcome
+from mmcompress.recipe.run_folder import claim, locked
 from mmcompress.recipe.schema import Recipe, load_recipe
 from mmcompress.recipe.stages import build_pass
 from mmcompress.train.loop import seed_everything
@@ -28,6 +37,7 @@ from mmcompress.train.tasks import Task
 
 SPEC_ATTR = "mmcompress_spec"  # set on models loaded from a spec (recipe/specs.py)
 STAGE_FILE = "stage.json"
+STAGE_FIX = "delete its stage folder or rerun with --no-resume"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -72,6 +82,7 @@ def compress(
     resume: bool = True,
     progress: bool = True,
     on_stage=None,
+    force: bool = False,
 ) -> RunResult:
     """Run a recipe on a model: each stage is a pass; the model is edited in place.
 
@@ -88,23 +99,31 @@ def compress(
         resume: reuse finished stages of an earlier identical run.
         progress: show progress bars.
         on_stage: optional callback(StageResult) after each stage (the CLI prints a table).
+        force: replace a run of another recipe in `output_dir` (stages the recipes share are
+            kept); without it such a folder is refused. A folder another process is running in
+            is always refused (it is locked).
 
     Example:
         >>> result = compress(model, "recipe.yaml", data=(train, test), output_dir="runs/x")
         >>> result.metrics("compressed")["compression"]
     """
-    from mmcompress.models.zoo import task_for
-
     train_data, test_data = (data["train"], data["test"]) if isinstance(data, dict) else data
     task = task or task_for(model, train_data)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out = ensure_writable_dir(output_dir)
     passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
+    keys = _stage_keys(recipe, _fingerprint(model))
+    with locked(out):
+        claim(out, recipe.to_dict(), keys, force=force)
+        return _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, resume, progress, on_stage)
+
+
+def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, resume, progress, on_stage):
+    """The stages of `compress`, in a locked and claimed run folder."""
     ctx = RunContext(model, task, train_data, test_data, out, out, recipe.seed, progress)
     teaches = [s for s in recipe.stages if s.pass_ == "distill" and s.config.get("teacher", "original") == "original"]
     if teaches:
         ctx.original_model = copy.deepcopy(model).eval()  # the teacher of distill stages
-    keys = _stage_keys(recipe, _fingerprint(model))
     done = _resume(ctx, recipe, passes, keys) if resume else []
     if not resume and (out / "stages").exists():
         shutil.rmtree(out / "stages")
@@ -129,16 +148,22 @@ def compress(
             time.perf_counter() - start,
             outcome.artifacts,
         )
+        weights_sha = None
         if passes[i].changes_model:
             save_compact(ctx.model, ctx.stage_dir / WEIGHTS_FILE)
+            weights_sha = file_sha256(ctx.stage_dir / WEIGHTS_FILE)
         (ctx.stage_dir / "last.pt").unlink(missing_ok=True)  # training checkpoint: the stage is done
         _check_drop(recipe.warn_drop, task, results, result)
-        atomic_write_json(ctx.stage_dir / STAGE_FILE, {"key": keys[i], **result.__dict__})
+        atomic_write_json(
+            ctx.stage_dir / STAGE_FILE, {"key": keys[i], "weights_sha256": weights_sha, **result.__dict__}
+        )
         results.append(result)
         if on_stage is not None:
             on_stage(result)
     save_compact(ctx.model, out / WEIGHTS_FILE, extra={"recipe": recipe.to_dict()})
-    record_path = atomic_write_json(out / "record.json", _record(recipe, results, model, task))
+    record = {**_record(recipe, results, model, task), "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
+    record["record_sha256"] = _record_digest(record)
+    record_path = atomic_write_json(out / "record.json", record)
     return RunResult(out, results, record_path)
 
 
@@ -184,29 +209,54 @@ def _stage_keys(recipe: Recipe, base: str) -> list[str]:
 
 def _resume(ctx: RunContext, recipe: Recipe, passes: list, keys: list[str]) -> list[StageResult]:
     done: list[StageResult] = []
+    shas: list[str | None] = []
     for i, stage in enumerate(recipe.stages):
         info_path = _stage_dir(ctx.output_dir, i, stage.label) / STAGE_FILE
         if not info_path.exists():
             break
-        info = json.loads(info_path.read_text())
+        info = _read_stage(info_path)
         if info.get("key") != keys[i]:
             break
         info.pop("key")
+        shas.append(info.pop("weights_sha256", None))
         done.append(StageResult(**{**info, "resumed": True}))
     if not done:
         return []
     for i, result in enumerate(done):
         if result.record:
             passes[i].replay(ctx, Record.from_dict(result.record))
-    saved = [_stage_dir(ctx.output_dir, r.index, r.label) / WEIGHTS_FILE for r in done if passes[r.index].changes_model]
+    saved = [(_stage_dir(ctx.output_dir, r.index, r.label) / WEIGHTS_FILE, shas[r.index])
+             for r in done if passes[r.index].changes_model]  # fmt: skip
     if not saved:
         return done
+    check_sha256(saved[-1][0], saved[-1][1], "stage checkpoint", STAGE_FIX)
+    saved = [path for path, _ in saved]
     state, _ = load_compact(saved[-1])
     load_state_checked(ctx.model, state, f"stage checkpoint {saved[-1]}", "use another --out or --no-resume")
     for i, result in enumerate(done):
         if result.record:
             passes[i].restore(ctx, Record.from_dict(result.record))
     return done
+
+
+def _read_stage(path: Path) -> dict[str, Any]:
+    """A finished stage's stage.json; garbage or a missing field is a one-line error."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path} is unreadable ({err}); {STAGE_FIX}") from None
+    missing = [f for f in ("key", "index", "label", "pass_name", "config", "metrics", "record", "seconds")
+               if not isinstance(info, dict) or f not in info]  # fmt: skip
+    if missing:
+        raise ModelError(
+            f"{path} is incomplete (no {', '.join(missing)}); delete its stage folder or rerun with --no-resume"
+        )
+    unknown = set(info) - {"key", "weights_sha256", "resumed", *StageResult.__dataclass_fields__}
+    if unknown:
+        raise ModelError(
+            f"{path} has unknown fields {sorted(unknown)}; delete its stage folder or rerun with --no-resume"
+        )
+    return info
 
 
 def _record(recipe: Recipe, results: list[StageResult], model: nn.Module, task: Task) -> dict[str, Any]:
@@ -228,6 +278,31 @@ def _record(recipe: Recipe, results: list[StageResult], model: nn.Module, task: 
     }
 
 
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's record.json; a missing or unreadable one is a one-line error."""
+    path = Path(run_dir) / "record.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist")
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} holds no record.json: not a finished run folder") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not readable JSON ({err}); rerun the recipe with --no-resume") from None
+    if not isinstance(record, dict) or not isinstance(record.get("recipe"), dict) or "stages" not in record:
+        raise ConfigError(f"{path} is not a run record (no recipe or stages); rerun the recipe with --no-resume")
+    if "record_sha256" in record and record["record_sha256"] != _record_digest(record):
+        raise ModelError(
+            f"{path} does not match its recorded SHA-256 (edited or corrupted); rerun the recipe with --no-resume"
+        )
+    return record
+
+
+def _record_digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def load_run(run_dir: str | Path, base_model: nn.Module) -> nn.Module:
     """Rebuild a run's compressed model: replay each stage's record on `base_model`, load final weights.
 
@@ -235,10 +310,13 @@ def load_run(run_dir: str | Path, base_model: nn.Module) -> nn.Module:
         >>> model = load_run("runs/default", load_model("fashion-clip"))
     """
     run_dir = Path(run_dir)
-    try:
-        record = json.loads((run_dir / "record.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{run_dir} holds no readable record.json ({err})") from None
+    record = read_record(run_dir)
+    fix = "rerun the recipe with --no-resume"
+    check_sha256(run_dir / WEIGHTS_FILE, record.get("weights_sha256"), "final weights", fix)
+    for stage in record["stages"]:  # every artifact the record names belongs to it
+        artifacts = (stage.get("artifacts") if isinstance(stage, dict) else None) or {}
+        if artifacts.get("onnx_sha256"):
+            check_sha256(run_dir / Path(artifacts["onnx"]).name, artifacts["onnx_sha256"], "ONNX artifact", fix)
     recipe = Recipe.from_dict(record["recipe"], "record.recipe")
     passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
     ctx = RunContext(base_model, None, None, None, run_dir, run_dir)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field
 
-from mmcompress.core.config import FrozenConfig
+from mmcompress.core.config import FrozenConfig, yaml_error_line
 from mmcompress.errors import ConfigError
 from mmcompress.models.zoo import MODELS
 from mmcompress.recipe.stages import validate_stage
@@ -108,7 +108,7 @@ def load_recipe(source: str | Path | dict | None) -> Recipe:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"recipe is not valid YAML: {yaml_error_line(err, str(path))}") from None
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping with 'stages'")
     recipe = Recipe.from_dict(data, "recipe")

@@ -17,7 +17,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from mmcompress.errors import ConfigError, MMCompressError, ModelError, unknown_
 from mmcompress.models.adapter import Adapter, attach_adapter
 from mmcompress.models.hf.loading import MINILM_NAMES
 from mmcompress.models.zoo import MODELS, build_model, get_spec, load_model, task_for
-from mmcompress.recipe.runner import SPEC_ATTR, load_run
+from mmcompress.recipe.runner import SPEC_ATTR, load_run, read_record
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.reference_tasks import AgreementTask, EvaluationTask, reference_task
 from mmcompress.train.tasks import ClassificationTask, Task
@@ -176,22 +175,6 @@ def load_run_folder(run_dir: str | Path, *, cache_dir: str | Path | None = None)
     model = load_run(run_dir, base)
     object.__setattr__(model, SPEC_ATTR, str(spec))
     return model
-
-
-def read_record(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's record.json; a missing or unreadable one is a one-line error."""
-    path = Path(run_dir) / "record.json"
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run folder {run_dir} does not exist")
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} holds no record.json: not a finished run folder") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not readable JSON ({err}); rerun the recipe with --no-resume") from None
-    if not isinstance(record, dict) or "recipe" not in record:
-        raise ConfigError(f"{path} is not a run record (no 'recipe'); rerun the recipe with --no-resume")
-    return record
 
 
 def resolve_workload(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcompress.core.io import atomic_write_bytes, atomic_write_text
-from mmcompress.errors import MMCompressError
+from mmcompress.recipe.runner import read_record
 from mmcompress.report.plots import accuracy_vs_size, size_per_modality
 
 SIZE_KEYS = ("stored_bytes", "compression", "latency_ms", "nonzeros")
@@ -78,10 +78,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         >>> md, page = write_report("runs/default")
     """
     run_dir = Path(run_dir)
-    try:
-        record = json.loads((run_dir / "record.json").read_text())
-    except (OSError, ValueError) as err:
-        raise MMCompressError(f"{run_dir} holds no readable record.json ({err}); run 'mmcompress run' first") from None
+    record = read_record(run_dir)
     stages = record["stages"]
     evals = [s for s in stages if s["pass_name"] == "evaluate"]
     metric = record.get("primary_metric") or primary_metric(stages)
