@@ -13,8 +13,8 @@ from mmcompress import export_onnx, prune_structured, quantize
 from mmcompress.core.batches import call_model
 from mmcompress.graph.export import flat_tensors
 from mmcompress.models.adapter import adapter_for, check_adapter, registered_adapters
+from mmcompress.models.attention import head_parts
 from mmcompress.models.hf.tiny import TINY, tiny_model
-from mmcompress.prune.structured import head_parts
 
 FAMILIES = sorted(TINY)
 W8A8 = {"_default": {"weight_bits": 7, "activations": "dynamic"}}  # 7-bit: exact u8s8 kernels on AVX2

@@ -7,6 +7,8 @@ import functools
 import numpy as np
 import torch
 
+from mmcompress.core.extras import require
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP = 160
@@ -15,6 +17,7 @@ HOP = 160
 @functools.lru_cache(maxsize=8)
 def mel_filters(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """(n_fft // 2 + 1, n_mels) Slaney-style mel filter bank (the one Whisper uses)."""
+    require("transformers", "hf", "Hugging Face models")
     from transformers.audio_utils import mel_filter_bank
 
     bank = mel_filter_bank(

@@ -15,6 +15,7 @@ from mmcompress.distill.config import DistillConfig
 from mmcompress.distill.losses import attention_kd, attention_probs, contrastive_kd, embedding_kd, feature_kd, logit_kd
 from mmcompress.errors import ConfigError, ModelError
 from mmcompress.models.adapter import adapter_for
+from mmcompress.models.attention import head_parts
 from mmcompress.train.embedding_task import EmbeddingTask
 from mmcompress.train.tasks import Task
 
@@ -81,8 +82,6 @@ def attention_parts(module: nn.Module, name: str = "") -> tuple[nn.Module, nn.Mo
     Example:
         >>> q, k, heads = attention_parts(Attention(64, 4))
     """
-    from mmcompress.prune.structured import head_parts
-
     parts = head_parts(module)  # the attention classes adapters know
     if parts is not None:
         return parts[0], parts[1], parts[4]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmcompress.core.extras import require
 from mmcompress.errors import ModelError
 
 
@@ -34,6 +35,7 @@ def load_minilm_tokenizer():
         >>> load_minilm_tokenizer()(["a coat"], return_tensors="pt")["input_ids"].shape
         torch.Size([1, 4])
     """
+    require("transformers", "hf", "Hugging Face models")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
@@ -54,6 +56,7 @@ class MiniLMEncoder(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
+        require("transformers", "hf", "Hugging Face models")
         from transformers import AutoConfig, AutoModel
 
         path = str(minilm_path())

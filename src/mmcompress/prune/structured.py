@@ -24,11 +24,12 @@ from mmcompress.core.record import Record
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
+from mmcompress.models.attention import head_parts, is_attention
 from mmcompress.prune.channel_importance import keep_count, top_units
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
-from mmcompress.prune.heads import head_params, head_parts, head_scores, is_attention
+from mmcompress.prune.heads import head_params, head_scores
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.extras import require
 from mmcompress.errors import ModelError
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.hf.common import need, random_texts, token_ids
@@ -62,6 +63,7 @@ def load_hf(ref: str, *, offline: bool = False) -> nn.Module:
         >>> type(model).__name__
         'BertModel'
     """
+    require("transformers", "hf", "Hugging Face models")
     import transformers
 
     source, local = resolve(ref)
@@ -95,6 +97,7 @@ def _tokenizer(source: str, kwargs: dict) -> Any:
 
 def _processor(kind: str, source: str, kwargs: dict) -> Any:
     """transformers' Auto<kind> of the source, or None when it has none (vision/audio-only models)."""
+    require("transformers", "hf", "Hugging Face models")
     import transformers
 
     try:
@@ -147,6 +150,7 @@ def load_st(ref: str, *, offline: bool = False) -> SentenceEncoder:
         >>> load_st("all-MiniLM-L6-v2").encode(["a coat"]).shape
         torch.Size([1, 384])
     """
+    require("sentence_transformers", "hf", "Hugging Face models")
     from sentence_transformers import SentenceTransformer
 
     source, local = resolve(ref)

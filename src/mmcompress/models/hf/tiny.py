@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mmcompress.core.extras import require
 from mmcompress.errors import ModelError, unknown_name
 
 _VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -16,30 +17,35 @@ _TEXT = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_l
 
 
 def _clip():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import CLIPConfig, CLIPModel
 
     return CLIPModel(CLIPConfig(text_config=_TEXT, vision_config=_VISION, projection_dim=16))
 
 
 def _siglip():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import SiglipConfig, SiglipModel
 
     return SiglipModel(SiglipConfig(text_config=_TEXT, vision_config=_VISION))
 
 
 def _vit():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import ViTConfig, ViTForImageClassification
 
     return ViTForImageClassification(ViTConfig(**_VISION, num_labels=10))
 
 
 def _bert():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import BertConfig, BertModel
 
     return BertModel(BertConfig(**{**_TEXT, "max_position_embeddings": 64}))
 
 
 def _whisper():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(
@@ -52,6 +58,7 @@ def _whisper():
 
 
 def _llava():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     text = LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -63,6 +70,7 @@ def _llava():
 
 
 def _wav2vec2():
+    require("transformers", "hf", "Hugging Face models")
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     config = Wav2Vec2Config(

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmcompress.core.extras import require
 from mmcompress.errors import ModelError
 
 DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, "bfloat16")
@@ -152,6 +153,7 @@ def _count_layers(src: dict, side: str) -> int:
 
 def whisper_config(src: dict[str, torch.Tensor], ct2_config: dict[str, Any]) -> Any:
     """The transformers WhisperConfig that the CTranslate2 variables describe (sizes read off shapes)."""
+    require("transformers", "hf", "Hugging Face models")
     from transformers import WhisperConfig
 
     vocab, d_model = src["decoder/embeddings/weight"].shape
@@ -207,6 +209,7 @@ def load_whisper_ct2(folder: str | Path | None = None) -> nn.Module:
         >>> transcribe(whisper, load_real_speech()[1:2])
         ['He was not an ill-disposed young man.']
     """
+    require("transformers", "hf", "Hugging Face models")
     from transformers import WhisperForConditionalGeneration
 
     folder = Path(folder) if folder is not None else packaged_whisper_path()
@@ -233,6 +236,7 @@ def load_whisper_ct2(folder: str | Path | None = None) -> nn.Module:
 
 
 def _attach_processing(model: nn.Module, folder: Path) -> None:
+    require("transformers", "hf", "Hugging Face models")
     from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperTokenizerFast
 
     config = model.config
