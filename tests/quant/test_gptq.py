@@ -1,5 +1,7 @@
 """GPTQ: lower output error than round-to-nearest on a real layer, and the full quantize() path."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -69,3 +71,32 @@ def test_gptq_errors(two_tower):
     with pytest.raises(UnsupportedError, match="zero padding; Conv2d '0'"):
         quantize(conv, QuantConfig(method="gptq"), calib=[torch.randn(1, 4, 8, 8)])
     assert GPTQConfig.from_dict(GPTQConfig(act_order=True).to_dict()).act_order
+
+
+class _TiedLM(nn.Module):
+    """An embedding lookup whose matrix is also the output Linear's weight (Whisper's proj_out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.hidden = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 40, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+def test_gptq_rounds_a_weight_tied_to_an_embedding_to_nearest_and_names_it():
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    calib = [torch.randint(0, 40, (8, 6)) for _ in range(4)]
+    cfg = {"weight_bits": 4, "granularity": "per_group", "group_size": 8}
+    rtn = copy.deepcopy(model)
+    quantize(rtn, {**cfg, "method": "rtn"})
+    with pytest.warns(UserWarning, match=r"tied to a layer GPTQ does not solve.*: head"):
+        rec = quantize(model, {**cfg, "method": "gptq"}, calib=calib)
+    assert rec.modules["head"]["method"] == "rtn" and rec.modules["hidden"]["method"] == "gptq"
+    assert torch.equal(model.head.qweight, rtn.head.qweight) and torch.equal(model.head.scale, rtn.head.scale)
+    assert model.embed.qweight is model.head.qweight  # still one set of codes
+    assert not torch.equal(model.hidden.qweight, rtn.hidden.qweight)  # the other Linear is still solved

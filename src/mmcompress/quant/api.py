@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.record import Record
-from mmcompress.core.shared_params import weight_groups
+from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, require_matches
@@ -163,6 +163,8 @@ def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
             UserWarning,
             stacklevel=3,
         )
+    for name in _tied_to_unsolved(model, wanted, {n for n, _, _ in chosen}):
+        del wanted[name]
     if not wanted:
         return {}
     if calib is None:
@@ -170,6 +172,22 @@ def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
     for name, (module, _, _) in wanted.items():
         _check_finite_weight(name, module)
     return gptq_params(model, wanted, calib, modality_of, max_batches)
+
+
+def _tied_to_unsolved(model: nn.Module, wanted: dict, quantized: set[str]) -> list[str]:
+    """GPTQ layers whose weight is tied to a quantized layer GPTQ does not solve (Whisper's `proj_out`
+    and the `decoder.embed_tokens` lookup): one set of codes serves both, and a solution fitted to
+    one layer's inputs can wreck the other, so these round to nearest (with a warning)."""
+    sharing = modules_sharing_weight(model)
+    tied = [n for n in wanted if any(o in quantized and o not in wanted for o in sharing.get(n, ()))]
+    if tied:
+        warnings.warn(
+            f"GPTQ: rounding to nearest for {len(tied)} layer(s) whose weight is tied to a layer GPTQ does "
+            f"not solve (one set of codes serves both): {_names(tied)}",
+            UserWarning,
+            stacklevel=4,
+        )
+    return tied
 
 
 def _float_weight(module: nn.Module) -> torch.Tensor:
