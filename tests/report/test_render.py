@@ -17,9 +17,10 @@ def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
     compress(ImageClassifier((8, 8, 8)), recipe, data=digits, output_dir=tmp_path, progress=False)
     md, page = write_report(tmp_path)
     text = md.read_text()
-    assert "x smaller" in text and "| 2 | int8 | evaluate |" in text
+    assert "compression (float32 bytes / stored bytes)" in text and "| 2 | int8 | evaluate |" in text
+    assert "## Recipe" in text and "## What each stage did, per layer" in text and "bits=8" in text
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == 2  # stages, towers
+    assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == 3  # stages, layers, towers
     assert (tmp_path / "plots" / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 

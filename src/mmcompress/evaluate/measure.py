@@ -91,17 +91,22 @@ def _logical_params(name: str, t: torch.Tensor) -> int:
 
 @torch.inference_mode()
 def _latency(model: nn.Module, inputs: Any, repeats: int, warmup: int) -> dict[str, float]:
+    """Median and p10/p90 of `repeats` calls, the thread count pinned for the whole measurement."""
     model.eval()
-    for _ in range(warmup):
-        call_model(model, inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call_model(model, inputs)
-        times.append((time.perf_counter() - start) * 1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # pinned: nothing changes it between the calls
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call_model(model, inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call_model(model, inputs)
+            times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return {
         "median": statistics.median(times),
         "p10": times[len(times) // 10],
         "p90": times[min(len(times) - 1, (9 * len(times)) // 10)],
+        "threads": float(threads),
     }

@@ -3,8 +3,13 @@ Pruning passes live in `prune_passes.py`."""
 
 from __future__ import annotations
 
+import statistics
+import time
+
+import torch
 from pydantic import Field
 
+from mmcompress.core.batches import call_model
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.io import file_sha256
 from mmcompress.core.record import Record
@@ -35,6 +40,9 @@ def size_metrics(ctx: RunContext, latency_batch: int, repeats: int) -> dict[str,
         "float32_bytes": float(m.total.float32_bytes),
         "compression": m.compression,
         "latency_ms": m.latency_ms.get("median", float("nan")),
+        "latency_p10_ms": m.latency_ms.get("p10", float("nan")),
+        "latency_p90_ms": m.latency_ms.get("p90", float("nan")),
+        "latency_threads": m.latency_ms.get("threads", float("nan")),
     }
     for tower, size in m.per_modality.items():
         out[f"stored_bytes.{tower}"] = float(size.stored_bytes)
@@ -118,6 +126,19 @@ class ExportConfig(FrozenConfig):
     eval_limit: int | None = Field(2000, ge=1)
 
 
+def _median_ms(run, warmup: int = 2, repeats: int = 9) -> float:
+    """Median latency of `run()` in ms (inference mode, the current thread count)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 @PASSES.register("export_onnx")
 class ExportPass(Pass):
     """Export to ONNX (int8 weights stay int8), check it, and evaluate the ONNX Runtime artifact."""
@@ -134,6 +155,9 @@ class ExportPass(Pass):
         metrics.update(max_abs_error=res.max_abs_error, output_cosine=res.cosine)
         subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
         deployed = OrtModule.load(path, ctx.model)
+        batch = ctx.example_batch(8)
+        metrics["ort_latency_ms"] = _median_ms(lambda: call_model(deployed, batch))  # side by side, same batch
+        metrics["torch_latency_ms"] = _median_ms(lambda: call_model(ctx.model, batch))
         primary = ctx.task.primary_metric
         metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
         metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]

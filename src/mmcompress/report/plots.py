@@ -34,6 +34,10 @@ def accuracy_vs_size(points: list[tuple[str, float, float]], metric: str) -> byt
     ax.set_title(f"{metric} vs stored size")
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.2)
+    low, high = min(ys), max(ys)
+    if high - low < 0.1:  # a 0.02-point change must not look like a cliff: show at least 10 points
+        middle = (high + low) / 2
+        ax.set_ylim(middle - 0.06, middle + 0.06)
     return _png(fig)
 
 

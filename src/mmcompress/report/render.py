@@ -8,11 +8,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mmcompress.core.io import atomic_write_bytes, atomic_write_text
 from mmcompress.recipe.runner import read_record
 from mmcompress.report.plots import accuracy_vs_size, size_per_modality
 
-SIZE_KEYS = ("stored_bytes", "compression", "latency_ms", "nonzeros")
+SIZE_KEYS = ("stored_bytes", "compression", "latency_ms", "nonzeros", "latency_p10_ms", "latency_p90_ms",
+             "latency_threads", "drop_points")  # fmt: skip
+SPREAD_LIMIT = 0.5  # (p90 - p10) / median above this: the latency is too noisy to compare
+MAX_LAYER_ROWS = 200
 
 
 def _fmt(value: Any) -> str:
@@ -39,6 +44,43 @@ def stage_table(stages: list[dict[str, Any]]) -> list[list[str]]:
         text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
         rows.append([str(s["index"]), s["label"], s["pass_name"], f"{s['seconds']:.1f}", text])
     return rows
+
+
+def layer_table(stages: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of (stage, layer, what the stage did to it) from each stage's replayable record."""
+    rows = [["stage", "layer", "what was done"]]
+    for s in stages:
+        for name, info in ((s.get("record") or {}).get("modules") or {}).items():
+            if isinstance(info, dict):
+                text = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items() if not isinstance(v, (dict, list)))
+            else:
+                text = _fmt(info)
+            rows.append([s["label"], name or "(model)", text[:160]])
+    return rows
+
+
+def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """What a reader must not miss: stages that lose more than the recipe allows, layers left float,
+    ONNX files that disagree with PyTorch, latencies too noisy to compare."""
+    limit = record["recipe"].get("warn_drop")
+    out = []
+    for s in stages:
+        m, label = s["metrics"], s["label"]
+        if limit is not None and m.get("drop_points", 0) > limit:
+            out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
+        if m.get("float_left"):
+            out.append(f"stage {label!r} left {int(m['float_left'])} targeted layer(s) float (see the layer table)")
+        if m.get("output_cosine") is not None and m["output_cosine"] < 0.99:
+            out.append(
+                f"stage {label!r}: the ONNX file's outputs disagree with PyTorch (cosine {m['output_cosine']:.4f})"
+            )
+        median, p10, p90 = m.get("latency_ms"), m.get("latency_p10_ms"), m.get("latency_p90_ms")
+        if median and p10 is not None and p90 is not None and (p90 - p10) / median > SPREAD_LIMIT:
+            out.append(
+                f"stage {label!r}: latency spread {p10:.1f}-{p90:.1f} ms around {median:.1f} ms is too large to "
+                "trust (a busy machine?); compare latencies with `mmcompress bench`"
+            )
+    return out
 
 
 def tower_table(evals: list[dict[str, Any]]) -> list[list[str]]:
@@ -100,20 +142,51 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
     if len(evals) < 2 or not metric:
         return []
     first, last = evals[0]["metrics"], evals[-1]["metrics"]
-    ratio = first["stored_bytes"] / max(1.0, last["stored_bytes"])
     change = 100 * (last[metric] - first[metric])
-    return [
-        f"- Stored size: {first['stored_bytes'] / 1e6:.2f} MB -> {last['stored_bytes'] / 1e6:.2f} MB "
-        f"(**{ratio:.2f}x smaller**)",
+    threads = last.get("latency_threads")
+    pinned = f", {int(threads)} threads" if threads == threads and threads else ""  # NaN: not recorded
+    lines = [
+        f"- Stored size: {first['stored_bytes'] / 1e6:.2f} MB -> {last['stored_bytes'] / 1e6:.2f} MB; "
+        f"compression (float32 bytes / stored bytes) {first.get('compression', 1):.2f}x -> "
+        f"**{last.get('compression', 1):.2f}x**",
         f"- {metric}: {first[metric]:.4f} -> {last[metric]:.4f} ({change:+.2f} points)",
-        f"- Latency (median, batch of 8): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
+        f"- PyTorch latency (median, batch of 8{pinned}): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
     ]
+    return lines
+
+
+def _deployed(stages: list[dict[str, Any]], metric: str | None) -> list[str]:
+    """The ONNX Runtime artifact beside PyTorch: metric and latency on the same batch."""
+    lines = []
+    for s in stages:
+        m = s["metrics"]
+        if s["pass_name"] == "export_onnx" and metric and f"ort_{metric}" in m:
+            lines.append(
+                f"- ONNX Runtime artifact: {metric} {m[f'ort_{metric}']:.4f} (PyTorch {m[f'torch_{metric}']:.4f})"
+            )
+        if s["pass_name"] == "export_onnx" and "ort_latency_ms" in m:
+            lines.append(
+                f"- Latency of the final model, batch of 8: ONNX Runtime {m['ort_latency_ms']:.1f} ms, "
+                f"PyTorch {m['torch_latency_ms']:.1f} ms"
+            )
+    return lines
 
 
 def _markdown(record, stages, evals, metric, plot_names) -> str:
     lines = [f"# mmcompress report: {_model_name(record)}", ""]
-    lines += _summary(evals, metric) + [""]
+    lines += _summary(evals, metric) + _deployed(stages, metric) + [""]
+    warned = warnings_of(record, stages)
+    if warned:
+        lines += ["## Warnings", "", *(f"- **{w}**" for w in warned), ""]
     lines += ["## Stages", "", *_md_table(stage_table(stages)), ""]
+    layers = layer_table(stages)
+    if len(layers) > 1:
+        shown = layers[: MAX_LAYER_ROWS + 1]
+        lines += ["## What each stage did, per layer", "", *_md_table(shown)]
+        if len(layers) > len(shown):
+            lines.append(f"\n({len(layers) - len(shown)} more rows in record.json)")
+        lines.append("")
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(record["recipe"], sort_keys=False).rstrip(), "```", ""]
     if evals:
         lines += ["## Stored size per modality tower (MB)", "", *_md_table(tower_table(evals)), ""]
     lines += [f"![{n}](plots/{n})" for n in plot_names]
@@ -122,10 +195,18 @@ def _markdown(record, stages, evals, metric, plot_names) -> str:
 
 
 def _html(record, stages, evals, metric, plots) -> str:
-    table = _html_table(stage_table(stages))
+    warned = "".join(f"<li><b>{html.escape(w)}</b></li>" for w in warnings_of(record, stages))
+    table = (f"<h2>Warnings</h2><ul>{warned}</ul>" if warned else "") + _html_table(stage_table(stages))
+    layers = layer_table(stages)
+    if len(layers) > 1:
+        table += "<h2>What each stage did, per layer</h2>" + _html_table(layers[: MAX_LAYER_ROWS + 1])
+    recipe_yaml = html.escape(yaml.safe_dump(record["recipe"], sort_keys=False))
+    table += f"<h2>Recipe</h2><pre>{recipe_yaml}</pre>"
     if evals:
         table += "<h2>Stored size per modality tower (MB)</h2>" + _html_table(tower_table(evals))
-    summary = "".join(f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in _summary(evals, metric))
+    summary = "".join(
+        f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in _summary(evals, metric) + _deployed(stages, metric)
+    )
     images = "".join(
         f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
         for n, d in plots.items()
