@@ -134,6 +134,10 @@ def test_recipe_is_checked_against_the_model_before_any_stage(user):
     no_adapter = _run("run", "mixed.yaml", "--model", "py:user_model.py:build", "--data", "py:user_model.py:data",
                       "--out", out)  # fmt: skip
     assert no_adapter.exit_code == 2 and "no adapter describes TwoTower" in no_adapter.output
+    (user / "whole.yaml").write_text(RECIPE.replace("modality:image", "image"))
+    whole = _run("run", "whole.yaml", "--model", "py:user_model.py:build", "--data", "py:user_model.py:data",
+                 "--adapter", "towers.yaml", "--out", out)  # fmt: skip
+    assert whole.exit_code == 2 and "target 'image' is a Sequential, which quantize cannot handle" in whole.output
     nm = _run("prune", "py:user_model.py:build", "--data", "py:user_model.py:data", "--task", "agreement",
               "--pattern", "2:4", "--out", out)  # fmt: skip
     assert nm.exit_code == 2 and "image.0" in nm.output and "multiple of 4" in nm.output

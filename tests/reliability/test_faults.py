@@ -321,8 +321,8 @@ def _final_state(run: Path) -> dict:
     return load_file(run / "model.safetensors")
 
 
-@pytest.mark.parametrize("sig, after", [(signal.SIGKILL, "01-prune"), (signal.SIGKILL, "03-quantized"),
-                                        (signal.SIGINT, "02-quantize")])  # fmt: skip
+@pytest.mark.parametrize("after", ["00-baseline", "01-prune", "02-quantize", "03-quantized", "04-export_onnx"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "kill-INT"])
 def test_killed_run_resumes_to_the_same_model(work, sig, after):
     reference = _final_state(work / "run")
     shutil.rmtree(work / "run")

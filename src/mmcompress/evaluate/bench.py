@@ -18,6 +18,7 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_json, ensure_writable_dir
 from mmcompress.errors import ConfigError, ModelError
+from mmcompress.models.adapter import adapter_for
 
 RUNTIMES = ("eager", "onnxruntime", "compile")
 
@@ -63,8 +64,6 @@ def load_part(model_spec: str, run_dir: str | None, variant: str, part: str, cac
 
 def tower_modules(model: nn.Module) -> dict[str, str]:
     """Tower name -> its module, for towers that are one module (from the model's adapter)."""
-    from mmcompress.models.adapter import adapter_for
-
     names = dict(model.named_modules())
     return {t: mods[0] for t, mods in adapter_for(model).towers.items() if len(mods) == 1 and mods[0] in names}
 
@@ -155,6 +154,13 @@ def bench(
         chosen = parts or ("model", *towers)
         unknown = [p for p in chosen if p != "model" and p not in towers]
         if unknown:
+            spans = adapter_for(model).towers.get(unknown[0])
+            if spans:
+                raise ConfigError(
+                    f"tower {unknown[0]!r} of {model_spec} spans {len(spans)} modules ({', '.join(spans)}), which "
+                    "do not run as one module; bench times 'model' or a tower that is one module (give the "
+                    "adapter a parent module for it)"
+                )
             raise ConfigError(f"part {unknown[0]!r} is not 'model' or a tower of {model_spec} ({sorted(towers)})")
         for part in chosen:
             module = model if part == "model" else model.get_submodule(towers[part])

@@ -20,9 +20,7 @@ from mmcompress.core.shared_params import modules_sharing_weight
 from mmcompress.core.walker import run_calibration
 from mmcompress.errors import DataError
 from mmcompress.quant.activations import smoothing_factors, static_params
-from mmcompress.quant.observers import observe_range
-
-SAMPLES_PER_BATCH = 1 << 18  # values kept per layer and batch for the percentile/MSE/KL observers
+from mmcompress.quant.observers import RangeAccumulator
 
 
 def channel_absmax(
@@ -106,29 +104,20 @@ def static_ranges(
 ) -> dict[str, tuple[float, int]]:
     """uint8 (step, zero point) of each layer's input from calibration with the named observer.
 
+    Each layer's observer sees its inputs as one stream (`RangeAccumulator`), so the ranges depend
+    on the calibration values, not on how they are split into batches.
+
     Example:
         >>> static_ranges(model, {"fc": (model.fc, "percentile")}, batches, str)["fc"]
         (0.0123, 87)
     """
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    extremes: dict[str, tuple[float, float]] = {}
+    observers = {name: RangeAccumulator(observer) for name, (_, observer) in layers.items()}
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        flat = x.reshape(-1).float()
-        if not torch.isfinite(flat).all():
-            raise DataError(f"calibration input of layer {name!r} holds NaN or Inf")
-        lo, hi = extremes.get(name, (float("inf"), float("-inf")))
-        extremes[name] = (min(lo, float(flat.min())), max(hi, float(flat.max())))
-        if layers[name][1] != "minmax":
-            stride = max(1, flat.numel() // SAMPLES_PER_BATCH)
-            seen[name].append(flat[::stride].clone())
+        try:
+            observers[name].update(x)  # checks for NaN/Inf in the same pass as min/max
+        except ValueError:
+            raise DataError(f"calibration input of layer {name!r} holds NaN or Inf") from None
 
     run_calibration(model, {n: m for n, (m, _) in layers.items()}, calib, collect, modality_of, max_batches)
-    ranges = {}
-    for name, (_, observer) in layers.items():
-        if observer == "minmax":
-            lo, hi = extremes[name]
-        else:
-            lo, hi = observe_range(torch.cat(seen[name] + [torch.tensor(extremes[name])]), observer)
-        ranges[name] = static_params(lo, hi)
-    return ranges
+    return {name: static_params(*observer.range()) for name, observer in observers.items()}

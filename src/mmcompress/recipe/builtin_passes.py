@@ -157,7 +157,11 @@ class ExportPass(Pass):
         deployed = OrtModule.load(path, ctx.model)
         batch = ctx.example_batch(8)
         metrics["ort_latency_ms"] = _median_ms(lambda: call_model(deployed, batch))  # side by side, same batch
+        modes = {m: m.training for m in ctx.model.modules()}
+        ctx.model.eval()  # timing must not update BatchNorm statistics (a resumed model may be in train mode)
         metrics["torch_latency_ms"] = _median_ms(lambda: call_model(ctx.model, batch))
+        for module, training in modes.items():
+            module.train(training)
         primary = ctx.task.primary_metric
         metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
         metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]

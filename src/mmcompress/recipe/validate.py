@@ -21,6 +21,10 @@ from mmcompress.quant.group_fit import fits, row_lengths
 from mmcompress.recipe.schema import Recipe
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+HANDLED = {  # layer types a pass works on when a target names one module exactly
+    "quantize": (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LSTM, nn.GRU),
+    "prune": (nn.Linear, nn.Conv2d, nn.Embedding),
+}
 
 
 def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
@@ -40,6 +44,13 @@ def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
             if value is not None and not _matches_any(key, modules, adapter):
                 hint = _hint(key, adapter, model)
                 raise ConfigError(f"{where}: target {key!r} matches no module of the model; {hint}")
+            handled = HANDLED.get(stage.pass_)
+            if value is not None and key in modules and handled and not isinstance(modules[key], handled):
+                kinds = ", ".join(sorted({t.__name__ for t in handled}))
+                raise ConfigError(
+                    f"{where}: target {key!r} is a {type(modules[key]).__name__}, which {stage.pass_} cannot handle "
+                    f"({kinds}); target its layers instead (e.g. 're:{key}\\..*')"
+                )
         for name, module, config in _targeted(stage.config, targets, modules, adapter):
             problem = _misfit(stage.pass_, config, name, module)
             if problem and stage.pass_ == "prune":
