@@ -70,7 +70,7 @@ def measure(model: nn.Module, example_inputs: Any = None, *, repeats: int = 20, 
             bucket.float32_bytes += 4 * logical if logical else _float_overhead(name, sizes[name])
     if example_inputs is None and adapter.example_inputs is not None:
         example_inputs = adapter.example_inputs(8)
-    latency = _latency(model, example_inputs, repeats, warmup) if example_inputs is not None else {}
+    latency = latency_ms(model, example_inputs, repeats, warmup) if example_inputs is not None else {}
     return Measurement(total, dict(sorted(towers.items())), latency)
 
 
@@ -90,9 +90,16 @@ def _logical_params(name: str, t: torch.Tensor) -> int:
 
 
 @torch.inference_mode()
-def _latency(model: nn.Module, inputs: Any, repeats: int, warmup: int) -> dict[str, float]:
-    """Median and p10/p90 of `repeats` calls, the thread count pinned for the whole measurement."""
-    model.eval()
+def latency_ms(model: nn.Module, inputs: Any, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median and p10/p90 (ms) of `repeats` calls in eval mode, the thread count pinned throughout; the
+    model's modes are restored afterwards.
+
+    Example:
+        >>> latency_ms(model, batch)["median"]
+    """
+    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
+    if modes:
+        model.eval()  # an ONNX Runtime module has no modes
     threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # pinned: nothing changes it between the calls
     with torch.inference_mode():
@@ -103,6 +110,8 @@ def _latency(model: nn.Module, inputs: Any, repeats: int, warmup: int) -> dict[s
             start = time.perf_counter()
             call_model(model, inputs)
             times.append((time.perf_counter() - start) * 1000)
+    for module, training in modes.items():
+        module.train(training)
     times.sort()
     return {
         "median": statistics.median(times),

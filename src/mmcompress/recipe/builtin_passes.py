@@ -3,17 +3,12 @@ Pruning passes live in `prune_passes.py`."""
 
 from __future__ import annotations
 
-import statistics
-import time
-
-import torch
 from pydantic import Field
 
-from mmcompress.core.batches import call_model
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.io import file_sha256
 from mmcompress.core.record import Record
-from mmcompress.evaluate.measure import measure
+from mmcompress.evaluate.measure import latency_ms, measure
 from mmcompress.graph.export import export_onnx
 from mmcompress.quant.api import QuantConfig, quantize, replay_quantize
 from mmcompress.recipe.context import RunContext, StageOutcome
@@ -126,19 +121,6 @@ class ExportConfig(FrozenConfig):
     eval_limit: int | None = Field(2000, ge=1)
 
 
-def _median_ms(run, warmup: int = 2, repeats: int = 9) -> float:
-    """Median latency of `run()` in ms (inference mode, the current thread count)."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 @PASSES.register("export_onnx")
 class ExportPass(Pass):
     """Export to ONNX (int8 weights stay int8), check it, and evaluate the ONNX Runtime artifact."""
@@ -156,12 +138,8 @@ class ExportPass(Pass):
         subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
         deployed = OrtModule.load(path, ctx.model)
         batch = ctx.example_batch(8)
-        metrics["ort_latency_ms"] = _median_ms(lambda: call_model(deployed, batch))  # side by side, same batch
-        modes = {m: m.training for m in ctx.model.modules()}
-        ctx.model.eval()  # timing must not update BatchNorm statistics (a resumed model may be in train mode)
-        metrics["torch_latency_ms"] = _median_ms(lambda: call_model(ctx.model, batch))
-        for module, training in modes.items():
-            module.train(training)
+        metrics["ort_latency_ms"] = latency_ms(deployed, batch, repeats=9, warmup=2)["median"]  # same batch
+        metrics["torch_latency_ms"] = latency_ms(ctx.model, batch, repeats=9, warmup=2)["median"]  # eval mode
         primary = ctx.task.primary_metric
         metrics[f"ort_{primary}"] = ctx.task.evaluate(deployed, subset)[primary]
         metrics[f"torch_{primary}"] = ctx.task.evaluate(ctx.model, subset)[primary]
