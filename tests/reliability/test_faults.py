@@ -78,14 +78,20 @@ def cli(cwd: Path, *args: object) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The lines a user reads on stderr (warnings and their source lines left out)."""
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
-    lines = [line for line in lines if not line.startswith("  ")]  # warnings' source lines
+    return [line for line in lines if not line.startswith("  ")]
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    lines = error_lines(proc)
     assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-1500:]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,9 @@ def test_damaged_run_file_is_a_one_line_error(work, kind, damage, command):
     damage(RUN_FILES[kind](work / "run"))
     args = ["measure", "run"] if command == "measure" else ["eval", "run", *SPECS[2:]]
     proc = cli(work, *args)
-    one_line_error(proc, "run" if kind != "record" else "record.json")
+    named = {"final weights": "model.safetensors", "record": "record.json", "onnx": "model.onnx"}[kind]
+    assert proc.returncode == 2 and error_lines(proc) == [one_line_error(proc)]
+    assert named in error_lines(proc)[0] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("damage", [flip, truncate], ids=["flip", "truncate"])
@@ -168,7 +176,8 @@ def test_damaged_stage_json_is_a_one_line_error(work, damage):
     path = stage_dir(work / "run", "quantize") / "stage.json"
     STAGE_DAMAGE[damage](path)
     proc = cli(work, "run", "recipe.yaml", *SPECS, "--out", "run", "--quiet")
-    one_line_error(proc, "stage.json")
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1
+    assert "02-quantize/stage.json" in one_line_error(proc) and "--no-resume" in error_lines(proc)[0]
 
 
 RECORD_DAMAGE = {
@@ -187,7 +196,9 @@ def test_damaged_record_is_a_one_line_error(work, damage, command):
     args = {"measure": ["measure", "run"], "report": ["report", "run"],
             "bench": ["bench", "py:user_model.py:build", "--run", "run", "--runtime", "eager", "--repeats", 1,
                       "--out", "bench"]}[command]  # fmt: skip
-    one_line_error(cli(work, *args))
+    proc = cli(work, *args)
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1
+    assert "record.json" in one_line_error(proc) and "Traceback" not in proc.stderr
 
 
 # --- files written through the Python API -------------------------------------------------------
@@ -366,7 +377,9 @@ COMMANDS_WITH_OUT = {
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 @pytest.mark.parametrize("command", sorted(COMMANDS_WITH_OUT))
 def test_read_only_out_is_refused_before_any_work(work, readonly, command):
-    one_line_error(cli(work, *COMMANDS_WITH_OUT[command], "--out", readonly / "x"), "not writable")
+    proc = cli(work, *COMMANDS_WITH_OUT[command], "--out", readonly / "x")
+    assert proc.returncode == 2 and "not writable" in one_line_error(proc)
+    assert list(readonly.iterdir()) == []  # nothing written
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS_WITH_OUT))
@@ -393,7 +406,9 @@ MISSING = {
 @pytest.mark.parametrize("case", sorted(MISSING))
 def test_missing_path_is_a_one_line_error(work, case):
     (work / "norun").mkdir()
-    one_line_error(cli(work, *MISSING[case]))
+    proc = cli(work, *MISSING[case])
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1
+    assert one_line_error(proc).startswith("error: ") and "Traceback" not in proc.stderr
 
 
 # --- NaN / Inf weights and inputs, every verb ---------------------------------------------------------

@@ -138,6 +138,17 @@ def check_sha256(path: str | Path, expected: str | None, what: str, fix: str) ->
         raise ModelError(f"{what} {path} does not match its recorded SHA-256 (corrupted or replaced); {fix}")
 
 
+def json_digest(data: dict[str, Any], without: str) -> str:
+    """SHA-256 of a JSON mapping's canonical form, leaving out the key `without` (where the digest is
+    stored): records, quantization maps and file headers check themselves with it.
+
+    Example:
+        >>> record["record_sha256"] = json_digest(record, "record_sha256")
+    """
+    body = {k: v for k, v in data.items() if k != without}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Short SHA-256 of the canonical JSON form of `obj` (config hashes, cache keys).
 

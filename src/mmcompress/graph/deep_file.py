@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from mmcompress.core.io import atomic_write_bytes
+from mmcompress.core.io import atomic_write_bytes, json_digest
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.graph import huffman
 from mmcompress.graph.deep_compression import EncodedTensor, decode_tensor, encode_tensor, huffman_streams
@@ -82,7 +82,7 @@ def save_deep(model: nn.Module, path: str | Path, index_bits: int = 5, conv_inde
     payload = b"".join(chunks)
     header["sha256"] = hashlib.sha256(payload).hexdigest()
     header["payload_bytes"] = len(payload)
-    header["header_sha256"] = _header_digest(header)
+    header["header_sha256"] = json_digest(header, "header_sha256")
     head = json.dumps(header, separators=(",", ":")).encode()
     atomic_write_bytes(path, MAGIC + struct.pack("<Q", len(head)) + head + payload)
     parts["header"] = len(MAGIC) + 8 + len(head)
@@ -109,7 +109,7 @@ def load_deep(path: str | Path) -> dict[str, torch.Tensor]:
         header = json.loads(blob[start : start + head_len])
     except ValueError:
         raise DataError(f"{path}: header is unreadable (truncated or corrupted)") from None
-    if not isinstance(header, dict) or header.get("header_sha256") != _header_digest(header):
+    if not isinstance(header, dict) or header.get("header_sha256") != json_digest(header, "header_sha256"):
         raise DataError(f"{path}: header checksum mismatch (corrupted)")
     payload = blob[start + head_len :]
     if len(payload) != header.get("payload_bytes"):
@@ -119,11 +119,6 @@ def load_deep(path: str | Path) -> dict[str, torch.Tensor]:
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise DataError(f"{path}: payload checksum mismatch (corrupted)")
     return {name: _decode(payload, info) for name, info in header["tensors"].items()}
-
-
-def _header_digest(header: dict) -> str:
-    body = {k: v for k, v in header.items() if k != "header_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _slice(payload: bytes, at: list[int]) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
 
-from mmcompress.core.io import atomic_write_json, check_sha256, file_sha256, load_state_checked
+from mmcompress.core.io import atomic_write_json, check_sha256, file_sha256, json_digest, load_state_checked
 from mmcompress.core.record import Record
 from mmcompress.errors import ModelError
 from mmcompress.graph.storage import load_compact, save_compact
@@ -47,7 +46,7 @@ def save_quantized(model: nn.Module, folder: str | Path) -> Path:
         "modules": quant_map(model),
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
-    info["map_sha256"] = _map_digest(info)
+    info["map_sha256"] = json_digest(info, "map_sha256")
     atomic_write_json(folder / QUANT_MAP, info)
     return folder
 
@@ -65,7 +64,7 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
         raise ModelError(f"{folder / QUANT_MAP} is missing or not JSON ({err})") from None
     if not isinstance(info, dict) or info.get("format") != "mmcompress-quant-v1":
         raise ModelError(f"{folder / QUANT_MAP} is not an mmcompress quantization map")
-    if "map_sha256" in info and info["map_sha256"] != _map_digest(info):
+    if "map_sha256" in info and info["map_sha256"] != json_digest(info, "map_sha256"):
         raise ModelError(f"{folder / QUANT_MAP} does not match its recorded SHA-256 (corrupted); save the model again")
     check_sha256(folder / WEIGHTS, info.get("weights_sha256"), "quantized weights", "save the model again")
     modules = dict(model.named_modules())
@@ -82,8 +81,3 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
     state, _ = load_compact(folder / WEIGHTS)
     load_state_checked(model, state, str(folder / WEIGHTS), "was it saved from this architecture?")
     return model.eval()
-
-
-def _map_digest(info: dict) -> str:
-    body = {k: v for k, v in info.items() if k != "map_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

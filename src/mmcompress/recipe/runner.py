@@ -21,6 +21,7 @@ from mmcompress.core.io import (
     check_sha256,
     ensure_writable_dir,
     file_sha256,
+    json_digest,
     load_state_checked,
     stable_hash,
 )
@@ -162,7 +163,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
             on_stage(result)
     save_compact(ctx.model, out / WEIGHTS_FILE, extra={"recipe": recipe.to_dict()})
     record = {**_record(recipe, results, model, task), "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
-    record["record_sha256"] = _record_digest(record)
+    record["record_sha256"] = json_digest(record, "record_sha256")
     record_path = atomic_write_json(out / "record.json", record)
     return RunResult(out, results, record_path)
 
@@ -291,16 +292,11 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not readable JSON ({err}); rerun the recipe with --no-resume") from None
     if not isinstance(record, dict) or not isinstance(record.get("recipe"), dict) or "stages" not in record:
         raise ConfigError(f"{path} is not a run record (no recipe or stages); rerun the recipe with --no-resume")
-    if "record_sha256" in record and record["record_sha256"] != _record_digest(record):
+    if "record_sha256" in record and record["record_sha256"] != json_digest(record, "record_sha256"):
         raise ModelError(
             f"{path} does not match its recorded SHA-256 (edited or corrupted); rerun the recipe with --no-resume"
         )
     return record
-
-
-def _record_digest(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "record_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_run(run_dir: str | Path, base_model: nn.Module) -> nn.Module:
