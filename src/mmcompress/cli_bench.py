@@ -22,10 +22,17 @@ from mmcompress.cli_common import _data_options, _friendly, cli, console
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 @click.option("--data", "data_spec", default=None, help="Data spec of the timed batches (default: the run's/model's).")
+@click.option("--adapter", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="YAML naming the model's towers (a run's record already holds its adapter).")  # fmt: skip
 @_data_options
 @_friendly
-def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads, out, data_spec, data_dir, cache_dir):
+def bench_cmd(
+    model, run_dir, batches, runtimes, parts, repeats, warmup, threads, out, data_spec, adapter, data_dir, cache_dir
+):
     """Time MODEL (a spec or a run folder; and a run's compressed version) per tower, runtime and batch.
+
+    A tower of several modules is timed as the sum of its modules, each on the inputs it receives
+    in a forward pass of the whole model.
 
     Example: mmcompress bench fashion-clip --run runs/quantize --batch 64
     """
@@ -38,6 +45,7 @@ def bench_cmd(model, run_dir, batches, runtimes, parts, repeats, warmup, threads
         model, out, run_dir=run_dir, batches=tuple(batches) or (1, 32), runtimes=runtimes,
         parts=tuple(parts) or None, repeats=repeats, warmup=warmup, threads=threads,
         cache_dir=str(cache_dir) if cache_dir else None, data_dir=str(data_dir) if data_dir else None, data=data_spec,
+        adapter=adapter,
     )  # fmt: skip
     table = Table(title=f"{model}: median latency, {threads} threads, each case in its own process")
     for column in (

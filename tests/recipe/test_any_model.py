@@ -105,11 +105,19 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
     evaluated = _run("eval", "py:user_model.py:build", "--run", out, "--data", "py:user_model.py:data",
                      "--task", "agreement", "--adapter", "towers.yaml")  # fmt: skip
     assert evaluated.exit_code == 0 and "agreement" in evaluated.output, evaluated.output
+    # the text tower is two modules (embed, text): each is timed on the inputs it gets in a full forward
     benched = _run("bench", "py:user_model.py:build", "--run", out, "--batch", 4, "--runtime", "eager",
-                   "--part", "model", "--repeats", 2, "--warmup", 1, "--out", user / "bench")  # fmt: skip
+                   "--runtime", "onnxruntime", "--part", "text", "--repeats", 2, "--warmup", 1,
+                   "--out", user / "bench")  # fmt: skip
     assert benched.exit_code == 0, benched.output
     rows = json.loads((user / "bench" / "bench.json").read_text())["rows"]
-    assert {r["variant"] for r in rows} == {"original", "compressed"}
+    assert {(r["variant"], r["part"], r["runtime"]) for r in rows} == {
+        (v, "text", rt) for v in ("original", "compressed") for rt in ("eager", "onnxruntime")
+    }
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert {p.name for p in (user / "bench").glob("*.onnx")} == {
+        f"{v}-text-{i}.onnx" for v in ("original", "compressed") for i in (0, 1)
+    }
 
 
 def test_generic_recipe_runs_on_a_model_without_adapter(user):

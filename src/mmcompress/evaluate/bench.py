@@ -18,7 +18,7 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_json, ensure_writable_dir
 from mmcompress.errors import ConfigError, ModelError
-from mmcompress.models.adapter import adapter_for
+from mmcompress.models.adapter import adapter_for, attach_adapter
 
 RUNTIMES = ("eager", "onnxruntime", "compile")
 
@@ -39,12 +39,15 @@ class BenchRow:
     speedup: float | None = None
 
 
-def load_part(model_spec: str, run_dir: str | None, variant: str, part: str, cache_dir: str | None = None) -> nn.Module:
-    """The whole model (`part="model"`) or one tower module: the run's compressed model, or the
-    original (the baseline the run started from, or the model the spec names without a run).
+def load_part(
+    model_spec: str, run_dir: str | None, variant: str, part: str, cache_dir: str | None = None, adapter=None
+) -> list[nn.Module]:
+    """The modules a part runs, in forward order: `[model]` for `part="model"`, else the tower's
+    module(s) of the run's compressed model or of the original (the baseline the run started from,
+    or the model the spec names without a run).
 
     Example:
-        >>> load_part("fashion-clip", None, "original", "image")   # the trained baseline's image tower
+        >>> load_part("fashion-clip", None, "original", "image")   # [the trained baseline's image tower]
     """
     from mmcompress.models.zoo import MODELS
     from mmcompress.recipe.schema import Recipe, baseline_train_config
@@ -58,14 +61,26 @@ def load_part(model_spec: str, run_dir: str | None, variant: str, part: str, cac
                                 train_limit=recipe.data.train_limit)  # fmt: skip
     else:
         model = load_model_spec(model_spec, cache_dir=cache_dir, progress=False)
+    if adapter is not None:
+        attach_adapter(model, adapter)
     model.eval()
-    return model if part == "model" else model.get_submodule(tower_modules(model)[part])
+    return [model] if part == "model" else [model.get_submodule(m) for m in tower_modules(model)[part]]
 
 
-def tower_modules(model: nn.Module) -> dict[str, str]:
-    """Tower name -> its module, for towers that are one module (from the model's adapter)."""
+def tower_modules(model: nn.Module) -> dict[str, list[str]]:
+    """Tower name -> the outermost modules it is made of (from the model's adapter; towers naming a
+    module the model lacks are left out). A tower of several modules is timed module by module,
+    each on the inputs it receives in a forward pass of the whole model, and the times summed.
+
+    Example:
+        >>> tower_modules(model)   # {"image": ["image"], "text": ["embed", "text"]}
+    """
     names = dict(model.named_modules())
-    return {t: mods[0] for t, mods in adapter_for(model).towers.items() if len(mods) == 1 and mods[0] in names}
+    towers = {}
+    for tower, mods in adapter_for(model).towers.items():
+        if mods and all(m in names for m in mods):
+            towers[tower] = [m for m in mods if not any(m.startswith(o + ".") for o in mods if o != m)]
+    return towers
 
 
 def part_inputs(model: nn.Module, batch: Any, module_name: str | None) -> dict[str, torch.Tensor]:
@@ -106,6 +121,7 @@ def bench(
     cache_dir: str | None = None,
     data_dir: str | None = None,
     data: str | None = None,
+    adapter=None,
 ) -> list[BenchRow]:
     """Time a model (and a run's compressed version) per part, runtime and batch size.
 
@@ -115,9 +131,13 @@ def bench(
         out_dir: bench.json, bench.png, the exported ONNX files and the inputs go here.
         run_dir: a `mmcompress run` folder: its compressed model is timed beside the original.
         batches, runtimes: what to time ("eager", "onnxruntime", "compile").
-        parts: "model" and/or tower names (default: the whole model and every one-module tower).
+        parts: "model" and/or tower names (default: the whole model and every tower). A tower of
+            several modules is timed as the sum of its modules, each run on the inputs it gets in
+            a forward pass of the whole model (one ONNX file per module).
         repeats, warmup, threads: timing settings (each case in its own process).
         data: data spec of the timed batches (default: the run's or the built-in model's dataset).
+        adapter: the towers of a model that has no adapter (a YAML path, dict or Adapter); a run's
+            record already holds its adapter.
 
     Example:
         >>> rows = bench("fashion-clip", "runs/bench", run_dir="runs/quantize", batches=(64,))
@@ -138,6 +158,7 @@ def bench(
     if record.get("model_spec") and record["model_spec"] != model_spec:
         raise ConfigError(f"run {run_dir} compressed {record['model_spec']!r}, not {model_spec!r}")
     data = data or record.get("recipe", {}).get("dataset")
+    adapter = adapter if adapter is not None else record.get("adapter")
     work = resolve_workload(model_spec, data, record.get("recipe", {}).get("task"), cache_dir=cache_dir,
                             data_dir=data_dir, test_limit=max(batches), progress=False, pretrained=False)  # fmt: skip
     work.require_data("bench")
@@ -149,33 +170,37 @@ def bench(
     rows: list[BenchRow] = []
     exported: set[Path] = set()
     for variant in ("original", "compressed") if run_dir else ("original",):
-        model = load_part(model_spec, rd, variant, "model", cache_dir)
+        (model,) = load_part(model_spec, rd, variant, "model", cache_dir, adapter)
         towers = tower_modules(model)
         chosen = parts or ("model", *towers)
         unknown = [p for p in chosen if p != "model" and p not in towers]
         if unknown:
-            spans = adapter_for(model).towers.get(unknown[0])
-            if spans:
-                raise ConfigError(
-                    f"tower {unknown[0]!r} of {model_spec} spans {len(spans)} modules ({', '.join(spans)}), which "
-                    "do not run as one module; bench times 'model' or a tower that is one module (give the "
-                    "adapter a parent module for it)"
-                )
             raise ConfigError(f"part {unknown[0]!r} is not 'model' or a tower of {model_spec} ({sorted(towers)})")
         for part in chosen:
-            module = model if part == "model" else model.get_submodule(towers[part])
-            onnx_path = out / f"{variant}-{part}.onnx"
+            names = [None] if part == "model" else towers[part]
+            onnx_paths = [out / f"{variant}-{part}{_suffix(i, names)}.onnx" for i in range(len(names))]
             for batch in batches:
-                inputs = part_inputs(model, task.batch(test, torch.arange(batch))[0], towers.get(part))
-                inputs_path = out / f"inputs-{variant}-{part}-{batch}.pt"
-                torch.save(inputs, inputs_path)
-                if "onnxruntime" in runtimes and onnx_path not in exported:  # dynamic batch: one file per part
-                    export_onnx(module, inputs, onnx_path)
-                    exported.add(onnx_path)
-                where = {"model": model_spec, "run_dir": rd, "variant": variant, "part": part, "cache_dir": cache_dir}
+                sample = task.batch(test, torch.arange(batch))[0]
+                inputs_paths = []
+                for i, name in enumerate(names):
+                    inputs = part_inputs(model, sample, name)
+                    inputs_paths.append(out / f"inputs-{variant}-{part}{_suffix(i, names)}-{batch}.pt")
+                    torch.save(inputs, inputs_paths[-1])
+                    if "onnxruntime" in runtimes and onnx_paths[i] not in exported:  # dynamic batch: one file
+                        export_onnx(model if name is None else model.get_submodule(name), inputs, onnx_paths[i])
+                        exported.add(onnx_paths[i])
+                where = {
+                    "model": model_spec,
+                    "run_dir": rd,
+                    "variant": variant,
+                    "part": part,
+                    "cache_dir": cache_dir,
+                    "adapter": _adapter_arg(adapter, model),
+                }
                 for runtime in runtimes:
-                    case = {"runtime": runtime, "inputs": str(inputs_path), "onnx": str(onnx_path), "keyword": True,
-                            "threads": threads, "warmup": warmup, "repeats": repeats, **where}  # fmt: skip
+                    case = {"runtime": runtime, "inputs": [str(p) for p in inputs_paths], "keyword": True,
+                            "onnx": [str(p) for p in onnx_paths], "threads": threads, "warmup": warmup,
+                            "repeats": repeats, **where}  # fmt: skip
                     got = _run_case(case)
                     rows.append(BenchRow(variant, part, runtime, batch, got["median_ms"], got["p10_ms"], got["p90_ms"],
                                          1000 * batch / got["median_ms"], got["peak_rss_mb"]))  # fmt: skip
@@ -184,6 +209,19 @@ def bench(
                                            "threads": threads, "rows": [asdict(r) for r in rows]})  # fmt: skip
     plot_bench(rows, out / "bench.png")
     return rows
+
+
+def _suffix(i: int, names: list) -> str:
+    return f"-{i}" if len(names) > 1 else ""
+
+
+def _adapter_arg(adapter, model: nn.Module):
+    """The adapter as JSON the worker process re-attaches: a YAML path, a dict, or the towers."""
+    if adapter is None or isinstance(adapter, dict):
+        return adapter
+    if isinstance(adapter, (str, Path)):
+        return str(Path(adapter).resolve())
+    return {"towers": {t: list(m) for t, m in adapter_for(model).towers.items()}}
 
 
 def _run_case(case: dict) -> dict:
