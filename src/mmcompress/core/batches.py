@@ -11,12 +11,30 @@ from torch import nn
 from mmcompress.errors import DataError
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without tensors).
+
+    Example:
+        >>> model_device(nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run `model` on one batch of inputs following the batch convention.
+    """Run `model` on one batch of inputs following the batch convention; inputs move to the
+    model's device first (so every verb calibrates and evaluates a model where it lives, CPU or GPU).
 
     Example:
         >>> call_model(model, {"image": x, "input_ids": ids, "attention_mask": mask})
     """
+    device = model_device(model)
+    if device.type != "cpu":
+        inputs = move_to(inputs, device)
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):

@@ -72,7 +72,7 @@ class EmbeddingTask(Task):
         for start in range(0, len(dataset), batch_size):
             inputs, _ = self.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
             result = call_model(model, inputs)
-            out.append((result[0] if isinstance(result, (tuple, list)) else result).float())
+            out.append((result[0] if isinstance(result, (tuple, list)) else result).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()

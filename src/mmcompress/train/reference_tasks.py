@@ -71,6 +71,7 @@ class AgreementTask(Task):
         with torch.no_grad():
             target = output_tensor(call_model(self.reference, inputs)).float()
         out = output_tensor(call_model(model, inputs)).float()
+        target = target.to(out.device)
         if self.primary_metric == "cosine":
             return 1 - F.cosine_similarity(out.flatten(1), target.flatten(1), dim=-1).mean()
         log_p, log_q = target.log_softmax(-1), out.log_softmax(-1)
@@ -83,9 +84,9 @@ class AgreementTask(Task):
         outs, refs = [], []
         for start in range(0, len(dataset), batch_size):
             inputs, _ = self.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
-            outs.append(output_tensor(call_model(model, inputs)).float())
+            outs.append(output_tensor(call_model(model, inputs)).float().cpu())
             if key not in self._cache:
-                refs.append(output_tensor(call_model(self.reference, inputs)).float())
+                refs.append(output_tensor(call_model(self.reference, inputs)).float().cpu())
         if key not in self._cache:
             self._cache[key] = torch.cat(refs)
         out, ref = torch.cat(outs), self._cache[key]

@@ -77,6 +77,6 @@ def predict_all(task: Task, model: nn.Module, dataset: Any, batch_size: int) -> 
     outs, labels = [], []
     for start in range(0, len(dataset), batch_size):
         inputs, targets = task.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
-        outs.append(prediction(call_model(model, inputs)).float())
+        outs.append(prediction(call_model(model, inputs)).float().cpu())
         labels.append(targets)
     return torch.cat(outs), torch.cat(labels)
