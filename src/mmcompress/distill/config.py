@@ -31,6 +31,12 @@ class DistillConfig(FrozenConfig):
             later epochs (valid when batches have no random augmentation; not with features or
             attentions, which need the teacher to run).
         unlabeled: ignore targets (teacher soft targets only; alpha is taken as 1).
+        batchnorm: "train" (BatchNorm layers of the student normalise with batch statistics and
+            update their running ones, as usual) or "frozen" (they stay in eval mode: the running
+            statistics, e.g. re-estimated after pruning with `recalibrate_batchnorm`, are kept and
+            used, and only their scale and shift train). Use "frozen" to repair a pruned CNN on a
+            small or narrow set of unlabeled inputs, whose batch statistics would drag the running
+            ones away from what the model saw in training.
         train: the training loop's settings (epochs, lr, amp, ...; `freeze` names student modules).
 
     Example:
@@ -48,4 +54,5 @@ class DistillConfig(FrozenConfig):
     attention_weight: float = Field(1.0, ge=0)
     cache_teacher: bool = False
     unlabeled: bool = False
+    batchnorm: Literal["train", "frozen"] = "train"
     train: TrainConfig = TrainConfig()

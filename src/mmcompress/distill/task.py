@@ -41,6 +41,17 @@ class StudentWithProjections(nn.Module):
             return getattr(super().__getattr__("student"), name)
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm of `model` in eval mode (running statistics used and kept; affine still trains).
+
+    Example:
+        >>> freeze_batchnorm(student.train())  # called before each step by DistillConfig(batchnorm="frozen")
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.student if isinstance(model, StudentWithProjections) else model
 
@@ -229,6 +240,8 @@ class DistillationTask(Task):
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
         cfg, student = self.config, unwrap(model)
+        if cfg.batchnorm == "frozen":
+            freeze_batchnorm(student)
         index = None
         if cfg.cache_teacher:
             targets, index = targets
