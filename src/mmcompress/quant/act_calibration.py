@@ -21,6 +21,7 @@ from mmcompress.core.walker import run_calibration
 from mmcompress.errors import DataError
 from mmcompress.quant.activations import smoothing_factors, static_params
 from mmcompress.quant.observers import RangeAccumulator
+from mmcompress.quant.range_search import SEARCH_SAMPLES, RangeSearch, candidate_ranges
 
 
 def channel_absmax(
@@ -105,13 +106,18 @@ def static_ranges(
     """uint8 (step, zero point) of each layer's input from calibration with the named observer.
 
     Each layer's observer sees its inputs as one stream (`RangeAccumulator`), so the ranges depend
-    on the calibration values, not on how they are split into batches.
+    on the calibration values, not on how they are split into batches. Observer "search" takes a
+    second pass: candidate ranges (the min/max range shrunk, and the percentile range) scored by
+    the layer's output error on the first calibration rows (`range_search.py`).
 
     Example:
         >>> static_ranges(model, {"fc": (model.fc, "percentile")}, batches, str)["fc"]
         (0.0123, 87)
     """
-    observers = {name: RangeAccumulator(observer) for name, (_, observer) in layers.items()}
+    observers = {
+        name: RangeAccumulator("percentile" if observer == "search" else observer)
+        for name, (_, observer) in layers.items()
+    }
 
     def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
         try:
@@ -120,4 +126,41 @@ def static_ranges(
             raise DataError(f"calibration input of layer {name!r} holds NaN or Inf") from None
 
     run_calibration(model, {n: m for n, (m, _) in layers.items()}, calib, collect, modality_of, max_batches)
-    return {name: static_params(*observer.range()) for name, observer in observers.items()}
+    ranges = {name: observer.range() for name, observer in observers.items()}
+    searched = [name for name, (_, observer) in layers.items() if observer == "search"]
+    if searched:
+        ranges.update(_searched(model, {n: layers[n][0] for n in searched}, observers, calib, modality_of))
+    return {name: static_params(*r) for name, r in ranges.items()}
+
+
+def _searched(model, layers: dict[str, nn.Module], observers: dict, calib, modality_of) -> dict:
+    """Per layer, the candidate range with the least output error (second calibration pass)."""
+    searches = {
+        name: RangeSearch(module, candidate_ranges(observers[name].lo, observers[name].hi, (observers[name].range(),)))
+        for name, module in layers.items()
+    }
+
+    def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        searches[name].update(x)
+
+    run_calibration(model, layers, _rows(calib, SEARCH_SAMPLES), collect, modality_of)
+    return {name: search.best() for name, search in searches.items()}
+
+
+def _rows(calib: Iterable[Any], samples: int):
+    """The calibration batches up to the one that completes `samples` rows (what `RangeSearch` reads)."""
+    seen = 0
+    for batch in calib:
+        if seen >= samples:
+            return
+        yield batch
+        seen += _batch_rows(batch)
+
+
+def _batch_rows(batch: Any) -> int:
+    first = batch if isinstance(batch, torch.Tensor) else None
+    if isinstance(batch, (tuple, list)):
+        first = next((b for b in batch if isinstance(b, torch.Tensor)), None)
+    elif isinstance(batch, dict):
+        first = next((b for b in batch.values() if isinstance(b, torch.Tensor)), None)
+    return 1 if first is None or first.dim() == 0 else first.shape[0]

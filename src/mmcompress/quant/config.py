@@ -54,7 +54,10 @@ class QuantConfig(FrozenConfig):
             int16, which 8-bit weights overflow.
         act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
             "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic, Linear only.
-        act_observer: range observer of "static": "minmax", "percentile", "mse" or "kl".
+        act_observer: range observer of "static": "minmax", "percentile", "mse", "kl" or "search"
+            (per layer, the range whose quantization error changes the layer's *output* least,
+            among the min/max range shrunk and the percentile range; a second calibration pass
+            over the first 16 rows; see `range_search.py`).
         smoothquant: SmoothQuant migration strength alpha in (0, 1) (None: off). Divides each input
             channel by s_j = max|x_j|^alpha / max|w_j|^(1-alpha) and folds s into the weight, so
             activation outlier channels shrink; needs calibration data and activations. Linear
@@ -80,7 +83,7 @@ class QuantConfig(FrozenConfig):
     clip_ratio: float = Field(1.0, gt=0, le=1)
     activations: Literal["none", "dynamic", "static"] = "none"
     act_granularity: Literal["per_tensor", "per_token"] = "per_tensor"
-    act_observer: Literal["minmax", "percentile", "mse", "kl"] = "minmax"
+    act_observer: Literal["minmax", "percentile", "mse", "kl", "search"] = "minmax"
     smoothquant: float | None = Field(None, gt=0, lt=1)
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
