@@ -19,9 +19,10 @@ import torch
 from torch import fx, nn
 
 from mmcompress.core.walker import run_calibration
-from mmcompress.errors import DataError
+from mmcompress.errors import ConfigError, DataError
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, eval_mode
 from mmcompress.prune.mean_flow import Stats, channel_means
+from mmcompress.prune.reconstruct import reconstruct_consumers
 from mmcompress.prune.slicing import dropped_columns
 
 
@@ -167,10 +168,20 @@ def input_width(layer: nn.Module) -> int:
     return layer.weight.shape[1]
 
 
-def compensate_plans(modules, groups, plans, stats: dict[str, Stats]) -> dict[str, str]:
+def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None, calib=None, max_batches=None):
     """Fold the mean of every removed unit of the plans that ask for it into its consumers (before
-    any slicing), `stats` holding each consumer's input (mean, var). Returns consumer -> where the
-    constant went."""
-    dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
+    any slicing), `stats` holding each consumer's input (mean, var); plans with `reconstruct` first
+    refit their Linear/Conv2d consumers by least squares on `calib` (`reconstruct.py`; the bias
+    change is folded the same way). Returns consumer -> where the constant went."""
     norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
-    return fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after)
+    refit = consumers_of((p.group, p.keep) for p in plans if getattr(p.config, "reconstruct", False))
+    where = {}
+    if refit:
+        if calib is None:
+            raise ConfigError("reconstruct refits consumers on calibration data: pass calib=[...]")
+        deltas = reconstruct_consumers(model, modules, refit, calib, max_batches)
+        with torch.no_grad():
+            where = {name: _fold(name, modules[name], delta, modules, norm_after) for name, delta in deltas.items()}
+    dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
+    dropped = {name: cols for name, cols in dropped.items() if name not in where}
+    return where | fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after)

@@ -55,6 +55,10 @@ class StructuredConfig(FrozenConfig):
         compensate: fold the expected value of each removed channel, times its consumer's weights,
             into the consumer's bias (or the BatchNorm after it): measured on `calib=` batches, else
             estimated from the BatchNorm statistics (`compensate.py`). Channels only.
+        reconstruct: refit the kept input weights (and bias) of each Linear / ungrouped Conv2d
+            consumer by least squares, so its output on `calib=` batches stays closest to the
+            unpruned output: removed channels' work moves onto the kept channels correlated with
+            them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
         scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
             groups that share this config, ranked by their scores normalised per group (mean 1).
         max_ratio: with "global", the most any one group loses (default: 2 x ratio, at most 0.9).
@@ -70,6 +74,7 @@ class StructuredConfig(FrozenConfig):
     round_to: int = Field(1, ge=1)
     bn_aware: bool = True
     compensate: bool = True
+    reconstruct: bool = False
     scope: Literal["layer", "global"] = "layer"
     max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
 
@@ -133,8 +138,8 @@ def prune_structured(
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
     folded = {}
-    if any(p.config.compensate for p in channel_plans):
-        folded = compensate_plans(modules, groups, channel_plans, stats)
+    if any(p.config.compensate or p.config.reconstruct for p in channel_plans):
+        folded = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches)
     apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
     record.modules.update({p.group.producers[0]: plan_entry(p, folded) for p in channel_plans})
     record.modules.update({name: entry for name, _, entry in head_plans})
