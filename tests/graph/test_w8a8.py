@@ -47,7 +47,7 @@ def test_w8a8_forms_run_matmulinteger_and_match_pytorch(tmp_path, form, shape):
         float_out = model(x)
     rec = quantize(model, QuantConfig.from_dict(settings), calib=calib)
     assert {m["activations"]["mode"] for m in rec.modules.values()} == {settings["activations"]}
-    res = export_onnx(model, x, tmp_path / "m.onnx")
+    res = export_onnx(model, x, tmp_path / "m.onnx", static_format="integer")  # QDQ: tests/graph/test_qdq.py
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert ops.count("MatMulInteger") == 2 and ops.count(quantize_op) == 2
     assert "Gemm" not in ops and "MatMul" not in ops
@@ -135,7 +135,7 @@ def test_w8a8_convolutions_run_convinteger_and_match_pytorch(tmp_path, mode):
     cfg = QuantConfig(weight_bits=7, activations=mode, act_granularity="per_tensor")
     rec = quantize(model, cfg, calib=[torch.rand(4, 1, 8, 8) for _ in range(3)])
     assert rec.modules["2"]["activations"]["mode"] == mode
-    res = export_onnx(model, x, tmp_path / "m.onnx")
+    res = export_onnx(model, x, tmp_path / "m.onnx", static_format="integer")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert ops.count("ConvInteger") == 2 and ops.count("MatMulInteger") == 1 and "Conv" not in ops
     assert res.max_abs_error < MAX_PARITY_ERR

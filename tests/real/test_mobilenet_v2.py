@@ -93,7 +93,7 @@ def test_w8a8_static_export_is_bit_exact_and_sized_as_measured(float_model, crop
     correct_bias(model, reference, [calib])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no parity warning, no float layer
-        res = export_onnx(model, test[:4], tmp_path / "q.onnx")
+        res = export_onnx(model, test[:4], tmp_path / "q.onnx", static_format="integer")  # the bit-exact form
     assert res.cosine > PARITY_MIN_COSINE and res.top1_agreement == 1.0 and not res.float_layers
     assert res.measured_bytes < res.file_bytes < FILE_OVER_MEASURE * res.measured_bytes
     with torch.no_grad():

@@ -25,6 +25,7 @@ from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
 from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
+from mmcompress.graph.onnx_qdq import rewrite_qdq
 from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.graph.storage import stored_bytes
@@ -94,6 +95,7 @@ def named_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
 
 MIN_COSINE = 0.999  # default parity thresholds of the exported file against PyTorch
 MIN_TOP1 = 0.99
+STATIC_FORMATS = ("qdq", "integer")
 
 
 def export_onnx(
@@ -104,6 +106,7 @@ def export_onnx(
     opset: int = 17,
     min_cosine: float = MIN_COSINE,
     min_top1: float = MIN_TOP1,
+    static_format: str = "qdq",
 ) -> ExportResult:
     """Export to ONNX with named inputs and dynamic batch/sequence axes; quantized weights stay integer.
 
@@ -118,18 +121,23 @@ def export_onnx(
         opset: ONNX opset.
         min_cosine: warn when the outputs' cosine similarity falls below this.
         min_top1: warn when top-1 agreement (first output, when it is (N, C)) falls below this.
+        static_format: static W8A8 Conv/Linear layers as "qdq" (QuantizeLinear/DequantizeLinear
+            pairs ONNX Runtime fuses into QLinearConv / QLinearMatMul) or "integer" (ConvInteger /
+            MatMulInteger chains that reproduce PyTorch's integers bit for bit, slower).
 
     Example:
         >>> res = export_onnx(model, model.example_inputs(4), "out/model.onnx")
         >>> res.cosine > 0.999
         True
     """
+    if static_format not in STATIC_FORMATS:
+        raise ValueError(f"static_format must be one of {STATIC_FORMATS}, got {static_format!r}")
     named = named_inputs(example_inputs)
     check_finite_weights(model, "be exported")
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        proto, reference = _export_proto(model, named, isinstance(example_inputs, dict), opset)
+        proto, reference = _export_proto(model, named, isinstance(example_inputs, dict), opset, static_format)
     finally:
         for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
             module.training = training
@@ -147,9 +155,15 @@ def export_onnx(
     max_err, cosine = _compare(reference, got)
     top1 = _top1(reference[0], got[0])
     if cosine < min_cosine or (top1 is not None and top1 < min_top1):
+        hint = (
+            "; static W8A8 layers are QDQ, whose integer requantization rounds some codes differently "
+            "from PyTorch (static_format='integer' reproduces PyTorch bit for bit, slower)"
+            if any(n.op_type == "QuantizeLinear" for n in proto.graph.node) and static_format == "qdq"
+            else ""
+        )
         warnings.warn(
             f"export: ONNX Runtime output differs from PyTorch on the example batch (cosine {cosine:.4f}, "
-            f"top-1 agreement {top1}, max abs error {max_err:.3g}); thresholds {min_cosine} / {min_top1}",
+            f"top-1 agreement {top1}, max abs error {max_err:.3g}); thresholds {min_cosine} / {min_top1}{hint}",
             stacklevel=2,
         )
     atomic_write_bytes(path, data)
@@ -157,7 +171,9 @@ def export_onnx(
     return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers)
 
 
-def _export_proto(model: nn.Module, named: dict, keyword: bool, opset: int) -> tuple[onnx.ModelProto, list]:
+def _export_proto(
+    model: nn.Module, named: dict, keyword: bool, opset: int, static_format: str = "qdq"
+) -> tuple[onnx.ModelProto, list]:
     """Trace the eval-mode model (W8A8 input simulation off) and rewrite quantized layers."""
     wrapper = _Positional(model, list(named), keyword=keyword).eval()
     with torch.no_grad():
@@ -178,6 +194,8 @@ def _export_proto(model: nn.Module, named: dict, keyword: bool, opset: int) -> t
             module.simulate_activations = value
     proto = onnx.load_from_string(traced)
     if any(isinstance(m, QUANT_MODULES) for m in model.modules()):
+        if static_format == "qdq":
+            rewrite_qdq(proto, model)  # static W8A8 Conv/Linear: QDQ, fused by ONNX Runtime into QLinear* ops
         rewrite_w8a8(proto, model)  # W8A8 Linear/Conv layers (dynamic / per-token / static): integer kernels
         rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
         rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear, or packed codes

@@ -4,10 +4,11 @@ The exporter folds `codes * step` into float initializers, and folds a BatchNorm
 Conv into that weight too (per output channel). An initializer is recognised as a quantized
 module's weight when it equals `(codes - zero) * s'` with one factor `s'` per step group (the
 module's own steps, or its steps times BatchNorm's scale); `weight_steps` finds `s'`. Then:
-- one step per channel, 5-8 bits: int8 codes + per-axis DequantizeLinear;
-- grouped steps (several per channel) or 2-4 bits: codes packed (4-bit nibbles, two per byte,
-  or int8 for 5-8 bits) + a small Cast/Reshape/Mul chain that rebuilds the float weight; ONNX
-  Runtime folds that chain once when the session loads, so the file holds the integer form.
+codes packed (4-bit nibbles, two per byte, or int8 for 5-8 bits) + a small Cast/Reshape/Mul
+chain that rebuilds the float weight. ONNX Runtime folds that chain once when the session loads,
+in any session: the file holds the integer form and runs as fast as the float file. (A
+DequantizeLinear on the weight would not do: sessions with ONNX Runtime's QDQ fusions on, the
+default, keep DequantizeLinear nodes for those fusions and dequantize the weight on every call.)
 `unconverted_layers` names the quantized layers whose weights are still float in a graph.
 """
 
@@ -145,27 +146,6 @@ def _grouped_chain(module: nn.Module, steps: np.ndarray, out: str, p: str, trans
     return nodes, inits
 
 
-def _per_axis(module: nn.Module, steps: np.ndarray, out: str, transposed: bool):
-    """int8 codes + per-channel DequantizeLinear (axis 0, or 1 for a transposed 2-D weight)."""
-    codes = module.qweight.cpu().numpy()
-    zero = module._zero()[:, 0].cpu().numpy().astype(np.int8)
-    if transposed:
-        codes = np.ascontiguousarray(codes.T)
-    inits = [
-        numpy_helper.from_array(codes, f"{out}_int8"),
-        _const(f"{out}_scale", steps[:, 0], np.float32),
-        numpy_helper.from_array(zero, f"{out}_zero"),
-    ]
-    node = helper.make_node(
-        "DequantizeLinear",
-        [f"{out}_int8", f"{out}_scale", f"{out}_zero"],
-        [out],
-        axis=1 if transposed else 0,
-        name=f"{out}_dequantize",
-    )
-    return [node], inits
-
-
 def rewrite_int8(onnx_model: onnx.ModelProto, model: nn.Module) -> int:
     """Replace every float initializer that holds a quantized weight by its integer form; returns how many.
 
@@ -183,10 +163,7 @@ def rewrite_int8(onnx_model: onnx.ModelProto, model: nn.Module) -> int:
             continue
         name, steps, transposed = found
         module = layers.pop(name)
-        if steps.shape[1] == 1 and module.bits > 4:
-            nodes, inits = _per_axis(module, steps, init.name, transposed)
-        else:
-            nodes, inits = _grouped_chain(module, steps, init.name, f"{init.name}_q", transposed)
+        nodes, inits = _grouped_chain(module, steps, init.name, f"{init.name}_q", transposed)
         graph.initializer.remove(init)
         graph.initializer.extend(inits)
         new_nodes.extend(nodes)

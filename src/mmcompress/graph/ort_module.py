@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,13 @@ class OrtModule:
 
     def eval(self) -> OrtModule:
         return self
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """No PyTorch tensors (so `model_device` and friends see a CPU model)."""
+        return iter(())
+
+    def buffers(self) -> Iterator[torch.Tensor]:
+        return iter(())
 
     def __call__(self, *args: torch.Tensor, **inputs: torch.Tensor) -> Any:
         names = self.runtime.input_names

@@ -1,0 +1,134 @@
+"""Static W8A8 Conv2d (depthwise, grouped) and Linear export as QDQ, which ONNX Runtime fuses into
+QLinearConv / QLinearAdd / QGemm; int8 weight-only files keep no per-call dequantization."""
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.graph.export import export_onnx
+from mmcompress.quant.api import QuantConfig, quantize
+
+MIN_TOP1 = 0.9  # QDQ file vs PyTorch model: integer requantization rounds a few codes differently
+MIN_COSINE = 0.995
+ONE_STEP = 1.0  # a single-conv model: outputs differ by at most one input code step per product sum
+
+
+class TinyNet(nn.Module):
+    """Conv -> ReLU6 -> depthwise -> ReLU6 -> project (+ residual) -> grouped -> pool -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6())
+        self.project = nn.Conv2d(16, 16, 1)
+        self.grouped = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, groups=4), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.project(self.dw(x))
+        return self.head(self.grouped(x).mean((2, 3)))
+
+
+def _quantized(cfg: QuantConfig) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    calib = [torch.rand(8, 3, 12, 12) for _ in range(4)]
+    quantize(model, cfg, calib=calib if cfg.activations else None)
+    return model, torch.rand(64, 3, 12, 12)
+
+
+def _ops(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def _optimized_ops(path, tmp_path, **config) -> Counter:
+    """The ops ONNX Runtime runs after its graph optimizations (default session settings)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    for key, value in config.items():
+        opts.add_session_config_entry(key, value)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return _ops(tmp_path / "optimized.onnx")
+
+
+def test_static_w8a8_exports_qdq_that_onnx_runtime_fuses(tmp_path):
+    model, x = _quantized(QuantConfig(activations="static"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = export_onnx(model, x, tmp_path / "q.onnx")
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    quantized = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    pairs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+    assert len(pairs) >= 5  # every layer's input (and the residual add's inputs)
+    int8 = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8]
+    # the grouped conv feeds a float mean, so ONNX Runtime cannot fuse it: its weight ships as a
+    # Cast -> Mul chain that the session folds once instead of a per-call DequantizeLinear
+    assert len(weight_dq) == 4 and res.int8_weights == 5 and not res.float_layers
+    ops = _optimized_ops(tmp_path / "q.onnx", tmp_path)
+    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1, ops
+    assert ops["FusedConv"] + ops["Conv"] == 1 and "Gemm" not in ops and "ConvInteger" not in ops
+    assert ops["DequantizeLinear"] == 1 and "Cast" not in ops  # only the float conv's input
+    assert res.top1_agreement >= MIN_TOP1 and res.cosine > MIN_COSINE
+
+
+def test_qdq_single_conv_is_within_one_step_of_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=2))
+    quantize(model, QuantConfig(activations="static"), calib=[torch.randn(8, 4, 6, 6)])
+    x = torch.randn(16, 4, 6, 6)
+    res = export_onnx(model, x, tmp_path / "c.onnx")
+    layer = model[0]
+    weights = layer.qweight.float() * layer.scale.view(-1, 1, 1, 1)
+    one_code = float(layer.act_step) * float(weights.abs().sum((1, 2, 3)).max())
+    assert res.max_abs_error <= ONE_STEP * one_code
+    assert _optimized_ops(tmp_path / "c.onnx", tmp_path)["ConvInteger"] == 0
+
+
+def test_integer_format_stays_selectable_and_bad_format_is_named(tmp_path):
+    model, x = _quantized(QuantConfig(activations="static"))
+    res = export_onnx(model, x[:8], tmp_path / "i.onnx", static_format="integer")
+    ops = _ops(tmp_path / "i.onnx")
+    assert ops["ConvInteger"] == 4 and ops["MatMulInteger"] == 1 and res.cosine > 0.99999
+    with pytest.raises(ValueError, match="static_format"):
+        export_onnx(model, x[:8], tmp_path / "bad.onnx", static_format="qlinear")
+
+
+def test_parity_warning_names_the_qdq_rounding(tmp_path):
+    model, x = _quantized(QuantConfig(activations="static"))
+    with pytest.warns(UserWarning, match="static_format='integer'"):
+        export_onnx(model, x, tmp_path / "q.onnx", min_cosine=1.0)
+
+
+@pytest.mark.parametrize("qdq_fusions", ["0", "1"])  # session.disable_quant_qdq: ORT's default is "0"
+def test_weight_only_int8_file_folds_its_weights_at_load(tmp_path, qdq_fusions):
+    model, x = _quantized(QuantConfig(weight_bits=8))
+    res = export_onnx(model, x[:8], tmp_path / "w8.onnx")
+    assert res.int8_weights == 5 and res.cosine > 0.99999
+    ops = _optimized_ops(tmp_path / "w8.onnx", tmp_path, **{"session.disable_quant_qdq": qdq_fusions})
+    assert not {"DequantizeLinear", "Cast", "Mul", "Reshape", "Sub"} & set(ops), ops
+    float_model = TinyNet().eval()
+    export_onnx(float_model, x[:8], tmp_path / "f.onnx")
+    float_ops = _optimized_ops(tmp_path / "f.onnx", tmp_path, **{"session.disable_quant_qdq": qdq_fusions})
+    assert ops == float_ops  # the same float kernels as the float file
+
+
+def test_qdq_handles_dead_channels(tmp_path):
+    model, x = _quantized(QuantConfig(activations="static"))
+    with torch.no_grad():
+        model.project.qweight[3].zero_()  # an all-zero channel (its step may be denormal)
+        model.project.scale[3] = torch.finfo(torch.float32).tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = export_onnx(model, x, tmp_path / "q.onnx")
+    assert np.isfinite(res.max_abs_error) and res.cosine > MIN_COSINE
+    assert _optimized_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 3
