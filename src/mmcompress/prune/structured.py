@@ -19,20 +19,20 @@ from torch import nn
 
 from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
-from mmcompress.core.layer_stats import LossFn, gradient_stats
+from mmcompress.core.layer_stats import LossFn
 from mmcompress.core.record import Record
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
-from mmcompress.prune.channel_importance import keep_count, top_units
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
-from mmcompress.prune.heads import head_params, head_scores
+from mmcompress.prune.heads import plan_heads
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
 
+CHANNEL_METHODS = "auto, magnitude, variance, taylor or fisher"
 __all__ = ["StructuredConfig", "apply_plans", "head_parts", "prune_structured", "replay_structured"]
 
 
@@ -47,7 +47,8 @@ class StructuredConfig(FrozenConfig):
             measurement on MobileNetV2 and digits-cnn), "magnitude" (L1 of the unit's weights),
             "variance" (the share of its consumers' output variance the unit carries: consumer
             weights times the input variance, measured on `calib=` or estimated from BatchNorm
-            statistics), "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`).
+            statistics), "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`),
+            "ablation" (heads: the model's output change when the head alone is masked, on `calib=`).
         round_to: keep a multiple of this many units (at least one).
         bn_aware: with "magnitude", scale a layer's unit scores by |gamma| / sqrt(var + eps) of the
             BatchNorm that follows it (the magnitude of the BN-folded kernel; BN makes the raw
@@ -60,7 +61,8 @@ class StructuredConfig(FrozenConfig):
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
         scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
-            groups that share this config, ranked by their scores normalised per group (mean 1).
+            groups that share this config, ranked by their scores normalised per group (mean 1;
+            heads scored by ablation/taylor/fisher are ranked on their raw, comparable scores).
         max_ratio: with "global", the most any one group loses (default: 2 x ratio, at most 0.9).
 
     Example:
@@ -70,7 +72,7 @@ class StructuredConfig(FrozenConfig):
 
     ratio: float = Field(0.5, ge=0.0, lt=1.0)
     unit: Literal["channels", "heads"] = "channels"
-    method: Literal["auto", "magnitude", "variance", "taylor", "fisher"] = "auto"
+    method: Literal["auto", "magnitude", "variance", "taylor", "fisher", "ablation"] = "auto"
     round_to: int = Field(1, ge=1)
     bn_aware: bool = True
     compensate: bool = True
@@ -99,8 +101,9 @@ def prune_structured(
         example_inputs: inputs for tracing, following the batch convention (tensor, tuple or dict;
             default: the model adapter's example inputs).
         data, loss_fn, max_batches: for taylor/fisher importance.
-        calib: model inputs (batch convention) whose mean activations compensate removed channels;
-            without it the means come from BatchNorm statistics (data-free).
+        calib: model inputs (batch convention) whose mean activations compensate removed channels
+            (without it the means come from BatchNorm statistics: data-free); for heads scored by
+            "ablation", the batches on which each head is masked.
 
     Example:
         >>> rec = prune_structured(model, {"modality:image": {"ratio": 0.5}})
@@ -117,6 +120,9 @@ def prune_structured(
     require_matches(chosen, mapping, model)
     check_finite_weights(model, "be pruned")
     channel_targets = {n: c for n, m, c in chosen if c.unit == "channels"}
+    for name, cfg in channel_targets.items():
+        if cfg.method == "ablation":
+            raise ConfigError(f"method 'ablation' scores attention heads; channels of {name!r}: {CHANNEL_METHODS}")
     inputs = example_inputs
     if inputs is None and adapter.example_inputs is not None:
         inputs = adapter.example_inputs(2)
@@ -133,7 +139,7 @@ def prune_structured(
         stats = input_stats_of(model, modules, graph, names, calib, max_batches) if needs else {}
         channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats)
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
-    head_plans = _plan_heads(model, head_targets, adapter, data, loss_fn, max_batches)
+    head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
@@ -210,32 +216,6 @@ def replay_structured(model: nn.Module, record: Record) -> None:
 
 def _producer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.Linear, *RECURRENT))
-
-
-def _plan_heads(model, targets, adapter, data, loss_fn, max_batches) -> list[tuple[str, torch.Tensor, dict]]:
-    """(attention module, heads kept, record entry) per target; each module's heads ranked on their own."""
-    params = {}
-    targets = [(n, m, c.model_copy(update={"method": "magnitude"}) if c.method == "auto" else c) for n, m, c in targets]
-    for name, module, cfg in targets:
-        if cfg.method == "variance":
-            raise ConfigError(f"method 'variance' scores channels; heads of {name!r}: magnitude, taylor or fisher")
-        if cfg.method != "magnitude":
-            params.update(head_params(name, module, adapter))
-    stats = {}
-    if params:
-        if data is None or loss_fn is None:
-            raise ConfigError("taylor/fisher head importance needs data= and loss_fn=")
-        stats = gradient_stats(model, params, data, loss_fn, max_batches)  # one pass for every module
-    plans = []
-    for name, module, cfg in targets:
-        heads = head_parts(module, adapter)[4]
-        keep = keep_count(heads, cfg.ratio, cfg.round_to)
-        if keep < 1:
-            raise ConfigError(f"pruning {cfg.ratio:.0%} of the {heads} heads of {name!r} would remove them all")
-        chosen = top_units(head_scores(name, module, cfg.method, stats, adapter), keep)
-        entry = {"structure": "heads", "keep": chosen.tolist(), "before": heads, "kept": keep, "ratio": cfg.ratio}
-        plans.append((name, chosen, {**entry, "removed_ratio": 1 - keep / heads}))
-    return plans
 
 
 def _macs_after(model: nn.Module, inputs: Any) -> float:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 from pydantic import Field
 
 from mmcompress.core.record import Record
 from mmcompress.errors import ConfigError
 from mmcompress.prune.api import PruneConfig, prune, replay_prune
+from mmcompress.prune.repair import recalibrate_batchnorm
 from mmcompress.prune.schedule import gradual_prune
 from mmcompress.prune.structured import StructuredConfig, prune_structured, replay_structured
 from mmcompress.recipe.builtin_passes import _TargetedPass
@@ -47,10 +50,14 @@ class PrunePass(_TargetedPass):
 
 
 class StructuredPassConfig(StructuredConfig):
-    """StructuredConfig plus how much training data scores taylor/fisher importance."""
+    """StructuredConfig plus how much training data scores taylor/fisher importance (and calibrates
+    `reconstruct`), and `recalibrate_batchnorm`: after pruning, move each BatchNorm's running
+    statistics by the change of its input that pruning caused (`prune.repair.recalibrate_batchnorm`
+    with the unpruned model as reference), measured on the same calibration inputs."""
 
     data_samples: int = Field(256, ge=1)
     data_batch_size: int = Field(32, ge=1)
+    recalibrate_batchnorm: bool = False
 
 
 @PASSES.register("prune_structured")
@@ -65,7 +72,16 @@ class StructuredPrunePass(_TargetedPass):
         kwargs = {"example_inputs": ctx.example_batch(2)}
         if any(c.method != "magnitude" for c in configs):
             kwargs.update(data=ctx.labelled_batches(cfg.data_samples, cfg.data_batch_size), loss_fn=ctx.batch_loss)
+        if any(c.method == "ablation" for c in configs):  # heads masked one at a time on calibration inputs
+            kwargs.update(calib=ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size))
+        calib = None
+        if cfg.recalibrate_batchnorm or any(getattr(c, "reconstruct", False) for c in configs):
+            calib = kwargs.get("calib") or ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size)
+            kwargs.update(calib=calib)
+        reference = copy.deepcopy(ctx.model).eval() if cfg.recalibrate_batchnorm else None
         record = prune_structured(ctx.model, self.mapping(), **kwargs)
+        if reference is not None:
+            recalibrate_batchnorm(ctx.model, calib, reference=reference, record=record)
         return StageOutcome(dict(record.metrics), record)
 
     def replay(self, ctx: RunContext, record: Record) -> None:
