@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.core.io import stable_hash
 from mmcompress.recipe.schema import Recipe, load_recipe
 
@@ -148,7 +149,8 @@ def _quant_target(tower: TowerPlan) -> dict[str, Any] | None:
     if tower.bits == 8:
         if tower.activations == "dynamic":
             # Linear layers on integer kernels, embedding tables int8 (ConvInteger is slow on x86: convs stay out)
-            return {"weight_bits": 7, "activations": "dynamic", "layer_types": ["linear", "embedding"]}
+            bits = integer_weight_bits()  # 7 only where u8s8 kernels saturate (AVX2 without VNNI)
+            return {"weight_bits": bits, "activations": "dynamic", "layer_types": ["linear", "embedding"]}
         return {"weight_bits": 8}
     if tower.group_size == 0:
         return {"weight_bits": tower.bits}  # one step per channel

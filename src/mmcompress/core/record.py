@@ -41,6 +41,8 @@ class Record:
         config: the config(s) applied, keyed by target key.
         modules: per-module details (config used, scales shape, sparsity...).
         metrics: numbers measured while applying it.
+        info: facts about the machine a result was made for (e.g. quantize: the CPU's integer
+            instruction sets and the weight bits chosen for integer kernels).
 
     Example:
         >>> rec = Record("prune", {"_default": {"sparsity": 0.5}})
@@ -53,6 +55,7 @@ class Record:
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     seed: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.cpu import integer_kernel_info
 from mmcompress.core.record import Record
 from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 from mmcompress.core.targets import as_mapping, resolve_targets
@@ -97,6 +98,8 @@ def quantize(
         record.modules[name] = info
     record.metrics["modules"] = float(len(chosen))
     record.metrics["float_left"] = float(len(float_left))
+    if any(getattr(q, "act", None) is not None for q, _ in built.values()):  # W8A8: the CPU it was made for
+        record.info["integer_kernels"] = integer_kernel_info()
     return record
 
 

@@ -67,6 +67,15 @@ class _QuantWeight(nn.Module):
     """Holds `qweight` (int8 codes), `scale` (out, G) and, when asymmetric, `zero_point` (out, G)."""
 
     grid: WeightGrid
+    kernel: str = "auto"  # how forward computes: see quant/kernels.py ("simulate": the reference)
+    last_kernel: str | None = None  # the path the last forward call took
+
+    def __getstate__(self) -> dict:
+        """Pickle/deepcopy without the kernel caches (float weight, packed int8 weight): rebuilt on use."""
+        state = dict(self.__dict__)
+        state["_kernel_cache"] = {}
+        state.pop("_float_weight", None)
+        return state
 
     def _init_quant(self, weight: torch.Tensor, grid: WeightGrid, params: tuple | None = None) -> None:
         """Quantize `weight` on `grid`, or take precomputed `params` = (codes, scale, zero) (e.g. GPTQ)."""

@@ -20,6 +20,8 @@ from mmcompress.quant.codes import (
     quantize_weight,  # noqa: F401  (re-exported: callers import it from here)
 )
 from mmcompress.quant.integer_sim import exact_static, integer_layer, linear_op
+from mmcompress.quant.kernel_select import choose_kernel
+from mmcompress.quant.kernels import INTEGER_KERNELS, float_weight, integer_linear
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
@@ -65,7 +67,9 @@ class ActivationQuant(nn.Module):
 
 
 class QuantLinear(_QuantWeight, ActivationQuant):
-    """Linear with integer weight codes; computes in float with the dequantized weight.
+    """Linear with integer weight codes. `kernel` ("auto", "simulate", "cache", "onednn", "int_mm";
+    see `quant/kernels.py`) picks how it computes: W8A8 dynamic layers on int8 GEMMs, weight-only
+    layers with a cached dequantized weight; "simulate" dequantizes on every call (the reference).
 
     Example:
         >>> q = QuantLinear.from_float(nn.Linear(8, 4), WeightGrid(bits=8))
@@ -84,12 +88,21 @@ class QuantLinear(_QuantWeight, ActivationQuant):
         return cls(layer, grid, params).to(layer.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is None and "act_smooth" not in self._buffers:  # weight-only: lean path (decoders, M = 1)
+            kernel = choose_kernel(self, x)
+            w = float_weight(self, x.dtype) if kernel == "cache" else self.dequantized_weight().to(x.dtype)
+            bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
+            return F.linear(x, w, bias)
         if exact_static(self, x):  # the integers and float32 rounding ONNX Runtime's MatMulInteger chain uses
             smooth = getattr(self, "act_smooth", None)
             x = x if smooth is None else x * smooth.to(x.dtype)
             return integer_layer(x, self.act_step, self.act_zero, self.qweight, self.scale, self.bias, linear_op)
+        kernel = choose_kernel(self, x)
+        if kernel in INTEGER_KERNELS:
+            return integer_linear(self, x, kernel)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(self.quantize_input(x), self.dequantized_weight().to(x.dtype), bias)
+        w = float_weight(self, x.dtype) if kernel == "cache" else self.dequantized_weight().to(x.dtype)
+        return F.linear(self.quantize_input(x), w, bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._act_repr()
@@ -120,7 +133,7 @@ class _QuantConv(_QuantWeight, ActivationQuant):
             op = partial(conv, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
             return integer_layer(x, self.act_step, self.act_zero, self.qweight, self.scale, self.bias, op)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        w = self.dequantized_weight().to(x.dtype)
+        w = float_weight(self, x.dtype) if choose_kernel(self, x) == "cache" else self.dequantized_weight().to(x.dtype)
         return conv(self.quantize_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -168,6 +181,8 @@ class QuantEmbedding(_QuantWeight):
         return cls(emb, grid, params).to(emb.weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if choose_kernel(self, ids) == "cache":  # the cached float table: one lookup
+            return F.embedding(ids, float_weight(self, torch.float32), self.padding_idx)
         rows = F.embedding(ids, self.qweight)  # (..., D) int8
         n_groups = self.scale.shape[1]
         rows = rows.view(*ids.shape, n_groups, -1).float()  # (..., G, g)

@@ -1,0 +1,248 @@
+"""Fast PyTorch kernels for quantized layers; the float simulation stays the reference.
+
+Each quantized module has a `kernel` attribute:
+- "auto" (default): the fastest applicable path below, chosen per layer shape (`kernel_select.py`);
+- "simulate": the reference: dequantize the codes on every call (no extra memory);
+- "cache": keep the dequantized float weight between calls (float32: 4 bytes per weight, on top of
+  the int8 codes) and recompute it only when `qweight`/`scale`/`zero_point` change (their version
+  counter or storage moved, e.g. `load_state_dict`, `.to()`); weight-only layers then run exactly as
+  fast as float layers. The cache is neither a buffer nor saved (state_dict, deepcopy, pickle drop it);
+- "onednn": W8A8 dynamic Linear on oneDNN's int8 GEMM (`torch.ops.onednn.qlinear_pointwise`,
+  u8s8/s8s8 with int32 accumulation: VNNI / AMX), the dequantization fused into its epilogue;
+- "int_mm": W8A8 dynamic Linear on `torch._int_mm` (int8 x int8 -> int32), rows in L2-sized chunks.
+
+The integer kernels compute exactly the integers of the simulation (same input codes, same weight
+codes, int32 sums) and differ from it only in the float rounding of the final scaling: a relative
+difference of a few float32 ulps. They apply to symmetric per-channel weights of at most 8 bits,
+float32 CPU inputs without autograd, outside tracing/compiling (there the simulation runs, which
+inductor fuses). Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8 codes (u8 with a zero point
+on oneDNN; shifted to int8 with an exact column-sum correction on `_int_mm`); per-token inputs use
+symmetric int8 codes with one step per row. `module.last_kernel` says which path the last call took.
+
+Example:
+    >>> set_kernel(model, "simulate")  # the reference path everywhere, no float weight cache
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERNELS = ("auto", "simulate", "cache", "onednn", "int_mm")
+INTEGER_KERNELS = ("onednn", "int_mm")
+TOKEN_LEVELS = 127
+CHUNK_BYTES = 1 << 20  # int_mm: rows per chunk so one chunk's float output stays in L2
+
+
+def set_kernel(model: nn.Module, kernel: str) -> int:
+    """Set `kernel` on every quantized layer of `model`; returns how many layers were set.
+
+    Args:
+        model: a model holding quantized layers (or one layer).
+        kernel: one of KERNELS.
+
+    Example:
+        >>> set_kernel(model, "cache")
+        12
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r} is not one of {KERNELS}")
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "qweight") and hasattr(module, "kernel"):
+            module.kernel = kernel
+            module.__dict__.pop("_float_weight", None)
+            module.__dict__["_kernel_cache"] = {}
+            n += 1
+    return n
+
+
+def skip_fast_paths(x: torch.Tensor | None = None) -> bool:
+    """Tracing, exporting, compiling, or autograd through `x`: the reference path must run."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return True
+    return x is not None and x.requires_grad and torch.is_grad_enabled()
+
+
+def _version_key(buffers: dict) -> tuple:
+    """Identity and version of the codes and steps (and the codes' storage): any change
+    (load_state_dict, `.to()`, an in-place edit, `.data =`) gives a new key."""
+    codes = buffers["qweight"]
+    key = (id(codes), codes._version, codes.data_ptr())
+    for name in ("scale", "zero_point", "act_smooth"):
+        t = buffers.get(name)
+        key += (None,) if t is None else (id(t), t._version)
+    return key
+
+
+def _cached(module: nn.Module, name: str, build):
+    """`build()` kept in module._kernel_cache[name] until the codes/steps change."""
+    cache = module.__dict__.setdefault("_kernel_cache", {})
+    key = _version_key(module._buffers)
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = (key, build())
+        cache[name] = hit
+    return hit[1]
+
+
+def float_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The dequantized weight in `dtype`, cached (the caller checked that caching is allowed).
+
+    The check runs on every call of a weight-only layer (decoders call them once per token), so it
+    only compares identities and version counters.
+
+    Example:
+        >>> float_weight(qlinear, torch.float32).shape == qlinear.qweight.shape
+        True
+    """
+    buffers = module._buffers
+    codes, scale, zero = buffers["qweight"], buffers["scale"], buffers.get("zero_point")
+    hit = module.__dict__.get("_float_weight")
+    if (
+        hit is not None
+        and hit[0] is codes
+        and hit[1] == codes._version
+        and hit[2] is scale
+        and hit[3] == scale._version
+        and hit[4] is zero
+        and (zero is None or hit[5] == zero._version)
+        and hit[6] == dtype
+        and hit[7] == codes.data_ptr()
+    ):
+        return hit[8]
+    weight = module.dequantized_weight().to(dtype)
+    if scale.requires_grad:  # steps being trained: nothing to cache
+        return weight
+    version = None if zero is None else zero._version
+    entry = (codes, codes._version, scale, scale._version, zero, version, dtype, codes.data_ptr(), weight.detach())
+    module.__dict__["_float_weight"] = entry
+    return entry[8]
+
+
+def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """True when a W8A8 integer kernel may run `module` on `x` (fast paths allowed, see the module docstring)."""
+    act, buffers = module.act, module._buffers
+    return (
+        act is not None
+        and act.mode == "dynamic"
+        and module.simulate_activations
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and buffers["qweight"].dim() == 2
+        and buffers["scale"].shape[1] == 1
+        and buffers.get("zero_point") is None
+        and module.grid.bits <= 8
+        and x.shape[-1] == buffers["qweight"].shape[1]
+        and not buffers["scale"].requires_grad
+        and x.numel() > 0
+    )
+
+
+def tensor_qparams(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """ONNX DynamicQuantizeLinear's uint8 step and zero point for the whole input (step 1, zero 0 if all zeros)."""
+    lo, hi = torch.aminmax(x)
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    step = (hi - lo) / 255.0
+    if float(step) == 0.0:
+        return torch.ones(()), 0
+    return step, int(torch.clamp(torch.round(-lo / step), 0, 255))
+
+
+def input_codes(x: torch.Tensor, qparams: tuple[torch.Tensor, int] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Integer codes of a (M, K) float32 input as the simulation forms them, their step and zero point.
+
+    qparams None (per token): int8 codes round(x / step), step = max|row| / 127 per row, shape
+    (M, 1), zero 0. qparams (step, zero) (per tensor, from `tensor_qparams`): uint8 codes
+    clamp(round(x / step) + zero, 0, 255).
+
+    Example:
+        >>> codes, step, zero = input_codes(torch.randn(4, 8), None)
+    """
+    if qparams is None:
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # max|row|; aminmax(dim) is 8x slower
+        step = torch.maximum(hi, lo.neg_()).clamp_min_(torch.finfo(torch.float32).tiny).div_(TOKEN_LEVELS)
+        return torch.div(x, step).round_().to(torch.int8), step, 0
+    step, zero = qparams
+    return torch.div(x, step).round_().add_(zero).clamp_(0, 255).to(torch.uint8), step, zero
+
+
+def _chunks(x2: torch.Tensor, n: int, per_token: bool):
+    """Row chunks of x2 small enough for one chunk's (rows, n) float32 output to stay in L2, with codes."""
+    qparams = None if per_token else tensor_qparams(x2)
+    rows = max(32, CHUNK_BYTES // (4 * n))
+    for start in range(0, x2.shape[0], rows):
+        yield start, input_codes(x2[start : start + rows], qparams)
+
+
+def _onednn_weight(module: nn.Module) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_prepack(module.qweight.contiguous(), None)
+
+
+def onednn_linear(module: nn.Module, x2: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """(M, K) float32 -> (M, N) float32 on oneDNN's int8 GEMM, the weight steps (per tensor: all
+    steps and the bias) applied in its epilogue; per token, the row steps and bias after it, per chunk."""
+    packed = _cached(module, "onednn", lambda: _onednn_weight(module))
+    w_scale = _cached(module, "w_scale", lambda: module.scale.reshape(-1).float().contiguous())
+    w_zero = _cached(module, "w_zero", lambda: torch.zeros(w_scale.shape[0], dtype=torch.long))
+    bias = None if module.bias is None else module.bias.float()
+    if not per_token:  # one call: steps, zero point and bias all in the kernel
+        step, zero = tensor_qparams(x2)
+        codes = torch.empty(x2.shape, dtype=torch.uint8)
+        rows = max(32, CHUNK_BYTES // (4 * x2.shape[1]))
+        for start in range(0, x2.shape[0], rows):
+            codes[start : start + rows] = input_codes(x2[start : start + rows], (step, zero))[0]
+        args = (codes, float(step), zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(*args)
+    codes, step, _ = input_codes(x2, None)
+    args = (codes, 1.0, 0, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none", [], "")
+    y = torch.ops.onednn.qlinear_pointwise(*args).mul_(step)  # (M, N): sums * w_scale * step, in place
+    return y if bias is None else y.add_(bias)
+
+
+def _int_mm_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = module.qweight.to(torch.int8)
+    return codes.t().contiguous(), codes.sum(1, dtype=torch.int32)  # (K, N), (N,)
+
+
+def int_mm_linear(module: nn.Module, x2: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """(M, K) float32 -> (M, N) float32 on torch._int_mm, in row chunks (M > 16 per call: padded).
+
+    Per tensor, uint8 codes q become int8 q - 128: sum (q - z) w = sum (q - 128) w + (128 - z) sum w.
+    """
+    w_t, col_sums = _cached(module, "int_mm", lambda: _int_mm_weight(module))
+    w_scale = _cached(module, "w_scale", lambda: module.scale.reshape(-1).float().contiguous())
+    out = torch.empty(x2.shape[0], w_t.shape[1])
+    for start, (codes, step, zero) in _chunks(x2, w_t.shape[1], per_token):
+        if not per_token:
+            codes = codes.view(torch.int8).add_(-128)  # uint8 bits - 128 wraps to exactly q - 128
+        r = codes.shape[0]
+        acc = torch._int_mm(codes if r > 16 else F.pad(codes, (0, 0, 0, 17 - r)), w_t)[:r]
+        yc = out[start : start + r]
+        torch.mul(acc, w_scale, out=yc)
+        if not per_token:
+            yc.addcmul_(col_sums.float(), w_scale, value=128 - zero)
+        yc.mul_(step)
+        if module.bias is not None:
+            yc.add_(module.bias)
+    return out
+
+
+RUNNERS = {"onednn": onednn_linear, "int_mm": int_mm_linear}
+
+
+def integer_linear(module: nn.Module, x: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Run a W8A8 dynamic QuantLinear on `kernel`: (..., K) float32 -> (..., N) float32.
+
+    Example:
+        >>> y = integer_linear(qlinear, torch.randn(64, 384), "onednn")
+    """
+    smooth = getattr(module, "act_smooth", None)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return x.new_zeros(*x.shape[:-1], module.qweight.shape[0])
+    x2 = x2 * smooth if smooth is not None else x2.contiguous()
+    per_token = module.act.granularity == "per_token"
+    y = RUNNERS[kernel](module, x2, per_token)
+    return y.view(*x.shape[:-1], y.shape[-1])

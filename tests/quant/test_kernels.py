@@ -1,0 +1,199 @@
+"""Integer kernels and the float weight cache equal the simulation (quant/kernels.py) within the
+rounding of their integer path, and are chosen where they apply (no silent fallback)."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcompress.quant.activations import ActSpec, fake_quantize_per_token
+from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.kernel_select import MIN_ROWS, ONEDNN, choose_kernel
+from mmcompress.quant.kernels import INTEGER_KERNELS, input_codes, set_kernel, tensor_qparams
+from mmcompress.quant.modules import QuantEmbedding, QuantLinear, WeightGrid
+from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
+
+KERNELS = [k for k in INTEGER_KERNELS if k != "onednn" or ONEDNN]
+
+
+def realish(rows: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Transformer-like activations: GELU-shaped values plus a few outlier channels and tokens."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.gelu(torch.randn(rows, k, generator=g) * 2)
+    x[:, :3] *= 30  # outlier channels
+    x[::7] *= 4  # louder tokens
+    return x
+
+
+def w8a8(k: int, n: int, granularity: str, bits: int = 8, bias: bool = True, smooth: bool = False) -> QuantLinear:
+    torch.manual_seed(1)
+    q = QuantLinear.from_float(nn.Linear(k, n, bias=bias), WeightGrid(bits=bits))
+    q.set_activations(ActSpec("dynamic", granularity), torch.rand(k) + 0.5 if smooth else None)
+    return q.eval()
+
+
+def exact(q: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The layer in float64 from the simulation's integers: step * sum(codes * w_codes) * w_step + bias."""
+    x = x * q.act_smooth if hasattr(q, "act_smooth") else x
+    if q.act.granularity == "per_token":
+        xq = fake_quantize_per_token(x).double()
+    else:
+        xq = fake_quantize_dynamic_uint8(x).double()
+    y = xq @ (q.qweight.double() * q.scale.double()).T
+    return y if q.bias is None else y + q.bias.double()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+@pytest.mark.parametrize("bits,bias,smooth", [(8, True, False), (7, False, True), (8, True, True)])
+def test_integer_kernels_equal_the_simulation(kernel, granularity, bits, bias, smooth):
+    q = w8a8(96, 40, granularity, bits, bias, smooth)
+    sim = copy.deepcopy(q)
+    set_kernel(sim, "simulate")
+    for x in (torch.randn(3, 37, 96), realish(200, 96), realish(5, 96, seed=2)):  # 5 rows: int_mm pads to 17
+        q.kernel = kernel
+        with torch.no_grad():
+            y, y_sim = q(x), sim(x)
+        assert q.last_kernel == kernel and sim.last_kernel == "simulate"
+        ref = exact(q, x).float()
+        scale = ref.abs().amax() + 1e-6
+        # the kernel sums integers exactly; only its final float scaling rounds (a few ulps)
+        assert (y - ref).abs().max() / scale < 1e-6
+        assert (y - y_sim).abs().max() / scale < 1e-5  # the simulation's float GEMM rounds more
+
+
+def test_input_codes_are_the_simulations_integers():
+    x = realish(64, 48)
+    codes, step, _ = input_codes(x, None)
+    assert torch.equal(codes.float() * step, fake_quantize_per_token(x))
+    step, zero = tensor_qparams(x)
+    codes, _, _ = input_codes(x, (step, zero))
+    assert codes.dtype == torch.uint8
+    assert torch.equal((codes.float() - zero) * step, fake_quantize_dynamic_uint8(x))
+    zeros, step0, zero0 = input_codes(torch.zeros(4, 8), tensor_qparams(torch.zeros(4, 8)))
+    assert float(step0) == 1.0 and zero0 == 0 and not zeros.any()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN int8 linear")
+def test_auto_chooses_the_integer_kernel_and_falls_back_where_it_must():
+    q = w8a8(64, 32, "per_token")
+    with torch.no_grad():
+        q(torch.randn(MIN_ROWS, 64))
+        assert q.last_kernel == "onednn"
+        q(torch.randn(1, 64))  # one token: too small for the int8 GEMM
+        assert q.last_kernel == "cache"
+        q(torch.randn(MIN_ROWS, 64, dtype=torch.float64))
+        assert q.last_kernel == "cache"
+    x = torch.randn(MIN_ROWS, 64, requires_grad=True)
+    q(x).sum().backward()  # autograd: the simulation, gradients flow
+    assert q.last_kernel == "simulate" and x.grad is not None
+    asym = QuantLinear.from_float(nn.Linear(64, 32), WeightGrid(bits=8, symmetric=False))
+    asym.set_activations(ActSpec("dynamic"))
+    with torch.no_grad():
+        asym(torch.randn(MIN_ROWS, 64))
+    assert asym.last_kernel == "cache"
+    static = w8a8(64, 32, "per_tensor")
+    static.set_activations(ActSpec("static"))
+    with torch.no_grad():
+        static(torch.randn(MIN_ROWS, 64))
+    assert choose_kernel(static, torch.randn(MIN_ROWS, 64)) == "cache"
+
+
+def test_float_weight_cache_follows_the_codes_and_is_not_saved():
+    torch.manual_seed(0)
+    q = QuantLinear.from_float(nn.Linear(16, 8), WeightGrid(bits=4, group_size=8, symmetric=False)).eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        y = q(x)
+        assert q.last_kernel == "cache"
+        assert torch.equal(y, F.linear(x, q.dequantized_weight(), q.bias))
+        assert set(q.state_dict()) == {"qweight", "scale", "zero_point", "bias"}
+        q.qweight.mul_(-1)  # in-place edit: the cache must see it
+        assert torch.equal(q(x), F.linear(x, q.dequantized_weight(), q.bias))
+        other = QuantLinear.from_float(nn.Linear(16, 8), WeightGrid(bits=4, group_size=8, symmetric=False))
+        q.load_state_dict(other.state_dict())
+        assert torch.equal(q(x), other(x))
+        twin = copy.deepcopy(q)
+        assert "_float_weight" not in twin.__dict__ and torch.equal(twin(x), q(x))
+        buffer = io.BytesIO()
+        torch.save(q, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), q(x))
+        q64 = copy.deepcopy(q).to(torch.float64)
+        assert q64(x.double()).dtype == torch.float64
+
+
+def test_weight_only_modules_use_the_cache_and_simulate_opts_out():
+    emb = QuantEmbedding.from_float(nn.Embedding(20, 8), WeightGrid(bits=8)).eval()
+    ids = torch.tensor([[1, 5, 19]])
+    with torch.no_grad():
+        fast = emb(ids)
+        assert emb.last_kernel == "cache"
+        assert set_kernel(emb, "simulate") == 1
+        assert torch.equal(emb(ids), fast) and emb.last_kernel == "simulate"
+        assert "_float_weight" not in emb.__dict__
+    with pytest.raises(ValueError, match="kernel"):
+        set_kernel(emb, "fastest")
+
+
+def test_quantized_model_compiles(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16)).eval()
+    quantize(model, QuantConfig(activations="dynamic", act_granularity="per_token"))
+    x = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, backend="eager")(x)  # dynamo traces the simulation path
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_real_minilm_kernels_match_the_simulation():
+    minilm = pytest.importorskip("mmcompress.models.minilm")
+    try:
+        base = minilm.MiniLMEncoder().eval()
+        tok = minilm.load_minilm_tokenizer()
+    except Exception as err:  # the packaged weights are an optional extra
+        pytest.skip(f"MiniLM weights unavailable: {err}")
+    batch = tok(["a red cotton coat with buttons", "the quick brown fox"], padding=True, return_tensors="pt")
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    model = copy.deepcopy(base)
+    quantize(
+        model,
+        {
+            "re:.*layer\\.\\d+\\.output\\.dense": QuantConfig(activations="dynamic", act_granularity="per_token"),
+            "_default": QuantConfig(activations="dynamic"),
+        },
+    )
+    sim = copy.deepcopy(model)
+    set_kernel(sim, "simulate")
+    inputs = {}
+    for name, module in sim.named_modules():
+        if isinstance(module, QuantLinear):
+            module.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
+    with torch.no_grad():
+        fast, ref, flt = model(**batch), sim(**batch), base(**batch)
+        for name, module in model.named_modules():  # each layer, fed the simulation's input, equals it
+            if name in inputs:
+                y, y_sim = module(inputs[name]), dict(sim.named_modules())[name](inputs[name])
+                assert (y - y_sim).abs().max() <= 1e-5 * y_sim.abs().max()
+    kernels = {m.last_kernel for n, m in model.named_modules() if isinstance(m, QuantLinear) and "encoder" in n}
+    assert kernels == ({"onednn"} if ONEDNN else {"cache"})  # the pooler sees 2 rows: float GEMM
+    # whole model: last-ulp differences move a few codes across rounding boundaries downstream, so
+    # kernel and simulation are two equally good quantized models, not bit-identical ones
+    cos_fast, cos_sim = F.cosine_similarity(fast, flt).mean(), F.cosine_similarity(ref, flt).mean()
+    assert cos_fast > 0.99 and abs(cos_fast - cos_sim) < 0.003
+
+
+def test_w8a8_record_keeps_the_cpu_and_its_weight_bits():
+    from mmcompress.core.cpu import integer_weight_bits
+    from mmcompress.core.record import Record
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    rec = quantize(model, QuantConfig(activations="dynamic"))
+    info = rec.info["integer_kernels"]
+    assert info["weight_bits"] == integer_weight_bits() and "vnni" in info["cpu"]
+    assert Record.from_json(rec.to_json()) == rec
+    assert "integer_kernels" not in quantize(nn.Sequential(nn.Linear(8, 8)), QuantConfig()).info
