@@ -90,3 +90,15 @@ def test_bad_inputs_name_the_layer():
         quantize(model, QuantConfig())
     with pytest.raises(ConfigError, match="weight_bits"):
         QuantConfig.from_dict({"weight_bits": 9})
+
+
+def test_auto_weight_bits_follow_the_cpu_integer_kernels(monkeypatch):
+    import mmcompress.quant.config as config
+
+    monkeypatch.setattr(config, "integer_weight_bits", lambda: 7)  # an AVX2 CPU without VNNI
+    assert QuantConfig.from_dict({"weight_bits": "auto", "activations": "dynamic"}).weight_bits == 7
+    assert QuantConfig.from_dict({"weight_bits": "auto"}).weight_bits == 8  # weight-only: no kernel to saturate
+    monkeypatch.setattr(config, "integer_weight_bits", lambda: 8)
+    assert QuantConfig.from_dict({"weight_bits": "auto", "activations": "static"}).weight_bits == 8
+    with pytest.raises(ConfigError, match="weight_bits"):
+        QuantConfig.from_dict({"weight_bits": "eight"})

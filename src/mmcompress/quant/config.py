@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mmcompress.core.config import FrozenConfig
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.codes import WeightGrid
 
@@ -40,7 +41,9 @@ class QuantConfig(FrozenConfig):
 
     Attributes:
         weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
-            so the measured size is the packed size.
+            so the measured size is the packed size. "auto": with activations, the widest codes
+            this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7 on AVX2
+            without VNNI: `core.cpu.integer_weight_bits`); weight-only, 8.
         scheme: "symmetric" (zero point 0) or "asymmetric" (an int8 zero point per step).
         granularity: "per_channel" (a step per output channel / embedding row), "per_group"
             (a step per `group_size` inputs of a channel) or "per_tensor".
@@ -93,6 +96,14 @@ class QuantConfig(FrozenConfig):
         "embedding",
         "recurrent",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_bits(cls, data):
+        if isinstance(data, dict) and data.get("weight_bits") == "auto":
+            with_activations = data.get("activations", "none") != "none"
+            data = {**data, "weight_bits": integer_weight_bits() if with_activations else 8}
+        return data
 
     @model_validator(mode="after")
     def _activations_need_int8_channels(self) -> QuantConfig:
