@@ -102,7 +102,7 @@ def equalization_pairs(model: nn.Module) -> list[tuple[str, str | None, str]]:
     return pairs
 
 
-def _input_ranges(conv: nn.Conv2d) -> torch.Tensor:
+def input_ranges(conv: nn.Conv2d) -> torch.Tensor:
     """max |w| per input channel of a conv (a depthwise conv's input channel c is its output c)."""
     w = conv.weight.detach().abs()
     if conv.groups == 1:
@@ -140,14 +140,8 @@ def equalize_cross_layer(model: nn.Module, iterations: int = 2) -> Record:
         for first_name, act_name, second_name in pairs:
             first, second = model.get_submodule(first_name), model.get_submodule(second_name)
             r1 = first.weight.detach().abs().reshape(first.out_channels, -1).amax(1)
-            s = equalization_scales(r1, _input_ranges(second))
-            first.weight.div_(s.view(-1, 1, 1, 1).to(first.weight.dtype))
-            if first.bias is not None:
-                first.bias.div_(s.to(first.bias.dtype))
-            shape = (1, -1, 1, 1) if second.groups == 1 else (-1, 1, 1, 1)
-            second.weight.mul_(s.view(shape).to(second.weight.dtype))
-            if act_name is not None:
-                _scale_activation(model, act_name, s)
+            s = equalization_scales(r1, input_ranges(second))
+            rescale_pair(model, (first_name, act_name, second_name), s)
             total[second_name] *= s
     for first_name, act_name, second_name in pairs:
         s = total[second_name]
@@ -158,6 +152,25 @@ def equalize_cross_layer(model: nn.Module, iterations: int = 2) -> Record:
         }
     record.metrics["pairs"] = float(len(pairs))
     return record
+
+
+@torch.no_grad()
+def rescale_pair(model: nn.Module, pair: tuple[str, str | None, str], s: torch.Tensor) -> None:
+    """Divide the first conv's output channel i (weights, bias) by s_i and multiply the second conv's
+    input channel i by s_i, a ReLU6 between them becoming a clamp at 6 / s_i: exact in float.
+
+    Example:
+        >>> rescale_pair(model, equalization_pairs(model)[0], torch.full((32,), 2.0))
+    """
+    first_name, act_name, second_name = pair
+    first, second = model.get_submodule(first_name), model.get_submodule(second_name)
+    first.weight.div_(s.view(-1, 1, 1, 1).to(first.weight.dtype))
+    if first.bias is not None:
+        first.bias.div_(s.to(first.bias.dtype))
+    shape = (1, -1, 1, 1) if second.groups == 1 else (-1, 1, 1, 1)
+    second.weight.mul_(s.view(shape).to(second.weight.dtype))
+    if act_name is not None:
+        _scale_activation(model, act_name, s)
 
 
 def _scale_activation(model: nn.Module, name: str, s: torch.Tensor) -> None:
