@@ -41,7 +41,12 @@ def _const(name: str, value, dtype) -> onnx.TensorProto:
 
 
 def qdq_ready(module: nn.Module) -> bool:
-    """True for a static W8A8 layer with symmetric per-channel weights (what QDQ can express exactly)."""
+    """True for a static W8A8 layer with symmetric per-channel weights (what QDQ can express exactly).
+
+    Example:
+        >>> qdq_ready(model.features[0][0])  # after quantize(..., QuantConfig(activations="static"))
+        True
+    """
     act = getattr(module, "act", None)
     return (
         isinstance(module, (QuantConv2d, QuantLinear))
@@ -54,7 +59,7 @@ def qdq_ready(module: nn.Module) -> bool:
     )
 
 
-def quantize_input(module: nn.Module, x: str, p: str):
+def _quantize_input(module: nn.Module, x: str, p: str):
     """Q -> DQ of `x` with the module's calibrated uint8 step / zero point: (nodes, inits, dq name, step)."""
     step = float(module.act_step)
     inits = [_const(f"{p}_xs", step, np.float32), _const(f"{p}_xzp", int(module.act_zero), np.uint8)]
@@ -65,7 +70,7 @@ def quantize_input(module: nn.Module, x: str, p: str):
     return nodes, inits, f"{p}_xdq", step
 
 
-def dequantize_weight(codes: np.ndarray, steps: np.ndarray, p: str, axis: int):
+def _dequantize_weight(codes: np.ndarray, steps: np.ndarray, p: str, axis: int):
     """int8 codes + per-channel DequantizeLinear along `axis`: (nodes, inits, float weight name)."""
     inits = [
         numpy_helper.from_array(np.ascontiguousarray(codes.astype(np.int8)), f"{p}_wq"),
@@ -97,7 +102,7 @@ def _bias(bias: str, inits: dict, step: float, steps: np.ndarray, p: str):
     return [node], tensors, f"{p}_b"
 
 
-def usable_steps(steps: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _usable_steps(steps: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Per-channel steps with channels whose codes are all zero (steps 0 or denormal) set to the
     largest step: their weights stay zero, and the int32 bias of such a channel stays in range."""
     dead = ~np.any(codes.reshape(len(steps), -1) != 0, axis=1) | (steps <= np.finfo(np.float32).tiny)
@@ -108,11 +113,11 @@ def usable_steps(steps: np.ndarray, codes: np.ndarray) -> np.ndarray:
 def _build(module: nn.Module, steps: np.ndarray, node: onnx.NodeProto, inits: dict, p: str):
     """The node's QDQ form: Q -> DQ on the input, DQ on the int8 weight (and int32 bias), same op."""
     codes = module.qweight.cpu().numpy()
-    steps = usable_steps(steps, codes)
-    nodes, new_inits, xdq, step = quantize_input(module, node.input[0], p)
+    steps = _usable_steps(steps, codes)
+    nodes, new_inits, xdq, step = _quantize_input(module, node.input[0], p)
     if node.op_type == "MatMul":  # x @ W^T: weight (in, out), one step per column
         codes = codes.T
-    w_nodes, w_inits, w = dequantize_weight(codes, steps, p, axis=1 if node.op_type == "MatMul" else 0)
+    w_nodes, w_inits, w = _dequantize_weight(codes, steps, p, axis=1 if node.op_type == "MatMul" else 0)
     nodes += w_nodes
     new_inits += w_inits
     inputs = [xdq, w]

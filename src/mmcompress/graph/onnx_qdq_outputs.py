@@ -54,7 +54,12 @@ def _scalar(name: str, graph: onnx.GraphProto) -> float | None:
 
 def relu_min_to_clip(graph: onnx.GraphProto) -> int:
     """Relu -> Min(c) (how the exporter writes ReLU6) -> one Clip(0, c), the activation ONNX Runtime's
-    QDQ fusions fold into the Conv before it; returns how many. Same values."""
+    QDQ fusions fold into the Conv before it; returns how many. Same values.
+
+    Example:
+        >>> relu_min_to_clip(proto.graph)
+        35
+    """
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:

@@ -8,7 +8,9 @@ x86 path), then scales the int32 result back to float:
 - static: QuantizeLinear with the calibrated step and zero point.
 Conv layers (inputs per tensor) become ConvInteger with the same attributes.
 A SmoothQuant factor is already in the traced graph (a Mul before the layer). The integers are
-exactly those the PyTorch model simulates.
+exactly those the PyTorch model simulates. Static layers go through this path only with
+`export_onnx(..., static_format="integer")` (bit-exact, slower on ONNX Runtime); by default they
+are exported as QDQ (`onnx_qdq`), which ONNX Runtime fuses into QLinearConv / QGemm.
 """
 
 from __future__ import annotations

@@ -24,11 +24,12 @@ LEVELS = {
 class OrtModel:
     """Run an ONNX model with ONNX Runtime on named tensor inputs.
 
-    With `fold_dequantize`, DequantizeLinear nodes on int8 weights are dequantized once when the
-    session loads instead of on every call: the file stays int8, the run is as fast as float.
-    That also turns off ONNX Runtime's QDQ fusions, which QDQ graphs (QuantizeLinear ->
-    DequantizeLinear pairs on activations, as written by other tools) need for integer kernels;
-    the default (None) folds unless the graph has such pairs.
+    mmcompress files need no setting: weight-only int8 weights ship as Cast -> Mul chains that every
+    session folds at load, and static W8A8 layers as QDQ that ONNX Runtime's fusions (on by default)
+    turn into QLinearConv / QGemm. For files from other tools, `fold_dequantize` dequantizes
+    DequantizeLinear nodes on int8 weights once when the session loads instead of on every call;
+    that also turns off the QDQ fusions, so the default (None) folds only when the graph has no
+    QuantizeLinear -> DequantizeLinear pairs on activations.
 
     Example:
         >>> ort_model = OrtModel.from_path("out/model.onnx", threads=2)
