@@ -1,7 +1,9 @@
 """Time one MiniLM runtime in its own process (2 threads): prints JSON {median, p10, p90, times} in ms.
 
 Usage: _minilm_worker.py KIND PATH BATCH TOKENS
-KIND: torch-float | torch-peer (PATH: the peer's name in _minilm_peers.TORCH_PEERS) | ort (PATH:
+KIND: torch-float | torch-peer (PATH: the peer's name in _minilm_peers.TORCH_PEERS) | torch-file (PATH: a
+model pickled whole by torch.save, e.g. one of our quantized variants; PATH:simulate runs it with
+kernel "simulate") | ort (PATH:
 an ONNX file) | ort-gemm (PATH: a one-MatMul ONNX file fed a (BATCH*TOKENS, 384) float input).
 """
 
@@ -25,6 +27,13 @@ def runner(kind: str, path: str, batch: int, tokens: int):
         if kind == "ort-gemm":
             inputs = {session.input_names[0]: np.random.default_rng(0).standard_normal((batch * tokens, 384), "f4")}
         return lambda: session.run(inputs)
+    if kind == "torch-file":  # PATH[:simulate]: the reference path (dequantize per call), as before the kernels
+        from mmcompress.quant.kernels import set_kernel
+
+        file, _, kernel = path.partition(":")
+        model = torch.load(file, weights_only=False).eval()
+        set_kernel(model, kernel or "auto")
+        return lambda: model(**inputs)
     from mmcompress.models.minilm import MiniLMEncoder
 
     model = MiniLMEncoder().eval()

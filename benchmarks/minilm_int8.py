@@ -1,8 +1,11 @@
 """all-MiniLM-L6-v2 (real weights): accuracy, size and speed of our quantization variants and peers.
 
-Run: .venv/bin/python benchmarks/minilm_int8.py [--accuracy-only | --reuse]   (about 30 minutes on 2 cores; peers need
-`pip install -e '.[bench]'`; --reuse times the models of the last run again without rebuilding
-them). Writes the `minilm-int8` section of docs/benchmarks.md.
+Run: .venv/bin/python benchmarks/minilm_int8.py [--accuracy-only | --reuse] [--no-peers] [--no-onnx]
+[--variants "SUBSTRING;..."]   (about 30 minutes on 2 cores; peers need `pip install -e '.[bench]'`;
+--reuse times the models of the last run again without rebuilding them; --variants keeps the
+variants whose name contains one of the substrings). Writes the `minilm-int8` section of
+docs/benchmarks.md. Our quantized models run in PyTorch on the integer kernels of
+`mmcompress.quant.kernels` (kernel "auto"); W8A8 weight bits come from `core.cpu.integer_weight_bits`.
 Accuracy: mean/min cosine similarity of sentence embeddings to float32 on 504 sentences (304
 captions + 200 prose sentences), embedded in batches of 32. Speed: batch 32 x 128 and 1 x 128
 tokens, every runtime in its own process with 2 threads, 3 rounds taken in turn (machine drift
@@ -24,6 +27,7 @@ from _minilm_data import calibration_batches, embed, evaluation_sentences, long_
 from _minilm_peers import ONNX_PEERS, TORCH_PEERS
 from _results import machine, summarize, table, update_section
 
+from mmcompress.core.cpu import cpu_features, integer_weight_bits
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.graph.storage import stored_bytes
@@ -33,13 +37,15 @@ from mmcompress.quant.api import QuantConfig, quantize
 HERE = Path(__file__).resolve().parent
 WORK = Path(tempfile.gettempdir()) / "mmc-minilm-bench"  # ONNX files and accuracy rows of the last run
 EMB = {"re:.*embeddings.*": QuantConfig()}  # embedding tables: int8 rows in every variant
-W7A8 = {"weight_bits": 7, "activations": "dynamic"}
+BITS = integer_weight_bits()  # 8 with VNNI/AMX, 7 on AVX2-only CPUs (u8s8 saturation)
+A8 = {"weight_bits": BITS, "activations": "dynamic"}
+WA = f"W{BITS}A8"
 FFN_DOWN = r"re:.*layer\.\d+\.output\.dense"  # the FFN's second Linear: its GELU input has outlier tokens
 W4 = {"weight_bits": 4, "granularity": "per_group", "scheme": "asymmetric"}
 SQ_TOKEN = {  # SmoothQuant everywhere; per-token steps where outlier tokens live
     **EMB,
-    FFN_DOWN: {**W7A8, "smoothquant": 0.5, "act_granularity": "per_token"},
-    "_default": {**W7A8, "smoothquant": 0.6},
+    FFN_DOWN: {**A8, "smoothquant": 0.5, "act_granularity": "per_token"},
+    "_default": {**A8, "smoothquant": 0.6},
 }
 
 
@@ -47,19 +53,19 @@ def with_method(mapping: dict, method: str) -> dict:
     return {k: v if isinstance(v, QuantConfig) else QuantConfig(**v, method=method) for k, v in mapping.items()}
 
 
-VARIANTS = {  # name -> (mapping, export to ONNX, time it)
+VARIANTS = {  # name -> (mapping, export to ONNX, time the ONNX file); every variant is timed in PyTorch
     "W8 weight-only": ({**EMB, "_default": QuantConfig()}, True, False),
-    "W7A8 dynamic per-tensor": ({**EMB, "_default": QuantConfig(**W7A8)}, True, True),
-    "W7A8 dynamic + SmoothQuant 0.6": ({**EMB, "_default": QuantConfig(**W7A8, smoothquant=0.6)}, True, False),
-    "W7A8 SmoothQuant + per-token FFN-down, RTN": (with_method(SQ_TOKEN, "rtn"), True, False),
-    "W7A8 SmoothQuant + per-token FFN-down, GPTQ": (with_method(SQ_TOKEN, "gptq"), True, True),
-    "W7A8 per-token everywhere + SmoothQuant 0.5": (
-        {**EMB, "_default": QuantConfig(**W7A8, smoothquant=0.5, act_granularity="per_token")},
+    f"{WA} dynamic per-tensor": ({**EMB, "_default": QuantConfig(**A8)}, True, True),
+    f"{WA} dynamic + SmoothQuant 0.6": ({**EMB, "_default": QuantConfig(**A8, smoothquant=0.6)}, True, False),
+    f"{WA} SmoothQuant + per-token FFN-down, RTN": (with_method(SQ_TOKEN, "rtn"), True, False),
+    f"{WA} SmoothQuant + per-token FFN-down, GPTQ": (with_method(SQ_TOKEN, "gptq"), True, True),
+    f"{WA} per-token everywhere + SmoothQuant 0.5": (
+        {**EMB, "_default": QuantConfig(**A8, smoothquant=0.5, act_granularity="per_token")},
         True,
         True,
     ),
-    "W7A8 static (minmax) + SmoothQuant 0.6": (
-        {**EMB, "_default": QuantConfig(weight_bits=7, activations="static", smoothquant=0.6)},
+    f"{WA} static (minmax) + SmoothQuant 0.6": (
+        {**EMB, "_default": QuantConfig(weight_bits=BITS, activations="static", smoothquant=0.6)},
         True,
         True,
     ),
@@ -70,6 +76,26 @@ VARIANTS = {  # name -> (mapping, export to ONNX, time it)
         True,
     ),
 }
+
+
+SIMULATED = f"{WA} SmoothQuant + per-token FFN-down, RTN"  # also timed on the reference path (as before)
+
+
+def option(flag: str) -> str | None:
+    return sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv else None
+
+
+def selected() -> dict:
+    wanted = option("--variants")
+    if wanted is None:
+        return VARIANTS
+    return {k: v for k, v in VARIANTS.items() if any(w.strip() in k for w in wanted.split(";"))}
+
+
+def cpu_line() -> str:
+    f = cpu_features()
+    flags = [n for n in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if getattr(f, n)]
+    return f"CPU flags (`mmcompress.core.cpu`): {', '.join(flags) or 'none'}; integer weight bits chosen: {BITS}"
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -90,27 +116,41 @@ def accuracy(work: Path) -> tuple[list[list[str]], dict[str, tuple[str, str]]]:
         reference = embed(lambda b: base(**b), sentences)
     float_bytes = sum(4 * t.numel() for t in base.state_dict().values())
     speed_inputs = long_batch(32, 128)
-    export_onnx(base, speed_inputs, work / "float.onnx")
+    onnx = "--no-onnx" not in sys.argv
     runtimes = {"PyTorch float32 eager": ("torch-float", "-")}
-    runtimes["ONNX Runtime float32"] = ("ort", str(work / "float.onnx"))
+    if onnx:
+        export_onnx(copy.deepcopy(base), speed_inputs, work / "float.onnx")
+        runtimes["ONNX Runtime float32"] = ("ort", str(work / "float.onnx"))
     rows = [["variant", "runtime", "mean cosine", "min cosine", "stored size vs float32"]]
-    for i, (name, (mapping, exported, timed_too)) in enumerate(VARIANTS.items()):
+    for i, (name, (mapping, exported, timed_too)) in enumerate(selected().items()):
         model = copy.deepcopy(base)
         quantize(model, mapping, calib=calib)
+        model.eval()  # the 2026-11-29 PyTorch rows (0.95) ran models a float export had left in training mode
         size = f"{sum(stored_bytes(model).values()) / float_bytes:.3f}x"
         with torch.no_grad():
             mean, low = cosine(embed(lambda b, m=model: m(**b), sentences), reference)
         rows.append([f"ours: {name}", "PyTorch", f"{mean:.4f}", f"{low:.4f}", size])
-        if exported:
+        torch.save(model, work / f"ours_{i}.pt")  # pickled whole: kernel caches are left out
+        runtimes[f"ours: {name} (PyTorch)"] = ("torch-file", str(work / f"ours_{i}.pt"))
+        if name == SIMULATED:
+            runtimes[f"ours: {name} (PyTorch, kernel 'simulate')"] = ("torch-file", f"{work / f'ours_{i}.pt'}:simulate")
+        if exported and onnx:
             path = work / f"ours_{i}.onnx"
-            export_onnx(model, speed_inputs, path)
+            export_onnx(copy.deepcopy(model), speed_inputs, path)
             mean, low = cosine(ort_embed(path, sentences), reference)
             rows.append([f"ours: {name}", "ONNX Runtime", f"{mean:.4f}", f"{low:.4f}", size])
             if timed_too:
-                runtimes[f"ours: {name}"] = ("ort", str(path))
+                runtimes[f"ours: {name} (ONNX Runtime)"] = ("ort", str(path))
         print(rows[-1], flush=True)
+    if "--no-peers" not in sys.argv:
+        rows += peers(base, calib, sentences, reference, runtimes, work)
+    return rows, runtimes
+
+
+def peers(base, calib, sentences, reference, runtimes, work: Path) -> list[list[str]]:
+    rows = []
     for name, build in TORCH_PEERS.items():
-        model = build(base, calib)
+        model = build(base, calib).eval()
         with torch.no_grad():
             mean, low = cosine(embed(lambda b, m=model: m(**b), sentences), reference)
         rows.append([f"peer: {name}", "PyTorch", f"{mean:.4f}", f"{low:.4f}", "-"])
@@ -123,20 +163,20 @@ def accuracy(work: Path) -> tuple[list[list[str]], dict[str, tuple[str, str]]]:
         rows.append([f"peer: {name}", "ONNX Runtime", f"{mean:.4f}", f"{low:.4f}", "-"])
         runtimes[f"peer: {name}"] = ("ort", str(path))
         print(rows[-1], flush=True)
-    return rows, runtimes
+    return rows
 
 
 def gemm_models(work: Path) -> dict[str, tuple[str, str]]:
-    """One FFN-sized Linear (384 -> 1536), float and W7A8 dynamic: the kernel-level ceiling."""
+    """One FFN-sized Linear (384 -> 1536), float and A8 dynamic: the kernel-level ceiling."""
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Linear(384, 1536))
     x = torch.randn(4096, 384)
     export_onnx(layer, x, work / "gemm_float.onnx")
-    quantize(layer, QuantConfig(**W7A8))
+    quantize(layer, QuantConfig(**A8))
     export_onnx(layer, x, work / "gemm_w7a8.onnx")
     return {
         "kernel: one 4096x384 @ 384x1536 GEMM, float32": ("ort-gemm", str(work / "gemm_float.onnx")),
-        "kernel: same GEMM, u8s8 MatMulInteger (W7A8)": ("ort-gemm", str(work / "gemm_w7a8.onnx")),
+        "kernel: same GEMM, u8s8 MatMulInteger (A8)": ("ort-gemm", str(work / "gemm_w7a8.onnx")),
     }
 
 
@@ -178,22 +218,29 @@ def main() -> None:
     if "--accuracy-only" in sys.argv:
         return
     work = WORK
-    speed32 = speed({**runtimes, **gemm_models(work)}, 32)
+    kernels = gemm_models(work) if "--no-onnx" not in sys.argv else {}
+    speed32 = speed({**runtimes, **kernels}, 32)
     speed1 = speed(runtimes, 1)
     body = (
         "## all-MiniLM-L6-v2 quantization (`benchmarks/minilm_int8.py`)\n\n"
-        f"{machine()}. Embedding cosine similarity to float32 on 504 sentences (the 304 captions "
+        f"{machine()}. {cpu_line()}. Embedding cosine similarity to float32 on 504 sentences (the 304 captions "
         "and 200 prose sentences from the Python docs), embedded in batches of 32. Calibration "
         "(GPTQ, SmoothQuant, static ranges, peers): 256 other sentences (128 caption chains, 128 prose "
         "sentences the evaluation does not use). W4 rows: asymmetric steps per group of 128. Stored "
-        "size: the compact file (packed codes, steps) against float32 weights.\n\n"
+        "size: the compact file (packed codes, steps) against float32 weights. PyTorch rows run our "
+        "quantized modules with kernel 'auto' (`mmcompress.quant.kernels`: oneDNN int8 GEMMs for W8A8 "
+        "dynamic layers, a cached dequantized weight elsewhere).\n\n"
         f"{table(rows)}\n\n"
         "Batch 32 x 128 tokens; each runtime in its own process, 2 threads, 3 rounds in turn:\n\n"
         f"{table(speed32)}\n\n"
         "Batch 1 x 128 tokens:\n\n"
         f"{table(speed1)}\n"
     )
-    update_section("minilm-int8", body)
+    partial = any(flag in sys.argv for flag in ("--variants", "--no-peers", "--no-onnx"))
+    if partial:  # a subset must not replace the full tables: print them for a hand-written update
+        (WORK / "partial_section.md").write_text(body)
+    else:
+        update_section("minilm-int8", body)
     print(body)
 
 

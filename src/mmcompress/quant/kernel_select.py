@@ -1,10 +1,21 @@
 """Which kernel a quantized layer runs on a given input (see `kernels.py` for the kernels).
 
-Rule, from measurements on this project's machine (Xeon with AVX-512 VNNI and AMX, torch 2.13
-CPU; see docs/benchmarks.md, minilm-int8 section):
-- W8A8 dynamic Linear: oneDNN's int8 GEMM when the input has at least MIN_ROWS rows; below that
-  the GEMM is too small for the integer kernel's fixed costs (input quantization, a second
-  dequantizing pass) and the float GEMM with the cached weight wins;
+A fixed rule, from measurements on this project's machine (Xeon with AVX-512 VNNI and AMX,
+torch 2.13 CPU, one thread, medians of interleaved rounds; the machine was shared, so take the
+ratios as +-20%). Speed-up over float32 `F.linear`, per-tensor / per-token inputs:
+
+    rows x in x out     oneDNN int8    torch._int_mm   float GEMM, cached weight + simulated input
+    4096 x 384 x 1536   2.99 / 1.37    1.00 / 0.96     0.71 / 0.87
+    4096 x 1536 x 384   1.39 / 1.00    0.93 / 0.98     0.35 / 0.54
+     128 x 384 x 1536   1.29 / 1.60    1.18 / 1.21     0.29 / 0.83
+      16 x 384 x 1536   0.96 / 1.37    1.23 / 1.39     0.95 / 1.36
+       4 x 384 x 1536   0.70 / 0.80    0.56 / 0.83     0.86 / 0.99
+       1 x 384 x 1536   0.39 / 0.43    0.36 / 0.46     0.60 / 0.54
+
+(`torch.ops.aten._weight_int8pack_mm` was 4-50x slower than float here and is not used.) Hence:
+- W8A8 dynamic Linear: oneDNN's int8 GEMM from MIN_ROWS rows (tokens x batch); below that the
+  integer kernel's fixed costs (input quantization, a dequantizing pass, oneDNN's call overhead)
+  lose to the float GEMM with the cached weight and the simulated input quantization;
 - everything else (weight-only, grouped/asymmetric codes, static inputs that `integer_sim`
   does not take, convolutions, embeddings): the cached dequantized weight.
 """
