@@ -2,7 +2,12 @@
 float model, KL, stored size and deployed ONNX file size; ONNX Runtime's quantize_static as peer.
 
 Run: .venv/bin/python benchmarks/mobilenet_v2.py [--only SUBSTRING,...] [--no-write]   (several minutes; run it alone)
-Writes the `mobilenet-v2` section of docs/benchmarks.md (not with --only or --no-write). Accuracy only (no timing).
+Writes the `mobilenet-v2` section of docs/benchmarks.md (not with --only or --no-write).
+
+`--speed [--rounds N] [--threads T]`: ONNX Runtime latency at batch 1 and 32 of the float file, ONNX
+Runtime's quantize_static (QDQ, per-channel, same calibration crops), mmcompress W8A8 static (QDQ
+and the bit-exact integer form) and W8 weight-only, each file timed in its own process, the files
+alternating round by round; writes the `mobilenet-v2-speed` block inside the section.
 
 The best W8A8 static recipe measured here (issue 14): fold BatchNorm -> `equalize_cross_layer` ->
 `quantize(QuantConfig(activations="static", act_observer="percentile", method="gptq"))`, without
@@ -13,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-from _results import machine, table, update_section
+from _mobilenet_speed import cpu_flags, scratch_dir, speed_table
+from _results import DOC, machine, table, update_section
 
 from mmcompress.data.photos import photo_crops
 from mmcompress.evaluate.measure import measure
@@ -73,18 +80,86 @@ def ort_peer(float_path: Path, out: Path, calib) -> Path:
     return out
 
 
+SPEED = "mobilenet-v2-speed"
+
+
+def speed(base, test, calib, rounds: int, threads: int, write: bool) -> None:
+    """Latency of the deployed files side by side, and each file's top-1 agreement with float PyTorch."""
+    tmp = scratch_dir(test)
+    ref = logits(base, test)
+    export_onnx(base, test[:4], tmp / "float.onnx")
+    pct = QuantConfig(activations="static", method="gptq", act_observer="percentile")
+    w8a8 = variant(base, True, True, pct, calib, False)
+    w8 = variant(base, True, False, QuantConfig(method="gptq"), calib, True)
+    files = {
+        "float": tmp / "float.onnx",
+        "ORT quantize_static (QDQ, per-channel)": ort_peer(tmp / "float.onnx", tmp / "ort_static.onnx", calib),
+        "mmcompress W8A8 static (QDQ, default)": tmp / "w8a8_qdq.onnx",
+        "mmcompress W8A8 static (integer, bit-exact)": tmp / "w8a8_integer.onnx",
+        "mmcompress W8 weight-only": tmp / "w8.onnx",
+    }
+    export_onnx(w8a8, test[:8], files["mmcompress W8A8 static (QDQ, default)"])
+    export_onnx(w8a8, test[:8], files["mmcompress W8A8 static (integer, bit-exact)"], static_format="integer")
+    export_onnx(w8, test[:8], files["mmcompress W8 weight-only"])
+    outs = {name: ort_logits(path, test) for name, path in files.items()}
+    agreement = {name: f"{top1_agreement(ref, out):.3f}" for name, out in outs.items()}
+    pt = logits(w8a8, test)
+    parity = {n: top1_agreement(pt, outs[n]) for n in files if "W8A8" in n}
+    print(agreement, parity, flush=True)
+    rows = speed_table(files, agreement, rounds, threads)
+    body = (
+        f"### Speed on ONNX Runtime (`benchmarks/mobilenet_v2.py --speed`)\n\n"
+        f"{machine()}; ONNX Runtime sessions with {threads} intra-op thread(s), graph optimizations 'all'; "
+        f"CPU flags: {cpu_flags()}. Each file is timed in its own process (warm-up, then the median of >= 3 s "
+        f"of calls), the files alternating in each of {rounds} rounds; the table gives the median of the round "
+        f"medians and their range, on a machine shared with other jobs. Agreement: top-1 agreement with the "
+        f"float PyTorch model on the {N_TEST} test crops (the same crops and {N_CALIB} calibration crops for "
+        "every quantizer). W8A8 = fold BatchNorm + CLE + GPTQ, percentile input ranges; W8 = GPTQ + bias "
+        "correction. Top-1 agreement of the W8A8 files with the PyTorch W8A8 model: "
+        + ", ".join(f"{n.split('(')[1].rstrip(')')} {v:.3f}" for n, v in parity.items())
+        + ".\n\n"
+        f"{table(rows)}\n"
+    )
+    print(body)
+    if write:
+        _write_speed(body)
+
+
+def _write_speed(body: str) -> None:
+    """The speed block lives inside the mobilenet-v2 section (added at its end the first time)."""
+    text = DOC.read_text()
+    if f"<!-- {SPEED} -->" in text:
+        update_section(SPEED, body)
+        return
+    section = re.search(r"<!-- mobilenet-v2 -->\n(.*?)\n<!-- /mobilenet-v2 -->", text, re.S)
+    block = f"<!-- {SPEED} -->\n{body.strip()}\n<!-- /{SPEED} -->"
+    update_section("mobilenet-v2", (section.group(1) if section else "") + "\n\n" + block)
+
+
+def _with_speed_block(body: str) -> str:
+    """The accuracy body plus the speed block already in the doc (so rewriting one keeps the other)."""
+    found = re.search(rf"<!-- {SPEED} -->.*?<!-- /{SPEED} -->", DOC.read_text() if DOC.exists() else "", re.S)
+    return body if found is None else body.rstrip() + "\n\n" + found.group(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only", default="", help="comma-separated substrings of variant names (float and ORT always run)"
     )
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
+    parser.add_argument("--speed", action="store_true", help="time the ONNX files instead (batch 1 and 32)")
+    parser.add_argument("--rounds", type=int, default=5, help="--speed: rounds of alternating timings")
+    parser.add_argument("--threads", type=int, default=1, help="--speed: ONNX Runtime intra-op threads per session")
     args = parser.parse_args()
     wanted = [w for w in args.only.split(",") if w]
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
     test, calib = photo_crops(N_TEST, split="test"), photo_crops(N_CALIB, split="calib")
     base = load_mobilenet_v2()
+    if args.speed:
+        speed(base, test, calib, args.rounds, args.threads, write=not args.no_write)
+        return
     ref = logits(base, test)
     tmp = Path(tempfile.mkdtemp())
     rows = [["variant", "top-1 agreement", "mean KL", "measure bytes", "ONNX file bytes", "ORT vs PyTorch top-1"]]
@@ -134,7 +209,7 @@ def main() -> None:
         f"{table(rows)}\n"
     )
     if not (wanted or args.no_write):
-        update_section("mobilenet-v2", body)
+        update_section("mobilenet-v2", _with_speed_block(body))
     print(body)
 
 
