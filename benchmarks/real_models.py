@@ -30,6 +30,7 @@ from mmcompress.core.shared_params import modules_sharing_weight
 from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
 from mmcompress.prune.repair import recalibrate_batchnorm
+from mmcompress.quant.act_equalize import equalize_activations
 from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
@@ -61,7 +62,10 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
         teacher = suite.load() if repair else None
         config = {"_default": {"ratio": ratio, "unit": unit}}
         calib = suite.calib if unit == "channels" else None  # measured means compensate removed channels
-        rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=calib)
+        if unit == "channels" and suite.prune_channels is not None:  # the suite's targets (MobileNetV2)
+            rec = suite.prune_channels(model, ratio)
+        else:
+            rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=calib)
         if repair:
             if suite.batchnorm:  # BatchNorm statistics follow the pruned inputs (the change, not the photos')
                 recalibrate_batchnorm(model, suite.calib, reference=teacher, record=rec)
@@ -72,14 +76,16 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
     return run
 
 
-def _calibrated(config: dict, equalize: bool = False, bias: bool = True):
+def _calibrated(config: dict, equalize: bool | str = False, bias: bool = True):
     """Fold BatchNorm (and optionally equalize ranges across layers), quantize with GPTQ, correct biases."""
 
     def run(suite: Suite, model):
         folded = mmcompress.fold_batchnorm(model).metrics.get("folded", 0)
         if not folded:
             raise UnsupportedError("no BatchNorm to fold: bias correction rows are for BatchNorm CNNs")
-        if equalize:
+        if equalize == "activations":  # per-channel weights: equalize the activations' channel ranges instead
+            equalize_activations(model, suite.calib)
+        elif equalize:
             equalize_cross_layer(model)
         reference = copy.deepcopy(model)
         mmcompress.quantize(model, {**config, "method": "gptq"}, calib=suite.calib)
@@ -101,6 +107,12 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "W8A8 static + CLE + GPTQ + bias corr.": _calibrated({"weight_bits": 8, "activations": "static"}, equalize=True),
     "W8A8 static + CLE + GPTQ (percentile)": _calibrated(
         {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize=True, bias=False
+    ),
+    "W8A8 static + CLE + GPTQ (search)": _calibrated(
+        {"weight_bits": 8, "activations": "static", "act_observer": "search"}, equalize=True, bias=False
+    ),
+    "W8A8 static + act. equalization + GPTQ (percentile)": _calibrated(
+        {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize="activations", bias=False
     ),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
@@ -128,6 +140,8 @@ BATCHNORM_ONLY = (
     "W8 GPTQ + bias correction",
     "W8A8 static + CLE + GPTQ + bias corr.",
     "W8A8 static + CLE + GPTQ (percentile)",
+    "W8A8 static + CLE + GPTQ (search)",
+    "W8A8 static + act. equalization + GPTQ (percentile)",
 )
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
