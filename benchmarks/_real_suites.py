@@ -22,6 +22,7 @@ import mmcompress
 from mmcompress.core.batches import call_model
 from mmcompress.data.photos import photo_crops
 from mmcompress.data.tokenizer import WordTokenizer
+from mmcompress.distill.seq2seq import distill_seq2seq
 from mmcompress.evaluate.metrics import cosine_similarity, mean_kl, top1_agreement
 
 
@@ -39,6 +40,7 @@ class Suite:
     repair: Callable[[nn.Module, nn.Module], None] | None = None  # (teacher, student) -> student trained in place
     heads: bool = False
     batchnorm: bool = False
+    prune_heads: Callable[[nn.Module, float], Any] | None = None  # (model, ratio) -> record; default: per layer
     prune_channels: Callable[[nn.Module, float], Any] | None = None  # (model, ratio) -> record; default: every layer
 
 
@@ -215,8 +217,9 @@ def whisper_suite() -> Suite:
     """Whisper tiny.en (CTranslate2 weights converted to transformers): corpus WER on the 10 real
     pocketsphinx clips; calibration on the package's 4 other real recordings, pseudo-labelled by the
     float model, and 32 espeak-ng sentences read with their own text (the 4 recordings alone give
-    the decoder's 384-wide Hessians 27 token rows); the heads repair also hears 24 other espeak-ng
-    sentences (teacher-forced distillation)."""
+    the decoder's 384-wide Hessians 27 token rows). The heads cell ranks all 72 heads together
+    (ablation KL on one packed window of 4 of those sentences) and its repair hears 100 other
+    espeak-ng sentences and the 4 recordings (teacher-forced distillation, 29 s windows)."""
     from mmcompress.audio.speech import (
         Utterance,
         load_real_speech,
@@ -245,14 +248,46 @@ def whisper_suite() -> Suite:
         texts = transcribe(model.eval(), speech)
         return {"wer": word_error_rate(refs, texts), "wer_normalized": word_error_rate(refs, texts, normalize=True)}
 
+    def prune_heads(model: nn.Module, ratio: float):
+        """One ranking of all 72 heads (encoder self-, decoder self- and cross-attention) by the KL of the
+        teacher-forced next-token distributions when each head alone is masked, on one packed window."""
+        config = {"ratio": ratio, "unit": "heads", "method": "ablation", "scope": "global"}
+        window = calibration_batches(model, speech_batches(read[:4], batch_size=1, pack_seconds=29))
+        return mmcompress.prune_structured(model, {"_default": config}, calib=window, max_batches=1)
+
     def repair(teacher: nn.Module, student: nn.Module) -> None:
-        spoken = [Utterance(f"tts{i}", synthesize(text, voices[i % 3], 150 + 10 * (i % 4), 50), "")
-                  for i, text in enumerate(sentences[200:224])]  # fmt: skip
-        raw = speech_batches(pseudo_label(teacher, spoken + load_unlabeled_speech()), batch_size=4)
-        _seq2seq_repair(teacher, student, calibration_batches(teacher, raw))
+        """Teacher-forced distillation (padding masked) on 100 other espeak-ng sentences and the 4
+        pseudo-labelled recordings, packed into 29 s windows; a tower that lost no head stays frozen."""
+        spoken = [Utterance(f"tts{i}", synthesize(text, voices[i % 3], 150 + 10 * (i % 4), 50), text)
+                  for i, text in enumerate(sentences[100:200])]  # fmt: skip
+        windows = calibration_batches(teacher, speech_batches(spoken + unlabeled, batch_size=1, pack_seconds=29))
+        trained = _unpruned_towers_frozen(teacher, student)
+        try:
+            distill_seq2seq(teacher, student, windows, {"steps": REPAIR_STEPS, "lr": 1e-4, "warmup": 5})
+        finally:
+            for p in trained:
+                p.requires_grad_(True)
 
     example = calibration_batches(float_model, speech_batches(pseudo_label(float_model, speech[5:6]), 1))[0]
-    return Suite("Whisper tiny.en", "wer", False, load, calib, evaluate, example, repair, heads=True)
+    return Suite("Whisper tiny.en", "wer", False, load, calib, evaluate, example, repair, heads=True,
+                 prune_heads=prune_heads)  # fmt: skip
+
+
+REPAIR_STEPS = 60  # optimizer steps of one 29 s window each (a few minutes on 2 CPU cores)
+
+
+def _unpruned_towers_frozen(teacher: nn.Module, student: nn.Module) -> list[nn.Parameter]:
+    """Freeze the encoder when head pruning left it whole (no gradient through 30 s of audio)."""
+    encoder = getattr(getattr(student, "model", student), "encoder", None)
+    if encoder is None:
+        return []
+    ref = dict(getattr(teacher, "model", teacher).encoder.named_parameters())
+    if any(p.shape != ref[n].shape for n, p in encoder.named_parameters()):
+        return []
+    frozen = [p for p in encoder.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 def _distill_loop(teacher: nn.Module, student: nn.Module, batches: list, loss_of, lr: float, epochs: int) -> None:
@@ -288,18 +323,6 @@ def _logit_repair(teacher: nn.Module, student: nn.Module, batches: list, tempera
         return nn.functional.kl_div(log_q, soft, log_target=True, reduction="batchmean") * temperature**2
 
     _distill_loop(teacher, student, batches, loss, 1e-3, 1)
-
-
-def _seq2seq_repair(teacher: nn.Module, student: nn.Module, batches: list, epochs: int = 4) -> None:
-    """Teacher-forced distillation of an encoder-decoder: KL of next-token distributions, padding masked."""
-
-    def loss(target, out, batch):
-        log_p, log_q = target.logits.log_softmax(-1), out.logits.log_softmax(-1)
-        mask = batch["decoder_attention_mask"].to(log_q.dtype)  # (B, T)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, T)
-        return (kl * mask).sum() / mask.sum()
-
-    _distill_loop(teacher, student, batches, loss, 5e-5, epochs)
 
 
 __all__ = ["Suite", "cosine_similarity", "fusion_suite", "minilm_suite", "mobilenet_suite", "whisper_suite"]

@@ -62,7 +62,9 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
         teacher = suite.load() if repair else None
         config = {"_default": {"ratio": ratio, "unit": unit}}
         calib = suite.calib if unit == "channels" else None  # measured means compensate removed channels
-        if unit == "channels" and suite.prune_channels is not None:  # the suite's targets (MobileNetV2)
+        if unit == "heads" and suite.prune_heads is not None:  # the suite's own ranking (Whisper: global)
+            rec = suite.prune_heads(model, ratio)
+        elif unit == "channels" and suite.prune_channels is not None:  # the suite's targets (MobileNetV2)
             rec = suite.prune_channels(model, ratio)
         else:
             rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=calib)
@@ -71,9 +73,14 @@ def _structured(ratio: float, unit: str = "channels", repair: bool = False):
                 recalibrate_batchnorm(model, suite.calib, reference=teacher, record=rec)
             suite.repair(teacher, model)
         removed = rec.metrics.get("removed")  # fraction of parameters removed
-        return {"removed": removed}
+        return {"removed": removed, "units_removed": rec.metrics.get("units_removed"), "kept": _kept(rec)}
 
     return run
+
+
+def _kept(record) -> str:
+    """Units kept per shrunk module, in order ("6,6,5,3,..."): global ranking gives uneven counts."""
+    return ",".join(str(e["kept"]) for e in record.modules.values() if e.get("structure") in ("heads", "channels"))
 
 
 def _calibrated(config: dict, equalize: bool | str = False, bias: bool = True):
@@ -217,6 +224,10 @@ def render(results: dict[str, list[dict]], baselines: dict[str, dict]) -> str:
         body = [["float32", *[_fmt(base[k]) for k in metrics], _fmt(base["stored_mb"], 2), "", "", "reference"]]
         for r in rows:
             notes = r["status"] if r["status"] != "ok" else "; ".join(r.get("warnings", [])[:2])
+            if r.get("units_removed") is not None:  # what was removed, not only what was asked
+                kept = f"; kept per module {r['kept']}" if r.get("kept") else ""
+                share = f"removed {r['units_removed']:.1%} of the units ({r['removed']:.1%} of parameters{kept}). "
+                notes = share + notes
             if r.get("onnx_error"):
                 notes += f" ONNX error: {r['onnx_error']}"
             elif r.get("onnx_warnings"):
