@@ -21,6 +21,12 @@ HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "mmcompress"]
 
 
+def cpu_flags() -> str:
+    from mmcompress.core.cpu import cpu_features
+
+    return ", ".join(k for k, v in cpu_features().to_dict().items() if v is True)
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -61,11 +67,11 @@ def main() -> None:
     export_float_baseline(str(work / "cache"), work / "float.onnx")
     lat = {
         "PyTorch float32": latency("torch-float", "", str(work / "cache")),
-        "PyTorch compressed (int8 weights, dequantized on the fly)": latency(
+        "PyTorch compressed (text Linear on oneDNN int8 GEMMs, the rest cached float weights)": latency(
             "torch-compressed", str(work / "cached"), str(work / "cache")
         ),
         "ONNX Runtime float32": latency("ort", str(work / "float.onnx"), str(work / "cache")),
-        "ONNX Runtime int8 weights (dequantized once at load)": latency(
+        "ONNX Runtime compressed (MatMulInteger text layers)": latency(
             "ort", str(work / "cached" / "model.onnx"), str(work / "cache")
         ),
     }
@@ -92,7 +98,7 @@ def main() -> None:
         f"- `mmcompress run` with an empty cache (trains the baseline): **{fresh:.0f} s** (target <= 480 s)\n"
         f"- `mmcompress run` with the cached baseline: **{cached:.0f} s** (target <= 180 s)\n"
         f"- zero-shot accuracy drop: **{drop:.2f} points** (target <= 1.0); compression "
-        f"**{base['stored_bytes'] / comp['stored_bytes']:.2f}x** (target >= 4x)\n"
+        f"**{base['stored_bytes'] / comp['stored_bytes']:.2f}x** (target >= 8x)\n"
         f"- int8 ONNX artifact in ONNX Runtime: zero-shot {onnx['ort_zero_shot_accuracy']:.4f} vs PyTorch "
         f"{onnx['torch_zero_shot_accuracy']:.4f} on the first 2,000 test images; output cosine "
         f"{onnx['output_cosine']:.5f}, max abs error {onnx['max_abs_error']:.4f}; file "
@@ -101,9 +107,11 @@ def main() -> None:
         "Latency, batch of 32 image-caption pairs, 2 threads, each runtime in its own process, "
         "median of 20 after 5 warm-up calls:\n\n"
         f"{table(lat_rows)}\n\n"
-        "The compressed model is smaller, not faster: weights are stored as int8 but computed in float "
-        "(PyTorch dequantizes on every call; ONNX Runtime once, when the session loads). Integer kernels "
-        "(QLinear/MatMulInteger/MatMulNBits) are the quantization suite's job.\n"
+        f"Targets: compressed >= 1.2x faster than float32 in PyTorch, >= 2x on ONNX Runtime. CPU: {cpu_flags()}. "
+        "The text tower's Linear layers quantize their inputs per call (W8A8 dynamic, 8-bit weights "
+        "where the CPU has VNNI/AMX, 7-bit on AVX2 without VNNI) and run integer GEMMs in both runtimes; "
+        "the 3-bit embedding tables and the image tower's int8 convolutions cost size, not time "
+        "(PyTorch keeps their dequantized weights cached).\n"
     )
     update_section("default-recipe", body)
     print(body)

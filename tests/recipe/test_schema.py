@@ -10,7 +10,8 @@ from mmcompress.recipe.stages import build_pass
 
 def test_default_recipe_is_valid_and_round_trips():
     recipe = load_recipe(None)
-    assert [s.pass_ for s in recipe.stages] == ["evaluate", "prune", "finetune", "quantize", "evaluate", "export_onnx"]
+    passes = ["evaluate", "prune", "finetune", "quantize", "quantize", "evaluate", "export_onnx"]
+    assert [s.pass_ for s in recipe.stages] == passes
     assert Recipe.from_dict(recipe.to_dict()) == recipe
 
 

@@ -1,0 +1,147 @@
+"""Whisper tiny.en greedy decoding of the 10 real pocketsphinx clips: time and WER, float vs
+compressed in PyTorch (optionally with the encoder in ONNX Runtime) vs CTranslate2 float32/int8.
+
+Run: .venv/bin/python benchmarks/whisper_speed.py [--rounds 2] [--variants a,b] [--no-write]
+Every variant runs in its own process (2 threads); rounds alternate the variants so machine drift
+hits them alike; the time is the whole transcription of the 10 clips (encoder + greedy decoder,
+HF `generate` for PyTorch), median over rounds, after one warm-up clip. Writes the
+`whisper-speed` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import machine, table, update_section
+
+VARIANTS = {  # name -> (description, quantization targets or None, encoder on ONNX Runtime)
+    "float": ("PyTorch float32", None, False),
+    "w8": ("PyTorch W8 weight-only (all Linear, token table 8-bit)", {"_default": {"weight_bits": 8}}, False),
+    "w8a8": (
+        "PyTorch W8A8 dynamic per-token (Linear), token table 8-bit",
+        {
+            "re:.*embed_tokens": {"weight_bits": 8},
+            "_default": {"weight_bits": 8, "activations": "dynamic", "act_granularity": "per_token"},
+        },
+        False,
+    ),  # fmt: skip
+    "w4": (
+        "PyTorch W4 g128 RTN (Linear), token table 8-bit",
+        {
+            "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
+            "_default": {"weight_bits": 4, "granularity": "per_group", "group_size": 128, "scheme": "asymmetric"},
+        },
+        False,
+    ),  # fmt: skip
+    "float+ort": ("PyTorch float32 decoder, encoder in ONNX Runtime", None, True),
+    "w8a8+ort": ("W8A8 decoder, int8 encoder in ONNX Runtime", "w8a8", True),
+    "ct2-float32": ("CTranslate2 float32", None, False),
+    "ct2-int8": ("CTranslate2 int8 (peer)", None, False),
+}
+
+
+def _worker(name: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from mmcompress.audio.speech import load_real_speech, transcribe, word_error_rate
+
+    speech = load_real_speech()
+    refs = [u.text for u in speech]
+    if name.startswith("ct2-"):
+        from mmcompress.audio.ct2 import ct2_transcribe
+        from mmcompress.models.hf.whisper_ct2 import packaged_whisper_path
+
+        compute = name.split("-", 1)[1]
+        run = lambda clips: ct2_transcribe(packaged_whisper_path(), clips, compute_type=compute, threads=threads)  # noqa: E731
+    else:
+        import mmcompress
+        from mmcompress.models.hf.speech_ort import encoder_on_onnxruntime
+
+        _, targets, on_ort = VARIANTS[name]
+        targets = VARIANTS[targets][1] if isinstance(targets, str) else targets
+        model = mmcompress.load_model("hf:whisper-tiny.en").eval()
+        if targets is not None:
+            mmcompress.quantize(model, targets)
+        if on_ort:
+            encoder_on_onnxruntime(model, Path(tempfile.mkdtemp()) / "encoder.onnx", threads=threads)
+        run = lambda clips: transcribe(model, clips)  # noqa: E731
+    run(speech[:1])  # warm-up
+    start = time.perf_counter()
+    texts = run(speech)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "wer": word_error_rate(refs, texts),
+        "wer_normalized": word_error_rate(refs, texts, normalize=True),
+    }
+
+
+def _measure(names: list[str], rounds: int, threads: int) -> dict[str, dict]:
+    got: dict[str, dict] = {n: {"seconds": []} for n in names}
+    for _ in range(rounds):
+        for name in names:
+            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads)],
+                                  capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            got[name]["seconds"].append(row["seconds"])
+            got[name].update(wer=row["wer"], wer_normalized=row["wer_normalized"])
+            print(name, row, flush=True)
+    return got
+
+
+def _render(got: dict[str, dict], threads: int, flags: str) -> str:
+    base = statistics.median(got["float"]["seconds"]) if "float" in got else None
+    ct2 = statistics.median(got["ct2-int8"]["seconds"]) if "ct2-int8" in got else None
+    rows = [["variant", "seconds (10 clips)", "vs PyTorch float32", "vs ct2 int8 time", "WER", "normalized WER"]]
+    for name, row in got.items():
+        sec = statistics.median(row["seconds"])
+        vs_float, vs_ct2 = f"{base / sec:.2f}x" if base else "-", f"{sec / ct2:.2f}x" if ct2 else "-"
+        wers = f"{row['wer']:.3f}", f"{row['wer_normalized']:.3f}"
+        rows.append([VARIANTS[name][0], f"{sec:.2f}", vs_float, vs_ct2, *wers])
+    return (
+        "## Whisper tiny.en decoding speed (`benchmarks/whisper_speed.py`)\n\n"
+        f"{machine()}; CPU flags: {flags}. Greedy decoding of the 10 real pocketsphinx clips "
+        f"(encoder + decoder, HF `generate` for PyTorch), {threads} threads, each variant in its own "
+        f"process, median of {len(next(iter(got.values()))['seconds'])} alternating rounds after one "
+        "warm-up clip. \"vs ct2 int8 time\" is this variant's time over CTranslate2 int8's (the target "
+        "is <= 1.5x).\n\n" + table(rows)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.threads)))
+        return
+    from mmcompress.core.cpu import cpu_features
+
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    got = _measure(names, args.rounds, args.threads)
+    flags = [k for k, v in cpu_features().to_dict().items() if v is True]
+    text = _render(got, args.threads, ", ".join(flags))
+    print(text)
+    if not args.no_write:
+        update_section("whisper-speed", text)
+
+
+if __name__ == "__main__":
+    main()
