@@ -25,7 +25,7 @@ from mmcompress.errors import ConfigError
     help="W8A8: quantize Linear inputs too (needs --bits 7 or 8).",
 )  # fmt: skip
 @click.option("--act-granularity", type=click.Choice(["per_tensor", "per_token"]), default="per_tensor")
-@click.option("--act-observer", type=click.Choice(["minmax", "percentile", "mse", "kl"]), default="minmax")
+@click.option("--act-observer", type=click.Choice(["minmax", "percentile", "mse", "kl", "search"]), default="minmax")
 @click.option("--smoothquant", type=float, default=None, help="SmoothQuant migration strength alpha in (0, 1).")
 @click.option(
     "--only", "only", multiple=True,
