@@ -7,21 +7,15 @@ import copy
 import pytest
 import torch
 
-from mmcompress.models.zoo import ImageClassifier
 from mmcompress.recipe.runner import compress, load_run
-from mmcompress.train.config import TrainConfig
-from mmcompress.train.loop import fit
 from mmcompress.train.tasks import ClassificationTask
 
 REPAIRED_MIN_GAIN = 0.02  # accuracy points distillation adds (digits, half of every conv gone; measured 0.05)
 
 
 @pytest.fixture
-def trained(digits):
-    torch.manual_seed(0)
-    model = ImageClassifier((8, 16, 32))
-    fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=4, batch_size=64, lr=5e-3), progress=False)
-    return model
+def trained(train_digits_cnn):
+    return train_digits_cnn(epochs=4)
 
 
 def test_prune_reconstruct_recalibrate_and_distill_with_frozen_batchnorm(trained, digits, tmp_path):

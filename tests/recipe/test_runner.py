@@ -6,8 +6,6 @@ import torch
 from mmcompress.errors import ConfigError
 from mmcompress.models.zoo import ImageClassifier
 from mmcompress.recipe.runner import compress, load_run
-from mmcompress.train.config import TrainConfig
-from mmcompress.train.loop import fit
 from mmcompress.train.tasks import ClassificationTask
 
 RECIPE = {
@@ -25,11 +23,8 @@ MAX_ACCURACY_DROP = 0.03
 
 
 @pytest.fixture
-def trained(digits):
-    torch.manual_seed(0)
-    model = ImageClassifier((8, 16, 32))
-    fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=6, batch_size=64, lr=5e-3), progress=False)
-    return model
+def trained(train_digits_cnn):
+    return train_digits_cnn(epochs=6)
 
 
 def test_compress_runs_every_stage_and_writes_artifacts(trained, digits, tmp_path):
