@@ -197,3 +197,39 @@ def test_w8a8_record_keeps_the_cpu_and_its_weight_bits():
     assert info["weight_bits"] == integer_weight_bits() and "vnni" in info["cpu"]
     assert Record.from_json(rec.to_json()) == rec
     assert "integer_kernels" not in quantize(nn.Sequential(nn.Linear(8, 8)), QuantConfig()).info
+
+
+@pytest.mark.parametrize("grid", [WeightGrid(bits=8), WeightGrid(bits=4, group_size=16, symmetric=False)])
+def test_compiled_gemv_equals_the_simulation_on_one_row(grid, monkeypatch):
+    import mmcompress.quant.kernel_select as select
+
+    torch.manual_seed(0)
+    q = QuantLinear.from_float(nn.Linear(64, 48), grid).eval()
+    x = torch.randn(1, 1, 64)
+    with torch.no_grad():
+        reference = F.linear(x, q.dequantized_weight(), q.bias)
+        q(x)
+        assert q.last_kernel == "cache"  # a small weight: the float GEMV from the caches wins
+        monkeypatch.setattr(select, "GEMV_WEIGHTS", 0)
+        torch.testing.assert_close(q(x), reference, rtol=1e-5, atol=1e-5)
+        assert q.last_kernel == "gemv"
+        q(torch.randn(3, 64))
+        assert q.last_kernel == "cache"  # one row only
+
+
+def test_gemv_falls_back_to_the_cache_when_compiling_fails(monkeypatch):
+    import mmcompress.quant.kernels as kernels
+
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "_GEMV", {"fn": no_compiler})
+    q = QuantLinear.from_float(nn.Linear(32, 8), WeightGrid(bits=8)).eval()
+    set_kernel(q, "gemv")
+    x = torch.randn(1, 32)
+    with torch.no_grad(), pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        y = q(x)
+    torch.testing.assert_close(y, F.linear(x, q.dequantized_weight(), q.bias))
+    with torch.no_grad():
+        q(x)
+    assert q.last_kernel == "cache"  # not retried

@@ -75,3 +75,29 @@ def test_w8_keeps_the_transcripts_and_stores_the_tied_matrix_once(whisper, speec
     path = save_compact(w8, Path(tmp_path) / "w8.safetensors")
     assert 0 <= path.stat().st_size - size.stored_bytes < HEADER_SLACK
     assert size.float32_bytes / size.stored_bytes > 3.5  # 2.6x if the 51864 x 384 codes were stored twice
+
+
+def test_greedy_decoder_returns_generates_tokens_on_a_batch_of_real_clips(whisper, speech, float_texts):
+    from mmcompress.audio.greedy import greedy_transcribe
+
+    features = adapter_for(whisper).prepare({"audio": [u.audio for u in speech]})["input_features"]
+    got = greedy_transcribe(whisper, features)
+    with torch.no_grad():
+        expected = whisper.generate(input_features=features, max_new_tokens=64, do_sample=False)
+    assert got.tolist() == expected.tolist()
+    eos = whisper.generation_config.eos_token_id
+    assert (got[1] == eos).any() and not (got[0] == eos).any()  # the short clip ended first: padded
+    assert whisper.mmcompress_tokenizer.batch_decode(got, skip_special_tokens=True)[1].strip() == float_texts[1]
+    assert transcribe(whisper, speech, decoder="generate") == float_texts  # transcribe's default is the greedy loop
+
+
+def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, float_texts):
+    w8 = copy.deepcopy(whisper)
+    encoder_w8a8 = {"weight_bits": 8, "activations": "dynamic"}
+    quantize(w8, {"re:model\\.encoder\\..*": encoder_w8a8, "_default": {"weight_bits": 8}})
+    refs = [u.text for u in speech]
+    words = sum(len(r.split()) for r in refs)
+    texts = transcribe(w8, speech)
+    assert word_error_rate(refs, texts) <= word_error_rate(refs, float_texts) + W8_EXTRA_WORDS / words
+    assert w8.model.encoder.layers[0].fc1.last_kernel == "onednn"
+    assert w8.proj_out.last_kernel == "gemv"  # 51864 x 384 codes on one row: the compiled int8 GEMV

@@ -12,10 +12,24 @@ ratios as +-20%). Speed-up over float32 `F.linear`, per-tensor / per-token input
        4 x 384 x 1536   0.70 / 0.80    0.56 / 0.83     0.86 / 0.99
        1 x 384 x 1536   0.39 / 0.43    0.36 / 0.46     0.60 / 0.54
 
-(`torch.ops.aten._weight_int8pack_mm` was 4-50x slower than float here and is not used.) Hence:
-- W8A8 dynamic Linear: oneDNN's int8 GEMM from MIN_ROWS rows (tokens x batch); below that the
-  integer kernel's fixed costs (input quantization, a dequantizing pass, oneDNN's call overhead)
-  lose to the float GEMM with the cached weight and the simulated input quantization;
+(`torch.ops.aten._weight_int8pack_mm` was 4-50x slower than float here and is not used.) Those
+weights fit in the caches. On one row, a weight too large for them makes the float GEMV
+memory-bound, and reading int8 codes wins (ms, one row, 2 threads):
+
+    out x in        float32 MB   float GEMV   oneDNN int8 (W8A8)   compiled int8 GEMV (weight-only)
+    1536 x 384           2.4        0.050        0.071                0.088
+    4096 x 1024         16.8        0.420        0.214                0.337
+    8192 x 1024         33.6        0.768        0.374                0.803
+    51864 x 384         79.7        1.866        0.666                0.897
+    11008 x 4096       180.4        6.029        1.340                2.133
+
+Hence:
+- W8A8 dynamic Linear: oneDNN's int8 GEMM from MIN_ROWS rows (tokens x batch), or on any number
+  of rows for a weight of BIG_WEIGHTS or more; below that the integer kernel's fixed costs (input
+  quantization, a dequantizing pass, oneDNN's call overhead) lose to the float GEMM with the
+  cached weight and the simulated input quantization;
+- weight-only Linear on one row (decoder steps) with GEMV_WEIGHTS or more weights: the compiled
+  int8 GEMV (`kernels.gemv_linear`);
 - everything else (weight-only, grouped/asymmetric codes, static inputs that `integer_sim`
   does not take, convolutions, embeddings): the cached dequantized weight.
 """
@@ -25,9 +39,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import INTEGER_KERNELS, integer_applies, skip_fast_paths
+from mmcompress.quant.kernels import INTEGER_KERNELS, gemv_applies, integer_applies, skip_fast_paths
 
 MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats float
+BIG_WEIGHTS = 4 << 20  # W8A8: weights from which the int8 GEMM beats float on any number of rows
+GEMV_WEIGHTS = 16 << 20  # weight-only, one row: weights from which the compiled int8 GEMV beats float
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
@@ -46,8 +62,10 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     if kernel == "simulate" or skip_fast_paths(x):
         chosen = "simulate"
     elif kernel != "cache" and getattr(module, "act", None) is not None and integer_applies(module, x):
-        rows = x.numel() // x.shape[-1]
-        chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and rows >= MIN_ROWS else "cache"
+        rows, big = x.numel() // x.shape[-1], module.qweight.numel() >= BIG_WEIGHTS
+        chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and (rows >= MIN_ROWS or big) else "cache"
+    elif kernel in ("auto", "gemv") and gemv_applies(module, x):
+        chosen = "gemv" if kernel == "gemv" or module.qweight.numel() >= GEMV_WEIGHTS else "cache"
     else:
         chosen = "cache"
     if not torch.compiler.is_compiling():

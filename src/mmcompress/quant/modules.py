@@ -21,7 +21,7 @@ from mmcompress.quant.codes import (
 )
 from mmcompress.quant.integer_sim import exact_static, integer_layer, linear_op
 from mmcompress.quant.kernel_select import choose_kernel
-from mmcompress.quant.kernels import INTEGER_KERNELS, float_weight, integer_linear
+from mmcompress.quant.kernels import INTEGER_KERNELS, float_weight, gemv_linear, integer_linear
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
@@ -90,6 +90,11 @@ class QuantLinear(_QuantWeight, ActivationQuant):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is None and "act_smooth" not in self._buffers:  # weight-only: lean path (decoders, M = 1)
             kernel = choose_kernel(self, x)
+            if kernel == "gemv":
+                y = gemv_linear(self, x)
+                if y is not None:
+                    return y
+                kernel = "cache"
             w = float_weight(self, x.dtype) if kernel == "cache" else self.dequantized_weight().to(x.dtype)
             bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
             return F.linear(x, w, bias)

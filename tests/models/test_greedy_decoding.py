@@ -1,0 +1,70 @@
+"""The static-cache greedy decoder returns the tokens transformers' `generate` returns: float,
+quantized (integer kernels), pruned heads, and an encoder in ONNX Runtime; models it cannot decode
+are a clear error. (Rows that end at different steps: tests/real/test_whisper_tiny.py.)"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.audio.greedy import greedy_transcribe, prompt_tokens, whisper_parts
+from mmcompress.errors import ModelError
+from mmcompress.models.hf.speech_ort import encoder_on_onnxruntime
+from mmcompress.models.hf.tiny import tiny_model
+from mmcompress.quant.api import quantize
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return tiny_model("whisper").eval()
+
+
+def _features(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 16, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def _generate(model: nn.Module, features: torch.Tensor, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(input_features=features, max_new_tokens=n, do_sample=False)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_tokens_equal_generate(whisper, batch):
+    features = _features(batch)
+    torch.testing.assert_close(greedy_transcribe(whisper, features, 12), _generate(whisper, features, 12))
+
+
+def test_quantized_and_head_pruned_models_decode_like_generate(whisper):
+    model = copy.deepcopy(whisper)
+    encoder_w8a8 = {"weight_bits": 8, "activations": "dynamic"}
+    quantize(model, {"re:model\\.encoder\\..*": encoder_w8a8, "_default": {"weight_bits": 8}})
+    features = _features(2, seed=2)
+    torch.testing.assert_close(greedy_transcribe(model, features, 10), _generate(model, features, 10))
+    from mmcompress.prune.slicing import keep_heads
+
+    pruned = copy.deepcopy(whisper)
+    for layer in [*pruned.model.decoder.layers, *pruned.model.encoder.layers]:
+        for attn in (layer.self_attn, getattr(layer, "encoder_attn", None)):
+            if attn is not None:
+                keep_heads(attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, torch.tensor([0]), attn.head_dim)
+                attn.num_heads = 1
+    torch.testing.assert_close(greedy_transcribe(pruned, features, 10), _generate(pruned, features, 10))
+
+
+def test_greedy_runs_an_encoder_in_onnxruntime(whisper, tmp_path):
+    model = copy.deepcopy(whisper)
+    features = _features(2, seed=3)
+    expected = greedy_transcribe(model, features, 8)
+    encoder_on_onnxruntime(model, tmp_path / "encoder.onnx", threads=1, example=features)
+    torch.testing.assert_close(greedy_transcribe(model, features, 8), expected)
+
+
+def test_prompt_and_misuse(whisper):
+    gen = whisper.generation_config
+    assert prompt_tokens(whisper)[0] == gen.decoder_start_token_id
+    assert whisper_parts(nn.Linear(2, 2)) is None
+    with pytest.raises(ModelError, match="not a Whisper-style encoder-decoder"):
+        greedy_transcribe(nn.Linear(2, 2), _features(1))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_transcribe(whisper, _features(1), 0)
