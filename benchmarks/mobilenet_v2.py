@@ -51,11 +51,12 @@ def ort_logits(path, x):
 
 
 def variant(base, folded, cle, cfg, calib, bias_correction):
+    """cle: False, True / "clamp" (exact per-channel clamps) or "relu" (ReLU6 -> ReLU on the chains)."""
     reference = copy.deepcopy(base)
     if folded:
         fold_batchnorm(reference)
     if cle:
-        equalize_cross_layer(reference)
+        equalize_cross_layer(reference, relu6="relu" if cle == "relu" else "clamp")
     model = copy.deepcopy(reference)
     quantize(model, cfg, calib=[calib[i : i + 4] for i in range(0, len(calib), 4)])
     if bias_correction:
@@ -89,22 +90,29 @@ def speed(base, test, calib, rounds: int, threads: int, write: bool) -> None:
     ref = logits(base, test)
     export_onnx(base, test[:4], tmp / "float.onnx")
     pct = QuantConfig(activations="static", method="gptq", act_observer="percentile")
-    w8a8 = variant(base, True, True, pct, calib, False)
+    w8a8 = {  # file name -> model: fold BatchNorm + GPTQ + percentile ranges, with or without CLE
+        "W8A8 static (QDQ)": variant(base, True, False, pct, calib, False),
+        "W8A8 static + CLE, ReLU6 -> ReLU (QDQ)": variant(base, True, "relu", pct, calib, False),
+        "W8A8 static + CLE, exact clamps (QDQ)": variant(base, True, "clamp", pct, calib, False),
+    }
     w8 = variant(base, True, False, QuantConfig(method="gptq"), calib, True)
     files = {
         "float": tmp / "float.onnx",
         "ORT quantize_static (QDQ, per-channel)": ort_peer(tmp / "float.onnx", tmp / "ort_static.onnx", calib),
-        "mmcompress W8A8 static (QDQ, default)": tmp / "w8a8_qdq.onnx",
-        "mmcompress W8A8 static (integer, bit-exact)": tmp / "w8a8_integer.onnx",
-        "mmcompress W8 weight-only": tmp / "w8.onnx",
     }
-    export_onnx(w8a8, test[:8], files["mmcompress W8A8 static (QDQ, default)"])
-    export_onnx(w8a8, test[:8], files["mmcompress W8A8 static (integer, bit-exact)"], static_format="integer")
+    for i, (name, model) in enumerate(w8a8.items()):
+        files[f"mmcompress {name}"] = tmp / f"w8a8_{i}.onnx"
+        export_onnx(model, test[:8], files[f"mmcompress {name}"])
+    first = next(iter(w8a8))
+    files["mmcompress W8A8 static (integer, bit-exact)"] = tmp / "w8a8_integer.onnx"
+    export_onnx(w8a8[first], test[:8], files["mmcompress W8A8 static (integer, bit-exact)"], static_format="integer")
+    files["mmcompress W8 weight-only"] = tmp / "w8.onnx"
     export_onnx(w8, test[:8], files["mmcompress W8 weight-only"])
     outs = {name: ort_logits(path, test) for name, path in files.items()}
     agreement = {name: f"{top1_agreement(ref, out):.3f}" for name, out in outs.items()}
-    pt = logits(w8a8, test)
-    parity = {n: top1_agreement(pt, outs[n]) for n in files if "W8A8" in n}
+    pytorch = {name: logits(model, test) for name, model in w8a8.items()}
+    pytorch["W8A8 static (integer, bit-exact)"] = pytorch[first]
+    parity = {n: top1_agreement(pytorch[n], outs[f"mmcompress {n}"]) for n in pytorch}
     print(agreement, parity, flush=True)
     rows = speed_table(files, agreement, rounds, threads)
     body = (
@@ -112,12 +120,11 @@ def speed(base, test, calib, rounds: int, threads: int, write: bool) -> None:
         f"{machine()}; ONNX Runtime sessions with {threads} intra-op thread(s), graph optimizations 'all'; "
         f"CPU flags: {cpu_flags()}. Each file is timed in its own process (warm-up, then the median of >= 3 s "
         f"of calls), the files alternating in each of {rounds} rounds; the table gives the median of the round "
-        f"medians and their range, on a machine shared with other jobs. Agreement: top-1 agreement with the "
+        f"medians and their range. Agreement: top-1 agreement with the "
         f"float PyTorch model on the {N_TEST} test crops (the same crops and {N_CALIB} calibration crops for "
-        "every quantizer). W8A8 = fold BatchNorm + CLE + GPTQ, percentile input ranges; W8 = GPTQ + bias "
-        "correction. Top-1 agreement of the W8A8 files with the PyTorch W8A8 model: "
-        + ", ".join(f"{n.split('(')[1].rstrip(')')} {v:.3f}" for n, v in parity.items())
-        + ".\n\n"
+        "every quantizer). W8A8 = fold BatchNorm + GPTQ, percentile input ranges (+ cross-layer "
+        "equalization where named); W8 = GPTQ + bias correction. Top-1 agreement of each W8A8 file with "
+        "its PyTorch model: " + ", ".join(f"{n} {v:.3f}" for n, v in parity.items()) + ".\n\n"
         f"{table(rows)}\n"
     )
     print(body)

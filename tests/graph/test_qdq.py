@@ -132,3 +132,25 @@ def test_qdq_handles_dead_channels(tmp_path):
         res = export_onnx(model, x, tmp_path / "q.onnx")
     assert np.isfinite(res.max_abs_error) and res.cosine > MIN_COSINE
     assert _optimized_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 3
+
+
+def test_clipped_conv_before_a_pooling_runs_as_an_integer_conv(tmp_path):
+    """MobileNet's head (1x1 conv -> ReLU6 -> global average pool -> Linear): the conv's output is
+    quantized with the ReLU6 range (no data needed) so ONNX Runtime runs it as QLinearConv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6(), nn.Conv2d(16, 32, 1), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    quantize(model, QuantConfig(activations="static"), calib=[torch.rand(8, 3, 12, 12) for _ in range(4)])
+    x = torch.rand(64, 3, 12, 12)
+    res = export_onnx(model, x, tmp_path / "q.onnx")
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    pool = next(n for n in proto.graph.node if n.op_type == "GlobalAveragePool")
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    dq = producer[pool.input[0]]
+    step = next(i for i in proto.graph.initializer if i.name == dq.input[1])
+    assert dq.op_type == "DequantizeLinear" and np.isclose(onnx.numpy_helper.to_array(step), 6 / 255)
+    ops = _optimized_ops(tmp_path / "q.onnx", tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["FusedConv"] + ops["Conv"] == 0, ops
+    assert res.top1_agreement >= MIN_TOP1 and res.cosine > MIN_COSINE

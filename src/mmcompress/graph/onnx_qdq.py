@@ -27,6 +27,7 @@ from mmcompress.graph.onnx_int8 import find_module
 from mmcompress.graph.onnx_qdq_outputs import (
     fold_unfused_weights,
     min_after_quantize,
+    quantize_clipped_pool_inputs,
     quantize_residual_adds,
     relu_min_to_clip,
 )
@@ -196,5 +197,6 @@ def rewrite_qdq(proto: onnx.ModelProto, model: nn.Module, requantize: bool = Tru
         min_after_quantize(proto.graph)
         if requantize:
             quantize_residual_adds(proto.graph)
+            quantize_clipped_pool_inputs(proto.graph)
         fold_unfused_weights(proto.graph)
     return count

@@ -13,6 +13,11 @@ dequantized inputs. Two passes remove the obstacles:
   with the step they are already quantized with (the skip connection), so the Conv before it and
   the Add run as integer kernels. The PyTorch model adds in float; the file then agrees with it
   less than bit for bit (measured in docs/benchmarks.md, mobilenet-v2 section).
+- `quantize_clipped_pool_inputs` (adds a rounding PyTorch does not have, data-free): a Conv whose
+  output is clamped by a constant Clip (ReLU6) and averaged by a pooling (MobileNetV2's last
+  1x1 conv, 20M MACs per image) gets a uint8 Q/DQ pair between the Clip and the pooling whose
+  range is exactly the Clip's (step (hi - lo) / 255), so the Conv runs as QLinearConv; the
+  pooling then averages out most of that rounding.
 """
 
 from __future__ import annotations
@@ -198,6 +203,55 @@ def quantize_residual_adds(graph: onnx.GraphProto) -> int:
                 if name == add.output[0]:
                     reader.input[k] = _dequantize(graph, out_q, f"r{count}_{i}")
                     made.add(reader.input[k])
+        count += 1
+    if count:
+        _sort(graph)
+    return count
+
+
+def _constant(name: str, inits: dict, producer: dict) -> float | None:
+    """The value of a scalar initializer or Constant node, else None."""
+    if name in inits:
+        value = numpy_helper.to_array(inits[name])
+    elif name in producer and producer[name].op_type == "Constant" and producer[name].attribute[0].name == "value":
+        value = numpy_helper.to_array(producer[name].attribute[0].t)
+    else:
+        return None
+    return float(value) if value.size == 1 else None
+
+
+def quantize_clipped_pool_inputs(graph: onnx.GraphProto) -> int:
+    """Insert a uint8 Q/DQ pair with the Clip's exact range between `Conv -> Clip(lo, hi)` and an
+    average pooling that is the Clip's only reader; returns how many.
+
+    Example:
+        >>> quantize_clipped_pool_inputs(proto.graph)  # MobileNetV2: features.18 -> pool
+        1
+    """
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers, outputs = _readers(graph), {o.name for o in graph.output}
+    count = 0
+    for pool in [n for n in graph.node if n.op_type in ("GlobalAveragePool", "AveragePool")]:
+        clip = producer.get(pool.input[0])
+        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3 or clip.output[0] in outputs:
+            continue
+        conv = producer.get(clip.input[0])
+        lo, hi = (_constant(n, inits, producer) for n in clip.input[1:3])
+        if conv is None or conv.op_type != "Conv" or lo is None or hi is None or not lo <= 0.0 < hi:
+            continue
+        if len(readers.get(clip.output[0], [])) != 1 or len(readers.get(conv.output[0], [])) != 1:
+            continue
+        if not all(n in producer and producer[n].op_type == "DequantizeLinear" for n in conv.input[:2]):
+            continue  # not an integer Conv: leave it as it is
+        step = (hi - lo) / 255.0
+        p = f"{clip.output[0]}_pool_q"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(step, np.float32), f"{p}_step"))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(round(-lo / step), np.uint8), f"{p}_zero"))
+        args = [f"{p}_step", f"{p}_zero"]
+        graph.node.append(helper.make_node("QuantizeLinear", [clip.output[0], *args], [f"{p}_codes"], name=p))
+        graph.node.append(helper.make_node("DequantizeLinear", [f"{p}_codes", *args], [f"{p}_dq"], name=f"{p}_dq"))
+        pool.input[0] = f"{p}_dq"
         count += 1
     if count:
         _sort(graph)
