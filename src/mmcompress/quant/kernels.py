@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcompress.quant.fused_codes import fused
+
 KERNELS = ("auto", "simulate", "cache", "onednn", "int_mm", "gemv")
 INTEGER_KERNELS = ("onednn", "int_mm")
 TOKEN_LEVELS = 127
@@ -83,9 +85,11 @@ def _version_key(buffers: dict) -> tuple:
 
 
 def _cached(module: nn.Module, name: str, build):
-    """`build()` kept in module._kernel_cache[name] until the codes/steps change."""
+    """`build()` kept in module._kernel_cache[name] until the codes/steps (or the bias) change."""
     cache = module.__dict__.setdefault("_kernel_cache", {})
     key = _version_key(module._buffers)
+    bias = module._parameters.get("bias")
+    key += (None,) if bias is None else (id(bias), bias._version)
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         hit = (key, build())
@@ -182,29 +186,29 @@ def _chunks(x2: torch.Tensor, n: int, per_token: bool):
         yield start, input_codes(x2[start : start + rows], qparams)
 
 
-def _onednn_weight(module: nn.Module) -> torch.Tensor:
-    return torch.ops.onednn.qlinear_prepack(module.qweight.contiguous(), None)
+def _onednn_operands(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """oneDNN's packed int8 weight, the weight steps, zero weight zero points and the float bias."""
+    scale = module.scale.reshape(-1).float().contiguous()
+    packed = torch.ops.onednn.qlinear_prepack(module.qweight.contiguous(), None)
+    bias = None if module.bias is None else module.bias.detach().float().contiguous()
+    return packed, scale, torch.zeros(scale.shape[0], dtype=torch.long), bias
 
 
-def onednn_linear(module: nn.Module, x2: torch.Tensor, per_token: bool) -> torch.Tensor:
-    """(M, K) float32 -> (M, N) float32 on oneDNN's int8 GEMM, the weight steps (per tensor: all
-    steps and the bias) applied in its epilogue; per token, the row steps and bias after it, per chunk."""
-    packed = _cached(module, "onednn", lambda: _onednn_weight(module))
-    w_scale = _cached(module, "w_scale", lambda: module.scale.reshape(-1).float().contiguous())
-    w_zero = _cached(module, "w_zero", lambda: torch.zeros(w_scale.shape[0], dtype=torch.long))
-    bias = None if module.bias is None else module.bias.float()
+def onednn_linear(
+    module: nn.Module, x2: torch.Tensor, per_token: bool, smooth: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(M, K) float32 -> (M, N) float32 on oneDNN's int8 GEMM. Per tensor: uint8 codes with a zero
+    point, every step and the bias applied in its epilogue. Per token: int8 codes, the row steps
+    and bias applied after it. The input codes (and the per-token rescale) come from one compiled
+    pass each (`fused_codes`)."""
+    packed, w_scale, w_zero, bias = _cached(module, "onednn", lambda: _onednn_operands(module))
     if not per_token:  # one call: steps, zero point and bias all in the kernel
-        step, zero = tensor_qparams(x2)
-        codes = torch.empty(x2.shape, dtype=torch.uint8)
-        rows = max(32, CHUNK_BYTES // (4 * x2.shape[1]))
-        for start in range(0, x2.shape[0], rows):
-            codes[start : start + rows] = input_codes(x2[start : start + rows], (step, zero))[0]
-        args = (codes, float(step), zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], "")
+        codes, step, zero = fused("tensor", x2, smooth)
+        args = (codes, float(step), int(zero), packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], "")
         return torch.ops.onednn.qlinear_pointwise(*args)
-    codes, step, _ = input_codes(x2, None)
+    codes, step = fused("token", x2, smooth)
     args = (codes, 1.0, 0, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none", [], "")
-    y = torch.ops.onednn.qlinear_pointwise(*args).mul_(step)  # (M, N): sums * w_scale * step, in place
-    return y if bias is None else y.add_(bias)
+    return fused("rescale", torch.ops.onednn.qlinear_pointwise(*args), step, bias)  # sums * w_scale * step + bias
 
 
 def _int_mm_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +306,9 @@ def integer_linear(module: nn.Module, x: torch.Tensor, kernel: str) -> torch.Ten
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], module.qweight.shape[0])
-    x2 = x2 * smooth if smooth is not None else x2.contiguous()
     per_token = module.act.granularity == "per_token"
-    y = RUNNERS[kernel](module, x2, per_token)
+    if kernel == "onednn":  # the smoothing multiply happens inside the compiled quantization pass
+        y = onednn_linear(module, x2.contiguous(), per_token, smooth)
+    else:
+        y = RUNNERS[kernel](module, x2 * smooth if smooth is not None else x2.contiguous(), per_token)
     return y.view(*x.shape[:-1], y.shape[-1])
