@@ -20,6 +20,7 @@ from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (public here too)
+from mmcompress.quant.fuse_act import fuse_activations
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.group_fit import fit_group_sizes
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
@@ -100,6 +101,9 @@ def quantize(
     record.metrics["float_left"] = float(len(float_left))
     if any(getattr(q, "act", None) is not None for q, _ in built.values()):  # W8A8: the CPU it was made for
         record.info["integer_kernels"] = integer_kernel_info()
+        fused = fuse_activations(model)
+        if fused:
+            record.info["fused_activations"] = fused
     return record
 
 
@@ -235,6 +239,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
             qmodule.set_activations(spec, smooth)
         _replace(model, name, qmodule)
     tie_replayed(model, tied)
+    fuse_activations(model)
 
 
 def activation_spec(entry: str | dict) -> ActSpec | None:

@@ -55,15 +55,21 @@ def token_codes_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tu
     return torch.round(x / step).to(torch.int8), step
 
 
-def rescale_eager(y: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y * step (+ bias): the per-token steps applied to an int8 GEMM's output.
+def rescale_eager(
+    y: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None, act: str | None = None
+) -> torch.Tensor:
+    """y * step (+ bias), then the fused activation ("gelu", "gelu_tanh" or None): the per-token
+    steps applied to an int8 GEMM's output.
 
     Example:
         >>> rescale_eager(torch.ones(2, 3), torch.tensor([[2.0], [3.0]]), None)
         tensor([[2., 2., 2.],
                 [3., 3., 3.]])
     """
-    return y * step if bias is None else y * step + bias
+    y = y * step if bias is None else y * step + bias
+    if act is None:
+        return y
+    return torch.nn.functional.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
 EAGER = {"tensor": tensor_codes_eager, "token": token_codes_eager, "rescale": rescale_eager}

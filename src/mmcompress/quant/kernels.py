@@ -41,6 +41,8 @@ KERNELS = ("auto", "simulate", "cache", "onednn", "int_mm", "gemv")
 INTEGER_KERNELS = ("onednn", "int_mm")
 TOKEN_LEVELS = 127
 CHUNK_BYTES = 1 << 20  # int_mm: rows per chunk so one chunk's float output stays in L2
+ACTIVATED = "_mmcompress_activated"  # output tag: the int8 kernel applied the layer's `post_act` (fuse_act.py)
+ONEDNN_ACT = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
 def set_kernel(model: nn.Module, kernel: str) -> int:
@@ -202,13 +204,16 @@ def onednn_linear(
     and bias applied after it. The input codes (and the per-token rescale) come from one compiled
     pass each (`fused_codes`)."""
     packed, w_scale, w_zero, bias = _cached(module, "onednn", lambda: _onednn_operands(module))
-    if not per_token:  # one call: steps, zero point and bias all in the kernel
+    act = getattr(module, "post_act", None)
+    if not per_token:  # one call: steps, zero point, bias and a fused GELU all in the kernel
         codes, step, zero = fused("tensor", x2, smooth)
-        args = (codes, float(step), int(zero), packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], "")
-        return torch.ops.onednn.qlinear_pointwise(*args)
+        unary, algorithm = ONEDNN_ACT.get(act, ("none", ""))
+        args = (codes, float(step), int(zero), packed, w_scale, w_zero, bias, 1.0, 0, torch.float32)
+        return torch.ops.onednn.qlinear_pointwise(*args, unary, [], algorithm)
     codes, step = fused("token", x2, smooth)
     args = (codes, 1.0, 0, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none", [], "")
-    return fused("rescale", torch.ops.onednn.qlinear_pointwise(*args), step, bias)  # sums * w_scale * step + bias
+    y = torch.ops.onednn.qlinear_pointwise(*args)
+    return fused("rescale", y, step, bias, act)  # act(sums * w_scale * step + bias) in one pass
 
 
 def _int_mm_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +313,9 @@ def integer_linear(module: nn.Module, x: torch.Tensor, kernel: str) -> torch.Ten
         return x.new_zeros(*x.shape[:-1], module.qweight.shape[0])
     per_token = module.act.granularity == "per_token"
     if kernel == "onednn":  # the smoothing multiply happens inside the compiled quantization pass
-        y = onednn_linear(module, x2.contiguous(), per_token, smooth)
-    else:
-        y = RUNNERS[kernel](module, x2 * smooth if smooth is not None else x2.contiguous(), per_token)
+        out = onednn_linear(module, x2.contiguous(), per_token, smooth).view(*x.shape[:-1], -1)
+        if getattr(module, "post_act", None) is not None:
+            setattr(out, ACTIVATED, module.post_act)  # FusedActivation passes it through
+        return out
+    y = RUNNERS[kernel](module, x2 * smooth if smooth is not None else x2.contiguous(), per_token)
     return y.view(*x.shape[:-1], y.shape[-1])

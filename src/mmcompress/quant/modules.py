@@ -77,6 +77,8 @@ class QuantLinear(_QuantWeight, ActivationQuant):
         torch.Size([2, 4])
     """
 
+    post_act: str | None = None  # "gelu"/"gelu_tanh": the int8 kernel applies the next GELU (fuse_act.py)
+
     def __init__(self, layer: nn.Linear, grid: WeightGrid, params: tuple | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
@@ -110,7 +112,8 @@ class QuantLinear(_QuantWeight, ActivationQuant):
         return F.linear(self.quantize_input(x), w, bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + self._act_repr()
+        fused = f", fused {self.post_act}" if self.post_act else ""
+        return super().extra_repr() + self._act_repr() + fused
 
 
 class _QuantConv(_QuantWeight, ActivationQuant):
