@@ -27,6 +27,19 @@ class Intermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(x))
 
 
+Intermediate.__module__ = "transformers.models.bert.modeling_bert"  # the attribute pairs apply to transformers' code
+
+
+class OwnIntermediate(Intermediate):
+    """A user's module with the same attribute names: its code is unknown, so it is not fused."""
+
+    __module__ = "users_model"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dense(x)
+        return self.intermediate_act_fn(h) + h
+
+
 def _model(approximate: str = "none") -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(Intermediate(approximate), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 8)).eval()
@@ -66,6 +79,9 @@ def test_weight_only_layers_and_other_activations_are_not_fused():
     w8a8[2] = nn.ReLU()
     quantize(w8a8, QuantConfig(activations="dynamic"))
     assert isinstance(w8a8[2], nn.ReLU) and fuse_activations(w8a8) == []  # fused once, not wrapped twice
+    own = nn.Sequential(OwnIntermediate(), nn.Linear(64, 8)).eval()
+    quantize(own, QuantConfig(activations="dynamic"))
+    assert isinstance(own[0].intermediate_act_fn, nn.GELU) and own[0].dense.post_act is None
 
 
 def test_export_and_training_run_the_gelu_module(tmp_path):

@@ -2,8 +2,8 @@
 
 A transformer FFN runs `gelu(fc1(x))`: on all-MiniLM-L6-v2 at batch 32 the separate GELU pass
 cost more than fc1's int8 GEMM. `fuse_activations` pairs a W8A8 dynamic QuantLinear with the GELU
-that alone reads its output (transformers' `intermediate_act_fn` beside `dense`, or the next
-module of an `nn.Sequential`) and wraps that GELU in `FusedActivation`:
+that alone reads its output (transformers' `intermediate_act_fn` beside `dense` in BERT/ViT,
+`activation_fn` beside `fc1` in Whisper, or the next module of an `nn.Sequential`) and wraps that GELU in `FusedActivation`:
 - when the QuantLinear runs oneDNN's int8 kernel, the kernel applies the GELU in its epilogue
   (the same erf / tanh GELU, exactly) and tags its output as activated; the wrapper passes a
   tagged tensor through;
@@ -54,12 +54,20 @@ class FusedActivation(nn.Module):
         return self.inner(x)
 
 
+PAIRS = (  # (linear, activation) attribute names whose forward is act(linear(x)) and nothing else reads linear(x)
+    ("dense", "intermediate_act_fn"),  # transformers' BERT / ViT intermediate block
+    ("fc1", "activation_fn"),  # transformers' Whisper encoder / decoder layers
+)
+
+
 def _pairs(model: nn.Module):
     """(QuantLinear, owner, attribute of its activation, activation) for every fusable pair."""
     for owner in model.modules():
-        dense, act = getattr(owner, "dense", None), getattr(owner, "intermediate_act_fn", None)
-        if isinstance(dense, QuantLinear) and isinstance(act, nn.Module):
-            yield dense, owner, "intermediate_act_fn", act
+        known = type(owner).__module__.startswith("transformers.")  # code we read: nothing else uses linear(x)
+        for linear_name, act_name in PAIRS if known else ():
+            dense, act = getattr(owner, linear_name, None), getattr(owner, act_name, None)
+            if isinstance(dense, QuantLinear) and isinstance(act, nn.Module):
+                yield dense, owner, act_name, act
         if isinstance(owner, nn.Sequential):
             children = list(owner.named_children())
             for (_, first), (name, second) in zip(children, children[1:], strict=False):
