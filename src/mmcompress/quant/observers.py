@@ -93,7 +93,13 @@ def mse_range(x: torch.Tensor, bits: int = 8, steps: int = 40) -> tuple[float, f
 
 
 def kl_range(x: torch.Tensor, bits: int = 8, bins: int = 2048) -> tuple[float, float]:
-    """Symmetric threshold minimising KL(P || Q) between the |x| histogram and its quantized version.
+    """Threshold minimising KL(P || Q) between the |x| histogram and its quantized version:
+    symmetric (2^(bits-1) levels per side) for signed data, [0, threshold] with all 2^bits levels
+    for non-negative data (ReLU outputs).
+
+    Exact zeros are left out of the histogram: every range represents them exactly, and after a
+    ReLU they are often most of the values, which made the first bin dominate the divergence and
+    picked thresholds that clipped almost everything (MobileNetV2 W8A8: top-1 agreement 0.13).
 
     Example:
         >>> lo, hi = kl_range(torch.randn(100000))
@@ -102,8 +108,10 @@ def kl_range(x: torch.Tensor, bits: int = 8, bins: int = 2048) -> tuple[float, f
     amax = float(flat.abs().max())
     if amax == 0:
         return 0.0, 0.0
-    hist = torch.histc(flat.abs(), bins=bins, min=0, max=amax).double()
-    levels = 2 ** (bits - 1)
+    signed = float(flat.min()) < 0
+    magnitudes = flat.abs()
+    hist = torch.histc(magnitudes[magnitudes > 0], bins=bins, min=0, max=amax).double()
+    levels = 2 ** (bits - 1) if signed else 2**bits
     best_i, best_kl = bins, float("inf")
     for i in range(levels, bins + 1, max(1, bins // 256)):
         p = hist[:i].clone()
@@ -113,7 +121,7 @@ def kl_range(x: torch.Tensor, bits: int = 8, bins: int = 2048) -> tuple[float, f
         if kl < best_kl:
             best_i, best_kl = i, kl
     threshold = (best_i + 0.5) * amax / bins
-    return (-threshold if float(flat.min()) < 0 else 0.0), threshold
+    return (-threshold if signed else 0.0), threshold
 
 
 def _requantize_histogram(p: torch.Tensor, levels: int) -> torch.Tensor:
