@@ -3,7 +3,8 @@
 A transformer FFN runs `gelu(fc1(x))`: on all-MiniLM-L6-v2 at batch 32 the separate GELU pass
 cost more than fc1's int8 GEMM. `fuse_activations` pairs a W8A8 dynamic QuantLinear with the GELU
 that alone reads its output (transformers' `intermediate_act_fn` beside `dense` in BERT/ViT,
-`activation_fn` beside `fc1` in Whisper, or the next module of an `nn.Sequential`) and wraps that GELU in `FusedActivation`:
+`activation_fn` beside `fc1` in Whisper, or the next module of an `nn.Sequential`) and wraps that
+GELU in `FusedActivation`:
 - when the QuantLinear runs oneDNN's int8 kernel, the kernel applies the GELU in its epilogue
   (the same erf / tanh GELU, exactly) and tags its output as activated; the wrapper passes a
   tagged tensor through;
