@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmcompress.audio.greedy import greedy_transcribe, prompt_tokens, whisper_parts
+from mmcompress.audio.greedy import greedy_transcribe, matches_generate, prompt_tokens, whisper_parts
 from mmcompress.errors import ModelError
 from mmcompress.models.hf.speech_ort import encoder_on_onnxruntime
 from mmcompress.models.hf.tiny import tiny_model
@@ -63,6 +63,10 @@ def test_greedy_runs_an_encoder_in_onnxruntime(whisper, tmp_path):
 def test_prompt_and_misuse(whisper):
     gen = whisper.generation_config
     assert prompt_tokens(whisper)[0] == gen.decoder_start_token_id
+    assert matches_generate(whisper)
+    multilingual = copy.deepcopy(whisper)
+    multilingual.generation_config.is_multilingual = True  # generate would detect the language
+    assert not matches_generate(multilingual)
     assert whisper_parts(nn.Linear(2, 2)) is None
     with pytest.raises(ModelError, match="not a Whisper-style encoder-decoder"):
         greedy_transcribe(nn.Linear(2, 2), _features(1))

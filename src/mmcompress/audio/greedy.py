@@ -53,6 +53,25 @@ def whisper_parts(model: nn.Module) -> _Parts | None:
     return _Parts(encoder, decoder, head)
 
 
+def matches_generate(model: nn.Module) -> bool:
+    """True when `greedy_transcribe` decodes exactly as `generate` would by default: a Whisper-style
+    model that is English-only and does not return timestamps (a multilingual model's `generate`
+    detects the language; timestamps need Whisper's timestamp rules). `transcribe` uses the greedy
+    loop only then.
+
+    Example:
+        >>> matches_generate(whisper_tiny_en)
+        True
+    """
+    gen = getattr(model, "generation_config", None)
+    return (
+        whisper_parts(model) is not None
+        and gen is not None
+        and not getattr(gen, "is_multilingual", False)
+        and not getattr(gen, "return_timestamps", False)
+    )
+
+
 def prompt_tokens(model: nn.Module) -> list[int]:
     """The tokens `generate` starts a transcript with: start of transcript, then (multilingual
     models) English + transcribe, then no-timestamps.

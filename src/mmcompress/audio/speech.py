@@ -135,16 +135,17 @@ def transcribe(
     """Greedy transcripts of a Whisper-style model (its adapter builds the log-mel inputs; its
     attached tokenizer decodes).
 
-    decoder "auto": Whisper-style models decode with `greedy_transcribe` (a static key/value
-    cache, the same tokens as `generate`, several times less per-token overhead), other models
-    with `model.generate`; "generate" forces transformers' `generate`; "greedy" forces the loop.
+    decoder "auto": English-only Whisper-style models without timestamps decode with
+    `greedy_transcribe` (a static key/value cache, the same tokens as `generate`, a fraction of its
+    per-token overhead), other models with `model.generate`; "generate" forces transformers'
+    `generate`; "greedy" forces the loop (English, no timestamps).
 
     Example:
         >>> whisper = load_model("hf:/models/whisper-tiny.en")
         >>> speech = load_real_speech()
         >>> word_error_rate([u.text for u in speech], transcribe(whisper, speech))
     """
-    from mmcompress.audio.greedy import greedy_transcribe, whisper_parts
+    from mmcompress.audio.greedy import greedy_transcribe, matches_generate
     from mmcompress.models.adapter import adapter_for
 
     if decoder not in ("auto", "greedy", "generate"):
@@ -152,7 +153,7 @@ def transcribe(
     adapter, tokenizer = adapter_for(model), getattr(model, "mmcompress_tokenizer", None)
     if adapter.prepare is None or tokenizer is None:
         raise DataError("transcribe needs a speech model with an adapter and a tokenizer (load it with 'hf:...')")
-    greedy = decoder == "greedy" or (decoder == "auto" and whisper_parts(model) is not None)
+    greedy = decoder == "greedy" or (decoder == "auto" and matches_generate(model))
     texts = []
     for utt in utterances:
         inputs = adapter.prepare({"audio": [utt.audio]})
