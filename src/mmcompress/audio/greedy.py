@@ -185,7 +185,7 @@ def _encode(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def greedy_transcribe(model: nn.Module, input_features: torch.Tensor, max_new_tokens: int = 64) -> torch.Tensor:
-    """Greedy token ids (prompt included, like `generate`) for a batch of log-mel inputs.
+    """Greedy token ids (as `generate` returns them) for a batch of log-mel inputs.
 
     Args:
         model: a Whisper-style encoder-decoder (transformers' WhisperForConditionalGeneration,

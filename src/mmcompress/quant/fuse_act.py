@@ -1,17 +1,17 @@
 """GELU folded into the int8 GEMM before it (oneDNN's epilogue), without changing what the model computes.
 
 A transformer FFN runs `gelu(fc1(x))`: on all-MiniLM-L6-v2 at batch 32 the separate GELU pass
-cost more than fc1's int8 GEMM. `fuse_activations` pairs a W8A8 dynamic QuantLinear with the GELU
-that alone reads its output (transformers' `intermediate_act_fn` beside `dense` in BERT/ViT,
-`activation_fn` beside `fc1` in Whisper, or the next module of an `nn.Sequential`) and wraps that
-GELU in `FusedActivation`:
-- when the QuantLinear runs oneDNN's int8 kernel, the kernel applies the GELU in its epilogue
-  (the same erf / tanh GELU, exactly) and tags its output as activated; the wrapper passes a
-  tagged tensor through;
-- on every other path (the simulation, tracing, export, autograd, too few rows) nothing is tagged
-  and the wrapper runs the original GELU module.
-So a model that loses the pairing (a replayed record, a copied module) still computes the same
-function, only without the fusion.
+cost more than fc1's int8 GEMM. `fuse_activations` pairs a W8A8 dynamic QuantLinear with its GELU
+only inside transformers' own modules whose code applies the GELU to that output and nothing
+else reads it (`intermediate_act_fn(dense(x))` in BERT/ViT, `activation_fn(fc1(x))` in Whisper):
+- the owner module gets a forward pre-hook that arms its linear for one call, when neither the
+  linear nor the GELU has hooks of its own (a hook must see the plain output) and no global
+  module hooks exist; a forward hook disarms it again;
+- an armed linear that runs oneDNN's int8 kernel applies the GELU in the kernel (the same erf /
+  tanh GELU) and tags its output; the GELU, wrapped in `FusedActivation`, passes tagged tensors
+  through and runs as before on anything else.
+So calling the linear directly, hooking it, the simulation, export and autograd all see the plain
+linear output and the original GELU, and a model that loses the pairing computes the same function.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import ACTIVATED
+from mmcompress.quant.kernels import ACTIVATED, ARMED
 from mmcompress.quant.modules import QuantLinear
 
 
@@ -59,38 +59,53 @@ PAIRS = (  # (linear, activation) attribute names whose forward is act(linear(x)
     ("dense", "intermediate_act_fn"),  # transformers' BERT / ViT intermediate block
     ("fc1", "activation_fn"),  # transformers' Whisper encoder / decoder layers
 )
+OWNER_KEY = "_mmcompress_fused"  # owner attribute: (linear attribute, activation attribute)
 
 
-def _pairs(model: nn.Module):
-    """(QuantLinear, owner, attribute of its activation, activation) for every fusable pair."""
-    for owner in model.modules():
-        known = type(owner).__module__.startswith("transformers.")  # code we read: nothing else uses linear(x)
-        for linear_name, act_name in PAIRS if known else ():
-            dense, act = getattr(owner, linear_name, None), getattr(owner, act_name, None)
-            if isinstance(dense, QuantLinear) and isinstance(act, nn.Module):
-                yield dense, owner, act_name, act
-        if isinstance(owner, nn.Sequential):
-            children = list(owner.named_children())
-            for (_, first), (name, second) in zip(children, children[1:], strict=False):
-                if isinstance(first, QuantLinear):
-                    yield first, owner, name, second
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(module, "_backward_hooks", None))
+
+
+def _arm(owner: nn.Module, args) -> None:
+    """Owner pre-hook: let its linear fuse the GELU on the next call when nothing else watches."""
+    linear_name, act_name = owner.__dict__[OWNER_KEY]
+    linear, act = owner._modules[linear_name], owner._modules[act_name]
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+    watched = _has_hooks(linear) or _has_hooks(act) or _has_hooks(getattr(act, "inner", act))
+    linear.__dict__[ARMED] = not (global_hooks or watched)
+
+
+def _disarm(owner: nn.Module, args, output) -> None:
+    linear_name, _ = owner.__dict__[OWNER_KEY]
+    owner._modules[linear_name].__dict__[ARMED] = False
 
 
 def fuse_activations(model: nn.Module) -> list[str]:
-    """Let W8A8 dynamic QuantLinear layers apply the GELU after them in their int8 kernel; returns
-    the fused layers' names. Safe to call again (already fused pairs are left alone).
+    """Let W8A8 dynamic QuantLinear layers apply the GELU after them in their int8 kernel, inside
+    transformers' FFN modules; returns the fused layers' names. Calling it again changes nothing.
 
     Example:
         >>> quantize(minilm, QuantConfig(activations="dynamic")); fuse_activations(minilm)[:1]
         ['bert.encoder.layer.0.intermediate.dense']
     """
-    names = {id(m): n for n, m in model.named_modules()}
     fused = []
-    for linear, owner, attr, act in list(_pairs(model)):
-        kind = gelu_kind(act)
-        if kind is None or getattr(linear, "act", None) is None or linear.act.mode != "dynamic":
-            continue
-        setattr(owner, attr, FusedActivation(act, kind))
-        linear.post_act = kind
-        fused.append(names[id(linear)])
+    for owner_name, owner in model.named_modules():
+        if not type(owner).__module__.startswith("transformers.") or OWNER_KEY in owner.__dict__:
+            continue  # only code we read: nothing but the activation uses linear(x)
+        for linear_name, act_name in PAIRS:
+            linear, act = owner._modules.get(linear_name), owner._modules.get(act_name)
+            if not isinstance(linear, QuantLinear) or act is None:
+                continue
+            kind = gelu_kind(act)
+            if kind is None or getattr(linear, "act", None) is None or linear.act.mode != "dynamic":
+                continue
+            owner._modules[act_name] = FusedActivation(act, kind)
+            linear.post_act = kind
+            owner.__dict__[OWNER_KEY] = (linear_name, act_name)
+            owner.register_forward_pre_hook(_arm)
+            owner.register_forward_hook(_disarm, always_call=True)
+            fused.append(f"{owner_name}.{linear_name}" if owner_name else linear_name)
+            break
     return fused

@@ -42,6 +42,7 @@ INTEGER_KERNELS = ("onednn", "int_mm")
 TOKEN_LEVELS = 127
 CHUNK_BYTES = 1 << 20  # int_mm: rows per chunk so one chunk's float output stays in L2
 ACTIVATED = "_mmcompress_activated"  # output tag: the int8 kernel applied the layer's `post_act` (fuse_act.py)
+ARMED = "_mmcompress_fuse_armed"  # set by the owner's pre-hook for the one call that may fuse (fuse_act.py)
 ONEDNN_ACT = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
@@ -204,7 +205,7 @@ def onednn_linear(
     and bias applied after it. The input codes (and the per-token rescale) come from one compiled
     pass each (`fused_codes`)."""
     packed, w_scale, w_zero, bias = _cached(module, "onednn", lambda: _onednn_operands(module))
-    act = getattr(module, "post_act", None)
+    act = module.post_act if module.__dict__.get(ARMED) else None
     if not per_token:  # one call: steps, zero point, bias and a fused GELU all in the kernel
         codes, step, zero = fused("tensor", x2, smooth)
         unary, algorithm = ONEDNN_ACT.get(act, ("none", ""))
@@ -314,7 +315,8 @@ def integer_linear(module: nn.Module, x: torch.Tensor, kernel: str) -> torch.Ten
     per_token = module.act.granularity == "per_token"
     if kernel == "onednn":  # the smoothing multiply happens inside the compiled quantization pass
         out = onednn_linear(module, x2.contiguous(), per_token, smooth).view(*x.shape[:-1], -1)
-        if getattr(module, "post_act", None) is not None:
+        if module.__dict__.get(ARMED) and getattr(module, "post_act", None) is not None:
+            module.__dict__[ARMED] = False  # one fused call per owner forward
             setattr(out, ACTIVATED, module.post_act)  # FusedActivation passes it through
         return out
     y = RUNNERS[kernel](module, x2 * smooth if smooth is not None else x2.contiguous(), per_token)
