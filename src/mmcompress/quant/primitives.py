@@ -164,8 +164,8 @@ def fake_quantize_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
     x_min = torch.clamp(x.detach().min(), max=0.0)
     x_max = torch.clamp(x.detach().max(), min=0.0)
     scale = (x_max - x_min) / 255.0
-    if float(scale) == 0.0:
-        return x
+    empty = scale == 0.0  # an all-zero input stays as it is (a tensor test: no graph break under torch.compile)
+    scale = torch.where(empty, torch.ones_like(scale), scale)
     zero = torch.clamp(torch.round(-x_min / scale), 0, 255)
     q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
-    return (q - zero) * scale
+    return torch.where(empty, x, (q - zero) * scale)
