@@ -16,9 +16,24 @@ import warnings
 
 import torch
 
-TOKEN_LEVELS = 127
+from mmcompress.quant.activations import TOKEN_LEVELS
+
 FUSED_MIN = 1 << 12  # input elements from which the compiled pass beats the eager passes
 _COMPILED: dict = {}  # name -> compiled function; "broken" -> why compiling failed
+
+
+def tensor_qparams_eager(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX DynamicQuantizeLinear's uint8 step and zero point for the whole input (0-dim tensors);
+    an all-zero input gets step 1 and zero point 0.
+
+    Example:
+        >>> step, zero = tensor_qparams_eager(torch.tensor([-1.0, 0.0, 3.0]))  # 4/255, 64
+    """
+    lo, hi = torch.aminmax(x)
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    step = (hi - lo) / 255.0
+    step = torch.where(step == 0.0, torch.ones_like(step), step)
+    return step, torch.clamp(torch.round(-lo / step), 0, 255)
 
 
 def tensor_codes_eager(
@@ -27,17 +42,11 @@ def tensor_codes_eager(
     """ONNX DynamicQuantizeLinear of a float input (times `smooth` per input channel, SmoothQuant's
     1/s, when given): uint8 codes, step and zero point (0-dim tensors).
 
-    An all-zero input gets step 1 and zero point 0.
-
     Example:
         >>> codes, step, zero = tensor_codes_eager(torch.tensor([-1.0, 0.0, 3.0]))
     """
     x = x if smooth is None else x * smooth
-    lo, hi = torch.aminmax(x)
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    step = (hi - lo) / 255.0
-    step = torch.where(step == 0.0, torch.ones_like(step), step)
-    zero = torch.clamp(torch.round(-lo / step), 0, 255)
+    step, zero = tensor_qparams_eager(x)
     codes = torch.clamp(torch.round(x / step) + zero, 0, 255).to(torch.uint8)
     return codes, step, zero
 

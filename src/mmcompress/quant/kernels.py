@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.quant.fused_codes import fused
+from mmcompress.quant.fused_codes import fused, tensor_qparams_eager, token_codes_eager
 
 KERNELS = ("auto", "simulate", "cache", "onednn", "int_mm", "gemv")
 INTEGER_KERNELS = ("onednn", "int_mm")
-TOKEN_LEVELS = 127
 CHUNK_BYTES = 1 << 20  # int_mm: rows per chunk so one chunk's float output stays in L2
 ACTIVATED = "_mmcompress_activated"  # output tag: the int8 kernel applied the layer's `post_act` (fuse_act.py)
 ARMED = "_mmcompress_fuse_armed"  # set by the owner's pre-hook for the one call that may fuse (fuse_act.py)
@@ -155,12 +154,8 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
 
 def tensor_qparams(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """ONNX DynamicQuantizeLinear's uint8 step and zero point for the whole input (step 1, zero 0 if all zeros)."""
-    lo, hi = torch.aminmax(x)
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    step = (hi - lo) / 255.0
-    if float(step) == 0.0:
-        return torch.ones(()), 0
-    return step, int(torch.clamp(torch.round(-lo / step), 0, 255))
+    step, zero = tensor_qparams_eager(x)
+    return step, int(zero)
 
 
 def input_codes(x: torch.Tensor, qparams: tuple[torch.Tensor, int] | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -174,9 +169,8 @@ def input_codes(x: torch.Tensor, qparams: tuple[torch.Tensor, int] | None) -> tu
         >>> codes, step, zero = input_codes(torch.randn(4, 8), None)
     """
     if qparams is None:
-        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # max|row|; aminmax(dim) is 8x slower
-        step = torch.maximum(hi, lo.neg_()).clamp_min_(torch.finfo(torch.float32).tiny).div_(TOKEN_LEVELS)
-        return torch.div(x, step).round_().to(torch.int8), step, 0
+        codes, step = token_codes_eager(x)
+        return codes, step, 0
     step, zero = qparams
     return torch.div(x, step).round_().add_(zero).clamp_(0, 255).to(torch.uint8), step, zero
 
