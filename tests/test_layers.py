@@ -136,3 +136,18 @@ def test_import_mmcompress_is_lazy():
     count, heavy = out[0].split(" ", 1)
     assert heavy == "[]" and int(count) <= 3, out
     assert out[1] == "True"  # a public name loads its module on first use
+
+
+def test_subpackages_and_their_modules_are_attributes_after_import_mmcompress():
+    code = (
+        "import sys, mmcompress\n"
+        "print(mmcompress.graph.export.export_onnx.__name__, mmcompress.quant.kernels.__name__)\n"
+        "print(callable(mmcompress.prune), callable(mmcompress.distill))\n"  # the verbs keep their names
+        "for path in ('mmcompress.graph.no_such_module', 'mmcompress.no_such_name'):\n"
+        "    try:\n"
+        "        eval(path)\n"
+        "    except AttributeError as err:\n"
+        "        print(type(err).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:4] == ["export_onnx mmcompress.quant.kernels", "True True", "AttributeError", "AttributeError"], out

@@ -65,9 +65,13 @@ _PUBLIC = {  # name -> module that defines it
     "load_recipe": "mmcompress.recipe.schema",
 }
 __all__ = sorted(_PUBLIC)
+# subpackages reachable as attributes (`mmcompress.graph.export`); `prune` and `distill` name the verbs
+_SUBPACKAGES = {"audio", "auto", "core", "data", "evaluate", "graph", "models", "quant", "recipe", "report", "train"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _PUBLIC:
         raise AttributeError(f"module 'mmcompress' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -92,3 +92,19 @@ def test_parity_warning_when_onnx_drifts(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
     with pytest.warns(UserWarning, match="differs from PyTorch"):
         export_onnx(model, torch.randn(4, 8), tmp_path / "m.onnx", min_cosine=1.01)  # unreachable threshold
+
+
+class _Normalized(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 16)
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(self.proj(x), dim=-1)
+
+
+def test_top1_agreement_is_checked_for_logits_but_not_for_unit_norm_embeddings(tmp_path):
+    logits = export_onnx(torch.nn.Linear(8, 16), torch.randn(6, 8), tmp_path / "logits.onnx")
+    embeddings = export_onnx(_Normalized(), torch.randn(6, 8), tmp_path / "emb.onnx")
+    assert logits.top1_agreement == 1.0
+    assert embeddings.top1_agreement is None  # the largest coordinate of an embedding is not a class

@@ -120,7 +120,8 @@ def export_onnx(
         path: the .onnx file to write (atomically).
         opset: ONNX opset.
         min_cosine: warn when the outputs' cosine similarity falls below this.
-        min_top1: warn when top-1 agreement (first output, when it is (N, C)) falls below this.
+        min_top1: warn when top-1 agreement (first output, when it is (N, C) logits) falls below
+            this. Unit-norm rows (embeddings) are not checked; pass 0 for other non-class outputs.
         static_format: static W8A8 Conv/Linear layers as "qdq" (QuantizeLinear/DequantizeLinear
             pairs ONNX Runtime fuses into QLinearConv / QLinearMatMul) or "integer" (ConvInteger /
             MatMulInteger chains that reproduce PyTorch's integers bit for bit, slower).
@@ -203,8 +204,11 @@ def _export_proto(
 
 
 def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
-    """Top-1 agreement of (N, C) logits (None for other output shapes)."""
+    """Top-1 agreement of (N, C) logits (None for other shapes and for unit-norm rows: embeddings,
+    whose largest coordinate means nothing)."""
     if reference.dim() != 2 or reference.shape[1] < 2 or not reference.is_floating_point():
+        return None
+    if torch.allclose(reference.float().norm(dim=1), torch.ones(len(reference)), atol=1e-3):
         return None
     return float((reference.argmax(-1).numpy() == got.argmax(-1)).mean())
 
