@@ -9,8 +9,9 @@ from torch import nn
 from mmcompress.distill import DistillConfig, distill
 from mmcompress.distill.losses import attention_kd
 from mmcompress.distill.task import captured_attention
-from mmcompress.errors import ConfigError
+from mmcompress.errors import ConfigError, ModelError
 from mmcompress.models.minilm import load_minilm_tokenizer
+from mmcompress.recipe.runner import compress
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.embedding_task import EmbeddingTask, Sentences
 
@@ -161,3 +162,28 @@ def test_embedding_distillation_of_a_pruned_encoder_keeps_its_sparsity():
     history = distill(teacher, student, data, config, task=task, val_data=data, progress=False).history
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(torch.equal(m.weight == 0, z) for m, z in zip(masked, zeros, strict=True))
+
+
+# `compress` on a sentence encoder with plain strings as data: the encoder's own tokenizer makes the
+# batches (an EmbeddingTask against the float model); without a tokenizer the error says so.
+TEXT_RECIPE = {
+    "stages": [
+        {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 1}},
+        {"pass": "quantize", "config": {"activations": "dynamic"}},
+        {"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 1}},
+    ]
+}
+
+
+def test_plain_strings_use_the_encoders_tokenizer_and_compare_with_the_float_model(tmp_path):
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    model.mmcompress_tokenizer = load_minilm_tokenizer()
+    res = compress(model, TEXT_RECIPE, data=(SENTENCES, SENTENCES[:16]), output_dir=tmp_path, progress=False)
+    assert res.metrics("baseline")["cosine"] == pytest.approx(1.0, abs=1e-5)  # the float model is the reference
+    assert 0.9 < res.metrics("compressed")["cosine"] < 1.0
+
+
+def test_plain_strings_without_a_tokenizer_name_the_problem(tmp_path):
+    with pytest.raises(ModelError, match="plain strings.*no tokenizer.*EmbeddingTask"):
+        compress(TinyBert().eval(), TEXT_RECIPE, data=(SENTENCES, SENTENCES), output_dir=tmp_path, progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mmcompress.models.layers import SmallCNN
 from mmcompress.models.recurrent import CaptionLSTM
 from mmcompress.models.zoo_tasks import CaptionClassificationTask, ContrastiveTask
 from mmcompress.train.config import TrainConfig
+from mmcompress.train.embedding_task import EmbeddingTask
 from mmcompress.train.tasks import ClassificationTask, Task
 
 CACHE_VERSION = 1
@@ -250,7 +252,9 @@ def _load_external(name: str, overrides: dict[str, Any]) -> nn.Module:
 
 
 def task_for(model: nn.Module, dataset: Any) -> Task:
-    """The task of a built-in model class; plain classification for any other model.
+    """The task of a built-in model class; for a dataset of plain strings and a model with its own
+    tokenizer (sentence encoders), an `EmbeddingTask` whose reference is a copy of `model` as it is
+    now (call this before compressing); plain classification for any other model.
 
     Example:
         >>> task_for(nn.Linear(64, 10), digits_train)
@@ -258,4 +262,20 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
     for spec in MODELS.values():
         if type(model) is spec.build:
             return spec.make_task(model, dataset)
+    if _holds_text(dataset):
+        tokenizer = getattr(model, "mmcompress_tokenizer", None)
+        if tokenizer is None:
+            raise ModelError(
+                f"the data holds plain strings but {type(model).__name__} has no tokenizer "
+                "(mmcompress_tokenizer); pass task=EmbeddingTask(tokenizer, reference=<float model>) "
+                "or another Task that turns the strings into the model's inputs"
+            )
+        return EmbeddingTask(tokenizer, reference=copy.deepcopy(model).eval())
     return ClassificationTask()
+
+
+def _holds_text(dataset: Any) -> bool:
+    try:
+        return len(dataset) > 0 and isinstance(dataset[0], str)
+    except (TypeError, IndexError, KeyError):
+        return False
