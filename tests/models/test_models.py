@@ -90,6 +90,12 @@ def test_unknown_model_lists_valid_names():
     assert set(list_models()) == set(MODELS)
 
 
+def test_a_run_folder_given_as_a_model_name_points_to_load_run(tmp_path):
+    (tmp_path / "record.json").write_text("{}")
+    with pytest.raises(ModelError, match="run folder.*load_run"):
+        load_model(str(tmp_path))
+
+
 @pytest.mark.slow
 def test_fusion_beats_both_single_modality_baselines_on_ambiguous_captions(tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=128, lr=2e-3)

@@ -77,7 +77,7 @@ def test_w8_keeps_the_transcripts_and_stores_the_tied_matrix_once(whisper, speec
     assert size.float32_bytes / size.stored_bytes > 3.5  # 2.6x if the 51864 x 384 codes were stored twice
 
 
-def test_greedy_decoder_returns_generates_tokens_on_a_batch_of_real_clips(whisper, speech, float_texts):
+def test_greedy_decoder_returns_generates_tokens_on_a_batch_of_real_clips(whisper, speech, float_texts, capfd):
     from mmcompress.audio.greedy import greedy_transcribe
 
     features = adapter_for(whisper).prepare({"audio": [u.audio for u in speech]})["input_features"]
@@ -88,7 +88,9 @@ def test_greedy_decoder_returns_generates_tokens_on_a_batch_of_real_clips(whispe
     eos = whisper.generation_config.eos_token_id
     assert (got[1] == eos).any() and not (got[0] == eos).any()  # the short clip ended first: padded
     assert whisper.mmcompress_tokenizer.batch_decode(got, skip_special_tokens=True)[1].strip() == float_texts[1]
+    capfd.readouterr()
     assert transcribe(whisper, speech, decoder="generate") == float_texts  # transcribe's default is the greedy loop
+    assert capfd.readouterr().err.count("seem to have been set") <= 1  # transformers' warning once, not per clip
 
 
 def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, float_texts):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,13 +156,27 @@ def transcribe(
         raise DataError("transcribe needs a speech model with an adapter and a tokenizer (load it with 'hf:...')")
     greedy = decoder == "greedy" or (decoder == "auto" and matches_generate(model))
     texts = []
-    for utt in utterances:
+    for i, utt in enumerate(utterances):
         inputs = adapter.prepare({"audio": [utt.audio]})
         inputs.pop("decoder_input_ids", None)
         with torch.no_grad():
             if greedy:
                 ids = greedy_transcribe(model, inputs["input_features"], max_new_tokens)
-            else:
-                ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            else:  # transformers' warnings are shown for the first clip, not repeated for every one
+                with _transformers_quiet() if i else contextlib.nullcontext():
+                    ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts.append(tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip())
     return texts
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers logs errors only, inside the block."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)

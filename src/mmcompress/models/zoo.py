@@ -152,6 +152,11 @@ def list_pretrained() -> dict[str, str]:
 
 def get_spec(name: str) -> ModelSpec:
     """The spec of a built-in model; an unknown name is an error listing the valid ones."""
+    if name not in MODELS and (Path(name) / "record.json").is_file():
+        raise ModelError(
+            f"{name!r} is a compression run folder, not a model name: load its result with "
+            f"mmcompress.recipe.runner.load_run({name!r}) (the CLI takes the folder itself: `mmcompress eval {name}`)"
+        )
     if name not in MODELS:
         raise ModelError(unknown_name("model", name, list(MODELS)))
     return MODELS[name]
