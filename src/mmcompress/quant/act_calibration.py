@@ -22,6 +22,7 @@ from mmcompress.errors import DataError
 from mmcompress.quant.activations import smoothing_factors, static_params
 from mmcompress.quant.observers import RangeAccumulator
 from mmcompress.quant.range_search import SEARCH_SAMPLES, RangeSearch, candidate_ranges
+from mmcompress.quant.siblings import sibling_sets
 
 
 def channel_absmax(
@@ -97,7 +98,13 @@ def smoothquant_factors(
     if not layers:
         return {}
     absmax = channel_absmax(model, {n: m for n, (m, _) in layers.items()}, calib, modality_of, max_batches)
-    return {n: smoothing_factors(absmax[n], m.weight, alpha) for n, (m, alpha) in layers.items()}
+    factors = {n: smoothing_factors(absmax[n], m.weight, alpha) for n, (m, alpha) in layers.items()}
+    for names in sibling_sets(layers):  # query/key/value read one input: one factor, from their joint weight
+        if len({layers[n][1] for n in names}) == 1:  # (SmoothQuant folds it into the LayerNorm before them)
+            weight = torch.cat([layers[n][0].weight for n in names])
+            joint = smoothing_factors(absmax[names[0]], weight, layers[names[0]][1])
+            factors.update(dict.fromkeys(names, joint))
+    return factors
 
 
 def static_ranges(

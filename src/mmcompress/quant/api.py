@@ -26,6 +26,7 @@ from mmcompress.quant.group_fit import fit_group_sizes
 from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
+from mmcompress.quant.siblings import link_siblings
 from mmcompress.quant.skipped import warn_float_left
 from mmcompress.quant.tied import tie_quantized, tie_replayed
 
@@ -104,6 +105,9 @@ def quantize(
         fused = fuse_activations(model)
         if fused:
             record.info["fused_activations"] = fused
+        joined = link_siblings(model)
+        if joined:
+            record.info["joint_qkv"] = joined
     return record
 
 
@@ -240,6 +244,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
         _replace(model, name, qmodule)
     tie_replayed(model, tied)
     fuse_activations(model)
+    link_siblings(model)
 
 
 def activation_spec(entry: str | dict) -> ActSpec | None:

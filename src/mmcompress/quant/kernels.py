@@ -42,6 +42,7 @@ INTEGER_KERNELS = ("onednn", "int_mm")
 CHUNK_BYTES = 1 << 20  # int_mm: rows per chunk so one chunk's float output stays in L2
 ACTIVATED = "_mmcompress_activated"  # output tag: the int8 kernel applied the layer's `post_act` (fuse_act.py)
 ARMED = "_mmcompress_fuse_armed"  # set by the owner's pre-hook for the one call that may fuse (fuse_act.py)
+SIBLINGS = "_mmcompress_siblings"  # QuantLinear.__dict__ entry: its query/key/value group (siblings.py)
 ONEDNN_ACT = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
@@ -75,7 +76,7 @@ def skip_fast_paths(x: torch.Tensor | None = None) -> bool:
     return x is not None and x.requires_grad and torch.is_grad_enabled()
 
 
-def _version_key(buffers: dict) -> tuple:
+def version_key(buffers: dict) -> tuple:
     """Identity and version of the codes and steps (and the codes' storage): any change
     (load_state_dict, `.to()`, an in-place edit, `.data =`) gives a new key."""
     codes = buffers["qweight"]
@@ -89,7 +90,7 @@ def _version_key(buffers: dict) -> tuple:
 def _cached(module: nn.Module, name: str, build):
     """`build()` kept in module._kernel_cache[name] until the codes/steps (or the bias) change."""
     cache = module.__dict__.setdefault("_kernel_cache", {})
-    key = _version_key(module._buffers)
+    key = version_key(module._buffers)
     bias = module._parameters.get("bias")
     key += (None,) if bias is None else (id(bias), bias._version)
     hit = cache.get(name)
@@ -185,9 +186,15 @@ def _chunks(x2: torch.Tensor, n: int, per_token: bool):
 
 def _onednn_operands(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """oneDNN's packed int8 weight, the weight steps, zero weight zero points and the float bias."""
-    scale = module.scale.reshape(-1).float().contiguous()
-    packed = torch.ops.onednn.qlinear_prepack(module.qweight.contiguous(), None)
-    bias = None if module.bias is None else module.bias.detach().float().contiguous()
+    bias = None if module.bias is None else module.bias.detach()
+    return onednn_operands(module.qweight, module.scale, bias)
+
+
+def onednn_operands(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """(N, K) int8 codes, (N, 1) steps and an optional (N,) bias as oneDNN's operands."""
+    scale = scale.reshape(-1).float().contiguous()
+    packed = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
+    bias = None if bias is None else bias.float().contiguous()
     return packed, scale, torch.zeros(scale.shape[0], dtype=torch.long), bias
 
 
@@ -198,8 +205,14 @@ def onednn_linear(
     point, every step and the bias applied in its epilogue. Per token: int8 codes, the row steps
     and bias applied after it. The input codes (and the per-token rescale) come from one compiled
     pass each (`fused_codes`)."""
-    packed, w_scale, w_zero, bias = _cached(module, "onednn", lambda: _onednn_operands(module))
+    operands = _cached(module, "onednn", lambda: _onednn_operands(module))
     act = module.post_act if module.__dict__.get(ARMED) else None
+    return onednn_gemm(x2, operands, per_token, smooth, act)
+
+
+def onednn_gemm(x2: torch.Tensor, operands: tuple, per_token: bool, smooth: torch.Tensor | None, act: str | None):
+    """`onednn_linear` on prepared operands (packed weight, steps, zero points, bias)."""
+    packed, w_scale, w_zero, bias = operands
     if not per_token:  # one call: steps, zero point, bias and a fused GELU all in the kernel
         codes, step, zero = fused("tensor", x2, smooth)
         unary, algorithm = ONEDNN_ACT.get(act, ("none", ""))

@@ -21,7 +21,7 @@ from mmcompress.quant.codes import (
 )
 from mmcompress.quant.integer_sim import exact_static, integer_layer, linear_op
 from mmcompress.quant.kernel_select import choose_kernel
-from mmcompress.quant.kernels import INTEGER_KERNELS, float_weight, gemv_linear, integer_linear
+from mmcompress.quant.kernels import INTEGER_KERNELS, SIBLINGS, float_weight, gemv_linear, integer_linear
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
 from mmcompress.quant.recurrent import QuantGRU, QuantLSTM
 
@@ -106,7 +106,9 @@ class QuantLinear(_QuantWeight, ActivationQuant):
             return integer_layer(x, self.act_step, self.act_zero, self.qweight, self.scale, self.bias, linear_op)
         kernel = choose_kernel(self, x)
         if kernel in INTEGER_KERNELS:
-            return integer_linear(self, x, kernel)
+            group = self.__dict__.get(SIBLINGS)  # query/key/value: one joint GEMM (siblings.py)
+            y = group.run(self, x) if group is not None and kernel == "onednn" else None
+            return integer_linear(self, x, kernel) if y is None else y
         bias = None if self.bias is None else self.bias.to(x.dtype)
         w = float_weight(self, x.dtype) if kernel == "cache" else self.dequantized_weight().to(x.dtype)
         return F.linear(self.quantize_input(x), w, bias)
