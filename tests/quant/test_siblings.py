@@ -131,3 +131,18 @@ def test_smoothquant_gives_the_three_one_factor_and_they_still_join():
         assert torch.equal(model(x), separate(x))
         cos = torch.nn.functional.cosine_similarity(model(x).flatten(), reference(x).flatten(), 0)
     assert cos > 0.99
+
+
+def test_inference_mode_tensors_join_without_hooks_and_run_alone_with_one():
+    joined, separate, _ = _quantized(SelfAttention())
+    with torch.inference_mode():
+        x = torch.randn(4, 16, 32)
+        joined(x)
+        assert _group(joined).state == "joint" and torch.equal(joined(x), separate(x))
+        for model in (joined, separate):  # edits the input in place: unseen without a version counter
+            model.key.register_forward_pre_hook(_double_in_place)
+        assert torch.equal(joined(x.clone()), separate(x.clone()))
+
+
+def _double_in_place(module, args) -> None:
+    args[0].mul_(2.0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import ACTIVATED, ARMED
+from mmcompress.quant.kernels import ACTIVATED, ARMED, has_hooks
 from mmcompress.quant.modules import QuantLinear
 
 
@@ -62,19 +62,12 @@ PAIRS = (  # (linear, activation) attribute names whose forward is act(linear(x)
 OWNER_KEY = "_mmcompress_fused"  # owner attribute: (linear attribute, activation attribute)
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(module, "_backward_hooks", None))
-
-
 def _arm(owner: nn.Module, args) -> None:
     """Owner pre-hook: let its linear fuse the GELU on the next call when nothing else watches."""
     linear_name, act_name = owner.__dict__[OWNER_KEY]
     linear, act = owner._modules[linear_name], owner._modules[act_name]
-    from torch.nn.modules import module as torch_module
-
-    global_hooks = torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-    watched = _has_hooks(linear) or _has_hooks(act) or _has_hooks(getattr(act, "inner", act))
-    linear.__dict__[ARMED] = not (global_hooks or watched)
+    watched = has_hooks(linear) or has_hooks(act) or has_hooks(getattr(act, "inner", act))
+    linear.__dict__[ARMED] = not watched
 
 
 def _disarm(owner: nn.Module, args, output) -> None:

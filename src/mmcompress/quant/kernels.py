@@ -76,6 +76,15 @@ def skip_fast_paths(x: torch.Tensor | None = None) -> bool:
     return x is not None and x.requires_grad and torch.is_grad_enabled()
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether `module` (or every module: global hooks) has forward or backward hooks."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(module, "_backward_hooks", None))
+
+
 def version_key(buffers: dict) -> tuple:
     """Identity and version of the codes and steps (and the codes' storage): any change
     (load_state_dict, `.to()`, an in-place edit, `.data =`) gives a new key."""

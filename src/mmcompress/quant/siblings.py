@@ -14,7 +14,9 @@ the three one factor, as SmoothQuant folds it into the LayerNorm before them). A
   other input runs alone.
 The outputs equal separate calls bit for bit: the input codes are the same, the int32 sums exact,
 and each output column is scaled by its own step. Only oneDNN's kernel joins (the "auto" choice
-from 32 rows up); the outputs are column slices of the joint result (views, not contiguous).
+from 32 rows up); the outputs are column slices of the joint result (views, not contiguous). Tensors made under
+`torch.inference_mode` carry no version counter; for them the group joins only while none of the
+three layers (and no global hook) has a hook, since only a hook could edit the input between calls.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import SIBLINGS, onednn_gemm, onednn_operands, version_key
+from mmcompress.quant.kernels import SIBLINGS, has_hooks, onednn_gemm, onednn_operands, version_key
 from mmcompress.quant.modules import QuantLinear
 
 SIBLING_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
@@ -54,14 +56,14 @@ class SiblingGroup:
 
     def run(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
         """`member`'s output on `x` from the joint GEMM, or None: the member runs alone."""
-        if self.state == "alone":
-            return None
+        if self.state == "alone" or (x.is_inference() and any(has_hooks(m) for m in self.members)):
+            return None  # inference tensors have no version counter: a hook could edit one unseen
         i = next(j for j, m in enumerate(self.members) if m is member)
         if self.state == "observe":
             self._observe(i, x)
             return None
         pending = self._pending
-        if pending is not None and pending[0] is x and pending[1] == x._version and i in pending[3]:
+        if pending is not None and pending[0] is x and pending[1] == _version(x) and i in pending[3]:
             pending[3].discard(i)
             if not pending[3]:
                 self._pending = None
@@ -69,15 +71,15 @@ class SiblingGroup:
         if i != self.leader:
             return None
         outputs = self._joint(x)
-        self._pending = (x, x._version, outputs, set(range(len(self.members))) - {i})
+        self._pending = (x, _version(x), outputs, set(range(len(self.members))) - {i})
         return outputs[i]
 
     def _observe(self, i: int, x: torch.Tensor) -> None:
         seen = self._seen
         if seen is None:
-            self._seen = (x, x._version, [i])
+            self._seen = (x, _version(x), [i])
             return
-        if seen[0] is not x or seen[1] != x._version or i in seen[2]:
+        if seen[0] is not x or seen[1] != _version(x) or i in seen[2]:
             self.state, self._seen = "alone", None  # the siblings do not read one input in one round
             return
         seen[2].append(i)
@@ -102,6 +104,11 @@ class SiblingGroup:
                 bias = torch.cat([_bias_or_zeros(m) for m in self.members])
             self._operands = (key, onednn_operands(codes, scale, bias))
         return self._operands[1]
+
+
+def _version(x: torch.Tensor) -> int:
+    """The version counter (-1 for inference tensors, which have none: `run` then needs unhooked members)."""
+    return -1 if x.is_inference() else x._version
 
 
 def _bias_key(module: nn.Module) -> tuple:
