@@ -74,7 +74,7 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
         crops = photo_crops(REPAIR_CROPS, seed=3, split="calib")
         train = torch.utils.data.TensorDataset(crops, _batched_logits(teacher, crops).argmax(-1))
         config = {"temperature": 2.0, "unlabeled": True, "batchnorm": "frozen", "cache_teacher": True,
-                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": 3e-4, "device": "cpu"}}  # fmt: skip
+                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": 1e-4, "device": "cpu"}}  # fmt: skip
         mmcompress.distill(teacher, student, train, config, task=mmcompress.ClassificationTask(), progress=False)
         student.eval()
 
@@ -84,7 +84,8 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
 
 
 MOBILENET_HIDDEN = r"re:features\.([2-9]|1[0-7])\.conv\.0\.0$"  # the expand conv of every inverted residual
-REPAIR_CROPS, REPAIR_EPOCHS = 256, 3  # MobileNetV2 repair: 48 steps of 16 crops
+REPAIR_CROPS, REPAIR_EPOCHS = 1024, 3  # MobileNetV2 repair: 192 steps of 16 crops (~4 min); 48 steps at lr 3e-4
+# lost top-1 (0.663 after BatchNorm re-estimation alone gave 0.750); 1e-4 keeps it and lowers KL
 
 
 def minilm_suite() -> Suite:
