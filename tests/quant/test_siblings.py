@@ -101,8 +101,8 @@ def test_copies_and_saved_models_join_their_own_layers_and_new_codes_are_used():
         buffer.seek(0)
         for copied in (copy.deepcopy(joined), torch.load(buffer, weights_only=False)):
             group = _group(copied)
-            assert group.state == "observe" and all(m is getattr(copied, n) for m, n in
-                                                    zip(group.members, ("query", "key", "value"), strict=True))  # fmt: skip
+            members = zip(group.members, ("query", "key", "value"), strict=True)
+            assert group.state == "observe" and all(m is getattr(copied, n) for m, n in members)
             copied(x)
             assert torch.equal(copied(x), separate(x))
         joined(x)
