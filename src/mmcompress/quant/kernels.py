@@ -96,12 +96,16 @@ def version_key(buffers: dict) -> tuple:
     return key
 
 
+def bias_key(module: nn.Module) -> tuple:
+    """Identity and version of the module's bias (None when it has none)."""
+    bias = module._parameters.get("bias")
+    return (None,) if bias is None else (id(bias), bias._version)
+
+
 def _cached(module: nn.Module, name: str, build):
     """`build()` kept in module._kernel_cache[name] until the codes/steps (or the bias) change."""
     cache = module.__dict__.setdefault("_kernel_cache", {})
-    key = version_key(module._buffers)
-    bias = module._parameters.get("bias")
-    key += (None,) if bias is None else (id(bias), bias._version)
+    key = version_key(module._buffers) + bias_key(module)
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         hit = (key, build())

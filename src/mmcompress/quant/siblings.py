@@ -14,7 +14,7 @@ the three one factor, as SmoothQuant folds it into the LayerNorm before them). A
   other input runs alone.
 The outputs equal separate calls bit for bit: the input codes are the same, the int32 sums exact,
 and each output column is scaled by its own step. Only oneDNN's kernel joins (the "auto" choice
-from 32 rows up); the outputs are column slices of the joint result (views, not contiguous). Tensors made under
+from 16 rows up); the outputs are column slices of the joint result (views, not contiguous). Tensors made under
 `torch.inference_mode` carry no version counter; for them the group joins only while none of the
 three layers (and no global hook) has a hook, since only a hook could edit the input between calls.
 """
@@ -26,7 +26,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import SIBLINGS, has_hooks, onednn_gemm, onednn_operands, version_key
+from mmcompress.quant.kernels import (
+    SIBLINGS,
+    bias_key,
+    has_hooks,
+    onednn_gemm,
+    onednn_operands,
+    version_key,
+)
 from mmcompress.quant.modules import QuantLinear
 
 SIBLING_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
@@ -95,7 +102,7 @@ class SiblingGroup:
         return tuple(part.view(*x.shape[:-1], n) for part, n in zip(y.split(sizes, dim=1), sizes, strict=True))
 
     def _joint_operands(self) -> tuple:
-        key = tuple(version_key(m._buffers) + _bias_key(m) for m in self.members)
+        key = tuple(version_key(m._buffers) + bias_key(m) for m in self.members)
         if self._operands is None or self._operands[0] != key:
             codes = torch.cat([m.qweight for m in self.members])
             scale = torch.cat([m.scale for m in self.members])
@@ -109,11 +116,6 @@ class SiblingGroup:
 def _version(x: torch.Tensor) -> int:
     """The version counter (-1 for inference tensors, which have none: `run` then needs unhooked members)."""
     return -1 if x.is_inference() else x._version
-
-
-def _bias_key(module: nn.Module) -> tuple:
-    bias = module._parameters.get("bias")
-    return (None,) if bias is None else (id(bias), bias._version)
 
 
 def _bias_or_zeros(module: QuantLinear) -> torch.Tensor:
@@ -140,28 +142,27 @@ def sibling_sets(names: Iterable[str]) -> list[list[str]]:
 
 def link_siblings(model: nn.Module) -> list[list[str]]:
     """Group every attention's W8A8 dynamic query/key/value QuantLinear layers (see the module
-    docstring); returns the groups' layer names. Layers already grouped are grouped again.
+    docstring); returns the groups' layer names. Earlier groups are dropped and formed again.
 
     Example:
         >>> quantize(minilm, QuantConfig(activations="dynamic")); link_siblings(minilm)[0]
         ['st.0.auto_model.encoder.layer.0.attention.self.query', ..., '...value']
     """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for module in layers.values():
+        module.__dict__.pop(SIBLINGS, None)
     groups = []
-    for parent_name, parent in model.named_modules():
-        for names in SIBLING_NAMES:
-            members = [getattr(parent, n, None) for n in names]
-            if not _joinable(members):
-                continue
+    for names in sibling_sets(layers):
+        members = [layers[n] for n in names]
+        if _joinable(members):
             group = SiblingGroup(members)
             for m in members:
                 m.__dict__[SIBLINGS] = group
-            groups.append([f"{parent_name}.{n}" if parent_name else n for n in names])
+            groups.append(names)
     return groups
 
 
-def _joinable(members: list) -> bool:
-    if not all(isinstance(m, QuantLinear) for m in members):
-        return False
+def _joinable(members: list[QuantLinear]) -> bool:
     first = members[0]
     return all(
         m.act is not None
