@@ -2,6 +2,7 @@
 zero points, SmoothQuant's multiply, the per-token rescale), and falls back to them when
 compiling fails."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ def _activations(rows: int = 256, k: int = 384) -> torch.Tensor:
 @pytest.fixture
 def always_compiled(monkeypatch):
     monkeypatch.setattr(fused_codes, "FUSED_MIN", 0)
+    monkeypatch.setattr(fused_codes, "SMALL_MAX", 0)
 
 
 def test_eager_codes_are_the_simulations_integers():
@@ -56,3 +58,37 @@ def test_a_broken_compiler_falls_back_to_the_eager_passes(monkeypatch, always_co
         codes = fused("tensor", x)[0]
     assert torch.equal(codes, tensor_codes_eager(x)[0])
     assert "broken" in fused_codes._COMPILED
+
+
+def _near_ties(lo: float, hi: float) -> torch.Tensor:
+    """Inputs x with x / step just below k + 0.5 in float32, for the step of [lo, hi]: where adding the
+    zero point before rounding (as ATen's quantize does) would round up instead of down."""
+    step = np.float32(np.float32(hi - lo) / np.float32(255))
+    found = []
+    for k in range(-60, 60):
+        y = np.nextafter(np.float32(k + 0.5), np.float32(-1e9) if k >= 0 else np.float32(1e9))
+        x = np.float32(y * step)
+        for cand in (x, np.nextafter(x, np.float32(1e9)), np.nextafter(x, np.float32(-1e9))):
+            if np.float32(cand / step) == y:
+                found.append(float(cand))
+                break
+    return torch.tensor([lo, hi, *found])
+
+
+def test_small_inputs_take_the_aten_passes_with_the_same_integers():
+    g = torch.Generator().manual_seed(3)
+    ties = _near_ties(-1.3, 2.1)
+    assert len(ties) > 100
+    cases = [ties[None], torch.randn(1, 384, generator=g), torch.randn(300, 384, generator=g) * 50 - 2]
+    cases.append(torch.randn(64, 384, generator=g) * 1e-4 + 1.0)
+    for x in cases:
+        for smooth in (None, torch.rand(x.shape[-1], generator=g) + 0.5):
+            codes, step, zero = fused("tensor", x, smooth)
+            assert isinstance(step, float)  # the small path ran
+            want = tensor_codes_eager(x, smooth)
+            assert step == float(want[1]) and zero == int(want[2]) and torch.equal(codes, want[0])
+    for special in (torch.zeros(2, 8), torch.full((2, 8), 3.0)):
+        got, want = fused_codes.tensor_codes_small(special), tensor_codes_eager(special)
+        assert got[1] == float(want[1]) and got[2] == int(want[2]) and torch.equal(got[0], want[0])
+    nan = torch.tensor([[1.0, float("nan")]])
+    assert fused_codes.tensor_codes_small(nan)[0].dtype == torch.uint8  # the eager passes, no crash

@@ -217,7 +217,7 @@ def onednn_linear(
     """(M, K) float32 -> (M, N) float32 on oneDNN's int8 GEMM. Per tensor: uint8 codes with a zero
     point, every step and the bias applied in its epilogue. Per token: int8 codes, the row steps
     and bias applied after it. The input codes (and the per-token rescale) come from one compiled
-    pass each (`fused_codes`)."""
+    pass each, or for small per-tensor inputs from ATen's quantize (`fused_codes`)."""
     operands = _cached(module, "onednn", lambda: _onednn_operands(module))
     act = module.post_act if module.__dict__.get(ARMED) else None
     return onednn_gemm(x2, operands, per_token, smooth, act)
