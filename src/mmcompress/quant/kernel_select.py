@@ -64,10 +64,10 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     elif kernel != "cache" and getattr(module, "act", None) is not None and integer_applies(module, x):
         rows, big = x.numel() // x.shape[-1], module.qweight.numel() >= BIG_WEIGHTS
         chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and (rows >= MIN_ROWS or big) else "cache"
-    elif kernel in ("auto", "gemv") and gemv_applies(module, x):
-        chosen = "gemv" if kernel == "gemv" or module.qweight.numel() >= GEMV_WEIGHTS else "cache"
+    elif (kernel == "gemv" or kernel == "auto" and module.qweight.numel() >= GEMV_WEIGHTS) and gemv_applies(module, x):
+        chosen = "gemv"  # (size first: decoders ask this once per layer and token)
     else:
         chosen = "cache"
-    if not torch.compiler.is_compiling():
+    if chosen != "simulate" or not torch.compiler.is_compiling():
         module.__dict__["last_kernel"] = chosen  # plain attribute: no nn.Module bookkeeping per call
     return chosen

@@ -71,7 +71,7 @@ def set_kernel(model: nn.Module, kernel: str) -> int:
 
 def skip_fast_paths(x: torch.Tensor | None = None) -> bool:
     """Tracing, exporting, compiling, or autograd through `x`: the reference path must run."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if torch._C._is_tracing() or torch.compiler.is_compiling():  # (torch.jit.is_tracing without its wrapper)
         return True
     return x is not None and x.requires_grad and torch.is_grad_enabled()
 
