@@ -34,6 +34,7 @@ from mmcompress.quant.act_equalize import equalize_activations
 from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
 from mmcompress.quant.mixed import MixedPrecisionConfig, quantize_mixed
+from mmcompress.quant.tune import tune_quantized
 
 W4G128 = {"weight_bits": 4, "granularity": "per_group", "group_size": 128}
 
@@ -83,8 +84,9 @@ def _kept(record) -> str:
     return ",".join(str(e["kept"]) for e in record.modules.values() if e.get("structure") in ("heads", "channels"))
 
 
-def _calibrated(config: dict, equalize: bool | str = False, bias: bool = True):
-    """Fold BatchNorm (and optionally equalize ranges across layers), quantize with GPTQ, correct biases."""
+def _calibrated(config: dict, equalize: bool | str = False, bias: bool = True, tune: bool = False):
+    """Fold BatchNorm (and optionally equalize ranges across layers), quantize with GPTQ, correct
+    biases; `tune`: then distillation tuning through the integer simulation (`tune_quantized`)."""
 
     def run(suite: Suite, model):
         folded = mmcompress.fold_batchnorm(model).metrics.get("folded", 0)
@@ -98,6 +100,11 @@ def _calibrated(config: dict, equalize: bool | str = False, bias: bool = True):
         mmcompress.quantize(model, {**config, "method": "gptq"}, calib=suite.calib)
         if bias:
             correct_bias(model, reference, suite.calib)
+        if tune:
+            if suite.tune_batches is None:
+                raise UnsupportedError("no unlabeled tuning inputs for this model")
+            losses = tune_quantized(model, reference, suite.tune_batches())
+            return {"tune_loss": f"{losses['loss_first']:.4f} -> {losses['loss_last']:.4f}"}
         return {}
 
     return run
@@ -120,6 +127,12 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     ),
     "W8A8 static + act. equalization + GPTQ (percentile)": _calibrated(
         {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize="activations", bias=False
+    ),
+    "W8A8 static + act. equalization + GPTQ + distillation tuning": _calibrated(
+        {"weight_bits": 8, "activations": "static", "act_observer": "percentile"},
+        equalize="activations",
+        bias=False,
+        tune=True,
     ),
     "W4 g128 RTN": lambda s, m: mmcompress.quantize(m, W4G128) and {},
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
@@ -149,6 +162,7 @@ BATCHNORM_ONLY = (
     "W8A8 static + CLE + GPTQ (percentile)",
     "W8A8 static + CLE + GPTQ (search)",
     "W8A8 static + act. equalization + GPTQ (percentile)",
+    "W8A8 static + act. equalization + GPTQ + distillation tuning",
 )
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}
 
@@ -178,6 +192,8 @@ def run_cell(suite: Suite, name: str, folder: Path) -> dict:
         return {**row, "status": "n/a (no attention heads)"}
     if name in BATCHNORM_ONLY and not suite.batchnorm:
         return {**row, "status": "n/a (no BatchNorm)"}
+    if name.endswith("distillation tuning") and suite.tune_batches is None:
+        return {**row, "status": "n/a (no unlabeled tuning inputs in this suite)"}
     model = suite.load()
     if name.endswith("int8 embeddings") and not embedding_names(model):
         return {**row, "status": "n/a (no embeddings)"}

@@ -56,6 +56,8 @@ _PUBLIC = {  # name -> module that defines it
     "prune_structured": "mmcompress.prune.structured",
     "QuantConfig": "mmcompress.quant.config",
     "quantize": "mmcompress.quant.api",
+    "TuneConfig": "mmcompress.quant.tune",
+    "tune_quantized": "mmcompress.quant.tune",
     "list_datasets": "mmcompress.data.registry",
     "load_dataset": "mmcompress.data.registry",
     "list_models": "mmcompress.models.zoo",

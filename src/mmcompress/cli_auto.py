@@ -23,13 +23,15 @@ from mmcompress.errors import MMCompressError
 @click.option("--test-limit", type=int, default=2000, show_default=True, help="Test samples per trial.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-robustness", is_flag=True, help="Skip the corruption table.")
+@click.option("--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Let quantized plans be distillation-tuned for N steps (0: never).")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/auto"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_spec_options
 @_data_options
 @_friendly
 def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jobs, backend, test_limit, seed,
-             no_robustness, out, quiet, data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
+             no_robustness, tune_steps, out, quiet, data_spec, task, adapter, data_dir, cache_dir):  # fmt: skip
     """Search per-modality compression plans of MODEL (a spec) under constraints; write the chosen recipe and a report.
 
     Trials are cached under OUT/trials: running the same command again resumes the search.
@@ -44,6 +46,7 @@ def auto_cmd(model, max_drop, max_size, max_latency, time_budget, max_trials, jo
         time_budget_min=time_budget, max_trials=max_trials, jobs=jobs, backend=backend, seed=seed,
         test_limit=test_limit,
         check_robustness=not no_robustness, progress=not quiet, cache_dir=cache_dir, data_dir=data_dir,
+        tune_steps=tune_steps,
     )  # fmt: skip
     done = sum(t.ok for t in result.trials)
     console.print(f"{len(result.trials)} plans evaluated ({done} finished), {len(result.frontier)} on the frontier")

@@ -31,6 +31,10 @@ from mmcompress.errors import ConfigError
     "--only", "only", multiple=True,
     help="Quantize only these targets (exact name, re:REGEX or modality:TOWER); repeatable. Default: all.",
 )  # fmt: skip
+@click.option(
+    "--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Then distil the quantized model from the float one for N steps (tune_quantized; 0: off).",
+)  # fmt: skip
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
 @click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
@@ -43,7 +47,7 @@ from mmcompress.errors import ConfigError
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
-                 smoothquant, only, onnx, train_limit, epochs, test_limit, out, resume, quiet,
+                 smoothquant, only, tune_steps, onnx, train_limit, epochs, test_limit, out, resume, quiet,
                  data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
     """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
 
@@ -59,7 +63,10 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     quantize_stage = {"pass": "quantize", "config": config}
     if only:
         quantize_stage["targets"] = {key: {} for key in only}
-    stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage, {"name": "quantized", "pass": "evaluate"}]
+    stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage]
+    if tune_steps:
+        stages.append({"pass": "tune_quantized", "config": {"steps": tune_steps}})
+    stages.append({"name": "quantized", "pass": "evaluate"})
     if onnx:
         stages.append({"pass": "export_onnx"})
     recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)

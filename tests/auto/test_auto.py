@@ -145,3 +145,21 @@ def test_unknown_backend_is_an_error():
 
     with pytest.raises(ConfigError, match="unknown backend 'dask'"):
         Workers("dask")
+
+
+def test_tuned_plans_add_a_tune_stage_and_untuned_plans_keep_their_keys():
+    import optuna
+
+    from mmcompress.auto.space import SearchSpace, TowerSpace
+
+    towers = {"image": TowerPlan(bits=8)}
+    assert Plan(towers=towers).key() == Plan(towers=towers, tune_steps=0).key()
+    tuned = Plan(towers=towers, tune_steps=120)
+    assert tuned.key() != Plan(towers=towers).key() and "distillation-tuned 120 steps" in tuned.describe()
+    passes = [s.pass_ for s in plan_to_recipe(tuned, "digits-cnn").stages]
+    assert passes == ["quantize", "tune_quantized", "evaluate", "export_onnx"]
+    assert plan_to_recipe(tuned, "digits-cnn").stages[1].config["steps"] == 120
+    space = SearchSpace(towers={"image": TowerSpace(bits=(0, 8))}, tune_steps=(0, 120))
+    fixed = {"image.sparsity": 0.0, "image.channels": 0.0, "tune_steps": 120}
+    assert space.suggest(optuna.trial.FixedTrial({**fixed, "image.bits": 8})).tune_steps == 120
+    assert space.suggest(optuna.trial.FixedTrial({**fixed, "image.bits": 0})).tune_steps == 0  # nothing to tune

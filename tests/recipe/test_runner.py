@@ -192,3 +192,27 @@ def test_a_stage_that_loses_more_than_warn_drop_points_is_warned_and_recorded(tr
         res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
     assert res.metrics("pruned")["drop_points"] > 2.0
     assert "drop_points" not in res.metrics("baseline")  # the reference itself
+
+
+def test_tune_quantized_stage_is_taught_by_the_starting_model_and_rebuilds(trained, digits, tmp_path):
+    import copy
+
+    start = copy.deepcopy(trained)
+    static = {"weight_bits": 8, "activations": "static", "calib_samples": 64, "calib_batch_size": 32}
+    recipe = {
+        "stages": [
+            {"pass": "fold_batchnorm"},
+            {"pass": "quantize", "config": static},
+            {"name": "quantized", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "tune_quantized", "config": {"steps": 40, "samples": 256, "batch_size": 32}},
+            {"name": "tuned", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
+    tuned = res.stages[3].metrics
+    assert tuned["layers"] == 4 and tuned["loss_last"] < tuned["loss_first"]
+    assert res.metrics("tuned")["accuracy"] >= res.metrics("quantized")["accuracy"] - 0.01
+    rebuilt = load_run(tmp_path, copy.deepcopy(start))
+    assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
+        res.metrics("tuned")["accuracy"]
+    )

@@ -39,6 +39,7 @@ def auto_compress(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
+    tune_steps: int = 0,
 ) -> AutoResult:
     """Find the best per-modality compression plan of a model under constraints.
 
@@ -62,6 +63,8 @@ def auto_compress(
         verify_top: re-run this many of the smallest feasible plans on the full test set and choose
             the first that still meets the constraints (0: trust the subset scores).
         cache_dir, data_dir: the trained-baseline cache and a folder searched first for data files.
+        tune_steps: > 0 lets quantized plans be distillation-tuned for this many steps
+            (`tune_quantized`); the search decides where it pays.
 
     Example:
         >>> result = auto_compress("fashion-clip", "runs/auto", max_drop=1.0, time_budget_min=20)
@@ -84,7 +87,7 @@ def auto_compress(
     work.require_data("auto")
     result = search_plans(work, out, constraints=constraints, time_budget_min=time_budget_min,
                           max_trials=max_trials, jobs=jobs, backend=backend, seed=seed, test_limit=test_limit,
-                          progress=progress)  # fmt: skip
+                          progress=progress, tune_steps=tune_steps)  # fmt: skip
     if verify_top and test_limit is not None:
         verify_choice(result, work, out, top=verify_top)
     original = work.model

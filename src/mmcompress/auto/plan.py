@@ -73,10 +73,14 @@ class Plan(FrozenConfig):
     finetune_freeze: tuple[str, ...] = ()
     finetune_lr: float = Field(5e-4, gt=0)
     finetune_batch_size: int = Field(128, ge=1)
+    tune_steps: int = Field(0, ge=0)  # distillation tuning of the quantized model (`tune_quantized`)
 
     def key(self) -> str:
-        """Stable hash of the plan (the trial cache's key)."""
-        return stable_hash(self.to_dict())
+        """Stable hash of the plan (the trial cache's key; plans without tuning keep their old keys)."""
+        data = self.to_dict()
+        if not data.get("tune_steps"):
+            data.pop("tune_steps", None)
+        return stable_hash(data)
 
     def is_uniform(self) -> bool:
         """Same bits, activations, sparsity and channel ratio for every tower."""
@@ -86,7 +90,8 @@ class Plan(FrozenConfig):
 
     def describe(self) -> str:
         text = "; ".join(f"{m}: {t.describe()}" for m, t in sorted(self.towers.items()))
-        return text + (f"; fine-tune {self.finetune_epochs} epoch(s)" if self.finetune_epochs else "")
+        text += f"; fine-tune {self.finetune_epochs} epoch(s)" if self.finetune_epochs else ""
+        return text + (f"; distillation-tuned {self.tune_steps} steps" if self.tune_steps else "")
 
 
 def plan_to_recipe(
@@ -125,6 +130,8 @@ def plan_to_recipe(
     quant = {f"modality:{m}": _quant_target(t) for m, t in towers}
     if any(v is not None for v in quant.values()):
         stages.append({"pass": "quantize", "config": {"calib_samples": 256}, "targets": {**quant, "_default": None}})
+        if plan.tune_steps:
+            stages.append({"pass": "tune_quantized", "config": {"steps": plan.tune_steps}})
     stages.append({"name": "compressed", "pass": "evaluate", "config": {"latency_repeats": 3}})
     stages.append({"pass": "export_onnx", "config": {"eval_limit": onnx_eval_limit}})
     data = {"test_limit": test_limit} if test_limit else {}

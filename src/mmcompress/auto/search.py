@@ -103,6 +103,7 @@ def search_plans(
     latency_batch: int = 32,
     metric_fn: MetricFn | None = None,
     progress: bool = True,
+    tune_steps: int = 0,
 ) -> AutoResult:
     """Search per-modality compression plans of a model under constraints.
 
@@ -126,6 +127,8 @@ def search_plans(
             when `ray.init` finds one, e.g. through RAY_ADDRESS).
         test_limit: test samples per trial (the chosen plan is re-evaluated by `mmcompress run`).
         metric_fn: model -> score replacing the task's primary metric.
+        tune_steps: when > 0, quantized plans may also be distillation-tuned for this many steps
+            (`tune_quantized`, taught by the float model); the search decides where it pays.
 
     Example:
         >>> result = search_plans("fashion-clip", "runs/auto", constraints=Constraints(max_drop=1.0))
@@ -143,6 +146,8 @@ def search_plans(
     calib = [task.batch(train, i)[0] for i in torch.arange(min(256, len(train))).split(64)]
     space = build_space(model, calib, task, _subset(test, 1000), max(3.0, 3 * constraints.max_drop))
     space.finetune_freeze = work.freeze  # fine-tune like the model was trained
+    if tune_steps:
+        space.tune_steps = (0, tune_steps)
     if work.train_config is not None:
         space.finetune_lr, space.finetune_batch_size = work.train_config.lr, work.train_config.batch_size
     baseline = _baseline(model, task, test, out / "baseline", latency_batch, metric_fn)
@@ -292,6 +297,7 @@ def _distributions(space: SearchSpace, params: dict) -> dict:
         if tower.embeddings:
             dists[f"{name}.embedding_bits"] = C(list(tower.bits))
     dists["finetune_epochs"] = C(list(space.finetune_epochs))
+    dists["tune_steps"] = C(list(space.tune_steps))
     return {k: v for k, v in dists.items() if k in params and params[k] in v.choices}
 
 

@@ -36,6 +36,7 @@ class SearchSpace:
     finetune_freeze: tuple[str, ...] = ()
     finetune_lr: float = 5e-4
     finetune_batch_size: int = 128
+    tune_steps: tuple[int, ...] = (0,)  # distillation tuning of quantized plans; (0, n) lets the search choose
     sensitivity: dict[str, dict[int, float]] = field(default_factory=dict)
     layer_sensitivity: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
 
@@ -54,9 +55,13 @@ class SearchSpace:
                                      group_size=space.group_size, embedding_bits=tables)  # fmt: skip
         prunes = any(t.sparsity or t.channels for t in towers.values())
         epochs = trial.suggest_categorical("finetune_epochs", list(self.finetune_epochs)) if prunes else 0
+        tune = 0
+        if any(t.bits for t in towers.values()):
+            options = list(self.tune_steps)
+            tune = trial.suggest_categorical("tune_steps", options) if len(options) > 1 else options[0]
         return Plan(
             towers=towers, finetune_epochs=epochs, finetune_freeze=self.finetune_freeze,
-            finetune_lr=self.finetune_lr, finetune_batch_size=self.finetune_batch_size,
+            finetune_lr=self.finetune_lr, finetune_batch_size=self.finetune_batch_size, tune_steps=tune,
         )  # fmt: skip
 
 

@@ -122,9 +122,13 @@ def compress(
 def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, resume, progress, on_stage):
     """The stages of `compress`, in a locked and claimed run folder."""
     ctx = RunContext(model, task, train_data, test_data, out, out, recipe.seed, progress)
-    teaches = [s for s in recipe.stages if s.pass_ == "distill" and s.config.get("teacher", "original") == "original"]
+    teaches = [
+        s
+        for s in recipe.stages
+        if s.pass_ == "tune_quantized" or s.pass_ == "distill" and s.config.get("teacher", "original") == "original"
+    ]
     if teaches:
-        ctx.original_model = copy.deepcopy(model).eval()  # the teacher of distill stages
+        ctx.original_model = copy.deepcopy(model).eval()  # the teacher of distill and tune_quantized stages
     done = _resume(ctx, recipe, passes, keys) if resume else []
     if not resume and (out / "stages").exists():
         shutil.rmtree(out / "stages")

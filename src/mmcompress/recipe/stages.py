@@ -4,7 +4,7 @@ passes (evaluate, quantize, prune, distill, graph passes, ...)."""
 from __future__ import annotations
 
 from mmcompress.errors import ConfigError
-from mmcompress.recipe import builtin_passes, distill_pass, graph_passes, prune_passes  # noqa: F401  (register)
+from mmcompress.recipe import builtin_passes, distill_pass, graph_passes, prune_passes, tune_pass  # noqa: F401  (register)
 from mmcompress.recipe.passes import PASSES, Pass
 
 

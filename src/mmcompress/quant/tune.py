@@ -1,0 +1,226 @@
+"""Distillation tuning of a quantized model through its own integer simulation.
+
+Post-training quantization fixes each layer on its own: rounding, ranges and GPTQ look at one
+layer at a time, so the small errors of 50 layers of 8-bit activations add up (MobileNetV2 W8A8
+static: top-1 agreement with float 0.88, with every layer's inputs quantized). `tune_quantized`
+trains the quantized model end to end to read like the float model on unlabeled inputs, the way
+BRECQ / QDrop reconstruct blocks, but on the whole network:
+
+- every quantized Linear/Conv runs its simulation (static, dynamic or no input quantization, the
+  weight on its integer grid) with straight-through rounding, so gradients reach every layer;
+- the biases and a float copy of each weight are trained (Adam, cosine schedule); the layers'
+  steps, zero points and input ranges stay as calibrated;
+- at the end each weight is rounded back onto its own grid (same steps): the model keeps its
+  codes' format, its kernels and its ONNX export, and runs exactly as any quantized model.
+
+Measured on MobileNetV2 (ImageNet weights, W8A8 static, 1024 unlabeled photo crops, 300 steps):
+top-1 agreement with float 0.88 -> 0.93 on held-out crops (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mmcompress.core.batches import call_model
+from mmcompress.core.config import FrozenConfig
+from mmcompress.errors import ConfigError, DataError
+from mmcompress.quant.activations import fake_quantize_per_token
+from mmcompress.quant.modules import QuantConv1d, QuantConv2d, QuantLinear
+from mmcompress.quant.primitives import code_range, fake_quantize_dynamic_uint8
+
+
+class TuneConfig(FrozenConfig):
+    """Settings of `tune_quantized`.
+
+    Attributes:
+        steps: optimizer steps, one batch each (batches are drawn at random with `seed`).
+        lr: Adam learning rate of the biases (cosine decay to 0).
+        weight_lr: Adam learning rate of the float weight copies (0: biases only).
+        loss: "kl" (KL(teacher || student) of softmax outputs, for logits) or "mse" (embeddings).
+        temperature: softmax temperature of the "kl" loss.
+        seed: the order of the batches.
+
+    Example:
+        >>> TuneConfig(steps=100).weight_lr
+        2e-05
+    """
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_lr: float = Field(2e-5, ge=0.0)
+    loss: str = Field("kl", pattern="^(kl|mse)$")
+    temperature: float = Field(1.0, gt=0.0)
+    seed: int = 0
+
+
+def _ste_round(v: torch.Tensor) -> torch.Tensor:
+    return v + (torch.round(v) - v).detach()
+
+
+def _input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as its simulation quantizes it, with straight-through gradients."""
+    smooth = getattr(module, "act_smooth", None)
+    if smooth is not None:
+        x = x * smooth
+    act = getattr(module, "act", None)
+    if act is None:
+        return x
+    if act.mode == "static":
+        step, zero = module.act_step, module.act_zero
+        return (torch.clamp(_ste_round(x / step) + zero, 0, 255) - zero) * step
+    quantized = fake_quantize_per_token(x) if act.granularity == "per_token" else fake_quantize_dynamic_uint8(x)
+    return x + (quantized - x).detach()
+
+
+def _weight(module: nn.Module, shadow: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """`shadow` on the module's grid (its steps and zero points): dequantized (straight-through)
+    or, with `exact`, the integer codes."""
+    lo, hi = code_range(module.grid.bits, module.grid.symmetric)
+    scale, zero = module.scale, module._zero().to(shadow.dtype)
+    groups = shadow.reshape(shadow.shape[0], scale.shape[1], -1)
+    rounded = torch.round if exact else _ste_round
+    codes = torch.clamp(rounded(groups / scale[..., None]) + zero[..., None], lo, hi)
+    if exact:
+        return codes.view(shadow.shape)
+    return ((codes - zero[..., None]) * scale[..., None]).view(shadow.shape)
+
+
+def _tunable(module: nn.Module) -> bool:
+    """Linear / Conv1d / Conv2d layers with integer codes (embeddings and LSTM/GRU keep theirs)."""
+    return isinstance(module, (QuantLinear, QuantConv1d, QuantConv2d))
+
+
+def _install(module: nn.Module, shadow: torch.Tensor) -> None:
+    """Replace the module's forward by its differentiable simulation (removed by `_remove`)."""
+    if module.qweight.dim() == 2:
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return F.linear(_input(module, x), _weight(module, shadow), module.bias)
+    else:
+        conv = F.conv1d if module.qweight.dim() == 3 else F.conv2d
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            w, m = _weight(module, shadow), module
+            return conv(_input(m, x), w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+    module.forward = forward
+
+
+def _remove(module: nn.Module) -> None:
+    module.__dict__.pop("forward", None)
+
+
+def _output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state", "pooler_output"):
+        if getattr(out, key, None) is not None:
+            return getattr(out, key)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise DataError(f"tune_quantized needs a tensor output (or .logits / a tuple); the model returned {type(out)}")
+
+
+def _loss(student: torch.Tensor, teacher: torch.Tensor, cfg: TuneConfig) -> torch.Tensor:
+    if cfg.loss == "mse":
+        return F.mse_loss(student.float(), teacher.float())
+    t = cfg.temperature
+    s = F.log_softmax(student.float().flatten(0, -2) / t, -1)
+    return F.kl_div(s, F.log_softmax(teacher.float().flatten(0, -2) / t, -1), log_target=True, reduction="batchmean")
+
+
+def tune_quantized(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: Sequence[Any],
+    config: TuneConfig | dict | None = None,
+) -> dict[str, float]:
+    """Train a quantized model in place to match its float original on unlabeled batches, through
+    its integer simulation; its codes are re-rounded onto the same grids at the end.
+
+    Args:
+        student: a model `quantize` produced (Quant* layers; W8A8 static/dynamic or weight-only).
+        teacher: the float model (not changed).
+        batches: model inputs (tensor, tuple or dict per batch), e.g. unlabeled images; use other
+            inputs than those you evaluate on.
+        config: a TuneConfig or a dict of its fields.
+
+    Returns:
+        {"loss_first", "loss_last": mean loss over the first and last tenth of the steps, "layers"}.
+
+    Example:
+        >>> quantize(model, QuantConfig(activations="static"), calib=calib)
+        >>> tune_quantized(model, float_model, [crops[i : i + 16] for i in range(0, 1024, 16)])["loss_last"]
+        0.018
+    """
+    cfg = config if isinstance(config, TuneConfig) else TuneConfig(**(config or {}))
+    batches = list(batches)
+    if not batches:
+        raise DataError("tune_quantized got no batches")
+    layers = [m for m in student.modules() if _tunable(m)]
+    if not layers:
+        raise ConfigError("tune_quantized found no quantized layers (run quantize first)")
+    untuned = sorted({type(m).__name__ for m in student.modules() if hasattr(m, "qweight") and not _tunable(m)})
+    if untuned:
+        warnings.warn(f"tune_quantized: {', '.join(untuned)} layers keep their codes (no simulation to train through)",
+                      UserWarning, stacklevel=2)  # fmt: skip
+    with torch.no_grad():
+        was_teacher = teacher.training
+        teacher.eval()
+        targets = [_output(call_model(teacher, b)).detach() for b in batches]
+        teacher.train(was_teacher)
+    flags = {p: p.requires_grad for p in student.parameters()}
+    was_training = student.training
+    shadows = {m: nn.Parameter(m.dequantized_weight().detach().float().clone()) for m in layers}
+    biases = [m.bias for m in layers if isinstance(getattr(m, "bias", None), nn.Parameter)]
+    saved = [p.detach().clone() for p in biases]  # restored if tuning fails: no half-tuned model
+    losses: list[float] = []
+    done = False
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for p in biases:
+            p.requires_grad_(True)
+        for m, shadow in shadows.items():
+            _install(m, shadow)
+        groups = [{"params": biases, "lr": cfg.lr}]
+        if cfg.weight_lr > 0:
+            groups.append({"params": list(shadows.values()), "lr": cfg.weight_lr})
+        opt = torch.optim.Adam(groups)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+        order = torch.Generator().manual_seed(cfg.seed)
+        student.eval()  # BatchNorm statistics and dropout as deployed
+        for _ in range(cfg.steps):
+            i = int(torch.randint(len(batches), (1,), generator=order))
+            loss = _loss(_output(call_model(student, batches[i])), targets[i], cfg)
+            if not torch.isfinite(loss):
+                raise DataError(f"tune_quantized: the loss became {float(loss)} (try a lower lr / weight_lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            for m, shadow in shadows.items():
+                m.qweight.copy_(_weight(m, shadow, exact=True).to(m.qweight.dtype))
+        done = True
+    finally:
+        if not done:
+            with torch.no_grad():
+                for p, value in zip(biases, saved, strict=True):
+                    p.copy_(value)
+        for m in layers:
+            _remove(m)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        student.train(was_training)
+    tenth = max(1, len(losses) // 10)
+    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth, "layers": len(layers)}
