@@ -128,6 +128,9 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "W8A8 static + act. equalization + GPTQ (percentile)": _calibrated(
         {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize="activations", bias=False
     ),
+    "W8A8 static + CLE + GPTQ + distillation tuning": _calibrated(
+        {"weight_bits": 8, "activations": "static", "act_observer": "percentile"}, equalize=True, bias=False, tune=True
+    ),
     "W8A8 static + act. equalization + GPTQ + distillation tuning": _calibrated(
         {"weight_bits": 8, "activations": "static", "act_observer": "percentile"},
         equalize="activations",
@@ -162,6 +165,7 @@ BATCHNORM_ONLY = (
     "W8A8 static + CLE + GPTQ (percentile)",
     "W8A8 static + CLE + GPTQ (search)",
     "W8A8 static + act. equalization + GPTQ (percentile)",
+    "W8A8 static + CLE + GPTQ + distillation tuning",
     "W8A8 static + act. equalization + GPTQ + distillation tuning",
 )
 SUITES = {"mobilenet": mobilenet_suite, "whisper": whisper_suite, "minilm": minilm_suite, "fusion": fusion_suite}

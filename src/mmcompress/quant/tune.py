@@ -2,7 +2,8 @@
 
 Post-training quantization fixes each layer on its own: rounding, ranges and GPTQ look at one
 layer at a time, so the small errors of 50 layers of 8-bit activations add up (MobileNetV2 W8A8
-static: top-1 agreement with float 0.88, with every layer's inputs quantized). `tune_quantized`
+static: top-1 agreement with float 0.88-0.89; keeping the inputs of any one of its first 29
+layers float moved the KL by at most 0.004 of 0.036). `tune_quantized`
 trains the quantized model end to end to read like the float model on unlabeled inputs, the way
 BRECQ / QDrop reconstruct blocks, but on the whole network:
 
@@ -13,8 +14,10 @@ BRECQ / QDrop reconstruct blocks, but on the whole network:
 - at the end each weight is rounded back onto its own grid (same steps): the model keeps its
   codes' format, its kernels and its ONNX export, and runs exactly as any quantized model.
 
-Measured on MobileNetV2 (ImageNet weights, W8A8 static, 1024 unlabeled photo crops, 300 steps):
-top-1 agreement with float 0.88 -> 0.93 on held-out crops (docs/benchmarks.md).
+Measured on MobileNetV2 (ImageNet weights, W8A8 static, GPTQ, percentile ranges; 1024 unlabeled
+photo crops, 300 steps, about 7 minutes on 2 cores), top-1 agreement with float on 300 held-out
+crops: after activation equalization 0.893 -> 0.913 (KL 0.023 -> 0.016), after cross-layer
+equalization 0.893 -> 0.900 (KL 0.033 -> 0.021); biases alone (`weight_lr=0`) 0.88 -> 0.90.
 """
 
 from __future__ import annotations
