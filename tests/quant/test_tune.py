@@ -85,3 +85,17 @@ def test_a_failing_tune_leaves_the_model_as_it_was():
     assert all("forward" not in m.__dict__ for m in student.modules())
     with pytest.raises(DataError, match="no batches"):
         tune_quantized(student, teacher, [])
+
+
+def test_a_tune_that_does_not_lower_the_held_out_loss_is_put_back():
+    teacher = _cnn()
+    student = copy.deepcopy(teacher)
+    quantize(student, QuantConfig(activations="static"), calib=[_images(16, 1) * 0.5])
+    state = copy.deepcopy(student.state_dict())
+    train = [_images(16, 200 + i) for i in range(8)]
+    with pytest.warns(UserWarning, match="held-out loss did not go down"):
+        out = tune_quantized(student, teacher, train, {"steps": 6, "lr": 10.0, "weight_lr": 1.0, "warmup": 0.0})
+    assert out["kept"] == 0.0 and out["holdout_after"] > out["holdout_before"]
+    assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
+    good = tune_quantized(student, teacher, train, {"steps": 60, "lr": 3e-3, "weight_lr": 1e-3, "temperature": 0.05})
+    assert good["kept"] == 1.0 and good["holdout_after"] < good["holdout_before"]

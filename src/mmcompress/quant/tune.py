@@ -9,8 +9,10 @@ BRECQ / QDrop reconstruct blocks, but on the whole network:
 
 - every quantized Linear/Conv runs its simulation (static, dynamic or no input quantization, the
   weight on its integer grid) with straight-through rounding, so gradients reach every layer;
-- the biases and a float copy of each weight are trained (Adam, cosine schedule); the layers'
-  steps, zero points and input ranges stay as calibrated;
+- the biases and a float copy of each weight are trained (Adam, linear warm-up, cosine decay); the
+  layers' steps, zero points and input ranges stay as calibrated;
+- a held-out eighth of the batches decides: if their loss (through the real, re-rounded model) did
+  not go down, the model is put back as it was, with a warning;
 - at the end each weight is rounded back onto its own grid (same steps): the model keeps its
   codes' format, its kernels and its ONNX export, and runs exactly as any quantized model.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -49,6 +52,10 @@ class TuneConfig(FrozenConfig):
         weight_lr: Adam learning rate of the float weight copies (0: biases only).
         loss: "kl" (KL(teacher || student) of softmax outputs, for logits) or "mse" (embeddings).
         temperature: softmax temperature of the "kl" loss.
+        warmup: fraction of the steps over which the learning rates rise linearly (Adam's first
+            steps move every parameter by about its learning rate at once).
+        holdout: fraction of the batches (at least one, when there are 4 or more) kept out of
+            training; the tuned model is kept only if its loss on them went down.
         seed: the order of the batches.
 
     Example:
@@ -61,6 +68,8 @@ class TuneConfig(FrozenConfig):
     weight_lr: float = Field(2e-5, ge=0.0)
     loss: str = Field("kl", pattern="^(kl|mse)$")
     temperature: float = Field(1.0, gt=0.0)
+    warmup: float = Field(0.1, ge=0.0, lt=1.0)
+    holdout: float = Field(0.125, ge=0.0, lt=1.0)
     seed: int = 0
 
 
@@ -157,7 +166,10 @@ def tune_quantized(
         config: a TuneConfig or a dict of its fields.
 
     Returns:
-        {"loss_first", "loss_last": mean loss over the first and last tenth of the steps, "layers"}.
+        {"loss_first", "loss_last": mean training loss over the first and last tenth of the steps,
+        "layers", "holdout_before", "holdout_after": loss of the held-out batches before and after
+        (NaN without any), "kept": 1.0 if the tuned model was kept, 0.0 if it was put back (with
+        a warning) because its held-out loss did not go down}.
 
     Example:
         >>> quantize(model, QuantConfig(activations="static"), calib=calib)
@@ -180,11 +192,16 @@ def tune_quantized(
         teacher.eval()
         targets = [_output(call_model(teacher, b)).detach() for b in batches]
         teacher.train(was_teacher)
+    n_held = max(1, round(len(batches) * cfg.holdout)) if cfg.holdout > 0 and len(batches) >= 4 else 0
+    held = list(range(len(batches) - n_held, len(batches)))
+    train = list(range(len(batches) - n_held))
+    before = _held_out_loss(student, batches, targets, held, cfg)
     flags = {p: p.requires_grad for p in student.parameters()}
     was_training = student.training
     shadows = {m: nn.Parameter(m.dequantized_weight().detach().float().clone()) for m in layers}
     biases = [m.bias for m in layers if isinstance(getattr(m, "bias", None), nn.Parameter)]
     saved = [p.detach().clone() for p in biases]  # restored if tuning fails: no half-tuned model
+    saved_codes = [m.qweight.detach().clone() for m in layers]
     losses: list[float] = []
     done = False
     try:
@@ -198,11 +215,11 @@ def tune_quantized(
         if cfg.weight_lr > 0:
             groups.append({"params": list(shadows.values()), "lr": cfg.weight_lr})
         opt = torch.optim.Adam(groups)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, steps=cfg.steps, warmup=cfg.warmup))
         order = torch.Generator().manual_seed(cfg.seed)
         student.eval()  # BatchNorm statistics and dropout as deployed
         for _ in range(cfg.steps):
-            i = int(torch.randint(len(batches), (1,), generator=order))
+            i = train[int(torch.randint(len(train), (1,), generator=order))]
             loss = _loss(_output(call_model(student, batches[i])), targets[i], cfg)
             if not torch.isfinite(loss):
                 raise DataError(f"tune_quantized: the loss became {float(loss)} (try a lower lr / weight_lr)")
@@ -217,13 +234,58 @@ def tune_quantized(
         done = True
     finally:
         if not done:
-            with torch.no_grad():
-                for p, value in zip(biases, saved, strict=True):
-                    p.copy_(value)
+            _restore(biases, saved, layers, saved_codes)
         for m in layers:
             _remove(m)
         for p, flag in flags.items():
             p.requires_grad_(flag)
         student.train(was_training)
+    after = _held_out_loss(student, batches, targets, held, cfg)
+    kept = not held or after < before
+    if not kept:
+        _restore(biases, saved, layers, saved_codes)
+        warnings.warn(
+            f"tune_quantized: the held-out loss did not go down ({before:.4g} -> {after:.4g}); the model is left "
+            "as it was (try more steps, more batches or lower learning rates)",
+            UserWarning,
+            stacklevel=2,
+        )
     tenth = max(1, len(losses) // 10)
-    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth, "layers": len(layers)}
+    return {
+        "loss_first": sum(losses[:tenth]) / tenth,
+        "loss_last": sum(losses[-tenth:]) / tenth,
+        "layers": len(layers),
+        "holdout_before": before,
+        "holdout_after": after,
+        "kept": float(kept),
+    }
+
+
+def _lr_factor(step: int, steps: int, warmup: float) -> float:
+    """Linear warm-up over `warmup` of the steps, then cosine decay to 0."""
+    warm = int(steps * warmup)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
+def _held_out_loss(student: nn.Module, batches: list, targets: list, held: list[int], cfg: TuneConfig) -> float:
+    """Mean loss of the deployed model (its real forward, eval mode) on the held-out batches."""
+    if not held:
+        return float("nan")
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            total = sum(float(_loss(_output(call_model(student, batches[i])), targets[i], cfg)) for i in held)
+    finally:
+        student.train(was_training)
+    return total / len(held)
+
+
+def _restore(biases: list, saved: list, layers: list, saved_codes: list) -> None:
+    with torch.no_grad():
+        for p, value in zip(biases, saved, strict=True):
+            p.copy_(value)
+        for m, codes in zip(layers, saved_codes, strict=True):
+            m.qweight.copy_(codes)
