@@ -41,6 +41,7 @@ from mmcompress.errors import ConfigError, DataError
 from mmcompress.quant.activations import fake_quantize_per_token
 from mmcompress.quant.modules import QuantConv1d, QuantConv2d, QuantLinear
 from mmcompress.quant.primitives import code_range, fake_quantize_dynamic_uint8
+from mmcompress.train.reference_tasks import output_tensor
 
 
 class TuneConfig(FrozenConfig):
@@ -130,17 +131,6 @@ def _remove(module: nn.Module) -> None:
     module.__dict__.pop("forward", None)
 
 
-def _output(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state", "pooler_output"):
-        if getattr(out, key, None) is not None:
-            return getattr(out, key)
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise DataError(f"tune_quantized needs a tensor output (or .logits / a tuple); the model returned {type(out)}")
-
-
 def _loss(student: torch.Tensor, teacher: torch.Tensor, cfg: TuneConfig) -> torch.Tensor:
     if cfg.loss == "mse":
         return F.mse_loss(student.float(), teacher.float())
@@ -190,7 +180,7 @@ def tune_quantized(
     with torch.no_grad():
         was_teacher = teacher.training
         teacher.eval()
-        targets = [_output(call_model(teacher, b)).detach() for b in batches]
+        targets = [output_tensor(call_model(teacher, b)).detach() for b in batches]
         teacher.train(was_teacher)
     n_held = max(1, round(len(batches) * cfg.holdout)) if cfg.holdout > 0 and len(batches) >= 4 else 0
     held = list(range(len(batches) - n_held, len(batches)))
@@ -220,7 +210,7 @@ def tune_quantized(
         student.eval()  # BatchNorm statistics and dropout as deployed
         for _ in range(cfg.steps):
             i = train[int(torch.randint(len(train), (1,), generator=order))]
-            loss = _loss(_output(call_model(student, batches[i])), targets[i], cfg)
+            loss = _loss(output_tensor(call_model(student, batches[i])), targets[i], cfg)
             if not torch.isfinite(loss):
                 raise DataError(f"tune_quantized: the loss became {float(loss)} (try a lower lr / weight_lr)")
             opt.zero_grad(set_to_none=True)
@@ -277,7 +267,7 @@ def _held_out_loss(student: nn.Module, batches: list, targets: list, held: list[
     student.eval()
     try:
         with torch.no_grad():
-            total = sum(float(_loss(_output(call_model(student, batches[i])), targets[i], cfg)) for i in held)
+            total = sum(float(_loss(output_tensor(call_model(student, batches[i])), targets[i], cfg)) for i in held)
     finally:
         student.train(was_training)
     return total / len(held)
