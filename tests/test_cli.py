@@ -106,7 +106,8 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     out = tmp_path / "q"
     args = _small(digits_cache)
     w8a8 = ["--bits", "7", "--activations", "static", "--act-observer", "kl", "--smoothquant", "0.5"]
-    result = _run("quantize", "digits-cnn", *w8a8, "--tune-steps", "20", "--out", str(out), *args)
+    tune = ["--tune-steps", "20", "--tune-for", "onnx-qdq"]
+    result = _run("quantize", "digits-cnn", *w8a8, *tune, "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}

@@ -35,6 +35,10 @@ from mmcompress.errors import ConfigError
     "--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
     help="Then distil the quantized model from the float one for N steps (tune_quantized; 0: off).",
 )  # fmt: skip
+@click.option(
+    "--tune-for", type=click.Choice(["pytorch", "onnx-qdq"]), default="pytorch", show_default=True,
+    help="What --tune-steps tunes: the PyTorch model, or its QDQ ONNX file's extra roundings (static W8A8).",
+)  # fmt: skip
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
 @click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
@@ -47,7 +51,7 @@ from mmcompress.errors import ConfigError
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
-                 smoothquant, only, tune_steps, onnx, train_limit, epochs, test_limit, out, resume, quiet,
+                 smoothquant, only, tune_steps, tune_for, onnx, train_limit, epochs, test_limit, out, resume, quiet,
                  data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
     """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
 
@@ -65,7 +69,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
         quantize_stage["targets"] = {key: {} for key in only}
     stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage]
     if tune_steps:
-        stages.append({"pass": "tune_quantized", "config": {"steps": tune_steps}})
+        stages.append({"pass": "tune_quantized", "config": {"steps": tune_steps, "target": tune_for}})
     stages.append({"name": "quantized", "pass": "evaluate"})
     if onnx:
         stages.append({"pass": "export_onnx"})

@@ -4,7 +4,7 @@ import torch
 from mmcompress.errors import ModelError
 from mmcompress.models import cache
 from mmcompress.models.adapter import Adapter, adapter_for
-from mmcompress.models.zoo import MODELS, build_model, list_models, load_model
+from mmcompress.models.zoo import MODELS, build_model, chance_level_warning, list_models, load_model
 from mmcompress.train.config import TrainConfig
 
 CAPTION_MODELS = ["fusion-early", "fusion-late", "fusion-xattn", "baseline-image", "baseline-text"]
@@ -70,6 +70,17 @@ def test_cache_hit_skips_training_and_corruption_is_an_error(tmp_path, monkeypat
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelError, match="corrupted"):
         load_model("digits-cnn", cache_dir=tmp_path, train=cfg, progress=False)
+
+
+def test_a_baseline_trained_to_chance_level_warns_on_every_load(tmp_path):
+    untrained = TrainConfig(epochs=1, batch_size=64, lr=1e-9)  # learns nothing: about 0.1 on 10 digits
+    with pytest.warns(UserWarning, match="about chance for 10 classes"):
+        load_model("digits-cnn", cache_dir=tmp_path, train=untrained, train_limit=128, progress=False)
+    with pytest.warns(UserWarning, match="--epochs"):  # and again from the cache
+        load_model("digits-cnn", cache_dir=tmp_path, train=untrained, train_limit=128, progress=False)
+    assert chance_level_warning("digits-cnn", {"accuracy": 0.16, "loss": 0.01}, 10) is None
+    assert chance_level_warning("fashion-clip", {"zero_shot_accuracy": 0.12}, 10) is not None
+    assert chance_level_warning("minilm", {"accuracy": 0.1}, None) is None
 
 
 def test_checkpoint_from_another_config_is_rejected(tmp_path):

@@ -93,9 +93,37 @@ def test_a_tune_that_does_not_lower_the_held_out_loss_is_put_back():
     quantize(student, QuantConfig(activations="static"), calib=[_images(16, 1) * 0.5])
     state = copy.deepcopy(student.state_dict())
     train = [_images(16, 200 + i) for i in range(8)]
+    absurd = {"steps": 6, "lr": 10.0, "weight_lr": 1.0, "range_lr": 0.05, "warmup": 0.0}
     with pytest.warns(UserWarning, match="held-out loss did not go down"):
-        out = tune_quantized(student, teacher, train, {"steps": 6, "lr": 10.0, "weight_lr": 1.0, "warmup": 0.0})
+        out = tune_quantized(student, teacher, train, absurd)
     assert out["kept"] == 0.0 and out["holdout_after"] > out["holdout_before"]
     assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
     good = tune_quantized(student, teacher, train, {"steps": 60, "lr": 3e-3, "weight_lr": 1e-3, "temperature": 0.05})
     assert good["kept"] == 1.0 and good["holdout_after"] < good["holdout_before"]
+
+
+@pytest.mark.parametrize("batches", [None, torch.zeros(4, 3, 12, 12), [], [{"text": ["a photo of a cat"]}]])
+def test_batches_that_are_not_a_list_of_inputs_are_named(batches):
+    teacher = _cnn()
+    student = copy.deepcopy(teacher)
+    quantize(student, QuantConfig(activations="static"), calib=[_images(8, 1)])
+    with pytest.raises(DataError, match="batches"):
+        tune_quantized(student, teacher, batches)
+
+
+def test_learned_input_steps_move_and_lower_the_error():
+    teacher = _cnn()
+    student = copy.deepcopy(teacher)
+    quantize(student, QuantConfig(activations="static"), calib=[_images(16, 1) * 0.5])  # ranges too narrow
+    layers = [m for m in student.modules() if hasattr(m, "act_step")]
+    before_steps = [float(m.act_step) for m in layers]
+    test = _images(256, 9)
+    before = _held_out_kl(teacher, student, test)
+    train = [_images(32, 100 + i) for i in range(8)]
+    cfg = {"steps": 120, "lr": 3e-3, "weight_lr": 0.0, "range_lr": 1e-2, "temperature": 0.05}
+    out = tune_quantized(student, teacher, train, cfg)
+    steps = [float(m.act_step) for m in layers]
+    assert out["kept"] == 1.0 and all(s > 0 for s in steps)
+    assert max(abs(a / b - 1) for a, b in zip(steps, before_steps, strict=True)) > 0.05
+    assert not any(m.act_step.requires_grad for m in layers)
+    assert _held_out_kl(teacher, student, test) < 0.8 * before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,11 +239,36 @@ def load_model(
         )
         metrics = spec.make_task(model, test_ds).evaluate(model, test_ds)
         info = {"metrics": metrics, "history": result.history, "train": train.to_dict(), "dataset": spec.dataset}
+        if getattr(test_ds, "class_names", None):
+            info["classes"] = len(test_ds.class_names)
         if world()[0] == 0:
             cache.save_cached(cache_dir, name, key, model, info)
+    chance = chance_level_warning(name, info.get("metrics", {}), info.get("classes"))
+    if chance:
+        warnings.warn(chance, UserWarning, stacklevel=2)
     model.eval()
     model.mmcompress_info = info
     return model
+
+
+def chance_level_warning(name: str, metrics: dict, classes: int | None) -> str | None:
+    """A warning when a trained baseline's accuracy is within 1.5x of chance (1 / classes), else None.
+
+    Example:
+        >>> chance_level_warning("digits-cnn", {"accuracy": 0.11}, 10)
+        "the trained digits-cnn baseline reaches accuracy 0.110, about chance for 10 classes (0.10): ..."
+    """
+    if not classes or classes < 2:
+        return None
+    chance = 1.0 / classes
+    for key, value in metrics.items():
+        if "accuracy" in key and isinstance(value, (int, float)) and value <= 1.5 * chance:
+            return (
+                f"the trained {name} baseline reaches {key} {value:.3f}, about chance for {classes} classes "
+                f"({chance:.2f}): train longer (--epochs) or on more samples (--train-limit); compressing an "
+                "untrained model measures nothing"
+            )
+    return None
 
 
 def _load_external(name: str, overrides: dict[str, Any]) -> nn.Module:

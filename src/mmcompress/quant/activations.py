@@ -90,6 +90,19 @@ def fake_quantize_static(x: torch.Tensor, step: torch.Tensor, zero: torch.Tensor
     return (codes - zero) * step
 
 
+def fake_quantize_static_ste(x: torch.Tensor, step: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """`fake_quantize_static` with straight-through gradients (the rounding passes them unchanged;
+    codes clamped to 0 or 255 pass none), for training through the quantization.
+
+    Example:
+        >>> fake_quantize_static_ste(torch.tensor([0.5, 9.0], requires_grad=True), torch.tensor(0.01), torch.tensor(0))
+        tensor([0.5000, 2.5500], grad_fn=<MulBackward0>)
+    """
+    v = x / step
+    codes = torch.clamp(v + (torch.round(v) - v).detach() + zero, 0, 255)
+    return (codes - zero) * step
+
+
 def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """SmoothQuant factors s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha) per input channel j.
 
