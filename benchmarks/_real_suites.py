@@ -80,7 +80,7 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
         student.eval()
 
     def tune_batches() -> list[torch.Tensor]:
-        """1024 other crops of the photos (a stream disjoint from the test and calibration crops)."""
+        """4096 other crops of the photos (a stream disjoint from the test and calibration crops)."""
         crops = photo_crops(TUNE_CROPS, seed=5, split="calib")
         return [crops[i : i + 16] for i in range(0, TUNE_CROPS, 16)]
 
@@ -89,7 +89,8 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
                  repair, batchnorm=True, prune_channels=prune_channels, tune_batches=tune_batches)  # fmt: skip
 
 
-TUNE_CROPS = 1024  # distillation tuning of W8A8 MobileNetV2: 300 steps of 16 crops (~7 min on 2 cores)
+TUNE_CROPS = 4096  # distillation tuning of W8A8 MobileNetV2: 300 steps of 16 crops (~8 min on 2 cores);
+# 1024 crops over-fit (training loss 0.027, held-out 0.040)
 MOBILENET_HIDDEN = r"re:features\.([2-9]|1[0-7])\.conv\.0\.0$"  # the expand conv of every inverted residual
 REPAIR_CROPS, REPAIR_EPOCHS = 1024, 3  # MobileNetV2 repair: 192 steps of 16 crops (~4 min); 48 steps at lr 3e-4
 # lost top-1 (0.663 after BatchNorm re-estimation alone gave 0.750); 1e-4 keeps it and lowers KL

@@ -36,7 +36,7 @@ from mmcompress.graph.runtime import OrtModel
 from mmcompress.models.mobilenet_v2 import load_mobilenet_v2
 from mmcompress.quant.api import QuantConfig, quantize
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
-from mmcompress.quant.tune import tune_quantized
+from mmcompress.quant.tune import TuneConfig, tune_quantized
 
 N_TEST, N_CALIB, BATCH = 300, 64, 50
 
@@ -65,10 +65,11 @@ def variant(base, folded, cle, cfg, calib, bias_correction):
     return model
 
 
-def tuned(model, teacher, crops: int = 1024):
-    """`tune_quantized` on other crops of the photos (a stream disjoint from the test and calibration crops)."""
+def tuned(model, teacher, crops: int = 4096, target: str = "onnx-qdq"):
+    """`tune_quantized` on other crops of the photos (a stream disjoint from the test and calibration
+    crops), by default through the roundings of the QDQ file that ships (`graph.qdq_simulation`)."""
     train = photo_crops(crops, seed=5, split="calib")
-    tune_quantized(model, teacher, [train[i : i + 16] for i in range(0, crops, 16)])
+    tune_quantized(model, teacher, [train[i : i + 16] for i in range(0, crops, 16)], TuneConfig(target=target))
     return model
 
 
@@ -132,7 +133,8 @@ def speed(base, test, calib, rounds: int, threads: int, write: bool) -> None:
         f"medians and their range. Agreement: top-1 agreement with the "
         f"float PyTorch model on the {N_TEST} test crops (the same crops and {N_CALIB} calibration crops for "
         "every quantizer). W8A8 = fold BatchNorm + GPTQ, percentile input ranges (+ cross-layer "
-        "equalization where named; distillation tuning: `tune_quantized`, 300 steps on 1024 other crops); "
+        "equalization where named; distillation tuning: `tune_quantized` with `target='onnx-qdq'` (through "
+        "the QDQ file's roundings), 300 steps on 4096 other crops); "
         "W8 = GPTQ + bias correction. Top-1 agreement of each W8A8 file with "
         "its PyTorch model: " + ", ".join(f"{n} {v:.3f}" for n, v in parity.items()) + ".\n\n"
         f"{table(rows)}\n"

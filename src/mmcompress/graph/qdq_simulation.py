@@ -63,11 +63,11 @@ class RoundToRange(nn.Module):
         tensor([0.9882])
     """
 
-    def __init__(self, lo: float, hi: float) -> None:
+    def __init__(self, lo: float, hi: float, device: torch.device | str = "cpu") -> None:
         super().__init__()
         step = (hi - lo) / 255.0
-        self.register_buffer("step", torch.tensor(step, dtype=torch.float32), persistent=False)
-        self.register_buffer("zero", torch.tensor(float(round(-lo / step))), persistent=False)
+        self.register_buffer("step", torch.tensor(step, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("zero", torch.tensor(float(round(-lo / step)), device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize_static_ste(x, self.step, self.zero)
@@ -183,7 +183,7 @@ def _round_clipped_pool_inputs(gm: fx.GraphModule, modules: dict) -> int:
         layer = modules.get(conv.target) if conv.op == "call_module" else None
         if not (qdq_ready(layer) and layer.qweight.dim() == 4 and len(conv.users) == 1):
             continue
-        pool.replace_input_with(clip, _insert(gm, clip, RoundToRange(*bounds)))
+        pool.replace_input_with(clip, _insert(gm, clip, RoundToRange(*bounds, device=layer.act_step.device)))
         count += 1
     return count
 
