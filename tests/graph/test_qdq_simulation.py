@@ -66,6 +66,37 @@ def test_simulation_predicts_the_qdq_file_better_than_the_model(tmp_path):
     assert sim_error < CLOSER * model_error, (sim_error, model_error)
 
 
+class Functional(nn.Module):
+    """The same roundings written with functions: torch.add(alpha=), +=, an in-place clamp_, F.pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6())
+        self.block1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(), nn.Conv2d(16, 16, 1))
+        self.block2 = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU6(), nn.Conv2d(32, 16, 1))
+        self.head = nn.Conv2d(16, 48, 1)
+        self.classifier = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.add(x, self.block1(x), alpha=0.5)
+        x += self.block2(x)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(self.head(x).clamp_(0.0, 6.0), 1)
+        return self.classifier(pooled.flatten(1))
+
+
+def test_functional_adds_and_clamps_are_simulated_too(tmp_path):
+    torch.manual_seed(0)
+    model = Functional().eval()
+    quantize(model, QuantConfig(activations="static"), calib=[torch.rand(8, 3, 12, 12) for _ in range(4)])
+    sim = qdq_simulation(model)
+    assert sim.qdq_roundings == 3
+    x = torch.rand(64, 3, 12, 12)
+    file = _file_outputs(model, x, tmp_path / "f.onnx")
+    with torch.no_grad():
+        assert float((sim(x) - file).abs().mean()) < CLOSER * float((model(x) - file).abs().mean())
+
+
 def test_simulation_shares_the_model_parameters():
     _, model = _static()
     sim = qdq_simulation(model)
@@ -96,6 +127,18 @@ def test_models_without_qdq_layers_are_returned_and_untraceable_ones_are_named()
     quantize(branchy, QuantConfig(activations="static"), calib=[torch.rand(8, 3, 12, 12)])
     with pytest.raises(ModelError, match="torch.fx"):
         qdq_simulation(branchy)
+    with pytest.raises(ModelError, match="target='pytorch'"):
+        tune_quantized(branchy, Branchy().eval(), [torch.rand(4, 3, 12, 12)], {"steps": 1, "target": "onnx-qdq"})
+
+
+def test_tuning_for_a_file_without_extra_roundings_says_so():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 10 * 10, 4)).eval()
+    student = copy.deepcopy(teacher)
+    quantize(student, QuantConfig(activations="static"), calib=[torch.rand(8, 3, 12, 12)])
+    with pytest.warns(UserWarning, match="adds no rounding"):
+        out = tune_quantized(student, teacher, [torch.rand(8, 3, 12, 12)], {"steps": 2, "target": "onnx-qdq"})
+    assert out["qdq_roundings"] == 0
 
 
 def test_tuning_for_the_file_lowers_the_file_error(tmp_path):
@@ -108,4 +151,4 @@ def test_tuning_for_the_file_lowers_the_file_error(tmp_path):
     cfg = {"steps": 120, "lr": 3e-3, "weight_lr": 1e-3, "loss": "mse", "target": "onnx-qdq"}
     out = tune_quantized(student, teacher, train, cfg)
     after = float(((_file_outputs(student, test, tmp_path / "after.onnx") - reference) ** 2).mean())
-    assert out["kept"] == 1.0 and after < 0.8 * before, (before, after, out)
+    assert out["kept"] == 1.0 and out["qdq_roundings"] == 3 and after < 0.8 * before, (before, after, out)

@@ -112,6 +112,17 @@ def _drop_no_ops(gm: fx.GraphModule, modules: dict) -> None:
             gm.graph.erase_node(node)
 
 
+def _split_scaled_adds(gm: fx.GraphModule) -> None:
+    """`torch.add(a, b, alpha=k)` -> `a + b * k`, as the exporter writes it (Mul, then Add)."""
+    for node in list(gm.graph.nodes):
+        alpha = node.kwargs.get("alpha") if node.op == "call_function" and node.target is torch.add else None
+        if alpha is None or len(node.args) != 2 or set(node.kwargs) != {"alpha"}:
+            continue
+        with gm.graph.inserting_before(node):
+            scaled = gm.graph.call_function(operator.mul, (node.args[1], alpha))
+        node.args, node.kwargs = (node.args[0], scaled), {}
+
+
 def _round_residual_adds(gm: fx.GraphModule, modules: dict) -> int:
     """`quantize_residual_adds`, node for node."""
     made, count = set(), 0
@@ -151,7 +162,7 @@ def _clip_bounds(node: fx.Node, modules: dict) -> tuple[float, float] | None:
         return 0.0, 6.0
     if node.op == "call_function" and node.target is F.hardtanh:
         lo, hi = _args(node, ("min_val", -1.0), ("max_val", 1.0))
-    elif node.target in (torch.clamp, torch.clip, "clamp", "clip"):  # function or Tensor method
+    elif node.target in (torch.clamp, torch.clip, torch.clamp_, torch.clip_, "clamp", "clip", "clamp_", "clip_"):
         lo, hi = _args(node, ("min", None), ("max", None))
     else:
         return None
@@ -210,6 +221,7 @@ def qdq_simulation(model: nn.Module) -> nn.Module:
         raise ModelError(f"simulating the QDQ file needs a torch.fx-traceable model: {err}") from None
     gm = fx.GraphModule(model, graph, class_name=f"{type(model).__name__}QDQSimulation")
     _drop_no_ops(gm, modules)
+    _split_scaled_adds(gm)
     rounded = _round_residual_adds(gm, modules) + _round_clipped_pool_inputs(gm, modules)
     gm.graph.lint()
     gm.recompile()

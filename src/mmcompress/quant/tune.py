@@ -45,7 +45,7 @@ from torch import nn
 
 from mmcompress.core.batches import call_model
 from mmcompress.core.config import FrozenConfig
-from mmcompress.errors import ConfigError, DataError
+from mmcompress.errors import ConfigError, DataError, ModelError
 from mmcompress.quant.activations import fake_quantize_per_token, fake_quantize_static_ste
 from mmcompress.quant.modules import QuantConv1d, QuantConv2d, QuantLinear
 from mmcompress.quant.primitives import code_range, fake_quantize_dynamic_uint8
@@ -178,7 +178,8 @@ def tune_quantized(
         {"loss_first", "loss_last": mean training loss over the first and last tenth of the steps,
         "layers", "holdout_before", "holdout_after": loss of the held-out batches before and after
         (NaN without any), "kept": 1.0 if the tuned model was kept, 0.0 if it was put back (with
-        a warning) because its held-out loss did not go down}.
+        a warning) because its held-out loss did not go down, "qdq_roundings": roundings of the QDQ
+        file simulated (target "onnx-qdq"; 0 otherwise)}.
 
     Example:
         >>> quantize(model, QuantConfig(activations="static"), calib=calib)
@@ -236,7 +237,7 @@ def tune_quantized(
         groups = [{"params": biases, "lr": cfg.lr}]
         if cfg.weight_lr > 0:
             groups.append({"params": list(shadows.values()), "lr": cfg.weight_lr})
-        groups += [{"params": [t], "lr": cfg.range_lr * float(t)} for t in steps]  # relative to each step
+        groups += [{"params": [t], "lr": cfg.range_lr * float(t.detach())} for t in steps]  # relative to each step
         opt = torch.optim.Adam(groups)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, steps=cfg.steps, warmup=cfg.warmup))
         order = torch.Generator().manual_seed(cfg.seed)
@@ -245,7 +246,8 @@ def tune_quantized(
             i = train[int(torch.randint(len(train), (1,), generator=order))]
             loss = _loss(output_tensor(call_model(forward, batches[i])), targets[i], cfg)
             if not torch.isfinite(loss):
-                raise DataError(f"tune_quantized: the loss became {float(loss)} (try lower lr / weight_lr / range_lr)")
+                value = float(loss.detach())
+                raise DataError(f"tune_quantized: the loss became {value} (try lower lr / weight_lr / range_lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -263,6 +265,7 @@ def tune_quantized(
             _restore(biases_and_steps, saved, layers, saved_codes)
         for t in steps:
             t.requires_grad_(False)
+            t.grad = None
         for m in layers:
             _remove(m)
         for p, flag in flags.items():
@@ -283,6 +286,7 @@ def tune_quantized(
         "loss_first": sum(losses[:tenth]) / tenth,
         "loss_last": sum(losses[-tenth:]) / tenth,
         "layers": len(layers),
+        "qdq_roundings": getattr(forward, "qdq_roundings", 0),
         "holdout_before": before,
         "holdout_after": after,
         "kept": float(kept),
@@ -301,7 +305,18 @@ def _forward_model(student: nn.Module, cfg: TuneConfig) -> nn.Module:
         return student
     from mmcompress.graph.qdq_simulation import qdq_simulation  # graph imports quant: import when used
 
-    return qdq_simulation(student)
+    try:
+        simulation = qdq_simulation(student)
+    except ModelError as err:
+        raise ModelError(f"tune_quantized(target='onnx-qdq'): {err} (tune with target='pytorch' instead)") from None
+    if getattr(simulation, "qdq_roundings", 0) == 0:
+        warnings.warn(
+            "tune_quantized(target='onnx-qdq'): the QDQ file adds no rounding to this model (no residual add or "
+            "clipped pooling input next to static W8A8 layers), so it is tuned as for target='pytorch'",
+            UserWarning,
+            stacklevel=3,
+        )
+    return simulation
 
 
 def _lr_factor(step: int, steps: int, warmup: float) -> float:
