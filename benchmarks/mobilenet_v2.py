@@ -67,7 +67,7 @@ def variant(base, folded, cle, cfg, calib, bias_correction):
 
 def tuned(model, teacher, crops: int = 4096, target: str = "onnx-qdq"):
     """`tune_quantized` on other crops of the photos (a stream disjoint from the test and calibration
-    crops), by default through the roundings of the QDQ file that ships (`graph.qdq_simulation`)."""
+    crops), by default through the roundings of the QDQ file that ships (`quant.qdq_simulation`)."""
     train = photo_crops(crops, seed=5, split="calib")
     tune_quantized(model, teacher, [train[i : i + 16] for i in range(0, crops, 16)], TuneConfig(target=target))
     return model

@@ -32,32 +32,14 @@ from mmcompress.graph.onnx_qdq_outputs import (
     relu_min_to_clip,
 )
 from mmcompress.graph.onnx_rewrite import commit_nodes, digest, linear_keys
-from mmcompress.quant.modules import QuantConv2d, QuantLinear
+from mmcompress.quant.modules import QuantLinear
+from mmcompress.quant.qdq_simulation import qdq_ready
 
 INT32_MAX = 2**31 - 1
 
 
 def _const(name: str, value, dtype) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
-
-
-def qdq_ready(module: nn.Module) -> bool:
-    """True for a static W8A8 layer with symmetric per-channel weights (what QDQ can express exactly).
-
-    Example:
-        >>> qdq_ready(model.features[0][0])  # after quantize(..., QuantConfig(activations="static"))
-        True
-    """
-    act = getattr(module, "act", None)
-    return (
-        isinstance(module, (QuantConv2d, QuantLinear))
-        and act is not None
-        and act.mode == "static"
-        and getattr(module, "act_smooth", None) is None
-        and module.scale.shape[1] == 1
-        and getattr(module, "zero_point", None) is None
-        and module.bits <= 8
-    )
 
 
 def _quantize_input(module: nn.Module, x: str, p: str):

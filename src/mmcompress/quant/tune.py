@@ -12,7 +12,7 @@ BRECQ / QDrop reconstruct blocks, but on the whole network:
 - the biases and a float copy of each weight are trained (Adam, linear warm-up, cosine decay); the
   layers' steps and zero points stay as calibrated, and so do the input ranges unless `range_lr`
   learns them (LSQ);
-- `target="onnx-qdq"` trains through `graph.qdq_simulation`: the model plus the roundings its QDQ
+- `target="onnx-qdq"` trains through `quant.qdq_simulation`: the model plus the roundings its QDQ
   ONNX file adds (residual adds, clipped pooling inputs), so the file ONNX Runtime runs is what
   gets tuned;
 - a held-out eighth of the batches decides: if their loss (through the real, re-rounded model) did
@@ -69,7 +69,7 @@ class TuneConfig(FrozenConfig):
             gradient), relative to each step (0: the calibrated ranges stay).
         target: what the loss is measured through: "pytorch" (the model's own simulation) or
             "onnx-qdq" (plus the roundings its QDQ ONNX file adds at residual adds and clipped
-            pooling inputs, `graph.qdq_simulation`: tune for the file ONNX Runtime runs).
+            pooling inputs, `quant.qdq_simulation`: tune for the file ONNX Runtime runs).
         seed: the order of the batches.
 
     Example:
@@ -303,7 +303,7 @@ def _forward_model(student: nn.Module, cfg: TuneConfig) -> nn.Module:
     """The model the loss runs through: the student, or its QDQ-file simulation (same parameters)."""
     if cfg.target == "pytorch":
         return student
-    from mmcompress.graph.qdq_simulation import qdq_simulation  # graph imports quant: import when used
+    from mmcompress.quant.qdq_simulation import qdq_simulation  # torch.fx: imported when used
 
     try:
         simulation = qdq_simulation(student)

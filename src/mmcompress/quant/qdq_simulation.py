@@ -1,8 +1,9 @@
-"""The roundings a QDQ ONNX file adds to a static W8A8 model, simulated in PyTorch.
+"""The roundings a QDQ ONNX file adds to a static W8A8 model, simulated in PyTorch (and which
+layers the QDQ export writes as QDQ: `qdq_ready`).
 
-`export_onnx(model, ...)` (static_format "qdq") lets ONNX Runtime keep a static W8A8 network on
-uint8 tensors between layers. For that, `onnx_qdq_outputs` quantizes two places the PyTorch model
-keeps float:
+`export_onnx(model, ...)` (static_format "qdq", `graph.onnx_qdq`) lets ONNX Runtime keep a static W8A8 network on
+uint8 tensors between layers. For that, it quantizes two places the PyTorch model
+keeps float (`graph.onnx_qdq_outputs`):
 
 - a residual Add whose output a quantized layer reads: each input is rounded with the step its
   own reader quantizes it with (the skip connection), or else with the step of the Add's output
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mmcompress.errors import ModelError
-from mmcompress.graph.onnx_qdq import qdq_ready
 from mmcompress.quant.activations import fake_quantize_static_ste
+from mmcompress.quant.modules import QuantConv2d, QuantLinear
 
 ADDS = (operator.add, operator.iadd, torch.add)
 DROPPED = (nn.Identity, nn.Dropout)
@@ -71,6 +72,25 @@ class RoundToRange(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize_static_ste(x, self.step, self.zero)
+
+
+def qdq_ready(module: nn.Module) -> bool:
+    """True for a static W8A8 layer with symmetric per-channel weights (what QDQ can express exactly).
+
+    Example:
+        >>> qdq_ready(model.features[0][0])  # after quantize(..., QuantConfig(activations="static"))
+        True
+    """
+    act = getattr(module, "act", None)
+    return (
+        isinstance(module, (QuantConv2d, QuantLinear))
+        and act is not None
+        and act.mode == "static"
+        and getattr(module, "act_smooth", None) is None
+        and module.scale.shape[1] == 1
+        and getattr(module, "zero_point", None) is None
+        and module.bits <= 8
+    )
 
 
 class _Tracer(fx.Tracer):

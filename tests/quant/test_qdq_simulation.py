@@ -11,9 +11,9 @@ from torch import nn
 
 from mmcompress.errors import ModelError
 from mmcompress.graph.export import export_onnx
-from mmcompress.graph.qdq_simulation import qdq_simulation
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.qdq_simulation import qdq_simulation
 from mmcompress.quant.tune import tune_quantized
 
 CLOSER = 0.6  # the simulation's mean error to the file, at most this fraction of the model's
