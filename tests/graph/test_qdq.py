@@ -154,3 +154,28 @@ def test_clipped_conv_before_a_pooling_runs_as_an_integer_conv(tmp_path):
     ops = _optimized_ops(tmp_path / "q.onnx", tmp_path)
     assert ops["QLinearConv"] == 2 and ops["FusedConv"] + ops["Conv"] == 0, ops
     assert res.top1_agreement >= MIN_TOP1 and res.cosine > MIN_COSINE
+
+
+def test_batchnorm_left_after_static_convs_is_named(tmp_path):
+    """Unfolded BatchNorm sits between a static conv and the next quantization: ONNX Runtime runs the
+    conv in float, so export says to fold first; a folded model exports without that warning."""
+    from mmcompress.graph.folding import fold_batchnorm
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 1), nn.ReLU()).eval()
+        model[1].running_var.uniform_(0.5, 2.0)
+        return model
+
+    calib = [torch.rand(8, 3, 10, 10)]
+    unfolded = build()
+    quantize(unfolded, QuantConfig(activations="static"), calib=calib)
+    with pytest.warns(UserWarning, match=r"1 BatchNorm layer\(s\) follow static W8A8 convolutions \(first: '1'\)"):
+        export_onnx(unfolded, calib[0], tmp_path / "u.onnx")
+    folded = build()
+    fold_batchnorm(folded)
+    quantize(folded, QuantConfig(activations="static"), calib=calib)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(folded, calib[0], tmp_path / "f.onnx")
+    assert not [w for w in caught if "BatchNorm" in str(w.message)]

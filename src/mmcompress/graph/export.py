@@ -25,7 +25,7 @@ from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
 from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
-from mmcompress.graph.onnx_qdq import rewrite_qdq
+from mmcompress.graph.onnx_qdq import qdq_ready, rewrite_qdq
 from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.graph.storage import stored_bytes
@@ -142,6 +142,14 @@ def export_onnx(
     finally:
         for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
             module.training = training
+    unfolded = _norms_after_static_convs(model) if static_format == "qdq" else []
+    if unfolded:
+        warnings.warn(
+            f"export: {len(unfolded)} BatchNorm layer(s) follow static W8A8 convolutions (first: {unfolded[0]!r}); "
+            "ONNX Runtime cannot fuse those convolutions into integer kernels: call mmcompress.fold_batchnorm(model) "
+            "before quantize",
+            stacklevel=2,
+        )
     float_layers = tuple(unconverted_layers(proto, model))
     if float_layers:
         warnings.warn(
@@ -170,6 +178,18 @@ def export_onnx(
     atomic_write_bytes(path, data)
     measured = sum(stored_bytes(model).values())
     return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers)
+
+
+def _norms_after_static_convs(model: nn.Module) -> list[str]:
+    """BatchNorm layers right after a QDQ-ready conv in a Sequential (the conv's output is not quantized)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (_, first), (second_name, second) in zip(children, children[1:], strict=False):
+                if qdq_ready(first) and isinstance(second, nn.modules.batchnorm._BatchNorm):
+                    found.append(f"{name}.{second_name}" if name else second_name)
+    return found
 
 
 def _export_proto(
