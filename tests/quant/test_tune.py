@@ -127,3 +127,23 @@ def test_learned_input_steps_move_and_lower_the_error():
     assert max(abs(a / b - 1) for a, b in zip(steps, before_steps, strict=True)) > 0.05
     assert not any(m.act_step.requires_grad for m in layers)
     assert _held_out_kl(teacher, student, test) < 0.8 * before
+
+
+def test_validation_batches_decide_whether_the_tune_is_kept():
+    teacher = _cnn()
+    student = copy.deepcopy(teacher)
+    quantize(student, QuantConfig(activations="static"), calib=[_images(16, 1) * 0.5])
+    train = [_images(16, 300 + i) for i in range(4)]
+    validation = [_images(16, 400 + i) for i in range(2)]
+    with torch.no_grad():
+        expected = sum(
+            float(torch.nn.functional.kl_div(student(v).log_softmax(-1), teacher(v).log_softmax(-1),
+                                             log_target=True, reduction="batchmean"))
+            for v in validation
+        ) / len(validation)  # fmt: skip
+    cfg = {"steps": 40, "lr": 3e-3, "weight_lr": 1e-3}
+    out = tune_quantized(student, teacher, train, cfg, validation=validation)
+    assert out["holdout_before"] == pytest.approx(expected, rel=1e-5)
+    assert out["kept"] == 1.0 and out["holdout_after"] < out["holdout_before"]
+    with pytest.raises(DataError, match="no validation"):
+        tune_quantized(student, teacher, train, cfg, validation=[])

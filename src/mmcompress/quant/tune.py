@@ -163,6 +163,8 @@ def tune_quantized(
     teacher: nn.Module,
     batches: Sequence[Any],
     config: TuneConfig | dict | None = None,
+    *,
+    validation: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Train a quantized model in place to match its float original on unlabeled batches, through
     its integer simulation; its codes are re-rounded onto the same grids at the end.
@@ -173,6 +175,10 @@ def tune_quantized(
         batches: model inputs (tensor, tuple or dict per batch), e.g. unlabeled images; use other
             inputs than those you evaluate on.
         config: a TuneConfig or a dict of its fields.
+        validation: batches that decide whether the tuned model is kept, instead of the last
+            `holdout` fraction of `batches` (all of which then train). Give inputs like the
+            deployment's when the tuning inputs differ from them (augmented, synthetic): a
+            held-out part of the tuning inputs cannot see that mismatch.
 
     Returns:
         {"loss_first", "loss_last": mean training loss over the first and last tenth of the steps,
@@ -187,19 +193,8 @@ def tune_quantized(
         0.018
     """
     cfg = config if isinstance(config, TuneConfig) else TuneConfig(**(config or {}))
-    if batches is None or isinstance(batches, (torch.Tensor, dict)):
-        raise DataError(
-            f"tune_quantized needs a list of batches (model inputs), got {type(batches).__name__}: "
-            "e.g. [images[i : i + 16] for i in range(0, len(images), 16)]"
-        )
-    batches = list(batches)
-    if not batches:
-        raise DataError("tune_quantized got no batches")
-    if any(_raw_text(b) for b in batches):
-        raise DataError(
-            "tune_quantized got raw text in its batches (strings, not token ids): collate them for the model "
-            "first, e.g. mmcompress.data.collate.calibration_batches(model, raw_batches)"
-        )
+    batches = _checked(batches, "batches")
+    extra = [] if validation is None else _checked(validation, "validation")
     layers = [m for m in student.modules() if _tunable(m)]
     if not layers:
         raise ConfigError("tune_quantized found no quantized layers (run quantize first)")
@@ -210,11 +205,15 @@ def tune_quantized(
     with torch.no_grad():
         was_teacher = teacher.training
         teacher.eval()
-        targets = [output_tensor(call_model(teacher, b)).detach() for b in batches]
+        targets = [output_tensor(call_model(teacher, b)).detach() for b in batches + extra]
         teacher.train(was_teacher)
-    n_held = max(1, round(len(batches) * cfg.holdout)) if cfg.holdout > 0 and len(batches) >= 4 else 0
-    held = list(range(len(batches) - n_held, len(batches)))
-    train = list(range(len(batches) - n_held))
+    if extra:
+        held, train = list(range(len(batches), len(batches) + len(extra))), list(range(len(batches)))
+        batches = batches + extra
+    else:
+        n_held = max(1, round(len(batches) * cfg.holdout)) if cfg.holdout > 0 and len(batches) >= 4 else 0
+        held = list(range(len(batches) - n_held, len(batches)))
+        train = list(range(len(batches) - n_held))
     forward = _forward_model(student, cfg)
     before = _held_out_loss(student, forward, batches, targets, held, cfg)
     flags = {p: p.requires_grad for p in student.parameters()}
@@ -291,6 +290,24 @@ def tune_quantized(
         "holdout_after": after,
         "kept": float(kept),
     }
+
+
+def _checked(batches: Any, what: str) -> list:
+    """The batches as a list, or a DataError naming what is wrong with them."""
+    if batches is None or isinstance(batches, (torch.Tensor, dict)):
+        raise DataError(
+            f"tune_quantized needs a list of {what} (model inputs), got {type(batches).__name__}: "
+            "e.g. [images[i : i + 16] for i in range(0, len(images), 16)]"
+        )
+    batches = list(batches)
+    if not batches:
+        raise DataError(f"tune_quantized got no {what}")
+    if any(_raw_text(b) for b in batches):
+        raise DataError(
+            f"tune_quantized got raw text in its {what} (strings, not token ids): collate them for the model "
+            "first, e.g. mmcompress.data.collate.calibration_batches(model, raw_batches)"
+        )
+    return batches
 
 
 def _raw_text(batch: Any) -> bool:
