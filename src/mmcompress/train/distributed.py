@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 
 import torch
@@ -23,6 +25,15 @@ def init_from_env() -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    """Tear the process group down before the interpreter exits (a gloo group left to the C++
+    destructors can abort a process whose peer already exited)."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):  # exiting anyway: nothing left to report to
+            dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:
