@@ -23,6 +23,7 @@ from torch import nn
 from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
+from mmcompress.graph.folding import sequential_pairs
 from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
 from mmcompress.graph.onnx_qdq import qdq_ready, rewrite_qdq
@@ -182,14 +183,7 @@ def export_onnx(
 
 def _norms_after_static_convs(model: nn.Module) -> list[str]:
     """BatchNorm layers right after a QDQ-ready conv in a Sequential (the conv's output is not quantized)."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            for (_, first), (second_name, second) in zip(children, children[1:], strict=False):
-                if qdq_ready(first) and isinstance(second, nn.modules.batchnorm._BatchNorm):
-                    found.append(f"{name}.{second_name}" if name else second_name)
-    return found
+    return [norm for _, norm in sequential_pairs(model, qdq_ready)]
 
 
 def _export_proto(

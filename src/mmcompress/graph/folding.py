@@ -7,6 +7,8 @@ W' x + b' with W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + ep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import fx, nn
 
@@ -90,12 +92,22 @@ def _pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    return sequential_pairs(model, lambda m: isinstance(m, FOLDABLE))
+
+
+def sequential_pairs(model: nn.Module, is_layer: Callable[[nn.Module], bool]) -> list[tuple[str, str]]:
+    """(layer, norm) names of a BatchNorm right after a layer `is_layer` accepts, in any Sequential.
+
+    Example:
+        >>> sequential_pairs(model, lambda m: isinstance(m, nn.Conv2d))
+        [('features.0.0', 'features.0.1'), ...]
+    """
     pairs = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Sequential):
             children = list(module.named_children())
             for (a, first), (b, second) in zip(children, children[1:], strict=False):
-                if isinstance(first, FOLDABLE) and isinstance(second, NORMS):
+                if is_layer(first) and isinstance(second, NORMS):
                     prefix = f"{name}." if name else ""
                     pairs.append((prefix + a, prefix + b))
     return pairs
