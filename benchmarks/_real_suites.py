@@ -8,6 +8,7 @@ model's accuracy on a labelled benchmark.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -228,8 +229,9 @@ def whisper_suite() -> Suite:
     pocketsphinx clips; calibration on the package's 4 other real recordings, pseudo-labelled by the
     float model, and 32 espeak-ng sentences read with their own text (the 4 recordings alone give
     the decoder's 384-wide Hessians 27 token rows). The heads cell ranks all 72 heads together
-    (ablation KL on one packed window of 4 of those sentences) and its repair hears 100 other
-    espeak-ng sentences and the 4 recordings (teacher-forced distillation, 29 s windows)."""
+    (ablation KL on one packed window of 4 of those sentences), refits the output projections on
+    100 other espeak-ng sentences and the 4 recordings (29 s windows), and its repair distils on
+    the same windows (teacher-forced)."""
     from mmcompress.audio.speech import (
         Utterance,
         load_real_speech,
@@ -258,22 +260,29 @@ def whisper_suite() -> Suite:
         texts = transcribe(model.eval(), speech)
         return {"wer": word_error_rate(refs, texts), "wer_normalized": word_error_rate(refs, texts, normalize=True)}
 
-    def prune_heads(model: nn.Module, ratio: float):
-        """One ranking of all 72 heads (encoder self-, decoder self- and cross-attention) by the KL of the
-        teacher-forced next-token distributions when each head alone is masked, on one packed window."""
-        config = {"ratio": ratio, "unit": "heads", "method": "ablation", "scope": "global"}
-        window = calibration_batches(model, speech_batches(read[:4], batch_size=1, pack_seconds=29))
-        return mmcompress.prune_structured(model, {"_default": config}, calib=window, max_batches=1)
-
-    def repair(teacher: nn.Module, student: nn.Module) -> None:
-        """Teacher-forced distillation (padding masked) on 100 other espeak-ng sentences and the 4
-        pseudo-labelled recordings, packed into 29 s windows; a tower that lost no head stays frozen."""
+    @functools.cache
+    def other_windows() -> list:
+        """100 other espeak-ng sentences and the 4 recordings, packed into 24 windows of 29 s."""
         spoken = [Utterance(f"tts{i}", synthesize(text, voices[i % 3], 150 + 10 * (i % 4), 50), text)
                   for i, text in enumerate(sentences[100:200])]  # fmt: skip
-        windows = calibration_batches(teacher, speech_batches(spoken + unlabeled, batch_size=1, pack_seconds=29))
+        return calibration_batches(float_model, speech_batches(spoken + unlabeled, batch_size=1, pack_seconds=29))
+
+    def prune_heads(model: nn.Module, ratio: float):
+        """One ranking of all 72 heads (encoder self-, decoder self- and cross-attention) by the KL of the
+        teacher-forced next-token distributions when each head alone is masked, on one packed window;
+        each output projection is then refit by least squares on the 24 windows of 100 other espeak-ng
+        sentences and the 4 recordings (`reconstruct`)."""
+        config = {"ratio": ratio, "unit": "heads", "method": "ablation", "scope": "global", "reconstruct": True,
+                  "ablation_batches": 1}  # fmt: skip
+        window = calibration_batches(model, speech_batches(read[:4], batch_size=1, pack_seconds=29))
+        return mmcompress.prune_structured(model, {"_default": config}, calib=window + other_windows())
+
+    def repair(teacher: nn.Module, student: nn.Module) -> None:
+        """Teacher-forced distillation (padding masked) on those windows; a tower that lost no head
+        stays frozen."""
         trained = _unpruned_towers_frozen(teacher, student)
         try:
-            distill_seq2seq(teacher, student, windows, {"steps": REPAIR_STEPS, "lr": REPAIR_LR, "warmup": 5})
+            distill_seq2seq(teacher, student, other_windows(), {"steps": REPAIR_STEPS, "lr": REPAIR_LR, "warmup": 5})
         finally:
             for p in trained:
                 p.requires_grad_(True)

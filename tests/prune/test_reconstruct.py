@@ -9,7 +9,7 @@ from torch import nn
 
 from mmcompress.core.record import Record
 from mmcompress.errors import ConfigError
-from mmcompress.prune.reconstruct import refit_columns
+from mmcompress.prune.reconstruct import refit_to_reference
 from mmcompress.prune.structured import StructuredConfig, prune_structured, replay_structured
 
 RECONSTRUCT_GAIN = 3.0  # output error with mean compensation / error with reconstruction
@@ -67,14 +67,30 @@ def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0]
 
 
+def _refit_same_inputs(weight: torch.Tensor, gram: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """Refit when the pruned model sees the unpruned inputs (the first layer refit)."""
+    return refit_to_reference(weight, gram[:, keep], gram[keep][:, keep], 0.0)
+
+
 def test_refit_moves_a_removed_duplicate_onto_its_twin():
     gram = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x1 == x0, zero mean
-    assert torch.allclose(refit_columns(torch.tensor([[1.0, 2.0, 0.5]]), gram, torch.tensor([0]), 0.0),
+    assert torch.allclose(_refit_same_inputs(torch.tensor([[1.0, 2.0, 0.5]]), gram, [0, 2]),
                           torch.tensor([[3.0, 0.5]]))  # fmt: skip
     gram = torch.tensor([[1.0, 0.0, 0.0], [0.0, 5.0, 2.0], [0.0, 2.0, 1.0]])  # x1 independent, mean 2
     assert torch.allclose(
-        refit_columns(torch.tensor([[1.0, 2.0, 0.5]]), gram, torch.tensor([0]), 0.0), torch.tensor([[1.0, 4.5]])
+        _refit_same_inputs(torch.tensor([[1.0, 2.0, 0.5]]), gram, [0, 2]), torch.tensor([[1.0, 4.5]])
     )  # fmt: skip  (mean compensation: 0.5 + 2 * 2)
+
+
+def test_refit_to_reference_corrects_a_shifted_input():
+    """The pruned model's kept input is the reference's input plus 1: the refit bias takes the shift off."""
+    torch.manual_seed(0)
+    x = torch.randn(1000, 2)
+    z_ref = torch.cat([x, torch.ones(1000, 1)], 1)
+    z = torch.cat([x[:, :1] + 1.0, torch.ones(1000, 1)], 1)  # column 1 removed, column 0 shifted
+    weight = torch.tensor([[2.0, 0.0, 0.0]])
+    refit = refit_to_reference(weight, z_ref.T @ z / 1000, z.T @ z / 1000, 0.0)
+    assert torch.allclose(refit, torch.tensor([[2.0, -2.0]]), atol=1e-4)
 
 
 def test_reconstruction_beats_mean_compensation_and_replays():
@@ -95,3 +111,38 @@ def test_reconstruct_needs_calibration_data():
     model, _, test = _setup()
     with pytest.raises(ConfigError, match="calib"):
         prune_structured(model, {"stem": {"ratio": 0.5, "reconstruct": True}}, example_inputs=test[:2])
+
+
+def _twins_and_small_units() -> nn.Module:
+    """12 hidden units: 0-3 strong, 4-7 exact copies of them, 8-11 unique, read with weaker weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+    with torch.no_grad():
+        model[0].weight[:4] *= 3
+        model[0].weight[4:8], model[0].bias[4:8] = model[0].weight[:4], model[0].bias[:4]
+        model[2].weight[:, 8:] *= 0.6
+    return model
+
+
+def test_reconstruction_importance_removes_units_the_others_can_stand_in_for():
+    calib = [torch.randn(64, 16) for _ in range(4)]
+    test = torch.randn(256, 16)
+    errors = {}
+    for method in ("variance", "reconstruction"):
+        model = _twins_and_small_units()
+        reference = copy.deepcopy(model)
+        config = {"0": {"ratio": 1 / 3, "method": method, "reconstruct": True}}
+        record = prune_structured(model, config, example_inputs=test[:2], calib=calib)
+        with torch.no_grad():
+            errors[method] = float((model(test) - reference(test)).pow(2).mean() / reference(test).var())
+        if method == "reconstruction":
+            keep = set(record.modules["0"]["keep"])
+            assert all(u in keep or u + 4 in keep for u in range(4)), keep  # never both twins
+            assert sum(u in keep for u in range(8)) <= 5, keep  # most of the 4 removed are twins
+    assert errors["reconstruction"] < 0.1 * errors["variance"], errors  # 0.0009 vs 0.018 here
+
+
+def test_reconstruction_importance_needs_calibration_data():
+    with pytest.raises(ConfigError, match="calib"):
+        prune_structured(_twins_and_small_units(), {"0": {"ratio": 0.5, "method": "reconstruction"}},
+                         example_inputs=torch.randn(2, 16))  # fmt: skip

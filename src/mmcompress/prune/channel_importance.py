@@ -87,7 +87,7 @@ def global_keep(scores: list[torch.Tensor], sizes: list[int], ratio: float, cap:
 
     Example:
         >>> global_keep([torch.tensor([1.0, 1.0]), torch.tensor([0.1, 1.9, 1.0, 1.0])], [2, 4], 1 / 3, 0.5)
-        [2, 2]
+        [1, 3]
     """
     total = sum(sizes)
     budget = int(round(total * ratio))
@@ -104,3 +104,61 @@ def global_keep(scores: list[torch.Tensor], sizes: list[int], ratio: float, cap:
             removed[g] += 1
             taken += 1
     return [max(floor[g], int(round((size - removed[g]) / round_to)) * round_to) for g, size in enumerate(sizes)]
+
+
+def greedy_removal_scores(
+    weights: list[torch.Tensor], grams: list[torch.Tensor], columns: list[torch.Tensor], steps: int, damp: float = 0.01
+) -> torch.Tensor:
+    """Remove units one at a time, each time the one whose loss its consumers can least make up
+    for by refitting their other columns (Optimal Brain Surgeon on whole column blocks, as in
+    "Optimal Brain Compression" / ZipLM's structured pruning); higher score = removed later.
+
+    Consumer c computes y = W_c z (z: its input columns and a constant 1, E[z z^T] = grams[c]);
+    unit u is its columns B = columns[c][u]. Removing B with the others refit optimally costs
+    tr(W_B [H^-1]_BB^-1 W_B^T), with H = G + damp * mean(diag G) I; W and H^-1 are then updated as
+    OBS does. Costs are summed over consumers, each over its output energy tr(W G W^T). Removed
+    units score the running maximum of their cost; after `steps` removals the rest score above.
+    weights: [(out, k + 1)], grams: [(k + 1, k + 1)], columns: [(units, taps)] -> (units,).
+
+    Example:
+        >>> g = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x0, x1 correlated
+        >>> w = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> greedy_removal_scores([w], [g], [torch.tensor([[0], [1]])], 1)  # x1 stands in for x0
+        tensor([0.0547, 1.0053])
+    """
+    units = columns[0].shape[0]
+    state = []
+    for w, g, cols in zip(weights, grams, columns, strict=True):
+        w, g = w.double(), g.double()
+        h = g.clone()
+        h.diagonal()[:-1] += damp * float(g.diagonal()[:-1].mean())
+        energy = float(torch.einsum("oi,ij,oj->", w, g, w)) or 1.0
+        state.append([w.clone(), torch.linalg.inv(h), cols.long(), energy])
+    scores = torch.zeros(units, dtype=torch.float64)
+    alive = torch.ones(units, dtype=torch.bool)
+    level = 0.0
+
+    def costs() -> torch.Tensor:
+        total = torch.zeros(units, dtype=torch.float64)
+        for w, hinv, cols, energy in state:
+            block = hinv[cols[:, :, None], cols[:, None, :]]  # (units, t, t)
+            block[~alive] = torch.eye(cols.shape[1], dtype=block.dtype)  # removed: zero rows, cost unused
+            wb = w[:, cols]  # (out, units, t)
+            total += torch.einsum("oui,uij,ouj->u", wb, torch.linalg.inv(block), wb) / energy
+        return total
+
+    for _ in range(min(steps, units - 1)):
+        cost = costs().masked_fill(~alive, float("inf"))
+        u = int(cost.argmin())
+        level = max(level, float(cost[u]))
+        scores[u], alive[u] = level, False
+        for item in state:
+            w, hinv, cols, _ = item
+            b = cols[u]
+            inv_bb = torch.linalg.inv(hinv[b][:, b])
+            item[0] = w - w[:, b] @ inv_bb @ hinv[b]
+            item[0][:, b] = 0
+            item[1] = hinv - hinv[:, b] @ inv_bb @ hinv[b]
+    rest = costs()[alive]
+    scores[alive] = level + rest.clamp_min(0) + 1e-12
+    return scores.float()

@@ -16,6 +16,7 @@ from mmcompress.prune.channel_importance import (
     bn_scale,
     cap_ratio,
     global_keep,
+    greedy_removal_scores,
     keep_count,
     normalised,
     removed_share,
@@ -25,6 +26,7 @@ from mmcompress.prune.channel_importance import (
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup
 from mmcompress.prune.fx_ops import conv_refusal
 from mmcompress.prune.importance import scores_for
+from mmcompress.prune.reconstruct import reconstructable
 from mmcompress.prune.slicing import GATES
 
 
@@ -71,10 +73,20 @@ def _why_not(module: nn.Module) -> str:
 
 
 def plan_channels(
-    model: nn.Module, modules: dict, selected: list, data, loss_fn, max_batches, inputs: dict | None = None
+    model: nn.Module,
+    modules: dict,
+    selected: list,
+    data,
+    loss_fn,
+    max_batches,
+    inputs: dict | None = None,
+    grams: dict | None = None,
+    norm_after: dict | None = None,
 ) -> list[ChannelPlan]:
     """Score every selected group and choose the units it keeps (gradients in one pass over `data`;
-    `inputs`: consumer -> its input (mean, var) per column, for the "variance" method)."""
+    `inputs`: consumer -> its input (mean, var) per column, for the "variance" method; `grams`:
+    consumer -> E[z z^T] of its input columns and 1, and `norm_after`: layer -> the BatchNorm after
+    it, for "reconstruction")."""
     params = {}
     for group, cfg in selected:
         if cfg.method in ("taylor", "fisher"):
@@ -85,12 +97,8 @@ def plan_channels(
         if data is None or loss_fn is None:
             raise ConfigError("taylor/fisher structured importance needs data= and loss_fn=")
         stats = gradient_stats(model, params, data, loss_fn, max_batches)
-    scores = [
-        variance_scores(group, modules, inputs or {}, cfg.compensate)
-        if cfg.method in ("variance", "auto")
-        else group_scores(group, modules, cfg, stats)
-        for group, cfg in selected
-    ]
+    found = (inputs or {}, stats, grams or {}, norm_after or {})
+    scores = [_scores(group, cfg, modules, *found) for group, cfg in selected]
     keeps = [keep_count(group.size, cfg.ratio, cfg.round_to) for group, cfg in selected]
     buckets: dict[Any, list[int]] = {}
     for i, (_, cfg) in enumerate(selected):
@@ -109,6 +117,41 @@ def plan_channels(
             )
         plans.append(ChannelPlan(group, top_units(score, keep), cfg.ratio, score, cfg))
     return plans
+
+
+def _scores(group, cfg, modules, inputs, stats, grams, norm_after) -> torch.Tensor:
+    if cfg.method == "reconstruction":
+        steps = group.size - keep_count(group.size, max(cfg.ratio, cap_ratio(cfg) if cfg.scope == "global" else 0))
+        found = reconstruction_scores(group, modules, grams, norm_after, steps)
+        if found is not None:
+            return found
+    if cfg.method in ("variance", "auto", "reconstruction"):  # reconstruction: a consumer it cannot refit
+        return variance_scores(group, modules, inputs, cfg.compensate)
+    return group_scores(group, modules, cfg, stats)
+
+
+def reconstruction_scores(
+    group: ChannelGroup, modules: dict, grams: dict, norm_after: dict, steps: int
+) -> torch.Tensor | None:
+    """(units,) greedy OBS removal order over the group's consumers (`greedy_removal_scores`): the
+    output error their least-squares refit cannot take back, each output weighted by the
+    BatchNorm after the consumer. None when a consumer is not a Linear / ungrouped Conv2d."""
+    weights, hessians, columns = [], [], []
+    for name, repeat, offset in group.consumers:
+        layer = modules[name]
+        if not reconstructable(layer) or name not in grams:
+            return None
+        taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+        w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+        norm = modules.get(norm_after.get(name, ""))
+        if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            scale = bn_scale(norm.weight, norm.running_var, norm.eps)
+            w = w * scale[:, None] if scale is not None else w
+        channels = offset + torch.arange(group.size)[:, None] * repeat + torch.arange(repeat)  # (units, repeat)
+        columns.append((channels[..., None] * taps + torch.arange(taps)).reshape(group.size, -1))
+        weights.append(torch.cat([w, torch.zeros(w.shape[0], 1)], 1))
+        hessians.append(grams[name])
+    return greedy_removal_scores(weights, hessians, columns, steps) if weights else None
 
 
 def group_scores(group: ChannelGroup, modules: dict, cfg: Any, stats: dict) -> torch.Tensor:

@@ -13,6 +13,7 @@ change of the model's output when that head alone is masked, measured on `calib=
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ from mmcompress.models.attention import head_parts
 from mmcompress.prune.channel_importance import cap_ratio, global_keep, keep_count, normalised, top_units
 from mmcompress.prune.dependency import eval_mode
 from mmcompress.prune.importance import scores_for
+from mmcompress.prune.reconstruct import reconstruct_consumers, reconstructable
 
 MEASURED = ("ablation", "taylor", "fisher")  # scores on one scale across modules
 HEAD_METHODS = "auto, magnitude, ablation, taylor or fisher"
@@ -112,14 +114,14 @@ def plan_heads(model, targets, adapter, data, loss_fn, max_batches, calib=None) 
         >>> plans = plan_heads(model, [("enc.0.attn", attn, StructuredConfig(unit="heads"))], adapter, None, None, None)
     """
     targets = [(n, m, c.model_copy(update={"method": "magnitude"}) if c.method == "auto" else c) for n, m, c in targets]
-    params, ablated = {}, []
+    params, ablated = {}, False
     for name, module, cfg in targets:
-        if cfg.method == "variance":
-            raise ConfigError(f"method 'variance' scores channels; heads of {name!r}: {HEAD_METHODS}")
+        if cfg.method in ("variance", "reconstruction"):
+            raise ConfigError(f"method {cfg.method!r} scores channels; heads of {name!r}: {HEAD_METHODS}")
         if cfg.method in ("taylor", "fisher"):
             params.update(head_params(name, module, adapter))
         elif cfg.method == "ablation":
-            ablated.append((name, module))
+            ablated = True
     stats = {}
     if params:
         if data is None or loss_fn is None:
@@ -129,7 +131,11 @@ def plan_heads(model, targets, adapter, data, loss_fn, max_batches, calib=None) 
     if ablated:
         if calib is None:
             raise ConfigError("ablation head importance needs calib= (model inputs, e.g. calibration batches)")
-        measured = ablation_scores(model, ablated, adapter, calib, max_batches)
+        for limit in {c.ablation_batches for _, _, c in targets if c.method == "ablation"}:
+            caps = [n for n in (limit, max_batches) if n is not None]
+            cap = min(caps) if caps else None
+            chosen = [(n, m) for n, m, c in targets if c.method == "ablation" and c.ablation_batches == limit]
+            measured.update(ablation_scores(model, chosen, adapter, calib, cap))
     scores = [measured[n] if n in measured else head_scores(n, m, c.method, stats, adapter) for n, m, c in targets]
     sizes = [head_parts(m, adapter)[4] for _, m, _ in targets]
     keeps = [keep_count(size, c.ratio, c.round_to) for size, (_, _, c) in zip(sizes, targets, strict=True)]
@@ -151,6 +157,59 @@ def plan_heads(model, targets, adapter, data, loss_fn, max_batches, calib=None) 
         entry.update(removed_ratio=1 - keep / heads, method=cfg.method, scores=[round(float(s), 6) for s in score])
         plans.append((name, chosen, {**entry, **({"scope": "global"} if cfg.scope == "global" else {})}))
     return plans
+
+
+def refit_output_projections(
+    model: nn.Module, targets: list, plans: list, adapter: Adapter, calib, max_batches=None
+) -> dict[str, str]:
+    """Refit the output projection of every attention module whose heads go with `reconstruct`:
+    its kept input columns (and bias) by least squares, so its output on `calib` batches stays
+    closest to the unpruned output (`reconstruct.py`; the removed heads' work moves onto kept heads
+    whose outputs correlate with theirs). Call before slicing. Each plan's record entry gets
+    `compensation`: projection -> where the bias change went ("bias", or "new bias", which a replay
+    recreates); a projection that is not a plain Linear keeps its weights and is named in a warning.
+
+    Example:
+        >>> refit_output_projections(model, targets, plan_heads(model, targets, adapter, ...), adapter, calib)
+        {'encoder.0.attn.out': 'bias'}
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    dropped, skipped, entries = {}, [], {}
+    for (name, module, cfg), (_, keep, entry) in zip(targets, plans, strict=True):
+        if not cfg.reconstruct:
+            continue
+        *_, o, heads, head_dim, _ = head_parts(module, adapter)
+        gone = sorted(set(range(heads)) - set(keep.tolist()))
+        if not gone:
+            continue
+        if not reconstructable(o):
+            skipped.append(f"{name} ({type(o).__name__})")
+            continue
+        dropped[names[id(o)]] = [h * head_dim + i for h in gone for i in range(head_dim)]
+        entries[names[id(o)]] = entry
+    if skipped:
+        warnings.warn(
+            f"reconstruct refits nn.Linear output projections only; {len(skipped)} attention module(s) keep "
+            f"their projection as it was: {', '.join(skipped[:5])}",
+            stacklevel=3,
+        )
+    if not dropped:
+        return {}
+    if calib is None:
+        raise ConfigError("reconstruct refits output projections on calibration data: pass calib=[...]")
+    modules = dict(model.named_modules())
+    where = {}
+    with torch.no_grad():
+        for name, delta in reconstruct_consumers(model, modules, dropped, calib, max_batches).items():
+            layer = modules[name]
+            if layer.bias is None:
+                layer.bias = nn.Parameter(delta.to(layer.weight.dtype).clone())
+                where[name] = "new bias"
+            else:
+                layer.bias += delta.to(layer.bias.dtype)
+                where[name] = "bias"
+            entries[name]["compensation"] = {name: where[name]}
+    return where
 
 
 def _mask_head(head: int, head_dim: int):

@@ -3,26 +3,32 @@
 data stays as close as possible to the unpruned output.
 
 A consumer y = W x + b (x: its input columns; a conv's unfolded patches) loses columns R. With
-z = [x; 1] and the Gram matrix G = E[z z^T] over calibration inputs, the kept columns K' (K and
-the constant) that best replace all of z are
+z = [x; 1] (the unpruned model's input), z' its kept columns K' and the constant as the pruned
+model sees them, the weights that best reproduce the unpruned output are
 
-    W'_K' = W_K' + W_R G[R, K'] (G[K', K'] + lambda I)^-1
+    W'_K' = W E[z z'^T] (E[z' z'^T] + lambda I)^-1
 
-(the removed columns regressed on the kept ones; the constant's coefficient is the bias change).
-When the removed channels are uncorrelated with the kept ones this is the mean compensation of
-`compensate.py`; when they are correlated (BatchNorm CNNs are full of redundant channels), the
-kept channels take over their share. Linear and ungrouped Conv2d consumers; others keep mean
-compensation. Pure math: `refit_columns`; plumbing: `gram_matrices`, `reconstruct_consumers`.
+(with z' = z[K'] this is W_K' + W_R G[R, K'] G[K', K']^-1: the removed columns regressed on the
+kept ones; the constant's coefficient is the bias change). When the removed channels are
+uncorrelated with the kept ones this is the mean compensation of `compensate.py`; when they are
+correlated (BatchNorm CNNs are full of redundant channels), the kept channels take over their
+share. Consumers are refit one by one in forward order on the pruned model's inputs, so each also
+corrects what the earlier layers left (sequential reconstruction). Linear and ungrouped Conv2d
+consumers; others keep mean compensation. Pure math: `refit_to_reference`; plumbing:
+`reconstruct_consumers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import copy
+import itertools
 from typing import Any
 
 import torch
 from torch import nn
 
+from mmcompress.core.batches import call_model, check_finite
 from mmcompress.core.walker import layer_columns, run_calibration
 from mmcompress.errors import DataError
 from mmcompress.prune.dependency import eval_mode
@@ -37,42 +43,18 @@ def reconstructable(layer: nn.Module) -> bool:
     return type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
 
 
-def refit_columns(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
-    """Kept columns and the constant refit to stand in for every column: (out, k + 1), (k + 1, k + 1),
-    (kept,) -> (out, kept + 1); the last column of `weight` multiplies the constant 1 (the bias).
-
-    Example:
-        >>> g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x1 == x0, zero mean
-        >>> refit_columns(torch.tensor([[1.0, 2.0, 0.0]]), g, torch.tensor([0]), damp=0.0)
-        tensor([[3., 0.]])
-    """
-    k = weight.shape[1] - 1
-    kept = torch.cat([keep.long(), torch.tensor([k])])  # the constant is always kept
-    mask = torch.ones(k + 1, dtype=torch.bool)
-    mask[kept] = False
-    removed = mask.nonzero().flatten()
-    w = weight.double()
-    g = gram.double()
-    g_kk = g[kept][:, kept].clone()
-    diag = g_kk.diagonal()[:-1]
-    g_kk.diagonal()[:-1] += damp * float(diag.mean()) if len(diag) else 0.0
-    # (out, R) @ (R, K') @ (K', K')^-1, solved as (K', K') X = (K', R) G[R, K']^T
-    coef = torch.linalg.solve(g_kk, g[removed][:, kept].T)  # (K', R)
-    return (w[:, kept] + w[:, removed] @ coef.T).to(weight.dtype)
-
-
 def _augmented(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    cols = layer_columns(layer, x.double())[0]  # (rows, k)
+    cols = layer_columns(layer, x.float())[0]  # (rows, k); products summed in float64 per batch
     return torch.cat([cols, torch.ones(cols.shape[0], 1, dtype=cols.dtype)], 1)
 
 
-def gram_matrices(
-    model: nn.Module, layers: dict[str, nn.Module], calib: Iterable[Any], max_batches: int | None = None
+def input_grams(
+    model: nn.Module, layers: dict[str, nn.Module], calib: list, max_batches: int | None = None
 ) -> dict[str, torch.Tensor]:
     """E[z z^T] of each layer's input columns plus a constant 1 over the calibration batches: (k + 1, k + 1).
 
     Example:
-        >>> gram_matrices(model, {"head": model.head}, [x])["head"].shape
+        >>> input_grams(model, {"head": model.head}, [x])["head"].shape
         torch.Size([65, 65])
     """
     sums: dict[str, torch.Tensor] = {}
@@ -80,14 +62,93 @@ def gram_matrices(
 
     def collect(name: str, layer: nn.Module, x: torch.Tensor) -> None:
         z = _augmented(layer, x)
-        sums[name] = sums.get(name, 0) + z.T @ z
+        sums[name] = sums.get(name, 0) + (z.T @ z).double()
         counts[name] += z.shape[0]
 
     with eval_mode(model):
         used = run_calibration(model, layers, calib, collect, max_batches=max_batches)
     if used == 0:
-        raise DataError("reconstruction got no calibration batches; pass calib=[...]")
-    return {name: sums[name] / counts[name] for name in layers}
+        raise DataError("reconstruction importance got no calibration batches; pass calib=[...]")
+    return {name: sums[name] / max(counts[name], 1) for name in layers if name in sums}
+
+
+def refit_to_reference(
+    weight: torch.Tensor, cross: torch.Tensor, gram: torch.Tensor, damp: float = DAMP
+) -> torch.Tensor:
+    """Kept columns (and the constant) refit so the layer's output on the *pruned* model's inputs
+    matches its output on the *unpruned* model's inputs: (out, k + 1), (k + 1, K'), (K', K') -> (out, K').
+
+    `cross` = E[z_ref z_kept^T] (unpruned inputs against the pruned model's kept inputs and 1),
+    `gram` = E[z_kept z_kept^T]; the result is weight @ cross @ (gram + lambda I)^-1 (the ridge on
+    the columns, not the constant). With the same inputs on both sides this is `refit_columns`.
+
+    Example:
+        >>> g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x1 == x0, zero mean
+        >>> refit_to_reference(torch.tensor([[1.0, 2.0, 0.0]]), g[:, [0, 2]], g[[0, 2]][:, [0, 2]], damp=0.0)
+        tensor([[3., 0.]])
+    """
+    g = gram.double().clone()
+    diag = g.diagonal()[:-1]
+    g.diagonal()[:-1] += damp * float(diag.mean()) if len(diag) else 0.0
+    rhs = (weight.double() @ cross.double()).T  # (K', out)
+    return torch.linalg.solve(g, rhs).T.to(weight.dtype)  # g is symmetric: (g^-1 rhs)^T = rhs^T g^-1
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the layer being refit has its input."""
+
+
+def _paired_grams(model, reference, layer, ref_layer, kept: torch.Tensor, batches: list, stop_early: bool):
+    """E[z_ref z_kept^T] and E[z_kept z_kept^T] over `batches` (`refit_to_reference`'s inputs)."""
+    cross, gram, rows = 0, 0, 0
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def grab(key: str, stop: bool):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            seen.setdefault(key, []).append(_augmented(module, x.detach()))
+            if stop:
+                raise _Captured
+
+        return hook
+
+    handles = [
+        layer.register_forward_pre_hook(grab("pruned", stop_early), with_kwargs=True),
+        ref_layer.register_forward_pre_hook(grab("reference", stop_early), with_kwargs=True),
+    ]
+    try:
+        for batch in batches:
+            seen.clear()
+            for net in (reference, model):
+                with contextlib.suppress(_Captured):
+                    call_model(net, batch)
+            for z_ref, z in zip(seen["reference"], seen["pruned"], strict=True):
+                z = z[:, kept]
+                cross = cross + (z_ref.T @ z).double()
+                gram, rows = gram + (z.T @ z).double(), rows + z.shape[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return cross / rows, gram / rows
+
+
+def _forward_order(model: nn.Module, layers: dict[str, nn.Module], batch: Any) -> tuple[list[str], set[str]]:
+    """The layers in the order a forward pass first calls them, and those it calls more than once."""
+    calls: dict[str, int] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(name)) for name, layer in layers.items()]
+    try:
+        call_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(calls), {name for name, n in calls.items() if n > 1}
 
 
 @torch.no_grad()
@@ -99,26 +160,63 @@ def reconstruct_consumers(
 
     `dropped`: consumer -> its removed input channels (`compensate.consumers_of`).
 
+    The consumers are refit one after another in forward order, each on the inputs of the model
+    as already refit before it (its removed columns zeroed) against its output in an unpruned copy
+    of the model (sequential reconstruction, as in He et al. 2017 and SparseGPT's sequential mode):
+    a later layer also corrects the error the earlier ones left. One calibration pass per consumer.
+    On MobileNetV2 (30% of the hidden channels, 512 crops) this halves the KL to float against
+    refitting every consumer on the unpruned inputs (0.130 vs 0.279; top-1 agreement 0.747 vs 0.673);
+    it needs more rows than the consumer has columns (with 8 crops it did worse).
+
     Example:
         >>> deltas = reconstruct_consumers(model, modules, {"head": [1, 3]}, [x])
     """
     targets = {name: modules[name] for name in dropped if reconstructable(modules[name])}
     if not targets:
         return {}
-    grams = gram_matrices(model, targets, calib, max_batches)
-    deltas = {}
-    for name, layer in targets.items():
-        taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-        width = layer.weight.shape[1]
-        removed = torch.zeros(width, dtype=torch.bool)
-        removed[dropped[name]] = True
-        keep_channels = (~removed).nonzero().flatten()
-        keep = (keep_channels[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
-        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
-        augmented = torch.cat([weight, torch.zeros(weight.shape[0], 1)], 1)  # bias handled as a delta
-        refit = refit_columns(augmented, grams[name], keep)  # (out, kept + 1)
-        new = torch.zeros_like(weight)
-        new[:, keep] = refit[:, :-1]
-        layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
-        deltas[name] = refit[:, -1]
+    batches = list(itertools.islice(calib, max_batches))
+    if not batches:
+        raise DataError("reconstruction got no calibration batches; pass calib=[...]")
+    for batch in batches:
+        check_finite(batch, "reconstruction")
+    deltas, shifts = {}, []
+    try:
+        with eval_mode(model):
+            order, repeated = _forward_order(model, targets, batches[0])
+            missing = sorted(set(targets) - set(order))
+            if missing:
+                raise DataError(f"reconstruction: the calibration batches never reach {', '.join(missing[:5])}")
+            reference = copy.deepcopy(model)  # the unpruned model: every consumer's target output
+            ref_modules = dict(reference.named_modules())
+            for name in order:
+                layer = targets[name]
+                taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+                removed = torch.zeros(layer.weight.shape[1], dtype=torch.bool)
+                removed[dropped[name]] = True
+                keep = ((~removed).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
+                weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
+                kept = torch.cat([keep, torch.tensor([weight.shape[1]])])  # and the constant
+                cross, gram = _paired_grams(
+                    model, reference, layer, ref_modules[name], kept, batches, name not in repeated
+                )
+                augmented = torch.cat([weight, torch.zeros(weight.shape[0], 1)], 1)  # bias handled as a delta
+                refit = refit_to_reference(augmented, cross, gram)  # (out, kept + 1)
+                new = torch.zeros_like(weight)
+                new[:, keep] = refit[:, :-1]
+                layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
+                deltas[name] = refit[:, -1]
+                shifts.append(layer.register_forward_hook(_shift(deltas[name])))  # the caller folds it
+    finally:
+        for handle in shifts:
+            handle.remove()
     return deltas
+
+
+def _shift(delta: torch.Tensor):
+    """A forward hook adding a bias change to a layer's output (channels on dim 1 for convs)."""
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        d = delta.to(output.dtype)
+        return output + (d.view(1, -1, *([1] * (output.dim() - 2))) if isinstance(module, nn.Conv2d) else d)
+
+    return hook

@@ -28,11 +28,12 @@ from mmcompress.models.attention import head_parts, is_attention
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
-from mmcompress.prune.heads import plan_heads
+from mmcompress.prune.heads import plan_heads, refit_output_projections
+from mmcompress.prune.reconstruct import input_grams, reconstructable
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
 from mmcompress.prune.summary import count_macs, summarise, warn_kept, warn_ratios
 
-CHANNEL_METHODS = "auto, magnitude, variance, taylor or fisher"
+CHANNEL_METHODS = "auto, magnitude, variance, reconstruction, taylor or fisher"
 __all__ = ["StructuredConfig", "apply_plans", "head_parts", "prune_structured", "replay_structured"]
 
 
@@ -47,7 +48,11 @@ class StructuredConfig(FrozenConfig):
             measurement on MobileNetV2 and digits-cnn), "magnitude" (L1 of the unit's weights),
             "variance" (the share of its consumers' output variance the unit carries: consumer
             weights times the input variance, measured on `calib=` or estimated from BatchNorm
-            statistics), "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`),
+            statistics), "reconstruction" (channels removed one at a time, each time the one whose
+            loss the consumers' least-squares refit makes up for best: Optimal Brain Surgeon on the
+            consumers' input Gram matrices from `calib=`; pair it with `reconstruct`; a group with a
+            consumer that is not a Linear / ungrouped Conv2d is scored by "variance"),
+            "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`),
             "ablation" (heads: the model's output change when the head alone is masked, on `calib=`).
         round_to: keep a multiple of this many units (at least one).
         bn_aware: with "magnitude", scale a layer's unit scores by |gamma| / sqrt(var + eps) of the
@@ -60,10 +65,13 @@ class StructuredConfig(FrozenConfig):
             consumer by least squares, so its output on `calib=` batches stays closest to the
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
+            Heads: the attention module's output projection is refit the same way.
         scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
             groups that share this config, ranked by their scores normalised per group (mean 1;
             heads scored by ablation/taylor/fisher are ranked on their raw, comparable scores).
         max_ratio: with "global", the most any one group loses (default: 2 x ratio, at most 0.9).
+        ablation_batches: "ablation" masks each head on only the first this many `calib=` batches
+            (it costs one forward pass per head and batch; `reconstruct` still uses them all).
 
     Example:
         >>> StructuredConfig(ratio=0.5, unit="heads").ratio
@@ -72,13 +80,14 @@ class StructuredConfig(FrozenConfig):
 
     ratio: float = Field(0.5, ge=0.0, lt=1.0)
     unit: Literal["channels", "heads"] = "channels"
-    method: Literal["auto", "magnitude", "variance", "taylor", "fisher", "ablation"] = "auto"
+    method: Literal["auto", "magnitude", "variance", "reconstruction", "taylor", "fisher", "ablation"] = "auto"
     round_to: int = Field(1, ge=1)
     bn_aware: bool = True
     compensate: bool = True
     reconstruct: bool = False
     scope: Literal["layer", "global"] = "layer"
     max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    ablation_batches: int | None = Field(None, ge=1)
 
 
 def prune_structured(
@@ -111,6 +120,7 @@ def prune_structured(
         8
     """
     mapping = as_mapping(config if config is not None else StructuredConfig(), StructuredConfig)
+    calib = None if calib is None else list(calib)  # read more than once (importance, compensation)
     adapter = adapter_for(model)
     modules = dict(model.named_modules())
     chosen = list(
@@ -135,9 +145,16 @@ def prune_structured(
         groups = channel_groups(model, inputs, graph)
         selected, kept = select_groups(modules, groups, channel_targets, set(mapping))
         names = sorted({c[0] for group, _ in selected for c in group.consumers})
-        needs = any(cfg.compensate or cfg.method in ("variance", "auto") for _, cfg in selected)
+        needs = any(cfg.compensate or cfg.method in ("variance", "auto", "reconstruction") for _, cfg in selected)
         stats = input_stats_of(model, modules, graph, names, calib, max_batches) if needs else {}
-        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats)
+        grams, norm_after = {}, {}
+        if any(cfg.method == "reconstruction" for _, cfg in selected):
+            if calib is None:
+                raise ConfigError("method 'reconstruction' measures consumers' inputs: pass calib=[...]")
+            layers = {name: modules[name] for name in names if reconstructable(modules[name])}
+            grams = input_grams(model, layers, calib, max_batches)
+            norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
+        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats, grams, norm_after)
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
@@ -146,6 +163,7 @@ def prune_structured(
     folded = {}
     if any(p.config.compensate or p.config.reconstruct for p in channel_plans):
         folded = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches)
+    refit_output_projections(model, head_targets, head_plans, adapter, calib, max_batches)
     apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
     record.modules.update({p.group.producers[0]: plan_entry(p, folded) for p in channel_plans})
     record.modules.update({name: entry for name, _, entry in head_plans})
@@ -210,6 +228,7 @@ def replay_structured(model: nn.Module, record: Record) -> None:
             new_biases += [c for c, where in entry.get("compensation", {}).items() if where == "new bias"]
         elif entry["structure"] == "heads":
             heads.append((name, torch.tensor(entry["keep"])))
+            new_biases += [c for c, where in entry.get("compensation", {}).items() if where == "new bias"]
     add_biases(dict(model.named_modules()), new_biases)
     apply_plans(model, channels, heads)
 
