@@ -127,18 +127,22 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
 def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_cache):
     out = tmp_path / "p"
     args = _small(digits_cache)
-    result = _run("prune", "digits-cnn", "--structured", "channels", "--ratio", "0.5", "--out", str(out), *args)
+    structured = ["--structured", "channels", "--ratio", "0.5", "--method", "reconstruction", "--reconstruct"]
+    result = _run("prune", "digits-cnn", *structured, "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}
     groups = stages["prune_structured"]["record"]["modules"]
     assert {g["kept"] for g in groups.values() if g["structure"] == "channels"} == {8, 16, 32}  # halved
+    assert any("compensation" in g for g in groups.values())  # consumers refit by least squares
     assert groups["head"] == {"structure": "kept", "reason": "feeds the model output"}
     assert stages["pruned"]["metrics"]["params"] < 0.5 * stages["baseline"]["metrics"]["params"]
     exported = stages["export_onnx"]["metrics"]
     assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
     bad = _run("prune", "digits-cnn", "--pattern", "3:2", "--out", str(tmp_path / "b"), *args)
     check_one_line_error(bad, "0 < N < M")
+    bad = _run("prune", "digits-cnn", "--reconstruct", "--out", str(tmp_path / "b"), *args)
+    check_one_line_error(bad, "add --structured")
 
 
 def test_distill_command_narrows_and_distills_from_the_original(tmp_path, digits_cache):

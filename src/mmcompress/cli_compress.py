@@ -77,13 +77,17 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir, force)
 
 
+PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "variance", "reconstruction", "ablation"]
+
+
 @cli.command("prune")
 @click.argument("model")
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Unstructured: fraction removed.")
 @click.option(
-    "--method", type=click.Choice(["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "ablation"]),
-    default="magnitude",
-    show_default=True,
+    "--method",
+    type=click.Choice(PRUNE_METHODS),
+    default=None,
+    help="Importance [default: magnitude; structured: auto, i.e. variance for channels, magnitude for heads].",
 )  # fmt: skip
 @click.option("--pattern", default="unstructured", show_default=True, help="'unstructured' or N:M such as 2:4.")
 @click.option("--structured", type=click.Choice(["channels", "heads"]), default=None,
@@ -91,6 +95,8 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Structured: fraction of units removed.")
 @click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
               help="Structured: remove --ratio of every layer, or of all units ranked together.")  # fmt: skip
+@click.option("--reconstruct", is_flag=True,
+              help="Structured: refit the layers reading removed units by least squares")  # fmt: skip
 @click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")
 @click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Recovery epochs (0: none).")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
@@ -104,23 +110,31 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
 @_spec_options
 @_data_options
 @_friendly
-def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, only, finetune_epochs, onnx, train_limit,
+def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, reconstruct, only, finetune_epochs, onnx,
+              train_limit,
               epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir,
               force):  # fmt: skip
     """Prune MODEL (a spec): evaluate, prune, fine-tune, evaluate (and export); report in --out.
 
-    Example: mmcompress prune digits-cnn --structured channels --ratio 0.3
+    Example: mmcompress prune digits-cnn --structured channels --ratio 0.3 --reconstruct
     (heads of all attention layers ranked together: --structured heads --method ablation --scope global)
     """
     from mmcompress.recipe.schema import load_recipe
 
     if structured:
-        if method not in ("magnitude", "taylor", "fisher", "ablation"):
-            raise ConfigError(f"structured pruning takes magnitude, taylor, fisher or ablation (heads), not {method}")
-        config = {"ratio": ratio, "unit": structured, "method": method, "scope": scope}
+        method = method or "auto"
+        if method in ("wanda", "sparsegpt"):
+            raise ConfigError(
+                f"structured pruning takes magnitude, variance, reconstruction, taylor, fisher or ablation (heads), "
+                f"not {method}"
+            )
+        config = {"ratio": ratio, "unit": structured, "method": method, "scope": scope, "reconstruct": reconstruct}
         stage = {"pass": "prune_structured", "config": config}
     else:
-        stage = {"pass": "prune", "config": {"sparsity": sparsity, "method": method, "pattern": pattern}}
+        if reconstruct or method in ("variance", "reconstruction", "ablation"):
+            what = "--reconstruct" if reconstruct else f"--method {method}"
+            raise ConfigError(f"{what} is for structured pruning: add --structured channels|heads")
+        stage = {"pass": "prune", "config": {"sparsity": sparsity, "method": method or "magnitude", "pattern": pattern}}
     if only:
         stage["targets"] = {key: {} for key in only}
     stages = [{"name": "baseline", "pass": "evaluate"}, stage]
