@@ -134,7 +134,7 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     stages = {s["label"]: s for s in record["stages"]}
     groups = stages["prune_structured"]["record"]["modules"]
     assert {g["kept"] for g in groups.values() if g["structure"] == "channels"} == {8, 16, 32}  # halved
-    assert any("compensation" in g for g in groups.values())  # consumers refit by least squares
+    assert any(g.get("reconstructed") for g in groups.values())  # consumers refit by least squares
     assert groups["head"] == {"structure": "kept", "reason": "feeds the model output"}
     assert stages["pruned"]["metrics"]["params"] < 0.5 * stages["baseline"]["metrics"]["params"]
     exported = stages["export_onnx"]["metrics"]

@@ -61,3 +61,19 @@ def test_reconstruct_moves_a_removed_twin_head_onto_its_kept_copy_and_replays():
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(**test).logits, model(**test).logits)
+
+
+def test_bare_encoder_heads_scored_by_ablation_and_refit():
+    """A BertModel returns hidden states, not logits: ablation compares those."""
+    import pytest
+
+    from mmcompress.prune.structured import StructuredConfig
+
+    model = tiny_model("bert")
+    calib = [adapter_for(model).example_inputs(2) for _ in range(2)]
+    config = {"ratio": 0.5, "unit": "heads", "method": "ablation", "ablation_batches": 1, "reconstruct": True}
+    record = prune_structured(model, {"_default": config}, calib=calib)
+    assert {e["kept"] for e in record.modules.values() if e["structure"] == "heads"} == {2}
+    assert all(e["reconstructed"] for e in record.modules.values() if e["structure"] == "heads")
+    with pytest.raises(ValueError, match="ablation_batches applies to method 'ablation'"):
+        StructuredConfig(ratio=0.5, ablation_batches=1)

@@ -146,3 +146,19 @@ def test_reconstruction_importance_needs_calibration_data():
     with pytest.raises(ConfigError, match="calib"):
         prune_structured(_twins_and_small_units(), {"0": {"ratio": 0.5, "method": "reconstruction"}},
                          example_inputs=torch.randn(2, 16))  # fmt: skip
+
+
+def test_scarce_calibration_and_unrefittable_consumers_are_warned_and_refits_are_recorded():
+    model, calib, test = _setup()
+    with pytest.warns(UserWarning, match="fewer calibration rows"):  # the head: 1 row for 5 kept columns
+        config = {"ratio": 0.5, "reconstruct": True}
+        targets = {"stem": config, "re:project": config, "_default": None}
+        rec = prune_structured(model, targets, example_inputs=test[:2], calib=[calib[0][:1]])
+    assert rec.modules["stem"]["reconstructed"] == ["project"]
+    assert rec.modules["project"]["reconstructed"] == ["head"]
+    model, calib, test = _setup()
+    model.project.padding_mode = "reflect"  # a consumer least squares does not refit here
+    with pytest.warns(UserWarning, match="keep mean compensation instead: project"):
+        rec = prune_structured(model, {"stem": {"ratio": 0.5, "reconstruct": True}, "_default": None},
+                               example_inputs=test[:2], calib=calib)  # fmt: skip
+    assert "reconstructed" not in rec.modules["stem"]

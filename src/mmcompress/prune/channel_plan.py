@@ -4,6 +4,7 @@ units is, and which units it keeps. Nothing in the model changes here (`structur
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,12 +215,14 @@ def unit_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {"weight": module.weight}
 
 
-def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None) -> dict[str, Any]:
+def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None, refit: Iterable[str] = ()) -> dict[str, Any]:
     """The record entry of one channel plan (what `replay_structured` reapplies, plus what it cost);
-    `folded`: consumer -> where its mean compensation went."""
+    `folded`: consumer -> where its compensation (bias change) went; `refit`: consumers whose
+    weights were refit by least squares (`reconstruct`), listed under "reconstructed"."""
     size, kept = plan.group.size, len(plan.keep)
     consumers = {c[0] for c in plan.group.consumers}
     compensation = {c: where for c, where in (folded or {}).items() if c in consumers}
+    reconstructed = sorted(consumers & set(refit))
     return {
         "structure": "channels",
         "group": plan.group.to_dict(),
@@ -230,5 +233,6 @@ def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None) -> dict[
         "removed_ratio": 1 - kept / size,
         "score_removed": round(removed_share(plan.scores, plan.keep), 6),
         **({"compensation": compensation} if compensation else {}),
+        **({"reconstructed": reconstructed} if reconstructed else {}),
         **({"scope": "global"} if getattr(plan.config, "scope", "layer") == "global" else {}),
     }

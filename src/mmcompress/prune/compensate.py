@@ -12,6 +12,7 @@ from the BatchNorm statistics propagated through the graph (`mean_flow.py`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -172,16 +173,25 @@ def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None
     """Fold the mean of every removed unit of the plans that ask for it into its consumers (before
     any slicing), `stats` holding each consumer's input (mean, var); plans with `reconstruct` first
     refit their Linear/Conv2d consumers by least squares on `calib` (`reconstruct.py`; the bias
-    change is folded the same way). Returns consumer -> where the constant went."""
+    change is folded the same way). Returns consumer -> where the constant went, and the consumers
+    that were refit."""
     norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
     refit = consumers_of((p.group, p.keep) for p in plans if getattr(p.config, "reconstruct", False))
-    where = {}
+    where, refit_names = {}, set()
     if refit:
         if calib is None:
             raise ConfigError("reconstruct refits consumers on calibration data: pass calib=[...]")
         deltas = reconstruct_consumers(model, modules, refit, calib, max_batches)
+        skipped = sorted(set(refit) - set(deltas))
+        if skipped:
+            warnings.warn(
+                f"reconstruct refits nn.Linear and ungrouped, zero-padded nn.Conv2d layers only; {len(skipped)} "
+                f"layer(s) reading removed channels keep mean compensation instead: {', '.join(skipped[:5])}",
+                stacklevel=3,
+            )
         with torch.no_grad():
             where = {name: _fold(name, modules[name], delta, modules, norm_after) for name, delta in deltas.items()}
+        refit_names.update(deltas)
     dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
     dropped = {name: cols for name, cols in dropped.items() if name not in where}
-    return where | fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after)
+    return where | fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after), refit_names

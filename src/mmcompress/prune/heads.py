@@ -208,7 +208,7 @@ def refit_output_projections(
             else:
                 layer.bias += delta.to(layer.bias.dtype)
                 where[name] = "bias"
-            entries[name]["compensation"] = {name: where[name]}
+            entries[name].update(compensation={name: where[name]}, reconstructed=[name])
     return where
 
 
@@ -224,6 +224,8 @@ def _mask_head(head: int, head_dim: int):
 def _change(reference: Any, output: Any, batch: Any) -> float:
     """KL for outputs with `.logits` (padding masked when a mask fits), else relative squared error."""
     ref, out = prediction(reference), prediction(output)
+    if not isinstance(ref, torch.Tensor):  # a bare encoder (BertModel): its hidden states
+        ref, out = getattr(ref, "last_hidden_state", ref), getattr(out, "last_hidden_state", out)
     if not isinstance(ref, torch.Tensor) or not ref.is_floating_point():
         raise DataError(f"head ablation compares tensor outputs; the model returned {type(ref).__name__}")
     if isinstance(getattr(reference, "logits", None), torch.Tensor):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import warnings
 from typing import Any
 
 import torch
@@ -129,7 +130,7 @@ def _paired_grams(model, reference, layer, ref_layer, kept: torch.Tensor, batche
     finally:
         for handle in handles:
             handle.remove()
-    return cross / rows, gram / rows
+    return cross / rows, gram / rows, rows
 
 
 def _forward_order(model: nn.Module, layers: dict[str, nn.Module], batch: Any) -> tuple[list[str], set[str]]:
@@ -179,7 +180,7 @@ def reconstruct_consumers(
         raise DataError("reconstruction got no calibration batches; pass calib=[...]")
     for batch in batches:
         check_finite(batch, "reconstruction")
-    deltas, shifts = {}, []
+    deltas, shifts, scarce = {}, [], []
     try:
         with eval_mode(model):
             order, repeated = _forward_order(model, targets, batches[0])
@@ -196,7 +197,7 @@ def reconstruct_consumers(
                 keep = ((~removed).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
                 weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
                 kept = torch.cat([keep, torch.tensor([weight.shape[1]])])  # and the constant
-                cross, gram = _paired_grams(
+                cross, gram, rows = _paired_grams(
                     model, reference, layer, ref_modules[name], kept, batches, name not in repeated
                 )
                 augmented = torch.cat([weight, torch.zeros(weight.shape[0], 1)], 1)  # bias handled as a delta
@@ -206,9 +207,18 @@ def reconstruct_consumers(
                 layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
                 deltas[name] = refit[:, -1]
                 shifts.append(layer.register_forward_hook(_shift(deltas[name])))  # the caller folds it
+                if rows <= len(kept):
+                    scarce.append(f"{name} ({rows} rows, {len(kept)} columns)")
     finally:
         for handle in shifts:
             handle.remove()
+    if scarce:
+        warnings.warn(
+            f"reconstruct: {len(scarce)} layer(s) saw fewer calibration rows than they keep input columns, so "
+            f"their least-squares refit can over-fit the calibration data (pass more calib= batches): "
+            f"{', '.join(scarce[:5])}",
+            stacklevel=4,
+        )
     return deltas
 
 

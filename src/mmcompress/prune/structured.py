@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mmcompress.core.batches import check_finite_weights
@@ -89,6 +89,12 @@ class StructuredConfig(FrozenConfig):
     max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
     ablation_batches: int | None = Field(None, ge=1)
 
+    @model_validator(mode="after")
+    def _ablation_batches_need_ablation(self) -> StructuredConfig:
+        if self.ablation_batches is not None and self.method != "ablation":
+            raise ValueError(f"ablation_batches applies to method 'ablation' (heads), not {self.method!r}")
+        return self
+
 
 def prune_structured(
     model: nn.Module,
@@ -160,12 +166,12 @@ def prune_structured(
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
-    folded = {}
+    folded, refit = {}, set()
     if any(p.config.compensate or p.config.reconstruct for p in channel_plans):
-        folded = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches)
+        folded, refit = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches)
     refit_output_projections(model, head_targets, head_plans, adapter, calib, max_batches)
     apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
-    record.modules.update({p.group.producers[0]: plan_entry(p, folded) for p in channel_plans})
+    record.modules.update({p.group.producers[0]: plan_entry(p, folded, refit) for p in channel_plans})
     record.modules.update({name: entry for name, _, entry in head_plans})
     record.modules.update({name: {"structure": "kept", "reason": reason} for name, reason in kept.items()})
     after = sum(p.numel() for p in model.parameters())
