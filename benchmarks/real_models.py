@@ -29,7 +29,6 @@ import mmcompress
 from mmcompress.core.shared_params import modules_sharing_weight
 from mmcompress.errors import UnsupportedError
 from mmcompress.graph.storage import stored_bytes
-from mmcompress.prune.repair import recalibrate_batchnorm
 from mmcompress.quant.act_equalize import equalize_activations
 from mmcompress.quant.api import QuantConfig
 from mmcompress.quant.equalize import correct_bias, equalize_cross_layer
@@ -61,17 +60,14 @@ def _w4_int8_embeddings(method: str):
 def _structured(ratio: float, unit: str = "channels", repair: bool = False):
     def run(suite: Suite, model):
         teacher = suite.load() if repair else None
-        config = {"_default": {"ratio": ratio, "unit": unit}}
-        calib = suite.calib if unit == "channels" else None  # measured means compensate removed channels
+        config = {"_default": {"ratio": ratio, "unit": unit, "reconstruct": True}}  # refit on the calibration set
         if unit == "heads" and suite.prune_heads is not None:  # the suite's own ranking (Whisper: global)
             rec = suite.prune_heads(model, ratio)
         elif unit == "channels" and suite.prune_channels is not None:  # the suite's targets (MobileNetV2)
             rec = suite.prune_channels(model, ratio)
         else:
-            rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=calib)
-        if repair:
-            if suite.batchnorm:  # BatchNorm statistics follow the pruned inputs (the change, not the photos')
-                recalibrate_batchnorm(model, suite.calib, reference=teacher, record=rec)
+            rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=suite.calib)
+        if repair:  # no BatchNorm re-estimation: the sequential refit already restores each layer's output
             suite.repair(teacher, model)
         removed = rec.metrics.get("removed")  # fraction of parameters removed
         return {"removed": removed, "units_removed": rec.metrics.get("units_removed"), "kept": _kept(rec)}

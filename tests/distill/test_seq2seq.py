@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmcompress.distill.seq2seq import Seq2SeqRepairConfig, _loss, _teacher_targets, distill_seq2seq, masked_kl
-from mmcompress.errors import ConfigError
+from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.models.hf.tiny import tiny_model
 
@@ -59,3 +59,27 @@ def test_batches_without_decoder_mask_are_refused_and_config_validates():
         distill_seq2seq(teacher, copy.deepcopy(teacher), [{"input_features": torch.zeros(1, 16, 64)}], {"steps": 1})
     with pytest.raises(ValueError, match="steps"):
         Seq2SeqRepairConfig(steps=0)
+
+
+def test_validation_keeps_the_best_weights_and_never_ends_worse_than_before():
+    torch.manual_seed(0)
+    teacher = tiny_model("whisper").eval()
+    damaged = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in damaged.model.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adapter = adapter_for(teacher)
+    train = [adapter.example_inputs(2)]
+    held_out = [{**train[0], "input_features": train[0]["input_features"] + 0.1 * torch.randn(2, 16, 64)}]
+    good = copy.deepcopy(damaged)
+    result = distill_seq2seq(teacher, good, train, {"steps": 40, "lr": 1e-3, "warmup": 2, "validate_every": 10},
+                             validation=held_out)  # fmt: skip
+    assert result["best_step"] > 0 and result["validation_best"] < result["validation_before"]
+    assert _kl(teacher, good, held_out[0]) < 0.5 * _kl(teacher, damaged, held_out[0])
+    ruined = copy.deepcopy(damaged)  # a learning rate that wrecks the model: the repair is undone
+    result = distill_seq2seq(teacher, ruined, train, {"steps": 10, "lr": 5.0, "warmup": 0, "validate_every": 5},
+                             validation=held_out)  # fmt: skip
+    assert result["best_step"] == 0
+    assert all(torch.equal(v, damaged.state_dict()[k]) for k, v in ruined.state_dict().items())
+    with pytest.raises(DataError, match="validation"):
+        distill_seq2seq(teacher, ruined, train, {"steps": 1}, validation=[])

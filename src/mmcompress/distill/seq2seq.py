@@ -37,6 +37,7 @@ class Seq2SeqRepairConfig(FrozenConfig):
         encoder_weight: weight of the encoder-state loss (0: next-token KL only).
         grad_clip: gradient norm clip.
         seed: order of the batches.
+        validate_every: with `validation=` batches, measure the held-out loss every this many steps.
 
     Example:
         >>> Seq2SeqRepairConfig(steps=100).lr
@@ -49,6 +50,7 @@ class Seq2SeqRepairConfig(FrozenConfig):
     encoder_weight: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = 0
+    validate_every: int = Field(20, ge=1)
 
 
 def masked_kl(teacher_log_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -67,6 +69,8 @@ def distill_seq2seq(
     student: nn.Module,
     batches: Sequence[dict[str, Any]],
     config: Seq2SeqRepairConfig | dict | None = None,
+    *,
+    validation: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Train `student` in place to read like `teacher` on teacher-forced batches.
 
@@ -76,9 +80,14 @@ def distill_seq2seq(
         batches: model inputs with `decoder_input_ids` and `decoder_attention_mask` (padding = 0),
             e.g. `data.collate.calibration_batches(model, speech_batches(labelled))`.
         config: a Seq2SeqRepairConfig or a dict of its fields.
+        validation: held-out batches of the same form (ideally from the deployment domain). The
+            loss on them is measured before training and every `validate_every` steps, and the
+            student ends with the weights of the best measurement, so the repair never leaves it
+            worse on them than it found it (0 steps kept when every step made it worse).
 
     Returns:
-        {"loss_first", "loss_last"}: mean loss over the first and the last tenth of the steps.
+        {"loss_first", "loss_last"}: mean loss over the first and the last tenth of the steps;
+        with `validation`, also "validation_before", "validation_best" and "best_step".
 
     Example:
         >>> batches = calibration_batches(teacher, speech_batches(pseudo_label(teacher, clips), pack_seconds=29))
@@ -96,10 +105,14 @@ def distill_seq2seq(
     order = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     was_training = student.training
+    checks = [(b, _teacher_targets(teacher, b, cfg.encoder_weight > 0)) for b in validation or []]
+    if validation is not None and not checks:
+        raise DataError("seq2seq distillation got validation=[] (pass held-out batches, or None)")
+    best = _Best(student, checks, cfg.encoder_weight) if checks else None
     student.train()
     try:
         queue: list[int] = []
-        for _ in range(cfg.steps):
+        for step in range(1, cfg.steps + 1):
             if not queue:
                 queue = torch.randperm(len(batches), generator=order).tolist()
             i = queue.pop()
@@ -110,10 +123,48 @@ def distill_seq2seq(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if best is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
+                best.measure(step)
+        if best is not None:
+            best.restore()
     finally:
         student.train(was_training)
     tenth = max(1, len(losses) // 10)
-    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth}
+    result = {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth}
+    return result | (best.summary() if best is not None else {})
+
+
+class _Best:
+    """The student's weights at its lowest held-out loss so far (measured in eval mode)."""
+
+    def __init__(self, student: nn.Module, checks: list, encoder_weight: float) -> None:
+        self.student, self.checks, self.encoder_weight = student, checks, encoder_weight
+        self.before = self.loss = self._held_out()
+        self.step, self.state = 0, self._copy()
+
+    def _held_out(self) -> float:
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                losses = [float(_loss(self.student, b, t, self.encoder_weight)) for b, t in self.checks]
+        finally:
+            self.student.train(was_training)
+        return sum(losses) / len(losses)
+
+    def _copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+
+    def measure(self, step: int) -> None:
+        loss = self._held_out()
+        if loss < self.loss:
+            self.loss, self.step, self.state = loss, step, self._copy()
+
+    def restore(self) -> None:
+        self.student.load_state_dict(self.state)
+
+    def summary(self) -> dict[str, float]:
+        return {"validation_before": self.before, "validation_best": self.loss, "best_step": float(self.step)}
 
 
 def _teacher_targets(teacher: nn.Module, batch: dict[str, Any], encoder: bool) -> dict[str, torch.Tensor]:
