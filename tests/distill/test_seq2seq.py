@@ -21,13 +21,19 @@ def _kl(teacher, student, batch):
     return float(masked_kl(t.log_softmax(-1), s))
 
 
-def test_student_moves_towards_the_teacher_and_keeps_its_mode():
+def _teacher_and_damaged_student():
+    """Tiny Whisper and a copy whose encoder weights are perturbed."""
     torch.manual_seed(0)
     teacher = tiny_model("whisper").eval()
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         for p in student.model.encoder.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # a damaged encoder
+            p.add_(0.05 * torch.randn_like(p))
+    return teacher, student
+
+
+def test_student_moves_towards_the_teacher_and_keeps_its_mode():
+    teacher, student = _teacher_and_damaged_student()
     batch = adapter_for(teacher).example_inputs(2)
     batch["decoder_attention_mask"][1, -3:] = 0  # padding
     before = _kl(teacher, student, batch)
@@ -62,12 +68,7 @@ def test_batches_without_decoder_mask_are_refused_and_config_validates():
 
 
 def test_validation_keeps_the_best_weights_and_never_ends_worse_than_before():
-    torch.manual_seed(0)
-    teacher = tiny_model("whisper").eval()
-    damaged = copy.deepcopy(teacher)
-    with torch.no_grad():
-        for p in damaged.model.encoder.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    teacher, damaged = _teacher_and_damaged_student()
     adapter = adapter_for(teacher)
     train = [adapter.example_inputs(2)]
     held_out = [{**train[0], "input_features": train[0]["input_features"] + 0.1 * torch.randn(2, 16, 64)}]
