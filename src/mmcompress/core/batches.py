@@ -38,7 +38,15 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
+        try:
+            return model(*inputs)
+        except TypeError as err:
+            if "positional argument" not in str(err):
+                raise
+            raise DataError(
+                f"{type(model).__name__} does not take {len(inputs)} positional inputs ({err}); a tuple/list batch "
+                "is the model's positional inputs: pass inputs only, not (inputs, labels) pairs from a DataLoader"
+            ) from err
     return model(inputs)
 
 
