@@ -24,7 +24,7 @@ CLE_MAX_ERR = 1e-3  # cross-layer equalization is exact up to float rounding
 PRUNED_MIN_REMOVED = 0.28  # 30% of the hidden channels and of the 1280 features: 30.0% of parameters
 PRUNED_MIN_AGREEMENT = 0.5  # reconstructed, no training (0.77 on 300 crops with 512 calibration crops;
 # mean compensation alone: 0.0)
-PRUNE_CALIB_CROPS = 48
+PRUNE_CALIB_CROPS = 32
 
 
 @pytest.fixture(scope="module")
