@@ -65,7 +65,9 @@ class StructuredConfig(FrozenConfig):
             consumer by least squares, so its output on `calib=` batches stays closest to the
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
-            Heads: the attention module's output projection is refit the same way.
+            Heads: the attention module's output projection is refit the same way (in one call
+            that removes channels and heads, the channel consumers are refit first, against a
+            reference that still has every head).
         scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
             groups that share this config, ranked by their scores normalised per group (mean 1;
             heads scored by ablation/taylor/fisher are ranked on their raw, comparable scores).
