@@ -119,7 +119,7 @@ def fold_means(
             if not bool(mu.any()):
                 continue
             delta = compensation(_in_weight(layer), torch.tensor(cols), mu)  # (out,)
-            where[name] = _fold(name, layer, delta, modules, norm_after)
+            where[name] = fold_bias_change(name, layer, delta, modules, norm_after)
     return where
 
 
@@ -134,7 +134,20 @@ def compensation(weight: torch.Tensor, cols: torch.Tensor, mu: torch.Tensor) -> 
     return w[:, cols] @ mu.float()
 
 
-def _fold(name: str, layer: nn.Module, delta: torch.Tensor, modules: dict, norm_after: dict) -> str:
+def norms_after(groups: dict[str, ChannelGroup]) -> dict[str, str]:
+    """Layer -> the BatchNorm that normalises its output directly, over every traced group."""
+    return {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
+
+
+def fold_bias_change(name: str, layer: nn.Module, delta: torch.Tensor, modules: dict, norm_after: dict) -> str:
+    """Add `delta` (out,) to the layer's output: into its bias, else the running mean of the
+    BatchNorm after it (`norm_after`), else a new bias. Returns where it went ("bias",
+    "norm:<name>", "new bias"; a replay recreates a new bias).
+
+    Example:
+        >>> fold_bias_change("head", model.head, torch.zeros(10), modules, {})
+        'bias'
+    """
     if isinstance(layer, RECURRENT):
         if not layer.bias:
             return "none (recurrent layer without bias)"
@@ -175,7 +188,7 @@ def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None
     refit their Linear/Conv2d consumers by least squares on `calib` (`reconstruct.py`; the bias
     change is folded the same way). Returns consumer -> where the constant went, and the consumers
     that were refit."""
-    norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
+    norm_after = norms_after(groups)
     refit = consumers_of((p.group, p.keep) for p in plans if getattr(p.config, "reconstruct", False))
     where, refit_names = {}, set()
     if refit:
@@ -190,8 +203,9 @@ def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None
                 stacklevel=3,
             )
         with torch.no_grad():
-            where = {name: _fold(name, modules[name], delta, modules, norm_after) for name, delta in deltas.items()}
-        refit_names.update(deltas)
+            for name, delta in deltas.items():
+                where[name] = fold_bias_change(name, modules[name], delta, modules, norm_after)
+        refit_names = set(deltas)
     dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
     dropped = {name: cols for name, cols in dropped.items() if name not in where}
     return where | fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after), refit_names

@@ -26,6 +26,7 @@ from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import Adapter
 from mmcompress.models.attention import head_parts
 from mmcompress.prune.channel_importance import cap_ratio, global_keep, keep_count, normalised, top_units
+from mmcompress.prune.compensate import fold_bias_change
 from mmcompress.prune.dependency import eval_mode
 from mmcompress.prune.importance import scores_for
 from mmcompress.prune.reconstruct import reconstruct_consumers, reconstructable
@@ -201,13 +202,7 @@ def refit_output_projections(
     where = {}
     with torch.no_grad():
         for name, delta in reconstruct_consumers(model, modules, dropped, calib, max_batches).items():
-            layer = modules[name]
-            if layer.bias is None:
-                layer.bias = nn.Parameter(delta.to(layer.weight.dtype).clone())
-                where[name] = "new bias"
-            else:
-                layer.bias += delta.to(layer.bias.dtype)
-                where[name] = "bias"
+            where[name] = fold_bias_change(name, modules[name], delta, modules, {})
             entries[name].update(compensation={name: where[name]}, reconstructed=[name])
     return where
 

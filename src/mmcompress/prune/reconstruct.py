@@ -81,7 +81,8 @@ def refit_to_reference(
 
     `cross` = E[z_ref z_kept^T] (unpruned inputs against the pruned model's kept inputs and 1),
     `gram` = E[z_kept z_kept^T]; the result is weight @ cross @ (gram + lambda I)^-1 (the ridge on
-    the columns, not the constant). With the same inputs on both sides this is `refit_columns`.
+    the columns, not the constant). With the same inputs on both sides (cross = G[:, K'], gram =
+    G[K', K']) the removed columns are regressed on the kept ones.
 
     Example:
         >>> g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x1 == x0, zero mean

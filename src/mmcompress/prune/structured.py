@@ -26,7 +26,7 @@ from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
-from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of
+from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
 from mmcompress.prune.heads import plan_heads, refit_output_projections
 from mmcompress.prune.reconstruct import input_grams, reconstructable
@@ -161,7 +161,7 @@ def prune_structured(
                 raise ConfigError("method 'reconstruction' measures consumers' inputs: pass calib=[...]")
             layers = {name: modules[name] for name in names if reconstructable(modules[name])}
             grams = input_grams(model, layers, calib, max_batches)
-            norm_after = {layer: norm for g in groups.values() for norm, layer in g.follows.items()}
+            norm_after = norms_after(groups)
         channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats, grams, norm_after)
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
