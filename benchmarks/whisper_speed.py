@@ -34,18 +34,28 @@ W4 = {
     "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
     "_default": {"weight_bits": 4, "granularity": "per_group", "group_size": 128, "scheme": "asymmetric"},
 }
-VARIANTS = {  # name -> (description, quantization targets or None, encoder on ONNX Runtime, decoder)
-    "float-generate": ("PyTorch float32, transformers `generate`", None, False, "generate"),
-    "float": ("PyTorch float32", None, False, "greedy"),
-    "w8": ("W8 weight-only (all Linear, token table 8-bit)", {"_default": {"weight_bits": 8}}, False, "greedy"),
-    "w8-int": ("W8, encoder Linear on int8 GEMMs (dynamic per-tensor inputs)", W8_INT, False, "greedy"),
-    "w8-int-generate": ("W8, encoder on int8 GEMMs, transformers `generate`", W8_INT, False, "generate"),
-    "w8a8": ("W8A8 dynamic per-token (Linear), token table 8-bit", W8A8, False, "greedy"),
-    "w4": ("W4 g128 RTN (Linear), token table 8-bit", W4, False, "greedy"),
-    "float+ort": ("float32 decoder, encoder in ONNX Runtime", None, True, "greedy"),
-    "w8+ort": ("W8 decoder, int8 encoder in ONNX Runtime", {"_default": {"weight_bits": 8}}, True, "greedy"),
-    "ct2-float32": ("CTranslate2 float32", None, False, None),
-    "ct2-int8": ("CTranslate2 int8 (peer)", None, False, None),
+W4_INT = {  # W4 g128 everywhere; the encoder's products on int8 GEMMs (dynamic inputs, the 4-bit codes as 8-bit)
+    "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
+    "re:model\\.encoder\\..*": {**W4["_default"], "activations": "dynamic"},
+    "_default": W4["_default"],
+}
+BF16 = "bfloat16"
+VARIANTS = {  # name -> (description, quantization targets or None, encoder on ONNX Runtime, decoder, attention)
+    "float-generate": ("PyTorch float32, transformers `generate`", None, False, "generate", None),
+    "float": ("PyTorch float32", None, False, "greedy", None),
+    "float-bf16": ("float32, encoder attention in bf16", None, False, "greedy", BF16),
+    "w8": ("W8 weight-only (all Linear, token table 8-bit)", {"_default": {"weight_bits": 8}}, False, "greedy", None),
+    "w8-int": ("W8, encoder Linear on int8 GEMMs (dynamic per-tensor inputs)", W8_INT, False, "greedy", None),
+    "w8-int-bf16": ("W8, encoder on int8 GEMMs, encoder attention in bf16", W8_INT, False, "greedy", BF16),
+    "w8-int-generate": ("W8, encoder on int8 GEMMs, transformers `generate`", W8_INT, False, "generate", None),
+    "w8a8": ("W8A8 dynamic per-token (Linear), token table 8-bit", W8A8, False, "greedy", None),
+    "w4": ("W4 g128 RTN (Linear), token table 8-bit", W4, False, "greedy", None),
+    "w4-int": ("W4 g128, encoder Linear on int8 GEMMs (dynamic per-tensor inputs)", W4_INT, False, "greedy", None),
+    "w4-int-bf16": ("W4 g128, encoder on int8 GEMMs, encoder attention in bf16", W4_INT, False, "greedy", BF16),
+    "float+ort": ("float32 decoder, encoder in ONNX Runtime", None, True, "greedy", None),
+    "w8+ort": ("W8 decoder, int8 encoder in ONNX Runtime", {"_default": {"weight_bits": 8}}, True, "greedy", None),
+    "ct2-float32": ("CTranslate2 float32", None, False, None, None),
+    "ct2-int8": ("CTranslate2 int8 (peer)", None, False, None, None),
 }
 
 
@@ -67,13 +77,13 @@ def _worker(name: str, threads: int) -> dict:
         import mmcompress
         from mmcompress.models.hf.speech_ort import encoder_on_onnxruntime
 
-        _, targets, on_ort, decoder = VARIANTS[name]
+        _, targets, on_ort, decoder, attention = VARIANTS[name]
         model = mmcompress.load_model("hf:whisper-tiny.en").eval()
         if targets is not None:
             mmcompress.quantize(model, targets)
         if on_ort:
             encoder_on_onnxruntime(model, Path(tempfile.mkdtemp()) / "encoder.onnx", threads=threads)
-        run = lambda clips: transcribe(model, clips, decoder=decoder)  # noqa: E731
+        run = lambda clips: transcribe(model, clips, decoder=decoder, attention_dtype=attention)  # noqa: E731
     run(speech[:1])  # warm-up
     start = time.perf_counter()
     texts = run(speech)

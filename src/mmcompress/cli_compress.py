@@ -93,8 +93,9 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
 @click.option("--structured", type=click.Choice(["channels", "heads"]), default=None,
               help="Remove whole channels/neurons/LSTM units or attention heads instead (tensors shrink).")  # fmt: skip
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Structured: fraction of units removed.")
-@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
-              help="Structured: remove --ratio of every layer, or of all units ranked together.")  # fmt: skip
+@click.option("--scope", type=click.Choice(["layer", "global", "sensitivity"]), default="layer", show_default=True,
+              help="Structured: remove --ratio of every layer, of all units ranked together, or of all units "
+                   "with each layer's share set by its measured sensitivity.")  # fmt: skip
 @click.option("--reconstruct", is_flag=True,
               help="Structured: refit the layers reading removed units by least squares")  # fmt: skip
 @click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")

@@ -72,3 +72,25 @@ def test_prompt_and_misuse(whisper):
         greedy_transcribe(nn.Linear(2, 2), _features(1))
     with pytest.raises(ValueError, match="max_new_tokens"):
         greedy_transcribe(whisper, _features(1), 0)
+
+
+def test_bfloat16_encoder_attention_stays_close_and_is_refused_where_it_cannot_apply(whisper, tmp_path):
+    from mmcompress.audio.greedy import _encode, attention_dtype_for
+    from mmcompress.core.cpu import cpu_features
+
+    features = _features(2, seed=4)
+    with torch.no_grad():
+        exact, bf16 = _encode(whisper.model.encoder, features), _encode(whisper.model.encoder, features, torch.bfloat16)
+    assert bf16.dtype == torch.float32
+    assert 0 < (bf16 - exact).norm() / exact.norm() < 2e-2  # the attention products rounded to bf16, no more
+    assert greedy_transcribe(whisper, features, 6, attention_dtype="bfloat16").shape[0] == 2
+    assert attention_dtype_for("auto") == (torch.bfloat16 if cpu_features().bf16 else None)
+    assert attention_dtype_for("float32") is None
+    with pytest.raises(ValueError, match="attention_dtype 'fp8'"):
+        greedy_transcribe(whisper, features, 6, attention_dtype="fp8")
+    on_ort = copy.deepcopy(whisper)
+    encoder_on_onnxruntime(on_ort, tmp_path / "encoder.onnx", threads=1, example=features)
+    with pytest.raises(ModelError, match="needs a Whisper-style PyTorch encoder"):
+        greedy_transcribe(on_ort, features, 6, attention_dtype="bfloat16")
+    expected = greedy_transcribe(on_ort, features, 6)
+    torch.testing.assert_close(greedy_transcribe(on_ort, features, 6, attention_dtype="auto"), expected)

@@ -131,7 +131,11 @@ def _edit_distance(a: list[str], b: list[str]) -> int:
 
 
 def transcribe(
-    model: torch.nn.Module, utterances: list[Utterance], max_new_tokens: int = 64, decoder: str = "auto"
+    model: torch.nn.Module,
+    utterances: list[Utterance],
+    max_new_tokens: int = 64,
+    decoder: str = "auto",
+    attention_dtype: str | None = None,
 ) -> list[str]:
     """Greedy transcripts of a Whisper-style model (its adapter builds the log-mel inputs; its
     attached tokenizer decodes).
@@ -139,7 +143,8 @@ def transcribe(
     decoder "auto": English-only Whisper-style models without timestamps decode with
     `greedy_transcribe` (a static key/value cache, the same tokens as `generate`, a fraction of its
     per-token overhead), other models with `model.generate`; "generate" forces transformers'
-    `generate`; "greedy" forces the loop (English, no timestamps).
+    `generate`; "greedy" forces the loop (English, no timestamps). attention_dtype ("bfloat16",
+    "auto", "float32"/None): the greedy loop's encoder attention precision (`greedy_transcribe`).
 
     Example:
         >>> whisper = load_model("hf:/models/whisper-tiny.en")
@@ -155,13 +160,15 @@ def transcribe(
     if adapter.prepare is None or tokenizer is None:
         raise DataError("transcribe needs a speech model with an adapter and a tokenizer (load it with 'hf:...')")
     greedy = decoder == "greedy" or (decoder == "auto" and matches_generate(model))
+    if attention_dtype not in (None, "float32") and not greedy:
+        raise ValueError(f"attention_dtype {attention_dtype!r} needs the greedy decoder (decoder='greedy')")
     texts = []
     for i, utt in enumerate(utterances):
         inputs = adapter.prepare({"audio": [utt.audio]})
         inputs.pop("decoder_input_ids", None)
         with torch.no_grad():
             if greedy:
-                ids = greedy_transcribe(model, inputs["input_features"], max_new_tokens)
+                ids = greedy_transcribe(model, inputs["input_features"], max_new_tokens, attention_dtype)
             else:  # transformers' warnings are shown for the first clip, not repeated for every one
                 with _transformers_quiet() if i else contextlib.nullcontext():
                     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -25,6 +25,8 @@ FLAGS = {  # our name -> the /proc/cpuinfo flag
     "avx512_vnni": "avx512_vnni",
     "avx_vnni": "avx_vnni",
     "amx_int8": "amx_int8",
+    "avx512_bf16": "avx512_bf16",
+    "amx_bf16": "amx_bf16",
 }
 
 
@@ -34,7 +36,7 @@ class CpuFeatures:
 
     Attributes:
         arch: machine name ("x86_64", "aarch64", ...).
-        avx2, avx512f, avx512_vnni, avx_vnni, amx_int8: instruction sets present.
+        avx2, avx512f, avx512_vnni, avx_vnni, amx_int8, avx512_bf16, amx_bf16: instruction sets present.
         source: where they came from ("/proc/cpuinfo", "torch" or "none").
 
     Example:
@@ -48,6 +50,8 @@ class CpuFeatures:
     avx512_vnni: bool = False
     avx_vnni: bool = False
     amx_int8: bool = False
+    avx512_bf16: bool = False
+    amx_bf16: bool = False
     source: str = "none"
 
     @property
@@ -55,8 +59,13 @@ class CpuFeatures:
         """u8s8 products accumulate in int32 (VNNI or AMX): 8-bit weights cannot saturate."""
         return self.avx512_vnni or self.avx_vnni or self.amx_int8
 
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 dot products in hardware (AVX-512 BF16 or AMX): bf16 matrix products beat float32."""
+        return self.avx512_bf16 or self.amx_bf16
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "vnni": self.vnni}
+        return {**asdict(self), "vnni": self.vnni, "bf16": self.bf16}
 
 
 def parse_cpuinfo(text: str, arch: str = "x86_64") -> CpuFeatures:

@@ -28,6 +28,7 @@ from mmcompress.prune.dependency import RECURRENT, ChannelGroup
 from mmcompress.prune.fx_ops import conv_refusal
 from mmcompress.prune.importance import scores_for
 from mmcompress.prune.reconstruct import reconstructable
+from mmcompress.prune.sensitivity import sensitivity_keep
 from mmcompress.prune.slicing import GATES
 
 
@@ -40,6 +41,7 @@ class ChannelPlan:
     ratio: float
     scores: torch.Tensor
     config: Any = None
+    sensitivity: list[float] | None = None  # scope "sensitivity": output change at each probe ratio
 
 
 def select_groups(
@@ -83,6 +85,7 @@ def plan_channels(
     inputs: dict | None = None,
     grams: dict | None = None,
     norm_after: dict | None = None,
+    calib: list | None = None,
 ) -> list[ChannelPlan]:
     """Score every selected group and choose the units it keeps (gradients in one pass over `data`;
     `inputs`: consumer -> its input (mean, var) per column, for the "variance" method; `grams`:
@@ -103,11 +106,23 @@ def plan_channels(
     keeps = [keep_count(group.size, cfg.ratio, cfg.round_to) for group, cfg in selected]
     buckets: dict[Any, list[int]] = {}
     for i, (_, cfg) in enumerate(selected):
-        if cfg.scope == "global":
+        if cfg.scope in ("global", "sensitivity"):
             buckets.setdefault(cfg, []).append(i)
+    measured: dict[int, list[float]] = {}
     for cfg, members in buckets.items():
         sizes = [selected[i][0].size for i in members]
-        found = global_keep([normalised(scores[i]) for i in members], sizes, cfg.ratio, cap_ratio(cfg), cfg.round_to)
+        if cfg.scope == "sensitivity":
+            probes = (calib or [])[: cfg.ablation_batches or max_batches or len(calib or [])]
+            groups = [selected[i][0] for i in members]
+            found, changes = sensitivity_keep(
+                model, modules, groups, [scores[i] for i in members], cfg.ratio, cap_ratio(cfg), cfg.round_to,
+                probes, inputs or {},
+            )  # fmt: skip
+            measured.update(zip(members, changes, strict=True))
+        else:
+            found = global_keep(
+                [normalised(scores[i]) for i in members], sizes, cfg.ratio, cap_ratio(cfg), cfg.round_to
+            )
         for i, keep in zip(members, found, strict=True):
             keeps[i] = keep
     plans = []
@@ -116,7 +131,7 @@ def plan_channels(
             raise ConfigError(
                 f"pruning {cfg.ratio:.0%} of the {group.size} units of {group.producers[0]!r} would remove them all"
             )
-        plans.append(ChannelPlan(group, top_units(score, keep), cfg.ratio, score, cfg))
+        plans.append(ChannelPlan(group, top_units(score, keep), cfg.ratio, score, cfg, measured.get(len(plans))))
     return plans
 
 
@@ -240,5 +255,6 @@ def plan_entry(plan: ChannelPlan, folded: dict[str, str] | None = None, refit: I
         "score_removed": round(removed_share(plan.scores, plan.keep), 6),
         **({"compensation": compensation} if compensation else {}),
         **({"reconstructed": reconstructed} if reconstructed else {}),
-        **({"scope": "global"} if getattr(plan.config, "scope", "layer") == "global" else {}),
+        **({"scope": scope} if (scope := getattr(plan.config, "scope", "layer")) != "layer" else {}),
+        **({"sensitivity": [round(c, 6) for c in plan.sensitivity]} if plan.sensitivity else {}),
     }

@@ -101,7 +101,7 @@ def ablation_scores(
                 handle = o.register_forward_pre_hook(_mask_head(h, head_dim))
                 try:
                     for batch, ref in zip(batches, references, strict=True):
-                        score[h] += _change(ref, call_model(model, batch), batch) / len(batches)
+                        score[h] += output_difference(ref, call_model(model, batch), batch) / len(batches)
                 finally:
                     handle.remove()
             scores[name] = score
@@ -216,13 +216,19 @@ def _mask_head(head: int, head_dim: int):
     return hook
 
 
-def _change(reference: Any, output: Any, batch: Any) -> float:
-    """KL for outputs with `.logits` (padding masked when a mask fits), else relative squared error."""
+def output_difference(reference: Any, output: Any, batch: Any) -> float:
+    """How far a model's `output` moved from its `reference` output on `batch`: KL for outputs with
+    `.logits` (padding masked when a mask fits), else squared error relative to the mean square.
+
+    Example:
+        >>> output_difference(torch.ones(2, 3), torch.ones(2, 3), None)
+        0.0
+    """
     ref, out = prediction(reference), prediction(output)
     if not isinstance(ref, torch.Tensor):  # a bare encoder (BertModel): its hidden states
         ref, out = getattr(ref, "last_hidden_state", ref), getattr(out, "last_hidden_state", out)
     if not isinstance(ref, torch.Tensor) or not ref.is_floating_point():
-        raise DataError(f"head ablation compares tensor outputs; the model returned {type(ref).__name__}")
+        raise DataError(f"ablation and sensitivity compare tensor outputs; the model returned {type(ref).__name__}")
     if isinstance(getattr(reference, "logits", None), torch.Tensor):
         mask = batch.get("decoder_attention_mask", batch.get("attention_mask")) if isinstance(batch, dict) else None
         return float(output_change(ref, out, mask))

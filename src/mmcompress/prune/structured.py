@@ -71,9 +71,15 @@ class StructuredConfig(FrozenConfig):
         scope: "layer" removes `ratio` of every group; "global" removes `ratio` of all units of the
             groups that share this config, ranked by their scores normalised per group (mean 1;
             heads scored by ablation/taylor/fisher are ranked on their raw, comparable scores).
-        max_ratio: with "global", the most any one group loses (default: 2 x ratio, at most 0.9).
-        ablation_batches: "ablation" masks each head on only the first this many `calib=` batches
-            (it costs one forward pass per head and batch; `reconstruct` still uses them all).
+            "sensitivity" (channels) also removes `ratio` of all those units, each group's share
+            chosen by measured sensitivity: every group's lowest-scored units are masked at `ratio`
+            and at `max_ratio` and the model's output change on `calib=` batches is measured;
+            removals then go where they change the output least per unit (`sensitivity.py`).
+        max_ratio: with "global"/"sensitivity", the most any one group loses (default: 2 x ratio,
+            at most 0.9).
+        ablation_batches: "ablation" masks each head, "sensitivity" each group, on only the first
+            this many `calib=` batches (each costs forward passes per head or group and batch;
+            importance and `reconstruct` still use them all).
 
     Example:
         >>> StructuredConfig(ratio=0.5, unit="heads").ratio
@@ -87,14 +93,18 @@ class StructuredConfig(FrozenConfig):
     bn_aware: bool = True
     compensate: bool = True
     reconstruct: bool = False
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global", "sensitivity"] = "layer"
     max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
     ablation_batches: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _ablation_batches_need_ablation(self) -> StructuredConfig:
-        if self.ablation_batches is not None and self.method != "ablation":
-            raise ValueError(f"ablation_batches applies to method 'ablation' (heads), not {self.method!r}")
+        if self.ablation_batches is not None and self.method != "ablation" and self.scope != "sensitivity":
+            raise ValueError(
+                f"ablation_batches applies to method 'ablation' (heads) or scope 'sensitivity', not {self.method!r}"
+            )
+        if self.scope == "sensitivity" and self.unit != "channels":
+            raise ValueError("scope 'sensitivity' allocates channels; heads use scope 'layer' or 'global'")
         return self
 
 
@@ -162,7 +172,11 @@ def prune_structured(
             layers = {name: modules[name] for name in names if reconstructable(modules[name])}
             grams = input_grams(model, layers, calib, max_batches)
             norm_after = norms_after(groups)
-        channel_plans = plan_channels(model, modules, selected, data, loss_fn, max_batches, stats, grams, norm_after)
+        if any(cfg.scope == "sensitivity" for _, cfg in selected) and calib is None:
+            raise ConfigError("scope 'sensitivity' measures the output change of each group: pass calib=[...]")
+        channel_plans = plan_channels(
+            model, modules, selected, data, loss_fn, max_batches, stats, grams, norm_after, calib
+        )
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})

@@ -78,7 +78,9 @@ def warn_ratios(entries: dict[str, dict]) -> None:
     off = {
         n: e
         for n, e in entries.items()
-        if "ratio" in e and e.get("scope") != "global" and abs(e["removed_ratio"] - e["ratio"]) > RATIO_NOTE
+        if "ratio" in e
+        and e.get("scope") not in ("global", "sensitivity")
+        and abs(e["removed_ratio"] - e["ratio"]) > RATIO_NOTE
     }
     if not off:
         return

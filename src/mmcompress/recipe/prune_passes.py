@@ -75,7 +75,8 @@ class StructuredPrunePass(_TargetedPass):
         if any(c.method == "ablation" for c in configs):  # heads masked one at a time on calibration inputs
             kwargs.update(calib=ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size))
         calib = None
-        if cfg.recalibrate_batchnorm or any(c.reconstruct or c.method == "reconstruction" for c in configs):
+        measures = any(c.reconstruct or c.method == "reconstruction" or c.scope == "sensitivity" for c in configs)
+        if cfg.recalibrate_batchnorm or measures:
             calib = kwargs.get("calib") or ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size)
             kwargs.update(calib=calib)
         reference = copy.deepcopy(ctx.model).eval() if cfg.recalibrate_batchnorm else None

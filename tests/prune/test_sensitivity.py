@@ -1,0 +1,99 @@
+"""Structured pruning with `scope: "sensitivity"`: per-group ratios from the measured output change
+of masking each group (prune/sensitivity.py)."""
+
+import copy
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.errors import ConfigError
+from mmcompress.prune.dependency import channel_groups, trace
+from mmcompress.prune.heads import output_difference
+from mmcompress.prune.sensitivity import allocate, group_sensitivity, interpolated
+from mmcompress.prune.structured import StructuredConfig, prune_structured
+
+
+class TwoBranches(nn.Module):
+    """Two hidden layers read by one head; the "loud" branch carries most of the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet, self.loud = nn.Linear(12, 32), nn.Linear(12, 32)
+        self.head = nn.Linear(64, 6)
+        with torch.no_grad():
+            self.head.weight[:, :32] *= 0.05
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([torch.relu(self.quiet(x)), torch.relu(self.loud(x))], 1))
+
+
+def _calib() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(64, 12, generator=g) for _ in range(3)]
+
+
+def test_interpolation_and_allocation():
+    assert interpolated((0.25, 0.5), (1.0, 3.0), 0.125) == 0.25  # quadratic below the first probe
+    assert interpolated((0.25, 0.5), (1.0, 3.0), 0.375) == 2.0
+    assert interpolated((0.25, 0.5), (1.0, 3.0), 0.75) == 5.0  # extrapolated along the last slope
+    costly, cheap = (lambda r: 10 * r), (lambda r: r)
+    assert allocate([costly, cheap], [10, 10], 0.3, 0.6) == [10, 4]  # the cheap group gives all it may
+    assert allocate([costly, cheap], [10, 10], 0.5, 0.6) == [6, 4]  # then the costly one
+    keeps = allocate([cheap, cheap, costly], [40, 20, 40], 0.3, 0.9, round_to=4)
+    assert abs(100 - sum(keeps) - 30) <= 4 and all(k % 4 == 0 for k in keeps) and keeps[2] == 40
+
+
+def test_probe_equals_pruning_with_mean_compensation(monkeypatch):
+    """Masking a unit with its mean at the consumer's input is what removing it with mean compensation does."""
+    torch.manual_seed(0)
+    model, calib = TwoBranches().eval(), _calib()
+    example = calib[0][:2]
+    group = next(g for g in channel_groups(model, example, trace(model, example)).values() if "loud" in g.producers)
+    order = torch.randperm(32)
+    with torch.no_grad():
+        refs = [model(b) for b in calib]
+        hidden = torch.cat([torch.relu(torch.cat([model.quiet(b), model.loud(b)], 1)) for b in calib])
+        change = group_sensitivity(model, dict(model.named_modules()), group, order, [0.25], calib, refs,
+                                   {"head": (hidden.mean(0), None)})[0]  # fmt: skip
+    scores = torch.zeros(32)
+    scores[order[8:]] = 1.0  # the probe's first 8 units go
+    plan = importlib.import_module("mmcompress.prune.channel_plan")
+    original = plan._scores
+    monkeypatch.setattr(plan, "_scores", lambda g, *a: scores if "loud" in g.producers else original(g, *a))
+    pruned = copy.deepcopy(model)
+    prune_structured(pruned, {"loud": {"ratio": 0.25}, "_default": None}, example_inputs=example, calib=calib)
+    with torch.no_grad():
+        actual = sum(output_difference(r, pruned(b), b) for b, r in zip(calib, refs, strict=True)) / len(calib)
+    assert change > 0 and abs(change - actual) <= 1e-4 * actual
+
+
+def test_sensitivity_scope_spares_the_loud_branch():
+    torch.manual_seed(0)
+    model, calib = TwoBranches().eval(), _calib()
+    cfg = {"ratio": 0.3, "scope": "sensitivity", "max_ratio": 0.6}
+    reference = copy.deepcopy(model)
+    rec = prune_structured(
+        model, {"quiet": cfg, "loud": cfg, "_default": None}, example_inputs=calib[0][:2], calib=calib
+    )
+    quiet, loud = rec.modules["quiet"], rec.modules["loud"]
+    assert quiet["kept"] == 13 and loud["kept"] == 32  # 19 of 64 units go, all from the quiet branch (cap 60%)
+    assert quiet["scope"] == "sensitivity" and len(quiet["sensitivity"]) == 2
+    assert quiet["sensitivity"][0] < loud["sensitivity"][0]
+    assert model(calib[0]).shape == reference(calib[0]).shape
+    layer = copy.deepcopy(reference)
+    prune_structured(layer, {"quiet": {"ratio": 0.3}, "loud": {"ratio": 0.3}, "_default": None},
+                     example_inputs=calib[0][:2], calib=calib)  # fmt: skip
+    with torch.no_grad():
+        err = lambda m: sum(output_difference(reference(b), m(b), b) for b in calib)  # noqa: E731
+        assert err(model) < err(layer)
+
+
+def test_sensitivity_scope_needs_calibration_and_channels():
+    model = TwoBranches()
+    with pytest.raises(ConfigError, match="scope 'sensitivity'"):
+        prune_structured(model, {"quiet": {"ratio": 0.3, "scope": "sensitivity"}}, example_inputs=torch.randn(2, 12))
+    with pytest.raises(ValueError, match="heads use scope"):
+        StructuredConfig(unit="heads", scope="sensitivity")
+    assert StructuredConfig(scope="sensitivity", ablation_batches=2).ablation_batches == 2
