@@ -34,9 +34,9 @@ W4 = {
     "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
     "_default": {"weight_bits": 4, "granularity": "per_group", "group_size": 128, "scheme": "asymmetric"},
 }
-W4_INT = {  # W4 g128 everywhere; the encoder's products on int8 GEMMs (dynamic inputs, the 4-bit codes as 8-bit)
+W4_INT = {  # W4 g128 decoder; the encoder W8A8 on int8 GEMMs (dynamic per-tensor inputs)
     "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
-    "re:model\\.encoder\\..*": {**W4["_default"], "activations": "dynamic"},
+    "re:model\\.encoder\\..*": {"weight_bits": 8, "activations": "dynamic"},
     "_default": W4["_default"],
 }
 BF16 = "bfloat16"
@@ -50,8 +50,8 @@ VARIANTS = {  # name -> (description, quantization targets or None, encoder on O
     "w8-int-generate": ("W8, encoder on int8 GEMMs, transformers `generate`", W8_INT, False, "generate", None),
     "w8a8": ("W8A8 dynamic per-token (Linear), token table 8-bit", W8A8, False, "greedy", None),
     "w4": ("W4 g128 RTN (Linear), token table 8-bit", W4, False, "greedy", None),
-    "w4-int": ("W4 g128, encoder Linear on int8 GEMMs (dynamic per-tensor inputs)", W4_INT, False, "greedy", None),
-    "w4-int-bf16": ("W4 g128, encoder on int8 GEMMs, encoder attention in bf16", W4_INT, False, "greedy", BF16),
+    "w4-int": ("W4 g128 decoder, W8A8 encoder (int8 GEMMs)", W4_INT, False, "greedy", None),
+    "w4-int-bf16": ("W4 g128 decoder, W8A8 encoder, encoder attention in bf16", W4_INT, False, "greedy", BF16),
     "float+ort": ("float32 decoder, encoder in ONNX Runtime", None, True, "greedy", None),
     "w8+ort": ("W8 decoder, int8 encoder in ONNX Runtime", {"_default": {"weight_bits": 8}}, True, "greedy", None),
     "ct2-float32": ("CTranslate2 float32", None, False, None, None),

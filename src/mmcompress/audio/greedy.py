@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.errors import ModelError
+from mmcompress.quant.fuse_act import armed
 
 
 @dataclass
@@ -176,7 +177,8 @@ def _whisper_encode(
         k, v = _split(attn.k_proj(h), heads, head_dim), _split(attn.v_proj(h), heads, head_dim)
         out = _attention(q, k, v, attention_dtype).transpose(1, 2)
         x = x + attn.out_proj(out.reshape(x.shape[0], x.shape[1], heads * head_dim))
-        x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        with armed(layer):  # a fused W8A8 fc1 applies the GELU in its int8 kernel, as in layer(...)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
     return encoder.layer_norm(x)
 
 

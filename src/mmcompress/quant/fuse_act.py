@@ -16,6 +16,9 @@ linear output and the original GELU, and a model that loses the pairing computes
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -73,6 +76,25 @@ def _arm(owner: nn.Module, args) -> None:
 def _disarm(owner: nn.Module, args, output) -> None:
     linear_name, _ = owner.__dict__[OWNER_KEY]
     owner._modules[linear_name].__dict__[ARMED] = False
+
+
+@contextlib.contextmanager
+def armed(owner: nn.Module) -> Iterator[None]:
+    """Code that runs a fused owner's linear and activation itself (not through `owner(...)`, so
+    without its hooks) arms the pair inside this block as the owner's call would.
+
+    Example:
+        >>> with armed(layer):
+        ...     y = layer.fc2(layer.activation_fn(layer.fc1(x)))
+    """
+    if OWNER_KEY not in owner.__dict__:
+        yield
+        return
+    _arm(owner, ())
+    try:
+        yield
+    finally:
+        _disarm(owner, (), None)
 
 
 def fuse_activations(model: nn.Module) -> list[str]:

@@ -19,15 +19,11 @@ Each quantized module has a `kernel` attribute:
 
 The integer kernels compute exactly the integers of the simulation (same input codes, same weight
 codes, int32 sums) and differ from it only in the float rounding of the final scaling: a relative
-difference of a few float32 ulps, for symmetric per-channel weights of at most 8 bits. Weights of at
-most REQUANT_BITS bits with steps per group or zero points (W4 g128) run as symmetric 8-bit
-per-channel codes of their dequantized values (`integer_weight`): one more rounding, at most half
-an 8-bit step per weight (about 1/8 of a 4-bit step where the groups of a row have similar ranges),
-so a W4A8 layer runs on the int8 GEMM instead of a float GEMM. The kernels need float32 CPU inputs
-without autograd, outside tracing/compiling (there the simulation runs, which inductor fuses).
-Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8 codes (u8 with a zero point on oneDNN;
-shifted to int8 with an exact column-sum correction on `_int_mm`); per-token inputs use symmetric
-int8 codes with one step per row. `module.last_kernel` says which path the last call took.
+difference of a few float32 ulps. They apply to symmetric per-channel weights of at most 8 bits,
+float32 CPU inputs without autograd, outside tracing/compiling (there the simulation runs, which
+inductor fuses). Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8 codes (u8 with a zero point
+on oneDNN; shifted to int8 with an exact column-sum correction on `_int_mm`); per-token inputs use
+symmetric int8 codes with one step per row. `module.last_kernel` says which path the last call took.
 
 Example:
     >>> set_kernel(model, "simulate")  # the reference path everywhere, no float weight cache
@@ -48,7 +44,6 @@ ACTIVATED = "_mmcompress_activated"  # output tag: the int8 kernel applied the l
 ARMED = "_mmcompress_fuse_armed"  # set by the owner's pre-hook for the one call that may fuse (fuse_act.py)
 SIBLINGS = "_mmcompress_siblings"  # QuantLinear.__dict__ entry: its query/key/value group (siblings.py)
 ONEDNN_ACT = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
-REQUANT_BITS = 6  # grouped/asymmetric codes up to this many bits run as 8-bit per-channel codes (<= 1/4 step added)
 
 
 def set_kernel(model: nn.Module, kernel: str) -> int:
@@ -162,41 +157,13 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and buffers["qweight"].dim() == 2
-        and (module.grid.bits <= REQUANT_BITS or native_integer_weight(module))
+        and buffers["scale"].shape[1] == 1
+        and buffers.get("zero_point") is None
+        and module.grid.bits <= 8
         and x.shape[-1] == buffers["qweight"].shape[1]
         and not buffers["scale"].requires_grad
         and x.numel() > 0
     )
-
-
-def native_integer_weight(module: nn.Module) -> bool:
-    """The layer's own codes feed an int8 GEMM as they are: symmetric, one step per output channel, <= 8 bits."""
-    buffers = module._buffers
-    return buffers["scale"].shape[1] == 1 and buffers.get("zero_point") is None and module.grid.bits <= 8
-
-
-def requantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float -> symmetric int8 codes (N, K) and steps (N, 1): step = max|row| / 127.
-
-    Example:
-        >>> codes, step = requantize_per_channel(torch.tensor([[0.5, -1.0]]))
-        >>> codes.tolist(), round(step.item() * 127, 4)
-        ([[64, -127]], 1.0)
-    """
-    step = (weight.abs().amax(1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.round(weight / step).clamp_(-127, 127).to(torch.int8), step
-
-
-def integer_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) int8 codes and (N, 1) float steps an int8 GEMM multiplies for `module`: its own codes
-    when `native_integer_weight`, else 8-bit per-channel codes of its dequantized weight (cached).
-
-    Example:
-        >>> codes, step = integer_weight(w4_qlinear)  # 4-bit codes with steps per group of 128
-    """
-    if native_integer_weight(module):
-        return module.qweight.to(torch.int8), module.scale.float()
-    return _cached(module, "requantized", lambda: requantize_per_channel(module.dequantized_weight().float().detach()))
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -233,7 +200,7 @@ def _chunks(x2: torch.Tensor, n: int, per_token: bool):
 def _onednn_operands(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """oneDNN's packed int8 weight, the weight steps, zero weight zero points and the float bias."""
     bias = None if module.bias is None else module.bias.detach()
-    return onednn_operands(*integer_weight(module), bias)
+    return onednn_operands(module.qweight, module.scale, bias)
 
 
 def onednn_operands(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> tuple:
@@ -271,7 +238,7 @@ def onednn_gemm(x2: torch.Tensor, operands: tuple, per_token: bool, smooth: torc
 
 
 def _int_mm_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = integer_weight(module)[0]
+    codes = module.qweight.to(torch.int8)
     return codes.t().contiguous(), codes.sum(1, dtype=torch.int32)  # (K, N), (N,)
 
 
@@ -281,7 +248,7 @@ def int_mm_linear(module: nn.Module, x2: torch.Tensor, per_token: bool) -> torch
     Per tensor, uint8 codes q become int8 q - 128: sum (q - z) w = sum (q - 128) w + (128 - z) sum w.
     """
     w_t, col_sums = _cached(module, "int_mm", lambda: _int_mm_weight(module))
-    w_scale = _cached(module, "w_scale", lambda: integer_weight(module)[1].reshape(-1).contiguous())
+    w_scale = _cached(module, "w_scale", lambda: module.scale.reshape(-1).float().contiguous())
     out = torch.empty(x2.shape[0], w_t.shape[1])
     for start, (codes, step, zero) in _chunks(x2, w_t.shape[1], per_token):
         if not per_token:

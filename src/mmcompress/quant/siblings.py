@@ -27,12 +27,9 @@ import torch
 from torch import nn
 
 from mmcompress.quant.kernels import (
-    REQUANT_BITS,
     SIBLINGS,
     bias_key,
     has_hooks,
-    integer_weight,
-    native_integer_weight,
     onednn_gemm,
     onednn_operands,
     version_key,
@@ -107,9 +104,8 @@ class SiblingGroup:
     def _joint_operands(self) -> tuple:
         key = tuple(version_key(m._buffers) + bias_key(m) for m in self.members)
         if self._operands is None or self._operands[0] != key:
-            weights = [integer_weight(m) for m in self.members]
-            codes = torch.cat([c for c, _ in weights])
-            scale = torch.cat([step for _, step in weights])
+            codes = torch.cat([m.qweight for m in self.members])
+            scale = torch.cat([m.scale for m in self.members])
             bias = None
             if any(m.bias is not None for m in self.members):
                 bias = torch.cat([_bias_or_zeros(m) for m in self.members])
@@ -174,7 +170,8 @@ def _joinable(members: list[QuantLinear]) -> bool:
         and m.act == first.act
         and _same_smoothing(m, first)
         and m.qweight.shape[1] == first.qweight.shape[1]
-        and (native_integer_weight(m) or m.grid.bits <= REQUANT_BITS)
+        and m.scale.shape[1] == 1
+        and m._buffers.get("zero_point") is None
         for m in members
     )
 
