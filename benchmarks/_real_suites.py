@@ -73,13 +73,17 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
         return mmcompress.prune_structured(model, targets, example_inputs=test[:2], calib=list(crops.split(32)))
 
     def repair(teacher: nn.Module, student: nn.Module) -> None:
-        """Distillation on 4096 other crops of the photos (not the test stream), BatchNorm frozen at the
-        statistics re-estimated after pruning, teacher logits cached."""
-        crops = photo_crops(REPAIR_CROPS, seed=3, split="calib")
+        """Distillation on 4096 other crops of the photos (not the test stream), BatchNorm frozen, teacher
+        logits cached; the weights of the epoch (0: as pruned) with the best agreement on 256 held-out
+        crops are kept."""
+        crops, held_out = photo_crops(REPAIR_CROPS, seed=3, split="calib"), photo_crops(256, seed=9, split="calib")
         train = torch.utils.data.TensorDataset(crops, _batched_logits(teacher, crops).argmax(-1))
+        val = torch.utils.data.TensorDataset(held_out, _batched_logits(teacher, held_out).argmax(-1))
         config = {"temperature": 2.0, "unlabeled": True, "batchnorm": "frozen", "cache_teacher": True,
-                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": 1e-4, "device": "cpu"}}  # fmt: skip
-        mmcompress.distill(teacher, student, train, config, task=mmcompress.ClassificationTask(), progress=False)
+                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": 1e-4, "device": "cpu",
+                            "early_stopping": REPAIR_EPOCHS}}  # fmt: skip
+        task = mmcompress.ClassificationTask()
+        mmcompress.distill(teacher, student, train, config, task=task, val_data=val, progress=False)
         student.eval()
 
     def tune_batches() -> list[torch.Tensor]:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,6 +107,20 @@ def test_early_stopping_keeps_the_best_epoch(digits):
     # training stopped at the first epoch that did not improve, or ran to the end
     assert len(accuracies) == cfg.epochs or accuracies[-1] <= accuracies[-2]
     assert ClassificationTask().evaluate(model, digits[1])["accuracy"] == pytest.approx(accuracies[best])
+
+
+def test_early_stopping_keeps_the_starting_weights_when_training_only_hurts(digits):
+    torch.manual_seed(0)
+    model = ImageClassifier((8, 16, 32))
+    fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=3, batch_size=64, lr=2e-2), progress=False)
+    start = ClassificationTask().evaluate(model, digits[1])["accuracy"]
+    train = digits[0]
+    noise = dataclasses.replace(train, labels=train.labels[torch.randperm(len(train))])  # labels shuffled
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=2e-2, early_stopping=2)
+    res = fit(model, ClassificationTask(), noise, cfg, val_data=digits[1], progress=False)
+    assert all(entry["accuracy"] < start for entry in res.history)  # every epoch made it worse
+    assert res.best_epoch == 0 and res.metrics["accuracy"] == start
+    assert ClassificationTask().evaluate(model, digits[1])["accuracy"] == start
 
 
 def test_early_stopping_needs_validation_data_and_a_known_metric(digits):

@@ -49,7 +49,9 @@ def distill(
         task: batches, the hard-label loss and metrics (default: classification). A task that
             gives `embeddings(model, inputs, targets)` (a dual encoder's image and text embeddings)
             is distilled contrastively; `frozen_embedder(teacher)` lets it cache the teacher's side.
-        val_data: evaluated after every epoch.
+        val_data: evaluated after every epoch; with `train.early_stopping` also before training,
+            and the best epoch's student weights are kept (epoch 0: the student as it came, so a
+            repair never ends worse on this data than it started).
         checkpoint_dir: per-epoch checkpoints (resumed when present).
 
     Example:

@@ -118,7 +118,8 @@ def fit(
         train_data: a dataset the task can index.
         config: a TrainConfig.
         val_data: evaluated after each epoch (metrics go into the history; with
-            `config.early_stopping` the best epoch's weights are kept and training may stop early).
+            `config.early_stopping` it is also evaluated before training, the best epoch's weights
+            are kept, epoch 0 meaning the starting weights, and training may stop early).
         checkpoint_dir: where `last.pt` is written each epoch; an existing one is resumed.
         progress: show a rich progress bar.
         on_epoch_end: called with the model after each epoch; its numbers join the history.
@@ -159,6 +160,12 @@ def fit(
     ddp.broadcast_model(model)
     task.prepare(model)
     stopped = bool(config.early_stopping) and stopper.bad_epochs >= stopper.patience
+    start = None  # with early stopping: the starting weights compete too (training may only make them worse)
+    if config.early_stopping and start_epoch == 0:
+        start = {"epoch": 0, **task.evaluate(model, val_data)}
+        if on_epoch_end is not None:
+            start.update(on_epoch_end(model))
+        stopper.update(start, model)
     for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
         model.train()
         _freeze(model, config.freeze)
@@ -213,7 +220,7 @@ def fit(
     if config.early_stopping and stopper.best_state is not None:
         stopper.restore(model)
         result.best_epoch = stopper.best_epoch
-        best = next(e for e in result.history if e["epoch"] == stopper.best_epoch)
+        best = next(e for e in [*([start] if start else []), *result.history] if e["epoch"] == stopper.best_epoch)
         result.metrics = {k: v for k, v in best.items() if k != "epoch"}
     elif result.history:
         result.metrics = {k: v for k, v in result.history[-1].items() if k != "epoch"}
