@@ -97,3 +97,14 @@ def test_sensitivity_scope_needs_calibration_and_channels():
     with pytest.raises(ValueError, match="heads use scope"):
         StructuredConfig(unit="heads", scope="sensitivity")
     assert StructuredConfig(scope="sensitivity", ablation_batches=2).ablation_batches == 2
+
+
+def test_reconstruction_scores_rank_units_up_to_the_cap(monkeypatch):
+    """Allocation may take a group past `ratio` (up to the cap): greedy OBS must order that many units."""
+    plan = importlib.import_module("mmcompress.prune.channel_plan")
+    steps, original = [], plan.reconstruction_scores
+    monkeypatch.setattr(plan, "reconstruction_scores", lambda *a: steps.append(a[-1]) or original(*a))
+    model, calib = TwoBranches().eval(), _calib()
+    cfg = {"ratio": 0.25, "scope": "sensitivity", "max_ratio": 0.5, "method": "reconstruction"}
+    prune_structured(model, {"quiet": cfg, "loud": cfg, "_default": None}, example_inputs=calib[0][:2], calib=calib)
+    assert steps == [16, 16]  # half of each group's 32 units, not a quarter

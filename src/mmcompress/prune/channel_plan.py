@@ -137,7 +137,7 @@ def plan_channels(
 
 def _scores(group, cfg, modules, inputs, stats, grams, norm_after) -> torch.Tensor:
     if cfg.method == "reconstruction":
-        steps = group.size - keep_count(group.size, max(cfg.ratio, cap_ratio(cfg) if cfg.scope == "global" else 0))
+        steps = group.size - keep_count(group.size, max(cfg.ratio, cap_ratio(cfg) if cfg.scope != "layer" else 0))
         found = reconstruction_scores(group, modules, grams, norm_after, steps)
         if found is not None:
             return found
