@@ -128,7 +128,9 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     out = tmp_path / "p"
     args = _small(digits_cache)
     structured = ["--structured", "channels", "--ratio", "0.5", "--method", "reconstruction", "--reconstruct"]
-    result = _run("prune", "digits-cnn", *structured, "--scope", "sensitivity", "--out", str(out), *args)
+    result = _run(
+        "prune", "digits-cnn", *structured, "--scope", "sensitivity", "--max-ratio", "0.9", "--out", str(out), *args
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}

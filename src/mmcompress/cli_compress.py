@@ -96,6 +96,8 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
 @click.option("--scope", type=click.Choice(["layer", "global", "sensitivity"]), default="layer", show_default=True,
               help="Structured: remove --ratio of every layer, of all units ranked together, or of all units "
                    "with each layer's share set by its measured sensitivity.")  # fmt: skip
+@click.option("--max-ratio", type=float, default=None,
+              help="Structured, global|sensitivity scope: the most one layer loses [default: 2 x ratio].")  # fmt: skip
 @click.option("--reconstruct", is_flag=True,
               help="Structured: refit the layers reading removed units by least squares")  # fmt: skip
 @click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")
@@ -111,7 +113,8 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
 @_spec_options
 @_data_options
 @_friendly
-def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, reconstruct, only, finetune_epochs, onnx,
+def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ratio, reconstruct, only, finetune_epochs,
+              onnx,
               train_limit,
               epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir,
               force):  # fmt: skip
@@ -130,6 +133,8 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, recons
                 f"not {method}"
             )
         config = {"ratio": ratio, "unit": structured, "method": method, "scope": scope, "reconstruct": reconstruct}
+        if max_ratio is not None:
+            config["max_ratio"] = max_ratio
         stage = {"pass": "prune_structured", "config": config}
     else:
         if reconstruct or method in ("variance", "reconstruction", "ablation"):

@@ -91,7 +91,7 @@ def test_bfloat16_encoder_attention_stays_close_and_is_refused_where_it_cannot_a
     assert 0 < (bf16 - exact).norm() / exact.norm() < 2e-2  # the attention products rounded to bf16, no more
     assert greedy_transcribe(whisper, features, 6, attention_dtype="bfloat16").shape[0] == 2
     assert attention_dtype_for("auto") == (torch.bfloat16 if cpu_features().bf16 else None)
-    assert attention_dtype_for("float32") is None
+    assert attention_dtype_for("float32") is None and attention_dtype_for(torch.bfloat16) == torch.bfloat16
     with pytest.raises(ValueError, match="attention_dtype 'fp8'"):
         greedy_transcribe(whisper, features, 6, attention_dtype="fp8")
     on_ort = copy.deepcopy(whisper)

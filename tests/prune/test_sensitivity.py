@@ -97,6 +97,10 @@ def test_sensitivity_scope_needs_calibration_and_channels():
     with pytest.raises(ValueError, match="heads use scope"):
         StructuredConfig(unit="heads", scope="sensitivity")
     assert StructuredConfig(scope="sensitivity", ablation_batches=2).ablation_batches == 2
+    with pytest.raises(ValueError, match="max_ratio 0.2 is below ratio 0.5"):
+        StructuredConfig(ratio=0.5, scope="sensitivity", max_ratio=0.2)
+    with pytest.raises(ValueError, match="not 'layer'"):
+        StructuredConfig(ratio=0.5, max_ratio=0.7)
 
 
 def test_reconstruction_scores_rank_units_up_to_the_cap(monkeypatch):

@@ -123,6 +123,18 @@ def test_early_stopping_keeps_the_starting_weights_when_training_only_hurts(digi
     assert ClassificationTask().evaluate(model, digits[1])["accuracy"] == start
 
 
+def test_resuming_a_run_whose_best_epoch_is_the_start(digits, tmp_path):
+    torch.manual_seed(0)
+    model = ImageClassifier((8, 16, 32))
+    fit(model, ClassificationTask(), digits[0], TrainConfig(epochs=3, batch_size=64, lr=2e-2), progress=False)
+    train = digits[0]
+    noise = dataclasses.replace(train, labels=train.labels[torch.randperm(len(train))])
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=2e-2, early_stopping=2)
+    first = fit(model, ClassificationTask(), noise, cfg, val_data=digits[1], checkpoint_dir=tmp_path, progress=False)
+    again = fit(model, ClassificationTask(), noise, cfg, val_data=digits[1], checkpoint_dir=tmp_path, progress=False)
+    assert first.best_epoch == again.best_epoch == 0 and again.metrics == first.metrics
+
+
 def test_early_stopping_needs_validation_data_and_a_known_metric(digits):
     from mmcompress.errors import ConfigError
 

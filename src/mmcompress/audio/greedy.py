@@ -189,8 +189,9 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.d
     return out.to(q.dtype)
 
 
-def attention_dtype_for(name: str | None) -> torch.dtype | None:
-    """The encoder attention dtype `name` asks for: None/"float32" (the model's own), "bfloat16",
+def attention_dtype_for(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The encoder attention dtype `name` asks for: None/"float32" (the model's own), "bfloat16"
+    (or the torch dtypes),
     or "auto" (bfloat16 where the CPU multiplies bf16 in hardware: AVX-512 BF16 or AMX, else the
     model's own).
 
@@ -198,9 +199,9 @@ def attention_dtype_for(name: str | None) -> torch.dtype | None:
         >>> attention_dtype_for("bfloat16")
         torch.bfloat16
     """
-    if name in (None, "float32"):
+    if name in (None, "float32", torch.float32):
         return None
-    if name == "bfloat16":
+    if name in ("bfloat16", torch.bfloat16):
         return torch.bfloat16
     if name == "auto":
         from mmcompress.core.cpu import cpu_features
@@ -218,7 +219,10 @@ def _encode(encoder: nn.Module, features: torch.Tensor, attention_dtype: torch.d
 
 @torch.no_grad()
 def greedy_transcribe(
-    model: nn.Module, input_features: torch.Tensor, max_new_tokens: int = 64, attention_dtype: str | None = None
+    model: nn.Module,
+    input_features: torch.Tensor,
+    max_new_tokens: int = 64,
+    attention_dtype: str | torch.dtype | None = None,
 ) -> torch.Tensor:
     """Greedy token ids (as `generate` returns them) for a batch of log-mel inputs.
 

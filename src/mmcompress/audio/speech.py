@@ -135,7 +135,7 @@ def transcribe(
     utterances: list[Utterance],
     max_new_tokens: int = 64,
     decoder: str = "auto",
-    attention_dtype: str | None = None,
+    attention_dtype: str | torch.dtype | None = None,
 ) -> list[str]:
     """Greedy transcripts of a Whisper-style model (its adapter builds the log-mel inputs; its
     attached tokenizer decodes).
@@ -160,7 +160,7 @@ def transcribe(
     if adapter.prepare is None or tokenizer is None:
         raise DataError("transcribe needs a speech model with an adapter and a tokenizer (load it with 'hf:...')")
     greedy = decoder == "greedy" or (decoder == "auto" and matches_generate(model))
-    if attention_dtype not in (None, "float32") and not greedy:
+    if attention_dtype not in (None, "float32", torch.float32) and not greedy:
         raise ValueError(f"attention_dtype {attention_dtype!r} needs the greedy decoder (decoder='greedy')")
     texts = []
     for i, utt in enumerate(utterances):

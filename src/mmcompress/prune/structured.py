@@ -75,6 +75,8 @@ class StructuredConfig(FrozenConfig):
             chosen by measured sensitivity: every group's lowest-scored units are masked at `ratio`
             and at `max_ratio` and the model's output change on `calib=` batches is measured;
             removals then go where they change the output least per unit (`sensitivity.py`).
+            Units, not parameters, are counted: sensitive layers keep more units, cheap wide late
+            layers give up more, so the model can keep more parameters / MACs than with "layer".
         max_ratio: with "global"/"sensitivity", the most any one group loses (default: 2 x ratio,
             at most 0.9).
         ablation_batches: "ablation" masks each head, "sensitivity" each group, on only the first
@@ -103,6 +105,10 @@ class StructuredConfig(FrozenConfig):
             raise ValueError(
                 f"ablation_batches applies to method 'ablation' (heads) or scope 'sensitivity', not {self.method!r}"
             )
+        if self.max_ratio is not None and self.scope == "layer":
+            raise ValueError("max_ratio caps a group under scope 'global' or 'sensitivity', not 'layer'")
+        if self.max_ratio is not None and self.max_ratio < self.ratio:
+            raise ValueError(f"max_ratio {self.max_ratio} is below ratio {self.ratio}: the ratio could not be met")
         if self.scope == "sensitivity" and self.unit != "channels":
             raise ValueError("scope 'sensitivity' allocates channels; heads use scope 'layer' or 'global'")
         return self

@@ -23,7 +23,9 @@ class TrainConfig(FrozenConfig):
         grad_clip: max gradient norm (None: no clipping).
         device: "auto", "cpu" or "cuda".
         early_stopping: stop after this many epochs without a better `monitor` value on the
-            validation data, and restore the best epoch's weights (None: train every epoch).
+            validation data, and restore the best epoch's weights (None: train every epoch). The
+            weights before training compete as epoch 0 (measured before the first epoch): a run
+            that only makes things worse gives back what it started from.
         monitor: the validation metric early stopping watches (default: the task's primary
             metric); names containing "loss" are minimised, the others maximised.
         log_dir: write TensorBoard event files here (needs the `tensorboard` package).

@@ -160,8 +160,7 @@ def fit(
     ddp.broadcast_model(model)
     task.prepare(model)
     stopped = bool(config.early_stopping) and stopper.bad_epochs >= stopper.patience
-    start = None  # with early stopping: the starting weights compete too (training may only make them worse)
-    if config.early_stopping and start_epoch == 0:
+    if config.early_stopping and start_epoch == 0:  # the starting weights compete too (training may only hurt)
         start = {"epoch": 0, **task.evaluate(model, val_data)}
         if on_epoch_end is not None:
             start.update(on_epoch_end(model))
@@ -220,7 +219,7 @@ def fit(
     if config.early_stopping and stopper.best_state is not None:
         stopper.restore(model)
         result.best_epoch = stopper.best_epoch
-        best = next(e for e in [*([start] if start else []), *result.history] if e["epoch"] == stopper.best_epoch)
+        best = stopper.best_entry or next((e for e in result.history if e["epoch"] == stopper.best_epoch), {})
         result.metrics = {k: v for k, v in best.items() if k != "epoch"}
     elif result.history:
         result.metrics = {k: v for k, v in result.history[-1].items() if k != "epoch"}

@@ -28,6 +28,7 @@ class EarlyStopping:
         self.best: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_entry: dict[str, float] | None = None  # that epoch's metrics (kept across a resume)
         self.bad_epochs = 0
 
     def update(self, entry: dict[str, float], model: nn.Module) -> bool:
@@ -39,6 +40,7 @@ class EarlyStopping:
         better = self.best is None or (value < self.best if self.minimise else value > self.best)
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, int(entry["epoch"]), 0
+            self.best_entry = dict(entry)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
