@@ -27,3 +27,11 @@ def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
 def test_report_without_record_is_an_error(tmp_path):
     with pytest.raises(MMCompressError, match="record.json"):
         write_report(tmp_path)
+
+
+def test_layer_table_shows_short_lists_and_leaves_long_ones_to_the_record():
+    from mmcompress.report.render import layer_table
+
+    entry = {"kept": 6, "removed_ratio": 0.25, "sensitivity": [0.01, 0.04], "keep": list(range(6)), "group": {}}
+    rows = layer_table([{"label": "prune", "record": {"modules": {"conv": entry}}}])
+    assert rows[1][2] == "kept=6, removed_ratio=0.25, sensitivity=[0.01, 0.04]"

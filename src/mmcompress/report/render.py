@@ -52,11 +52,23 @@ def layer_table(stages: list[dict[str, Any]]) -> list[list[str]]:
     for s in stages:
         for name, info in ((s.get("record") or {}).get("modules") or {}).items():
             if isinstance(info, dict):
-                text = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items() if not isinstance(v, (dict, list)))
+                text = ", ".join(f"{k}={_short(v)}" for k, v in info.items() if _short(v) is not None)
             else:
                 text = _fmt(info)
             rows.append([s["label"], name or "(model)", text[:160]])
     return rows
+
+
+def _short(value: Any) -> str | None:
+    """A value for the layer table: scalars, and lists of up to 4 scalars (probe changes, refit
+    layers); None for anything longer (kept indices, dependency groups live in record.json)."""
+    if isinstance(value, dict):
+        return None
+    if isinstance(value, list):
+        if len(value) > 4 or any(isinstance(v, (dict, list)) for v in value):
+            return None
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return _fmt(value)
 
 
 def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
