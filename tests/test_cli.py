@@ -128,14 +128,13 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     out = tmp_path / "p"
     args = _small(digits_cache)
     structured = ["--structured", "channels", "--ratio", "0.5", "--method", "reconstruction", "--reconstruct"]
-    result = _run(
-        "prune", "digits-cnn", *structured, "--scope", "sensitivity", "--max-ratio", "0.9", "--out", str(out), *args
-    )
+    sensitivity = ["--scope", "sensitivity", "--max-ratio", "0.9", "--budget", "params"]
+    result = _run("prune", "digits-cnn", *structured, *sensitivity, "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}
     groups = [g for g in stages["prune_structured"]["record"]["modules"].values() if g["structure"] == "channels"]
-    assert abs(sum(g["kept"] for g in groups) / sum(g["before"] for g in groups) - 0.5) < 0.02  # half of all units
+    assert abs(stages["prune_structured"]["metrics"]["removed"] - 0.5) < 0.03  # half the parameters (all touched)
     assert all(g["scope"] == "sensitivity" and len(g["sensitivity"]) == 2 for g in groups)  # probed at 50%, 90%
     assert len({g["removed_ratio"] for g in groups}) > 1  # shares follow the measured sensitivity
     assert any(g.get("reconstructed") for g in groups)  # consumers refit by least squares

@@ -98,6 +98,8 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
                    "with each layer's share set by its measured sensitivity.")  # fmt: skip
 @click.option("--max-ratio", type=float, default=None,
               help="Structured, global|sensitivity scope: the most one layer loses [default: 2 x ratio].")  # fmt: skip
+@click.option("--budget", type=click.Choice(["units", "params"]), default="units", show_default=True,
+              help="Structured, sensitivity scope: --ratio counts units or the parameters they carry.")  # fmt: skip
 @click.option("--reconstruct", is_flag=True,
               help="Structured: refit the layers reading removed units by least squares")  # fmt: skip
 @click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")
@@ -113,8 +115,8 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
 @_spec_options
 @_data_options
 @_friendly
-def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ratio, reconstruct, only, finetune_epochs,
-              onnx,
+def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ratio, budget, reconstruct, only,
+              finetune_epochs, onnx,
               train_limit,
               epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir,
               force):  # fmt: skip
@@ -135,6 +137,8 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ra
         config = {"ratio": ratio, "unit": structured, "method": method, "scope": scope, "reconstruct": reconstruct}
         if max_ratio is not None:
             config["max_ratio"] = max_ratio
+        if budget != "units":
+            config["budget"] = budget
         stage = {"pass": "prune_structured", "config": config}
     else:
         if reconstruct or method in ("variance", "reconstruction", "ablation"):

@@ -112,3 +112,28 @@ def test_reconstruction_scores_rank_units_up_to_the_cap(monkeypatch):
     cfg = {"ratio": 0.25, "scope": "sensitivity", "max_ratio": 0.5, "method": "reconstruction"}
     prune_structured(model, {"quiet": cfg, "loud": cfg, "_default": None}, example_inputs=calib[0][:2], calib=calib)
     assert steps == [16, 16]  # half of each group's 32 units, not a quarter
+
+
+def test_parameter_budget_counts_what_slicing_removes():
+    from mmcompress.prune.sensitivity import parameter_count
+
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    example = torch.randn(2, 8)
+    found = channel_groups(chain, example, trace(chain, example)).values()
+    groups = sorted((g for g in found if not g.pinned), key=lambda g: g.producers)  # the output layer's is pinned
+    removed_of, total = parameter_count(groups, dict(chain.named_modules()))
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert total == params(chain)
+    sliced = copy.deepcopy(chain)
+    prune_structured(sliced, {"0": {"ratio": 0.5}, "2": {"ratio": 0.25}, "_default": None}, example_inputs=example)
+    assert removed_of([8, 4]) == params(chain) - params(sliced)  # neighbours counted once, as slicing removes them
+
+    model, calib = TwoBranches().eval(), _calib()
+    before = params(model)
+    cfg = {"ratio": 0.3, "scope": "sensitivity", "max_ratio": 0.6, "budget": "params"}
+    targets = {"quiet": cfg, "loud": cfg, "_default": None}
+    prune_structured(model, targets, example_inputs=calib[0][:2], calib=calib)
+    assert abs((before - params(model)) / before - 0.3) < 0.02  # every layer here is touched by the two groups
+    with pytest.raises(ValueError, match="budget 'params' applies to scope 'sensitivity'"):
+        StructuredConfig(budget="params")

@@ -116,7 +116,7 @@ def plan_channels(
             groups = [selected[i][0] for i in members]
             found, changes = sensitivity_keep(
                 model, modules, groups, [scores[i] for i in members], cfg.ratio, cap_ratio(cfg), cfg.round_to,
-                probes, inputs or {},
+                probes, inputs or {}, cfg.budget,
             )  # fmt: skip
             measured.update(zip(members, changes, strict=True))
         else:

@@ -118,33 +118,96 @@ def interpolated(ratios: Sequence[float], changes: Sequence[float], ratio: float
 
 
 def allocate(
-    curves: list[Callable[[float], float]], sizes: list[int], ratio: float, cap: float, round_to: int = 1
+    curves: list[Callable[[float], float]],
+    sizes: list[int],
+    ratio: float,
+    cap: float,
+    round_to: int = 1,
+    counted: tuple[Callable[[list[int]], float], float] | None = None,
 ) -> list[int]:
     """Units each group keeps when `ratio` of all units go, each step to the group whose next step
     costs the least output change per unit (`curves[g](r)`: the change at ratio r of group g).
+    `counted` = (amount removed given the units removed per group, the total amount): count
+    something else than units, e.g. parameters (`parameter_count`), per step and against the budget.
 
     Example:
         >>> allocate([lambda r: 10 * r, lambda r: r], [10, 10], 0.3, 0.6)
         [10, 4]
     """
-    budget = int(round(sum(sizes) * ratio))
+    amount, total = counted or (lambda removed: float(sum(removed)), float(sum(sizes)))
+    budget = total * ratio if counted else float(round(total * ratio))
     floors = [max(keep_count(size, cap, round_to), round_to) for size in sizes]
     removed = [0] * len(sizes)
     steps = [max(round_to, round_to * math.ceil(size / STEPS_PER_GROUP / round_to)) for size in sizes]
-    while sum(removed) < budget:
-        best, best_cost = None, math.inf
+
+    def after(g: int, step: int) -> list[int]:
+        return [r + step if i == g else r for i, r in enumerate(removed)]
+
+    while amount(removed) < budget - 1e-9:
+        best, best_cost, now = None, math.inf, amount(removed)
         for g, size in enumerate(sizes):
-            step = min(steps[g], size - floors[g] - removed[g], budget - sum(removed))
-            if step <= 0:
+            step = min(steps[g], size - floors[g] - removed[g])
+            gained = amount(after(g, step)) - now if step > 0 else 0.0
+            if gained <= 0:
                 continue
-            cost = (curves[g]((removed[g] + step) / size) - curves[g](removed[g] / size)) / step
+            cost = (curves[g]((removed[g] + step) / size) - curves[g](removed[g] / size)) / gained
             if cost < best_cost:
                 best, best_cost = g, cost
         if best is None:
             break
-        removed[best] += min(steps[best], sizes[best] - floors[best] - removed[best], budget - sum(removed))
+        step = min(steps[best], sizes[best] - floors[best] - removed[best])
+        while step > 1 and amount(after(best, step - 1)) >= budget - 1e-9:  # no more than the budget needs
+            step -= 1
+        removed[best] += step
     kept = [size - r for size, r in zip(sizes, removed, strict=True)]
     return [max(floor, int(round(k / round_to)) * round_to) for floor, k in zip(floors, kept, strict=True)]
+
+
+def parameter_count(groups: list[ChannelGroup], modules: dict[str, nn.Module]) -> tuple[Callable, float]:
+    """(parameters removed given the units removed per group, the parameters of every layer the
+    groups touch): each parameter tensor shrinks with the fraction of its output units kept (the
+    group it belongs to) times the fraction of its input columns kept (the groups it reads), so
+    pruning two neighbouring groups is counted once, as slicing does.
+
+    Example:
+        >>> removed_of, total = parameter_count([group_a, group_b], modules)
+        >>> removed_of([4, 0]) / total
+        0.18
+    """
+    out_group = {name: g for g, group in enumerate(groups) for name in group.members()}
+    reads: dict[str, list[tuple[int, float]]] = {}
+    for g, group in enumerate(groups):
+        for name, repeat, _ in group.consumers:
+            reads.setdefault(name, []).append((g, repeat / _input_width(modules[name])))
+    tensors = []  # (numel, output group or None, [(group, columns per unit / input width)], recurrent square)
+    for name in sorted(set(out_group) | set(reads)):
+        layer = modules[name]
+        depthwise = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1
+        for pname, p in layer.named_parameters(recurse=False):
+            reads_input = pname.startswith("weight") and p.dim() >= 2 and not depthwise and "_hh" not in pname
+            square = isinstance(layer, nn.RNNBase) and pname.startswith("weight_hh")
+            tensors.append((p.numel(), out_group.get(name), reads.get(name, []) if reads_input else [], square))
+    sizes = [group.size for group in groups]
+    total = float(sum(t[0] for t in tensors))
+
+    def removed_of(removed: list[int]) -> float:
+        kept = [1 - r / size for r, size in zip(removed, sizes, strict=True)]
+        left = 0.0
+        for numel, out, ins, square in tensors:
+            factor = 1.0 if out is None else kept[out] * (kept[out] if square else 1.0)
+            factor *= 1 - sum((1 - kept[g]) * sizes[g] * per_unit for g, per_unit in ins)
+            left += numel * factor
+        return total - left
+
+    return removed_of, total
+
+
+def _input_width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.RNNBase):
+        return layer.input_size
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.in_channels
+    return layer.weight.shape[1]
 
 
 def sensitivity_keep(
@@ -157,6 +220,7 @@ def sensitivity_keep(
     round_to: int,
     batches: list[Any],
     means: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    budget: str = "units",
 ) -> tuple[list[int], list[list[float]]]:
     """Units each group keeps (see the module docstring) and the measured changes per probe ratio.
 
@@ -173,4 +237,5 @@ def sensitivity_keep(
             for group, score in zip(groups, scores, strict=True)
         ]
     curves = [lambda r, c=c: interpolated(ratios, c, r) for c in changes]
-    return allocate(curves, [g.size for g in groups], ratio, cap, round_to), changes
+    counted = parameter_count(groups, modules) if budget == "params" else None
+    return allocate(curves, [g.size for g in groups], ratio, cap, round_to, counted), changes

@@ -75,13 +75,18 @@ class StructuredConfig(FrozenConfig):
             chosen by measured sensitivity: every group's lowest-scored units are masked at `ratio`
             and at `max_ratio` and the model's output change on `calib=` batches is measured;
             removals then go where they change the output least per unit (`sensitivity.py`).
-            Units, not parameters, are counted: sensitive layers keep more units, cheap wide late
-            layers give up more, so the model can keep more parameters / MACs than with "layer".
+            With `budget: "units"` units are counted: sensitive layers keep more units and cheap
+            wide late layers give up more, so the model can keep more parameters than with
+            "layer"; `budget: "params"` removes `ratio` of the parameters of the layers the
+            groups touch (their own and the weights that read them; neighbouring groups counted
+            once, as slicing removes them), each step where it changes the output least per
+            parameter removed.
         max_ratio: with "global"/"sensitivity", the most any one group loses (default: 2 x ratio,
             at most 0.9).
         ablation_batches: "ablation" masks each head, "sensitivity" each group, on only the first
             this many `calib=` batches (each costs forward passes per head or group and batch;
             importance and `reconstruct` still use them all).
+        budget: with scope "sensitivity", what `ratio` counts: "units" or "params" (see scope).
 
     Example:
         >>> StructuredConfig(ratio=0.5, unit="heads").ratio
@@ -98,6 +103,7 @@ class StructuredConfig(FrozenConfig):
     scope: Literal["layer", "global", "sensitivity"] = "layer"
     max_ratio: float | None = Field(None, ge=0.0, lt=1.0)
     ablation_batches: int | None = Field(None, ge=1)
+    budget: Literal["units", "params"] = "units"
 
     @model_validator(mode="after")
     def _ablation_batches_need_ablation(self) -> StructuredConfig:
@@ -109,6 +115,8 @@ class StructuredConfig(FrozenConfig):
             raise ValueError("max_ratio caps a group under scope 'global' or 'sensitivity', not 'layer'")
         if self.max_ratio is not None and self.max_ratio < self.ratio:
             raise ValueError(f"max_ratio {self.max_ratio} is below ratio {self.ratio}: the ratio could not be met")
+        if self.budget != "units" and self.scope != "sensitivity":
+            raise ValueError(f"budget {self.budget!r} applies to scope 'sensitivity', not {self.scope!r}")
         if self.scope == "sensitivity" and self.unit != "channels":
             raise ValueError("scope 'sensitivity' allocates channels; heads use scope 'layer' or 'global'")
         return self
