@@ -137,3 +137,33 @@ def test_parameter_budget_counts_what_slicing_removes():
     assert abs((before - params(model)) / before - 0.3) < 0.02  # every layer here is touched by the two groups
     with pytest.raises(ValueError, match="budget 'params' applies to scope 'sensitivity'"):
         StructuredConfig(budget="params")
+
+
+class LstmAndConv(nn.Module):
+    """An LSTM text tower and a BN + depthwise conv image tower concatenated into one head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lstm = nn.Linear(5, 12), nn.LSTM(12, 16, batch_first=True)
+        self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.dw, self.head = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Linear(16 + 8, 3)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(torch.relu(self.emb(x)))
+        v = self.dw(torch.relu(self.bn(self.conv(image)))).mean((2, 3))
+        return self.head(torch.cat([h[:, -1], v], 1))
+
+
+def test_parameter_count_matches_slicing_through_lstm_depthwise_and_concatenation():
+    from mmcompress.prune.sensitivity import parameter_count
+
+    model, example = LstmAndConv().eval(), (torch.randn(2, 4, 5), torch.randn(2, 1, 6, 6))
+    found = channel_groups(model, example, trace(model, example)).values()
+    groups = sorted((g for g in found if not g.pinned), key=lambda g: g.producers)  # conv, emb, lstm
+    removed_of, total = parameter_count(groups, dict(model.named_modules()))
+    sliced = copy.deepcopy(model)
+    ratios = {"conv": 0.5, "emb": 0.25, "lstm": 0.5}
+    prune_structured(sliced, {**{k: {"ratio": r} for k, r in ratios.items()}, "_default": None}, example_inputs=example)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert total == params(model)
+    assert removed_of([4, 3, 8]) == params(model) - params(sliced)
