@@ -1,8 +1,8 @@
 """Per-group pruning ratios from measured sensitivity (`scope: "sensitivity"`).
 
 Layers of one network do not suffer alike from losing units: in MobileNetV2 removing 30% of the
-first block's hidden channels moves the logits about five times as much as removing 30% of a
-middle block's. A uniform ratio spends the budget badly; ranking units of different layers by
+first block's hidden channels moves the logits about eight times as much as removing 30% of a
+middle block's (KL 0.079 against 0.010). A uniform ratio spends the budget badly; ranking units of different layers by
 their raw scores (`scope: "global"`) compares numbers on different scales.
 
 Here each group is probed: its lowest-scored units are masked (replaced by their calibration mean
@@ -12,6 +12,8 @@ output's mean square otherwise; `heads.output_difference`). Each group's change 
 between the probes (quadratic below the first: losing a few units costs little), and removals go
 greedily, a step at a time, to the group whose next step changes the output least per unit
 removed, until `ratio` of all units of the bucket are gone, no group losing more than its cap.
+With `budget: "params"` the same greedy steps count parameters instead (`parameter_count`: each
+tensor shrinks with its kept output and input fractions, as slicing shrinks it).
 The probes cost two forward passes per group over the probe batches.
 """
 
