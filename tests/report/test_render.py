@@ -17,7 +17,7 @@ def test_report_has_summary_table_and_embedded_plots(digits, tmp_path):
     compress(ImageClassifier((8, 8, 8)), recipe, data=digits, output_dir=tmp_path, progress=False)
     md, page = write_report(tmp_path)
     text = md.read_text()
-    assert "compression (float32 bytes / stored bytes)" in text and "| 2 | int8 | evaluate |" in text
+    assert "compression (the original's float32 bytes / stored bytes)" in text and "| 2 | int8 | evaluate |" in text
     assert "## Recipe" in text and "## What each stage did, per layer" in text and "bits=8" in text
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 2 and html.count("<table>") == 3  # stages, layers, towers
@@ -35,3 +35,19 @@ def test_layer_table_shows_short_lists_and_leaves_long_ones_to_the_record():
     entry = {"kept": 6, "removed_ratio": 0.25, "sensitivity": [0.01, 0.04], "keep": list(range(6)), "group": {}}
     rows = layer_table([{"label": "prune", "record": {"modules": {"conv": entry}}}])
     assert rows[1][2] == "kept=6, removed_ratio=0.25, sensitivity=[0.01, 0.04]"
+
+
+def test_headline_compression_counts_against_the_original_model(digits, tmp_path):
+    import re
+
+    recipe = {
+        "stages": [
+            {"name": "baseline", "pass": "evaluate", "config": {"latency_repeats": 2}},
+            {"pass": "prune_structured", "config": {"ratio": 0.5}},
+            {"name": "pruned", "pass": "evaluate", "config": {"latency_repeats": 2}},
+        ]
+    }
+    compress(ImageClassifier((8, 16, 16)), recipe, data=digits, output_dir=tmp_path, progress=False)
+    text = write_report(tmp_path)[0].read_text()
+    before, after = re.search(r"stored bytes\) ([\d.]+)x -> \*\*([\d.]+)x\*\*", text).groups()
+    assert float(before) == 1.0 and float(after) > 1.5  # half the channels: a smaller float32 model

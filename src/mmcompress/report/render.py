@@ -157,10 +157,11 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
     change = 100 * (last[metric] - first[metric])
     threads = last.get("latency_threads")
     pinned = f", {int(threads)} threads" if threads == threads and threads else ""  # NaN: not recorded
+    original = first.get("float32_bytes") or first["stored_bytes"]  # the original model in float32
     lines = [
         f"- Stored size: {first['stored_bytes'] / 1e6:.2f} MB -> {last['stored_bytes'] / 1e6:.2f} MB; "
-        f"compression (float32 bytes / stored bytes) {first.get('compression', 1):.2f}x -> "
-        f"**{last.get('compression', 1):.2f}x**",
+        f"compression (the original's float32 bytes / stored bytes) {original / first['stored_bytes']:.2f}x -> "
+        f"**{original / last['stored_bytes']:.2f}x**",
         f"- {metric}: {first[metric]:.4f} -> {last[metric]:.4f} ({change:+.2f} points)",
         f"- PyTorch latency (median, batch of 8{pinned}): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
     ]
