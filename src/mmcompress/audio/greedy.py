@@ -191,9 +191,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.d
 
 def attention_dtype_for(name: str | torch.dtype | None) -> torch.dtype | None:
     """The encoder attention dtype `name` asks for: None/"float32" (the model's own), "bfloat16"
-    (or the torch dtypes),
-    or "auto" (bfloat16 where the CPU multiplies bf16 in hardware: AVX-512 BF16 or AMX, else the
-    model's own).
+    (or the torch dtypes), or "auto" (bfloat16 where the CPU multiplies bf16 in hardware: AVX-512
+    BF16 or AMX, else the model's own).
 
     Example:
         >>> attention_dtype_for("bfloat16")
@@ -210,8 +209,13 @@ def attention_dtype_for(name: str | torch.dtype | None) -> torch.dtype | None:
     raise ValueError(f"attention_dtype {name!r} is not one of 'float32', 'bfloat16', 'auto'")
 
 
+def _runs_own_encoder(encoder: nn.Module) -> bool:
+    """The loop runs this encoder with `_whisper_encode` (a Whisper-style PyTorch encoder in eval mode)."""
+    return _is_whisper_encoder(encoder) and not encoder.training
+
+
 def _encode(encoder: nn.Module, features: torch.Tensor, attention_dtype: torch.dtype | None = None) -> torch.Tensor:
-    if _is_whisper_encoder(encoder) and not encoder.training:
+    if _runs_own_encoder(encoder):
         return _whisper_encode(encoder, features, attention_dtype)
     out = encoder(features)
     return out[0] if isinstance(out, (tuple, list)) or hasattr(out, "last_hidden_state") else out
@@ -257,7 +261,7 @@ def greedy_transcribe(
     first = next(model.parameters(), None)
     features = input_features.to(first.device) if first is not None else input_features
     dtype = attention_dtype_for(attention_dtype)
-    if dtype is not None and not (_is_whisper_encoder(parts.encoder) and not parts.encoder.training):
+    if dtype is not None and not _runs_own_encoder(parts.encoder):
         if attention_dtype != "auto":
             raise ModelError(
                 f"attention_dtype needs a Whisper-style PyTorch encoder, not {type(parts.encoder).__name__}"

@@ -177,8 +177,11 @@ def _in_weight(layer: nn.Module) -> torch.Tensor:
 
 
 def input_width(layer: nn.Module) -> int:
+    """Input columns (features, channels) a consumer reads."""
     if isinstance(layer, RECURRENT):
         return layer.input_size
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.in_channels
     return layer.weight.shape[1]
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from mmcompress.core.batches import call_model
 from mmcompress.prune.channel_importance import keep_count
+from mmcompress.prune.compensate import input_width
 from mmcompress.prune.dependency import ChannelGroup, eval_mode
 from mmcompress.prune.heads import output_difference
 
@@ -180,7 +181,7 @@ def parameter_count(groups: list[ChannelGroup], modules: dict[str, nn.Module]) -
     reads: dict[str, list[tuple[int, float]]] = {}
     for g, group in enumerate(groups):
         for name, repeat, _ in group.consumers:
-            reads.setdefault(name, []).append((g, repeat / _input_width(modules[name])))
+            reads.setdefault(name, []).append((g, repeat / input_width(modules[name])))
     tensors = []  # (numel, output group or None, [(group, columns per unit / input width)], recurrent square)
     for name in sorted(set(out_group) | set(reads)):
         layer = modules[name]
@@ -202,14 +203,6 @@ def parameter_count(groups: list[ChannelGroup], modules: dict[str, nn.Module]) -
         return total - left
 
     return removed_of, total
-
-
-def _input_width(layer: nn.Module) -> int:
-    if isinstance(layer, nn.RNNBase):
-        return layer.input_size
-    if isinstance(layer, nn.modules.conv._ConvNd):
-        return layer.in_channels
-    return layer.weight.shape[1]
 
 
 def sensitivity_keep(

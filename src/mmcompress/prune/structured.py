@@ -106,7 +106,7 @@ class StructuredConfig(FrozenConfig):
     budget: Literal["units", "params"] = "units"
 
     @model_validator(mode="after")
-    def _ablation_batches_need_ablation(self) -> StructuredConfig:
+    def _options_fit_together(self) -> StructuredConfig:
         if self.ablation_batches is not None and self.method != "ablation" and self.scope != "sensitivity":
             raise ValueError(
                 f"ablation_batches applies to method 'ablation' (heads) or scope 'sensitivity', not {self.method!r}"
