@@ -39,6 +39,11 @@ W4_INT = {  # W4 g128 decoder; the encoder W8A8 on int8 GEMMs (dynamic per-tenso
     "re:model\\.encoder\\..*": {"weight_bits": 8, "activations": "dynamic"},
     "_default": W4["_default"],
 }
+W4A8 = {  # W4 g128 everywhere (token table 8-bit); the encoder's inputs int8 (dynamic): one int8 GEMM per group
+    "re:.*embed_tokens|.*proj_out": {"weight_bits": 8},
+    "re:model\\.encoder\\..*": {**W4["_default"], "activations": "dynamic"},
+    "_default": W4["_default"],
+}
 BF16 = "bfloat16"
 VARIANTS = {  # name -> (description, quantization targets or None, encoder on ONNX Runtime, decoder, attention)
     "float-generate": ("PyTorch float32, transformers `generate`", None, False, "generate", None),
@@ -52,6 +57,8 @@ VARIANTS = {  # name -> (description, quantization targets or None, encoder on O
     "w4": ("W4 g128 RTN (Linear), token table 8-bit", W4, False, "greedy", None),
     "w4-int": ("W4 g128 decoder, W8A8 encoder (int8 GEMMs)", W4_INT, False, "greedy", None),
     "w4-int-bf16": ("W4 g128 decoder, W8A8 encoder, encoder attention in bf16", W4_INT, False, "greedy", BF16),
+    "w4a8": ("W4A8 g128: 4-bit weights, encoder inputs int8 (int8 GEMM per group)", W4A8, False, "greedy", None),
+    "w4a8-bf16": ("W4A8 g128, encoder attention in bf16", W4A8, False, "greedy", BF16),
     "float+ort": ("float32 decoder, encoder in ONNX Runtime", None, True, "greedy", None),
     "w8+ort": ("W8 decoder, int8 encoder in ONNX Runtime", {"_default": {"weight_bits": 8}}, True, "greedy", None),
     "ct2-float32": ("CTranslate2 float32", None, False, None, None),

@@ -119,7 +119,7 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
     assert stages["quantized"]["metrics"]["accuracy"] > stages["baseline"]["metrics"]["accuracy"] - 0.03
 
-    bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "dynamic", "--out", str(tmp_path / "b"))
+    bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "static", "--out", str(tmp_path / "b"))
     check_one_line_error(bad, "needs weight_bits 7 or 8")
     assert not (tmp_path / "b").exists()
 

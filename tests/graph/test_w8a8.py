@@ -57,6 +57,18 @@ def test_w8a8_forms_run_matmulinteger_and_match_pytorch(tmp_path, form, shape):
     assert cos > MIN_FLOAT_COSINE
 
 
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+def test_w4a8_grouped_layers_run_one_matmulinteger_per_group_and_match_pytorch(tmp_path, granularity):
+    model = _mlp()
+    x = torch.randn(3, 5, 64)
+    settings = {"weight_bits": 4, "granularity": "per_group", "group_size": 32, "scheme": "asymmetric"}
+    quantize(model, {**settings, "activations": "dynamic", "act_granularity": granularity})
+    res = export_onnx(model, x, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 64 // 32 + 128 // 32 and "MatMul" not in ops and not res.float_layers
+    assert res.max_abs_error < MAX_PARITY_ERR  # the same integers: codes - zero point, steps per group
+
+
 def _outlier_inputs(n: int = 256) -> torch.Tensor:
     torch.manual_seed(1)
     x = torch.randn(n, 64)
@@ -97,8 +109,10 @@ def test_per_token_steps_follow_each_token():
 
 
 def test_activation_settings_are_validated():
-    with pytest.raises(ConfigError, match="activations 'dynamic' needs weight_bits 7 or 8"):
-        QuantConfig.from_dict({"activations": "dynamic", "weight_bits": 4})
+    with pytest.raises(ConfigError, match="'asymmetric' needs weight_bits <= 7"):
+        QuantConfig.from_dict({"activations": "dynamic", "weight_bits": 8, "scheme": "asymmetric"})
+    with pytest.raises(ConfigError, match="activations 'static' needs weight_bits 7 or 8"):
+        QuantConfig.from_dict({"activations": "static", "weight_bits": 4})
     with pytest.raises(ConfigError, match="per_channel"):
         QuantConfig.from_dict({"activations": "static", "granularity": "per_group"})
     with pytest.raises(ConfigError, match="per_token' needs activations 'dynamic'"):

@@ -65,6 +65,62 @@ def test_integer_kernels_equal_the_simulation(kernel, granularity, bits, bias, s
         assert (y - y_sim).abs().max() / scale < 1e-5  # the simulation's float GEMM rounds more
 
 
+def w4a8(k: int, n: int, granularity: str, grid: WeightGrid, smooth: bool = False) -> QuantLinear:
+    torch.manual_seed(2)
+    q = QuantLinear.from_float(nn.Linear(k, n), grid)
+    q.set_activations(ActSpec("dynamic", granularity), torch.rand(k) + 0.5 if smooth else None)
+    return q.eval()
+
+
+def exact_grouped(q: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The layer in float64 from the simulation's integers, weight steps per group of inputs."""
+    x = x * q.act_smooth if hasattr(q, "act_smooth") else x
+    xq = fake_quantize_per_token(x) if q.act.granularity == "per_token" else fake_quantize_dynamic_uint8(x)
+    size = q.qweight.shape[1] // q.scale.shape[1]
+    ints = q.qweight.double() - q._zero().double().repeat_interleave(size, 1)
+    return xq.double() @ (ints * q.scale.double().repeat_interleave(size, 1)).T + q.bias.double()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN int8 linear")
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+@pytest.mark.parametrize(
+    "grid,smooth",
+    [
+        (WeightGrid(bits=4, symmetric=False, group_size=32), False),
+        (WeightGrid(bits=4, group_size=48), True),
+        (WeightGrid(bits=7, symmetric=False), False),  # per channel with zero points
+        (WeightGrid(bits=8, group_size=32), False),
+    ],
+)
+def test_grouped_w4a8_kernel_equals_the_simulation(granularity, grid, smooth):
+    q = w4a8(96, 40, granularity, grid, smooth)
+    sim = copy.deepcopy(q)
+    set_kernel(sim, "simulate")
+    for kernel in ("auto", "int_mm"):  # torch._int_mm takes per-channel symmetric codes only: oneDNN runs
+        q.kernel = kernel
+        for x in (torch.randn(3, 37, 96), realish(200, 96)):
+            with torch.no_grad():
+                y, y_sim = q(x), sim(x)
+            assert q.last_kernel == "onednn"
+            ref = exact_grouped(q, x).float()
+            scale = ref.abs().amax() + 1e-6
+            assert (y - ref).abs().max() / scale < 1e-6  # integers exact; float rounding of the group sums
+            assert (y - y_sim).abs().max() / scale < 1e-5
+
+
+def test_w4a8_config_takes_grouped_weights_and_refuses_what_the_kernels_cannot_run():
+    cfg = QuantConfig(weight_bits=4, granularity="per_group", group_size=32, scheme="asymmetric", activations="dynamic")
+    assert not cfg.integer_channels
+    with pytest.raises(ValueError, match="weight_bits <= 7"):
+        QuantConfig(weight_bits=8, scheme="asymmetric", activations="dynamic")
+    with pytest.raises(ValueError, match="static"):
+        QuantConfig(weight_bits=4, granularity="per_group", activations="static")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 64))
+    with pytest.warns(UserWarning, match=r"activations stay float for 1 convolution.*\b0\b"):
+        quantize(model, cfg)
+    assert model[0].act is None and model[2].act is not None and model[2].scale.shape[1] == 288 // 32
+
+
 def test_input_codes_are_the_simulations_integers():
     x = realish(64, 48)
     codes, step, _ = input_codes(x, None)

@@ -14,6 +14,7 @@ def test_save_load_reproduces_outputs_bit_for_bit(two_tower, tmp_path):
         {
             "modality:image": QuantConfig(weight_bits=3, scheme="asymmetric"),
             "text.0": QuantConfig(weight_bits=4, granularity="per_group", group_size=8),
+            "head": QuantConfig(weight_bits=4, granularity="per_group", group_size=8, activations="dynamic"),
             "_default": QuantConfig(weight_bits=7, activations="dynamic"),
         },
     )
@@ -22,7 +23,7 @@ def test_save_load_reproduces_outputs_bit_for_bit(two_tower, tmp_path):
     x = (torch.randn(5, 1, 8, 8), torch.randint(0, 50, (5, 4)))
     with torch.no_grad():
         assert torch.equal(loaded(*x), two_tower(*x))
-    assert loaded.head.act_dynamic and loaded.image[0].bits == 3
+    assert loaded.head.act_dynamic and loaded.head.bits == 4 and loaded.image[0].bits == 3  # W4A8 head
 
 
 def test_save_load_w8a8_static_smoothquant_bit_for_bit(two_tower, tmp_path):

@@ -36,10 +36,14 @@ class CrossAttention(nn.Module):
         return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
 
 
-def _quantized(module: nn.Module) -> tuple[nn.Module, nn.Module, dict]:
-    """(joined, separate) copies of `module` quantized W8A8 dynamic, and the record's info."""
+W4A8 = {"weight_bits": 4, "granularity": "per_group", "group_size": 16, "scheme": "asymmetric"}
+W4A8["activations"] = "dynamic"
+
+
+def _quantized(module: nn.Module, config: dict | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """(joined, separate) copies of `module` quantized W8A8 dynamic (or `config`), and the record's info."""
     torch.manual_seed(0)
-    rec = quantize(module.eval(), {"activations": "dynamic"})
+    rec = quantize(module.eval(), config or {"activations": "dynamic"})
     separate = copy.deepcopy(module)
     for m in separate.modules():
         m.__dict__.pop(SIBLINGS, None)
@@ -50,8 +54,9 @@ def _group(model: nn.Module):
     return next(m.__dict__[SIBLINGS] for m in model.modules() if SIBLINGS in m.__dict__)
 
 
-def test_joint_qkv_equals_separate_calls_bit_for_bit():
-    joined, separate, info = _quantized(SelfAttention())
+@pytest.mark.parametrize("config", [None, W4A8], ids=["w8a8", "w4a8-grouped"])
+def test_joint_qkv_equals_separate_calls_bit_for_bit(config):
+    joined, separate, info = _quantized(SelfAttention(), config)
     assert info["joint_qkv"] == [["query", "key", "value"]]
     x = torch.randn(4, 16, 32)  # 64 rows: oneDNN's kernel
     with torch.no_grad():

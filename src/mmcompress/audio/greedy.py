@@ -191,8 +191,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.d
 
 def attention_dtype_for(name: str | torch.dtype | None) -> torch.dtype | None:
     """The encoder attention dtype `name` asks for: None/"float32" (the model's own), "bfloat16"
-    (or the torch dtypes), or "auto" (bfloat16 where the CPU multiplies bf16 in hardware: AVX-512
-    BF16 or AMX, else the model's own).
+    (or the torch dtypes), or "auto" (bfloat16 where the CPU has AMX bf16 tiles, else the model's
+    own: with AVX-512 BF16 alone, bf16 attention was slower than float32).
 
     Example:
         >>> attention_dtype_for("bfloat16")
@@ -236,9 +236,9 @@ def greedy_transcribe(
         input_features: (B, mel bins, frames) log-mel features, as its adapter prepares them.
         max_new_tokens: most tokens generated after the prompt.
         attention_dtype: the encoder's attention products in "bfloat16" (2-3x faster than float32
-            on CPUs with AMX / AVX-512 BF16; the 1500-frame attention is about a third of a Whisper
-            tiny encoder), "float32"/None (the model's own dtype), or "auto" (bfloat16 where the
-            CPU has bf16 instructions). The tokens may then differ from `generate`'s.
+            on CPUs with AMX; slower with AVX-512 BF16 alone; the 1500-frame attention is about a
+            third of a Whisper tiny encoder), "float32"/None (the model's own dtype), or "auto"
+            (bfloat16 where the CPU has AMX). The tokens may then differ from `generate`'s.
 
     Returns:
         (B, n) generated token ids, as `generate` returns them: without the prompt and without

@@ -6,7 +6,8 @@ x86 path), then scales the int32 result back to float:
   DynamicQuantizeMatMul);
 - dynamic per token: step = max|row| / 127 per token, codes round(x / step) + 128 (zero point 128);
 - static: QuantizeLinear with the calibrated step and zero point.
-Conv layers (inputs per tensor) become ConvInteger with the same attributes.
+Conv layers (inputs per tensor) become ConvInteger with the same attributes. Linear layers with
+steps per group of inputs (W4A8) run one MatMulInteger per group and add the scaled sums.
 A SmoothQuant factor is already in the traced graph (a Mul before the layer). The integers are
 exactly those the PyTorch model simulates. Static layers go through this path only with
 `export_onnx(..., static_format="integer")` (bit-exact, slower on ONNX Runtime); by default they
@@ -59,6 +60,8 @@ def _quantize_input(entry: dict, x: str, p: str):
 
 
 def _build(entry: dict, x: str, out: str, p: str):
+    if entry["scale"].ndim == 2:  # steps per group of inputs (W4A8)
+        return _build_grouped(entry, x, out, p)
     nodes, inits = _quantize_input(entry, x, p)
     inits += [
         numpy_helper.from_array(entry["codes"], f"{p}_wq"),
@@ -79,6 +82,38 @@ def _build(entry: dict, x: str, out: str, p: str):
             helper.make_node("Mul", [f"{p}_xs", f"{p}_ws"], [f"{p}_step"]),
             helper.make_node("Mul", [f"{p}_f32", f"{p}_step"], [out]),
         ]
+    return nodes, inits
+
+
+def _build_grouped(entry: dict, x: str, out: str, p: str):
+    """Grouped weight steps (W4A8): per group of inputs, a MatMulInteger on that slice of the input
+    codes and of the weight codes (codes - zero point, int8), scaled by the group's (N,) steps;
+    the groups' sums added, times the input step. The same integers as the PyTorch model."""
+    nodes, inits = _quantize_input(entry, x, p)
+    codes, steps = entry["codes"], entry["scale"]  # (K, N) int8, (N, G)
+    groups = steps.shape[1]
+    size = codes.shape[0] // groups
+    inits += [_const(f"{p}_wzp", np.zeros(codes.shape[1]), np.int8), _const(f"{p}_axis", [-1], np.int64)]
+    scaled = []
+    for g in range(groups):
+        q = f"{p}_g{g}"
+        inits += [
+            _const(f"{q}_start", [g * size], np.int64),
+            _const(f"{q}_end", [(g + 1) * size], np.int64),
+            numpy_helper.from_array(np.ascontiguousarray(codes[g * size : (g + 1) * size]), f"{q}_wq"),
+            numpy_helper.from_array(np.ascontiguousarray(steps[:, g]), f"{q}_ws"),
+        ]
+        nodes += [
+            helper.make_node("Slice", [f"{p}_xq", f"{q}_start", f"{q}_end", f"{p}_axis"], [f"{q}_xq"]),
+            helper.make_node("MatMulInteger", [f"{q}_xq", f"{q}_wq", f"{p}_xzp", f"{p}_wzp"], [f"{q}_i32"]),
+            helper.make_node("Cast", [f"{q}_i32"], [f"{q}_f32"], to=FLOAT),
+            helper.make_node("Mul", [f"{q}_f32", f"{q}_ws"], [f"{q}_scaled"]),
+        ]
+        scaled.append(f"{q}_scaled")
+    nodes += [
+        helper.make_node("Sum", scaled, [f"{p}_sum"]),
+        helper.make_node("Mul", [f"{p}_sum", f"{p}_xs"], [out]),
+    ]
     return nodes, inits
 
 
@@ -146,6 +181,12 @@ def _entry(module: QuantLinear | QuantConv2d) -> dict:
         else module.qweight.cpu().numpy(),  # Conv2d: (out, in / groups, kh, kw) int8
         "scale": module.scale[:, 0].cpu().numpy().astype(np.float32),  # (out,)
     }
+    if isinstance(module, QuantLinear) and (module.scale.shape[1] > 1 or hasattr(module, "zero_point")):
+        codes = module.qweight.cpu().numpy().astype(np.int16)  # W4A8: codes - zero point, steps per group
+        zero = module._zero().cpu().numpy().astype(np.int16)
+        codes = codes - np.repeat(zero, codes.shape[1] // zero.shape[1], axis=1)
+        entry["codes"] = np.ascontiguousarray(codes.T.astype(np.int8))  # (in, out)
+        entry["scale"] = module.scale.cpu().numpy().astype(np.float32)  # (out, groups)
     if spec.mode == "static":
         entry["step"], entry["zero"] = float(module.act_step), int(module.act_zero)
     return entry

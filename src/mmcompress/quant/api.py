@@ -92,6 +92,16 @@ def quantize(
             UserWarning,
             stacklevel=2,
         )
+    float_input_convs = [
+        n for n, m, c in chosen if c.activations != "none" and isinstance(m, nn.Conv2d) and not c.integer_channels
+    ]
+    if float_input_convs:
+        warnings.warn(
+            f"quantize: activations stay float for {len(float_input_convs)} convolution(s): integer convolutions "
+            f"need symmetric per-channel 7/8-bit weights: {_names(float_input_convs)}",
+            UserWarning,
+            stacklevel=2,
+        )
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     tie_quantized(model, built)  # tied float weights: one set of codes, stored once
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
@@ -117,7 +127,7 @@ def _names(names: list[str], show: int = 6) -> str:
 
 def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str, tuple[nn.Module, dict]]:
     """Quantized replacements with their record entries; the model itself is left unchanged."""
-    act_layers = {n: (m, c) for n, m, c in chosen if isinstance(m, ACT_TYPES) and c.activations != "none"}
+    act_layers = {n: (m, c) for n, m, c in chosen if c.activations != "none" and _takes_activations(m, c)}
     smooth = {
         n: (m, c.smoothquant)
         for n, (m, c) in act_layers.items()
@@ -142,6 +152,11 @@ def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str
                 qmodule.act_zero.fill_(ranges[name][1])
             built[name] = (qmodule, _record_entry(name, module, qmodule, cfg, params))
     return built
+
+
+def _takes_activations(module: nn.Module, cfg: QuantConfig) -> bool:
+    """Linear layers quantize inputs on any weight codes; Conv2d only on symmetric per-channel 7/8 bits."""
+    return isinstance(module, nn.Linear) or (isinstance(module, ACT_TYPES) and cfg.integer_channels)
 
 
 def _act_spec_for(module: nn.Module, cfg: QuantConfig) -> ActSpec:

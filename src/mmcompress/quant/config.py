@@ -50,11 +50,13 @@ class QuantConfig(FrozenConfig):
         group_size: inputs per step for "per_group"; must divide each layer's inputs per channel.
         observer: "minmax" (full range) or "mse" (per-step clipping ratio with least squared error).
         activations: "none" (weight-only), "dynamic" (Linear inputs quantized per call) or
-            "static" (Linear inputs quantized with a step fixed from calibration data). Both need
-            symmetric per-channel weights of 7 or 8 bits; Conv2d inputs are quantized per tensor,
-            embeddings stay weight-only. Use
-            7-bit weights on x86 CPUs without VNNI: their u8s8 kernels add pairs of products in
-            int16, which 8-bit weights overflow.
+            "static" (Linear inputs quantized with a step fixed from calibration data). Static
+            needs symmetric per-channel weights of 7 or 8 bits. Dynamic also takes grouped and
+            low-bit weights (W4A8: 4-bit g128 codes on int8 GEMMs, one per group of inputs;
+            asymmetric codes up to 7 bits); Conv2d layers quantize their inputs (per tensor) only
+            with symmetric per-channel 7/8-bit weights, else they stay weight-only with a warning.
+            Embeddings stay weight-only. Use 7-bit weights on x86 CPUs without VNNI: their u8s8
+            kernels add pairs of products in int16, which 8-bit weights overflow.
         act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
             "per_token" (a symmetric step per token; robust to outlier tokens). Dynamic, Linear only.
         act_observer: range observer of "static": "minmax", "percentile", "mse", "kl" or "search"
@@ -105,14 +107,21 @@ class QuantConfig(FrozenConfig):
             data = {**data, "weight_bits": integer_weight_bits() if with_activations else 8}
         return data
 
+    @property
+    def integer_channels(self) -> bool:
+        """Symmetric per-channel 7/8-bit weight codes: what static inputs and integer convolutions need."""
+        return self.weight_bits in (7, 8) and self.granularity == "per_channel" and self.scheme == "symmetric"
+
     @model_validator(mode="after")
-    def _activations_need_int8_channels(self) -> QuantConfig:
-        if self.activations != "none" and (
-            self.weight_bits not in (7, 8) or self.granularity != "per_channel" or self.scheme != "symmetric"
-        ):
+    def _activations_fit_weights(self) -> QuantConfig:
+        if self.activations == "static" and not self.integer_channels:
             raise ValueError(
-                f"activations {self.activations!r} needs weight_bits 7 or 8, granularity 'per_channel' "
-                "and scheme 'symmetric'"
+                "activations 'static' needs weight_bits 7 or 8, granularity 'per_channel' and scheme 'symmetric'"
+            )
+        if self.activations == "dynamic" and self.scheme == "asymmetric" and self.weight_bits == 8:
+            raise ValueError(
+                "activations 'dynamic' with scheme 'asymmetric' needs weight_bits <= 7 (codes minus their "
+                "zero point must fit the int8 kernels)"
             )
         if self.act_granularity == "per_token" and self.activations != "dynamic":
             raise ValueError("act_granularity 'per_token' needs activations 'dynamic'")

@@ -30,8 +30,10 @@ Hence:
   cached weight and the simulated input quantization;
 - weight-only Linear on one row (decoder steps) with GEMV_WEIGHTS or more weights: the compiled
   int8 GEMV (`kernels.gemv_linear`);
-- everything else (weight-only, grouped/asymmetric codes, static inputs that `integer_sim`
-  does not take, convolutions, embeddings): the cached dequantized weight.
+- W4A8 (grouped or asymmetric weight codes, dynamic inputs): the same rule, on oneDNN (one GEMM
+  per group of inputs); `torch._int_mm` takes symmetric per-channel codes only;
+- everything else (weight-only, static inputs that `integer_sim` does not take, convolutions,
+  embeddings): the cached dequantized weight.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import INTEGER_KERNELS, gemv_applies, integer_applies, skip_fast_paths
+from mmcompress.quant.kernels import INTEGER_KERNELS, gemv_applies, int_mm_applies, integer_applies, skip_fast_paths
 
 MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats float
 BIG_WEIGHTS = 4 << 20  # W8A8: weights from which the int8 GEMM beats float on any number of rows
@@ -64,6 +66,8 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     elif kernel != "cache" and getattr(module, "act", None) is not None and integer_applies(module, x):
         rows, big = x.numel() // x.shape[-1], module.qweight.numel() >= BIG_WEIGHTS
         chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and (rows >= MIN_ROWS or big) else "cache"
+        if chosen == "int_mm" and not int_mm_applies(module, x):  # grouped / asymmetric codes: oneDNN only
+            chosen = "onednn" if ONEDNN else "cache"
     elif (kernel == "gemv" or kernel == "auto" and module.qweight.numel() >= GEMV_WEIGHTS) and gemv_applies(module, x):
         chosen = "gemv"  # (size first: decoders ask this once per layer and token)
     else:

@@ -19,11 +19,16 @@ Each quantized module has a `kernel` attribute:
 
 The integer kernels compute exactly the integers of the simulation (same input codes, same weight
 codes, int32 sums) and differ from it only in the float rounding of the final scaling: a relative
-difference of a few float32 ulps. They apply to symmetric per-channel weights of at most 8 bits,
-float32 CPU inputs without autograd, outside tracing/compiling (there the simulation runs, which
-inductor fuses). Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8 codes (u8 with a zero point
-on oneDNN; shifted to int8 with an exact column-sum correction on `_int_mm`); per-token inputs use
-symmetric int8 codes with one step per row. `module.last_kernel` says which path the last call took.
+difference of a few float32 ulps. They apply to float32 CPU inputs without autograd, outside
+tracing/compiling (there the simulation runs, which inductor fuses). "int_mm" takes symmetric
+per-channel weights of at most 8 bits; "onednn" also takes zero points (codes of at most 7 bits:
+codes - zero fit int8) and steps per group of inputs (W4A8: 4-bit g128 codes): one int8 GEMM per
+group, each adding its scaled product into the first one's output (oneDNN's "sum" post-op). At
+1500 x 384 x 1536 (2 threads, AVX-512 VNNI) three 128-input groups cost 1.45x one per-channel GEMM,
+still 3x faster than the float GEMM. Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8
+codes (u8 with a zero point on oneDNN; shifted to int8 with an exact column-sum correction on
+`_int_mm`); per-token inputs use symmetric int8 codes with one step per row. `module.last_kernel`
+says which path the last call took.
 
 Example:
     >>> set_kernel(model, "simulate")  # the reference path everywhere, no float weight cache
@@ -148,7 +153,9 @@ def float_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 
 def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """True when a W8A8 integer kernel may run `module` on `x` (fast paths allowed, see the module docstring)."""
+    """True when oneDNN's int8 kernel may run `module` on `x` (fast paths allowed, see the module
+    docstring): dynamic inputs, weight codes per channel or per group whose codes minus zero point
+    fit int8 (`int_mm_applies` adds per-channel symmetric codes)."""
     act, buffers = module.act, module._buffers
     return (
         act is not None
@@ -157,13 +164,19 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and buffers["qweight"].dim() == 2
-        and buffers["scale"].shape[1] == 1
-        and buffers.get("zero_point") is None
+        and (module.grid.bits <= 7 or buffers.get("zero_point") is None)  # codes - zero fit int8
         and module.grid.bits <= 8
         and x.shape[-1] == buffers["qweight"].shape[1]
         and not buffers["scale"].requires_grad
         and x.numel() > 0
     )
+
+
+def int_mm_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """True when `torch._int_mm` may run `module` on `x`: `integer_applies` and symmetric
+    per-channel weight codes (one step per output column)."""
+    buffers = module._buffers
+    return buffers["scale"].shape[1] == 1 and buffers.get("zero_point") is None and integer_applies(module, x)
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -197,18 +210,30 @@ def _chunks(x2: torch.Tensor, n: int, per_token: bool):
         yield start, input_codes(x2[start : start + rows], qparams)
 
 
-def _onednn_operands(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """oneDNN's packed int8 weight, the weight steps, zero weight zero points and the float bias."""
+def _onednn_operands(module: nn.Module) -> tuple:
+    """`onednn_operands` of the module's codes, steps, zero points and bias."""
     bias = None if module.bias is None else module.bias.detach()
-    return onednn_operands(module.qweight, module.scale, bias)
+    return onednn_operands(module.qweight, module.scale, bias, module._buffers.get("zero_point"))
 
 
-def onednn_operands(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """(N, K) int8 codes, (N, 1) steps and an optional (N,) bias as oneDNN's operands."""
-    scale = scale.reshape(-1).float().contiguous()
-    packed = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
+def onednn_operands(
+    codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, zero: torch.Tensor | None = None
+) -> tuple:
+    """(N, K) codes, (N, G) steps (G groups of K / G inputs), optional (N, G) zero points and an
+    optional (N,) bias as oneDNN's operands: per group, the packed int8 weight codes - zero (exact:
+    at most 7-bit codes with a zero point) and its (N,) steps; zero weight zero points; the bias."""
+    n, k = codes.shape
+    groups = scale.shape[1]
+    size = k // groups
+    ints = codes if zero is None else (codes.short() - zero.short().repeat_interleave(size, dim=1)).to(torch.int8)
+    steps = scale.float()
+    prepack = torch.ops.onednn.qlinear_prepack
+    parts = tuple(
+        (prepack(ints[:, g * size : (g + 1) * size].contiguous(), None), steps[:, g].contiguous())
+        for g in range(groups)
+    )
     bias = None if bias is None else bias.float().contiguous()
-    return packed, scale, torch.zeros(scale.shape[0], dtype=torch.long), bias
+    return parts, torch.zeros(n, dtype=torch.long), bias
 
 
 def onednn_linear(
@@ -224,17 +249,34 @@ def onednn_linear(
 
 
 def onednn_gemm(x2: torch.Tensor, operands: tuple, per_token: bool, smooth: torch.Tensor | None, act: str | None):
-    """`onednn_linear` on prepared operands (packed weight, steps, zero points, bias)."""
-    packed, w_scale, w_zero, bias = operands
-    if not per_token:  # one call: steps, zero point, bias and a fused GELU all in the kernel
+    """`onednn_linear` on prepared operands (per group: packed weight and steps; zero points; bias)."""
+    parts, w_zero, bias = operands
+    if not per_token:
         codes, step, zero = fused("tensor", x2, smooth)
-        unary, algorithm = ONEDNN_ACT.get(act, ("none", ""))
-        args = (codes, float(step), int(zero), packed, w_scale, w_zero, bias, 1.0, 0, torch.float32)
-        return torch.ops.onednn.qlinear_pointwise(*args, unary, [], algorithm)
+        if len(parts) == 1:  # one call: steps, zero point, bias and a fused GELU all in the kernel
+            unary, algorithm = ONEDNN_ACT.get(act, ("none", ""))
+            args = (codes, float(step), int(zero), *parts[0], w_zero, bias, 1.0, 0, torch.float32)
+            return torch.ops.onednn.qlinear_pointwise(*args, unary, [], algorithm)
+        y = _group_sums(codes, float(step), int(zero), parts, w_zero, bias)
+        return y if act is None else F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
     codes, step = fused("token", x2, smooth)
-    args = (codes, 1.0, 0, packed, w_scale, w_zero, None, 1.0, 0, torch.float32, "none", [], "")
-    y = torch.ops.onednn.qlinear_pointwise(*args)
+    y = _group_sums(codes, 1.0, 0, parts, w_zero, None)
     return fused("rescale", y, step, bias, act)  # act(sums * w_scale * step + bias) in one pass
+
+
+def _group_sums(codes: torch.Tensor, step: float, zero: int, parts: tuple, w_zero: torch.Tensor, bias) -> torch.Tensor:
+    """sum over groups g of step * w_step_g * (codes_g - zero) @ w_codes_g^T (+ bias): one oneDNN call
+    per group, each adding its product into the first call's output (oneDNN's "sum" post-op)."""
+    size = codes.shape[1] // len(parts)
+    (packed, w_scale), rest = parts[0], parts[1:]
+    y = torch.ops.onednn.qlinear_pointwise(
+        codes[:, :size], step, zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
+    )
+    for g, (packed, w_scale) in enumerate(rest, start=1):
+        part = codes[:, g * size : (g + 1) * size]
+        args = (part, step, zero, packed, w_scale, w_zero, y, None, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0)
+        torch.ops.onednn.qlinear_pointwise.binary(*args, "none", [], "")  # adds into y in place
+    return y
 
 
 def _int_mm_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

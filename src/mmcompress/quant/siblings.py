@@ -106,10 +106,12 @@ class SiblingGroup:
         if self._operands is None or self._operands[0] != key:
             codes = torch.cat([m.qweight for m in self.members])
             scale = torch.cat([m.scale for m in self.members])
+            zeros = [m._buffers.get("zero_point") for m in self.members]
+            zero = None if zeros[0] is None else torch.cat(zeros)
             bias = None
             if any(m.bias is not None for m in self.members):
                 bias = torch.cat([_bias_or_zeros(m) for m in self.members])
-            self._operands = (key, onednn_operands(codes, scale, bias))
+            self._operands = (key, onednn_operands(codes, scale, bias, zero))
         return self._operands[1]
 
 
@@ -170,8 +172,9 @@ def _joinable(members: list[QuantLinear]) -> bool:
         and m.act == first.act
         and _same_smoothing(m, first)
         and m.qweight.shape[1] == first.qweight.shape[1]
-        and m.scale.shape[1] == 1
-        and m._buffers.get("zero_point") is None
+        and m.scale.shape[1] == first.scale.shape[1]  # the same groups of inputs (W4A8: one GEMM per group)
+        and (m._buffers.get("zero_point") is None) == (first._buffers.get("zero_point") is None)
+        and m.grid.bits == first.grid.bits
         for m in members
     )
 
