@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmcompress.quant.activations import ActSpec, fake_quantize_per_token
 from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.fused_codes import fused
 from mmcompress.quant.kernel_select import MIN_ROWS, ONEDNN, choose_kernel
 from mmcompress.quant.kernels import ACTIVATED, INTEGER_KERNELS, input_codes, set_kernel, tensor_qparams
 from mmcompress.quant.modules import QuantEmbedding, QuantLinear, WeightGrid
@@ -106,6 +108,34 @@ def test_grouped_w4a8_kernel_equals_the_simulation(granularity, grid, smooth):
             scale = ref.abs().amax() + 1e-6
             assert (y - ref).abs().max() / scale < 1e-6  # integers exact; float rounding of the group sums
             assert (y - y_sim).abs().max() / scale < 1e-5
+
+
+class _GemmInputs(TorchDispatchMode):
+    """Records the dtype of the input codes of every oneDNN int8 GEMM call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "qlinear_pointwise" in str(func):
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN int8 linear")
+@pytest.mark.parametrize("grid", [WeightGrid(bits=8), WeightGrid(bits=4, group_size=32)])
+def test_onednn_gemms_take_uint8_inputs_per_token_too(grid):
+    """Signed int8 inputs ran on oneDNN's reference kernel on a VNNI CPU without AMX (5-15 s for one
+    Whisper encoder product): per-token codes go in as uint8 with zero point 128."""
+    q = w4a8(96, 40, "per_token", grid)
+    with torch.no_grad(), _GemmInputs() as seen:
+        q(realish(64, 96))
+    assert q.last_kernel == "onednn" and seen.dtypes and set(seen.dtypes) == {torch.uint8}
+    x = realish(16, 96)
+    codes, step = fused("token_u8", x)
+    signed, signed_step, _ = input_codes(x, None)
+    assert torch.equal(codes.int() - 128, signed.int()) and torch.equal(step, signed_step)
 
 
 def test_w4a8_config_takes_grouped_weights_and_refuses_what_the_kernels_cannot_run():

@@ -112,6 +112,20 @@ def token_codes_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tu
     return torch.round(x / step).to(torch.int8), step
 
 
+def token_codes_u8_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_codes_eager`'s codes plus 128 as uint8 (zero point 128) and its steps: the same
+    integers in the u8 form that x86 int8 GEMMs take natively (oneDNN runs signed int8 inputs on
+    a reference kernel without AMX: seconds instead of a millisecond at 1500 x 384 x 1536).
+
+    Example:
+        >>> codes, step = token_codes_u8_eager(torch.randn(4, 8))  # codes - 128 == token codes
+    """
+    x = x if smooth is None else x * smooth
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    step = torch.maximum(hi, -lo).clamp_min(torch.finfo(torch.float32).tiny) / TOKEN_LEVELS
+    return (torch.round(x / step) + 128.0).to(torch.uint8), step
+
+
 def rescale_eager(
     y: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None, act: str | None = None
 ) -> torch.Tensor:
@@ -130,7 +144,12 @@ def rescale_eager(
 
 
 SMALL_QUANTIZE = hasattr(torch, "quantize_per_tensor") and hasattr(torch, "quint8")
-EAGER = {"tensor": tensor_codes_eager, "token": token_codes_eager, "rescale": rescale_eager}
+EAGER = {
+    "tensor": tensor_codes_eager,
+    "token": token_codes_eager,
+    "token_u8": token_codes_u8_eager,
+    "rescale": rescale_eager,
+}
 
 
 def fused(name: str, x: torch.Tensor, *args):

@@ -8,7 +8,7 @@ Each quantized module has a `kernel` attribute:
   counter or storage moved, e.g. `load_state_dict`, `.to()`); weight-only layers then run exactly as
   fast as float layers. The cache is neither a buffer nor saved (state_dict, deepcopy, pickle drop it);
 - "onednn": W8A8 dynamic Linear on oneDNN's int8 GEMM (`torch.ops.onednn.qlinear_pointwise`,
-  u8s8/s8s8 with int32 accumulation: VNNI / AMX), the dequantization fused into its epilogue;
+  u8s8 with int32 accumulation: VNNI / AMX), the dequantization fused into its epilogue;
 - "int_mm": W8A8 dynamic Linear on `torch._int_mm` (int8 x int8 -> int32), rows in L2-sized chunks;
 - "gemv": a weight-only Linear on one row (a decoder step) computed straight from the int8 codes by
   a `torch.compile`d multiply-reduce (inductor fuses the dequantization into the reduction, as
@@ -27,8 +27,10 @@ group, each adding its scaled product into the first one's output (oneDNN's "sum
 1500 x 384 x 1536 (2 threads, AVX-512 VNNI) three 128-input groups cost 1.45x one per-channel GEMM,
 still 3x faster than the float GEMM. Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8
 codes (u8 with a zero point on oneDNN; shifted to int8 with an exact column-sum correction on
-`_int_mm`); per-token inputs use symmetric int8 codes with one step per row. `module.last_kernel`
-says which path the last call took.
+`_int_mm`); per-token inputs use symmetric int8 codes with one step per row (on oneDNN plus 128
+as uint8 with zero point 128: signed int8 inputs ran on a reference kernel on an AVX-512 VNNI CPU
+without AMX, 5-15 s for one 1500 x 384 x 1536 product). `module.last_kernel` says which path the
+last call took.
 
 Example:
     >>> set_kernel(model, "simulate")  # the reference path everywhere, no float weight cache
@@ -259,8 +261,8 @@ def onednn_gemm(x2: torch.Tensor, operands: tuple, per_token: bool, smooth: torc
             return torch.ops.onednn.qlinear_pointwise(*args, unary, [], algorithm)
         y = _group_sums(codes, float(step), int(zero), parts, w_zero, bias)
         return y if act is None else F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
-    codes, step = fused("token", x2, smooth)
-    y = _group_sums(codes, 1.0, 0, parts, w_zero, None)
+    codes, step = fused("token_u8", x2, smooth)  # uint8, zero point 128 (signed inputs are slow on x86)
+    y = _group_sums(codes, 1.0, 128, parts, w_zero, None)
     return fused("rescale", y, step, bias, act)  # act(sums * w_scale * step + bias) in one pass
 
 
@@ -269,8 +271,9 @@ def _group_sums(codes: torch.Tensor, step: float, zero: int, parts: tuple, w_zer
     per group, each adding its product into the first call's output (oneDNN's "sum" post-op)."""
     size = codes.shape[1] // len(parts)
     (packed, w_scale), rest = parts[0], parts[1:]
+    first = codes if not rest else codes[:, :size]
     y = torch.ops.onednn.qlinear_pointwise(
-        codes[:, :size], step, zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
+        first, step, zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
     )
     for g, (packed, w_scale) in enumerate(rest, start=1):
         part = codes[:, g * size : (g + 1) * size]
