@@ -124,6 +124,22 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     assert not (tmp_path / "b").exists()
 
 
+def test_quantize_command_runs_w4a8_grouped_weights_on_int8_gemms(tmp_path, digits_cache):
+    w4a8 = ["--bits", "4", "--granularity", "per_group", "--group-size", "32", "--scheme", "asymmetric"]
+    with pytest.warns(UserWarning, match="activations stay float for .* convolution"):  # said, not hidden
+        result = _run("quantize", "digits-cnn", *w4a8, "--activations", "dynamic", "--out", str(tmp_path / "q"),
+                      *_small(digits_cache))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "kept float inputs (weight-only) on 3 layer(s)" in (tmp_path / "q" / "report.md").read_text()  # the convs
+    stages = {s["label"]: s for s in json.loads((tmp_path / "q" / "record.json").read_text())["stages"]}
+    linear = [m for m in stages["quantize"]["record"]["modules"].values() if m["type"] == "QuantLinear"]
+    assert linear and all(m["activations"]["mode"] == "dynamic" and m["grid"]["group_size"] == 32 for m in linear)
+    assert all(m["grid"]["bits"] == 4 and not m["grid"]["symmetric"] for m in linear)
+    exported = stages["export_onnx"]["metrics"]
+    assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.01  # the same integers
+    assert stages["quantized"]["metrics"]["accuracy"] > stages["baseline"]["metrics"]["accuracy"] - 0.05
+
+
 def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_cache):
     out = tmp_path / "p"
     args = _small(digits_cache)

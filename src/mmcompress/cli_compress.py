@@ -19,10 +19,15 @@ from mmcompress.errors import ConfigError
     show_default=True,
 )  # fmt: skip
 @click.option("--group-size", type=int, default=128, show_default=True, help="Inputs per step with per_group.")
+@click.option(
+    "--scheme", type=click.Choice(["symmetric", "asymmetric"]), default="symmetric", show_default=True,
+    help="Weight steps without or with a zero point.",
+)  # fmt: skip
 @click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
 @click.option(
     "--activations", type=click.Choice(["none", "dynamic", "static"]), default="none", show_default=True,
-    help="W8A8: quantize Linear inputs too (needs --bits 7 or 8).",
+    help="W8A8: quantize Linear inputs too (static needs --bits 7 or 8; dynamic also takes grouped "
+    "4-bit weights: W4A8).",
 )  # fmt: skip
 @click.option("--act-granularity", type=click.Choice(["per_tensor", "per_token"]), default="per_tensor")
 @click.option("--act-observer", type=click.Choice(["minmax", "percentile", "mse", "kl", "search"]), default="minmax")
@@ -50,7 +55,7 @@ from mmcompress.errors import ConfigError
 @_spec_options
 @_data_options
 @_friendly
-def quantize_cmd(model, bits, granularity, group_size, method, activations, act_granularity, act_observer,
+def quantize_cmd(model, bits, granularity, group_size, scheme, method, activations, act_granularity, act_observer,
                  smoothquant, only, tune_steps, tune_for, onnx, train_limit, epochs, test_limit, out, resume, quiet,
                  data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
     """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
@@ -60,7 +65,7 @@ def quantize_cmd(model, bits, granularity, group_size, method, activations, act_
     from mmcompress.recipe.schema import load_recipe
 
     config = {
-        "weight_bits": bits, "granularity": granularity, "group_size": group_size, "method": method,
+        "weight_bits": bits, "granularity": granularity, "group_size": group_size, "scheme": scheme, "method": method,
         "activations": activations, "act_granularity": act_granularity, "act_observer": act_observer,
         "smoothquant": smoothquant,
     }  # fmt: skip

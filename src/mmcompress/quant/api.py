@@ -110,6 +110,7 @@ def quantize(
         record.modules[name] = info
     record.metrics["modules"] = float(len(chosen))
     record.metrics["float_left"] = float(len(float_left))
+    record.metrics["float_inputs"] = float(len(weight_only) + len(float_input_convs))  # asked-for activations
     if any(getattr(q, "act", None) is not None for q, _ in built.values()):  # W8A8: the CPU it was made for
         record.info["integer_kernels"] = integer_kernel_info()
         fused = fuse_activations(model)

@@ -82,6 +82,11 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
             out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
         if m.get("float_left"):
             out.append(f"stage {label!r} left {int(m['float_left'])} targeted layer(s) float (see the layer table)")
+        if m.get("float_inputs"):
+            out.append(
+                f"stage {label!r} kept float inputs (weight-only) on {int(m['float_inputs'])} layer(s) whose "
+                "target asked for quantized activations (see the layer table)"
+            )
         if m.get("output_cosine") is not None and m["output_cosine"] < 0.99:
             out.append(
                 f"stage {label!r}: the ONNX file's outputs disagree with PyTorch (cosine {m['output_cosine']:.4f})"
