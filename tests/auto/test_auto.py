@@ -15,6 +15,7 @@ from mmcompress.auto.robustness import CORRUPTIONS, corrupt
 from mmcompress.auto.search import Constraints, choose, search_plans
 from mmcompress.auto.trials import TrialRecord
 from mmcompress.data.registry import load_dataset
+from mmcompress.quant.config import QuantConfig
 from mmcompress.recipe.schema import load_recipe
 
 
@@ -43,8 +44,13 @@ def test_plan_round_trips_through_a_recipe_yaml(tmp_path):
     quant = again.stages[3].targets
     assert quant["modality:fusion"] is None and quant["modality:text"]["weight_bits"] == 4
     assert Plan.from_dict(plan.to_dict()) == plan and Plan.from_dict(plan.to_dict()).key() == plan.key()
-    with pytest.raises(ValueError, match="needs bits 8"):
-        TowerPlan(bits=4, activations="dynamic")
+    with pytest.raises(ValueError, match="needs bits 8 or 4"):
+        TowerPlan(bits=3, activations="dynamic")
+    w4a8 = Plan(towers={"text": TowerPlan(bits=4, activations="dynamic", group_size=128)})
+    assert w4a8.towers["text"].describe() == "W4A8 g128"
+    target = plan_to_recipe(w4a8, "fashion-clip").stages[0].targets["modality:text"]
+    assert target["activations"] == "dynamic" and target["group_size"] == 128 and target["weight_bits"] == 4
+    QuantConfig.from_dict(target)  # a valid quantization config
 
 
 def _record(mb, ms, metric, ok=True):

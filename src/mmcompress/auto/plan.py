@@ -19,7 +19,8 @@ class TowerPlan(FrozenConfig):
     Attributes:
         bits: weight bits (0 keeps the tower float). 8: per channel; fewer: groups of `group_size`
             inputs (0: per channel).
-        activations: "dynamic" runs Linear layers on integer kernels (W7A8; needs bits 8).
+        activations: "dynamic" runs Linear layers on integer kernels (needs bits 8: W8A8, or 4:
+            W4A8, 4-bit codes on one int8 GEMM per group of inputs).
         sparsity: unstructured sparsity (wanda), 0 for none.
         channels: fraction of channels/neurons removed by structured pruning (taylor), 0 for none.
         embedding_bits: bits of the tower's embedding tables (None: `bits`); tables have no
@@ -38,17 +39,16 @@ class TowerPlan(FrozenConfig):
     embedding_bits: Literal[0, 3, 4, 8] | None = None
 
     @model_validator(mode="after")
-    def _dynamic_needs_8_bits(self) -> TowerPlan:
-        if self.activations == "dynamic" and self.bits != 8:
-            raise ValueError("activations 'dynamic' (integer kernels) needs bits 8")
+    def _dynamic_needs_8_or_4_bits(self) -> TowerPlan:
+        if self.activations == "dynamic" and self.bits not in (8, 4):
+            raise ValueError("activations 'dynamic' (integer kernels) needs bits 8 or 4")
         return self
 
     def describe(self) -> str:
-        parts = ["float" if self.bits == 0 else f"W{7 if self.activations == 'dynamic' else self.bits}"]
-        parts[0] += (
-            "A8"
-            if self.activations == "dynamic"
-            else (f" g{self.group_size}" if 0 < self.bits < 8 and self.group_size else "")
+        dynamic = self.activations == "dynamic"
+        parts = ["float" if self.bits == 0 else f"W{7 if dynamic and self.bits == 8 else self.bits}"]
+        parts[0] += ("A8" if dynamic else "") + (
+            f" g{self.group_size}" if 0 < self.bits < 8 and self.group_size else ""
         )
         if self.embedding_bits is not None and self.embedding_bits != self.bits:
             parts.append(f"embeddings {'float' if self.embedding_bits == 0 else f'W{self.embedding_bits}'}")
@@ -159,6 +159,9 @@ def _quant_target(tower: TowerPlan) -> dict[str, Any] | None:
             bits = integer_weight_bits()  # 7 only where u8s8 kernels saturate (AVX2 without VNNI)
             return {"weight_bits": bits, "activations": "dynamic", "layer_types": ["linear", "embedding"]}
         return {"weight_bits": 8}
-    if tower.group_size == 0:
-        return {"weight_bits": tower.bits}  # one step per channel
-    return {"weight_bits": tower.bits, "granularity": "per_group", "group_size": tower.group_size}
+    grid = {"weight_bits": tower.bits}  # one step per channel
+    if tower.group_size:
+        grid = {**grid, "granularity": "per_group", "group_size": tower.group_size}
+    if tower.activations == "dynamic":  # W4A8: Linear layers on int8 GEMMs per group (convs stay out, as above)
+        return {**grid, "activations": "dynamic", "layer_types": ["linear", "embedding"]}
+    return grid

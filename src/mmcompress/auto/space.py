@@ -17,7 +17,7 @@ class TowerSpace:
 
     bits: tuple[int, ...] = (0, 8, 4)
     group_size: int = 0  # sub-8-bit steps per this many inputs (0: one per channel)
-    dynamic: bool = False  # W7A8 integer kernels are an option (towers with Linear layers)
+    dynamic: bool = False  # W8A8 / W4A8 integer kernels are an option (towers with Linear layers)
     embeddings: bool = False  # the tower has embedding tables (their bits are searched apart)
     sparsity: tuple[float, ...] = (0.0,)
     channels: tuple[float, ...] = (0.0,)
@@ -46,7 +46,7 @@ class SearchSpace:
         for name, space in self.towers.items():
             bits = trial.suggest_categorical(f"{name}.bits", list(space.bits))
             act = "none"
-            if space.dynamic and bits == 8:
+            if space.dynamic and bits in (8, 4):  # W8A8 / W4A8 integer kernels
                 act = trial.suggest_categorical(f"{name}.activations", ["none", "dynamic"])
             sparsity = trial.suggest_categorical(f"{name}.sparsity", list(space.sparsity))
             channels = trial.suggest_categorical(f"{name}.channels", list(space.channels))
