@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmcompress.quant.activations import ActSpec, fake_quantize_per_token
 from mmcompress.quant.api import QuantConfig, quantize
 from mmcompress.quant.fused_codes import fused
-from mmcompress.quant.kernel_select import MIN_ROWS, ONEDNN, choose_kernel
+from mmcompress.quant.kernel_select import GROUPED_ROWS, MIN_ROWS, ONEDNN, choose_kernel
 from mmcompress.quant.kernels import ACTIVATED, INTEGER_KERNELS, input_codes, set_kernel, tensor_qparams
 from mmcompress.quant.modules import QuantEmbedding, QuantLinear, WeightGrid
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
@@ -98,7 +98,7 @@ def test_grouped_w4a8_kernel_equals_the_simulation(granularity, grid, smooth):
     q = w4a8(96, 40, granularity, grid, smooth)
     sim = copy.deepcopy(q)
     set_kernel(sim, "simulate")
-    for kernel in ("auto", "int_mm"):  # torch._int_mm takes per-channel symmetric codes only: oneDNN runs
+    for kernel in ("onednn", "int_mm"):  # torch._int_mm takes per-channel symmetric codes only: oneDNN runs
         q.kernel = kernel
         for x in (torch.randn(3, 37, 96), realish(200, 96)):
             with torch.no_grad():
@@ -108,6 +108,13 @@ def test_grouped_w4a8_kernel_equals_the_simulation(granularity, grid, smooth):
             scale = ref.abs().amax() + 1e-6
             assert (y - ref).abs().max() / scale < 1e-6  # integers exact; float rounding of the group sums
             assert (y - y_sim).abs().max() / scale < 1e-5
+    q.kernel = "auto"  # per-group GEMMs pay from GROUPED_ROWS rows; below, the cached weight runs
+    least = GROUPED_ROWS[granularity] if q.scale.shape[1] > 1 else MIN_ROWS
+    with torch.no_grad():
+        q(torch.randn(least, 96))
+        assert q.last_kernel == "onednn"
+        q(torch.randn(least - 1, 96))
+        assert q.last_kernel == "cache"
 
 
 class _GemmInputs(TorchDispatchMode):
@@ -129,6 +136,7 @@ def test_onednn_gemms_take_uint8_inputs_per_token_too(grid):
     """Signed int8 inputs ran on oneDNN's reference kernel on a VNNI CPU without AMX (5-15 s for one
     Whisper encoder product): per-token codes go in as uint8 with zero point 128."""
     q = w4a8(96, 40, "per_token", grid)
+    q.kernel = "onednn"
     with torch.no_grad(), _GemmInputs() as seen:
         q(realish(64, 96))
     assert q.last_kernel == "onednn" and seen.dtypes and set(seen.dtypes) == {torch.uint8}

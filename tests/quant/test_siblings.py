@@ -58,11 +58,11 @@ def _group(model: nn.Module):
 def test_joint_qkv_equals_separate_calls_bit_for_bit(config):
     joined, separate, info = _quantized(SelfAttention(), config)
     assert info["joint_qkv"] == [["query", "key", "value"]]
-    x = torch.randn(4, 16, 32)  # 64 rows: oneDNN's kernel
+    x = torch.randn(4, 64, 32)  # 256 rows: oneDNN's kernel (per-group GEMMs too)
     with torch.no_grad():
         first = joined(x)  # the observed round runs the three separately
         assert _group(joined).state == "joint"
-        for batch in (x, torch.randn(4, 16, 32), torch.randn(2, 40, 32)):
+        for batch in (x, torch.randn(4, 64, 32), torch.randn(2, 160, 32)):
             assert torch.equal(joined(batch), separate(batch))
     assert torch.equal(first, separate(x))
 
