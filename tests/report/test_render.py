@@ -35,6 +35,12 @@ def test_layer_table_shows_short_lists_and_leaves_long_ones_to_the_record():
     entry = {"kept": 6, "removed_ratio": 0.25, "sensitivity": [0.01, 0.04], "keep": list(range(6)), "group": {}}
     rows = layer_table([{"label": "prune", "record": {"modules": {"conv": entry}}}])
     assert rows[1][2] == "kept=6, removed_ratio=0.25, sensitivity=[0.01, 0.04]"
+    w4a8 = {"bits": 4, "activations": {"mode": "dynamic", "granularity": "per_token", "observer": "minmax"},
+            "grid": {"bits": 4, "symmetric": False, "group_size": 128, "per_tensor": False}}  # fmt: skip
+    conv = {"bits": 4, "activations": "none", "grid": {"bits": 4, "symmetric": True, "group_size": None}}
+    rows = layer_table([{"label": "quantize", "record": {"modules": {"fc": w4a8, "conv": conv}}}])
+    assert rows[1][2] == "bits=4, activations=dynamic/per_token, grid=asym, group 128"
+    assert rows[2][2] == "bits=4, activations=none, grid=sym, per channel"  # inputs left float: said per layer
 
 
 def test_headline_compression_counts_against_the_original_model(digits, tmp_path):

@@ -52,17 +52,24 @@ def layer_table(stages: list[dict[str, Any]]) -> list[list[str]]:
     for s in stages:
         for name, info in ((s.get("record") or {}).get("modules") or {}).items():
             if isinstance(info, dict):
-                text = ", ".join(f"{k}={_short(v)}" for k, v in info.items() if _short(v) is not None)
+                text = ", ".join(f"{k}={_short(v, k)}" for k, v in info.items() if _short(v, k) is not None)
             else:
                 text = _fmt(info)
             rows.append([s["label"], name or "(model)", text[:160]])
     return rows
 
 
-def _short(value: Any) -> str | None:
-    """A value for the layer table: scalars, and lists of up to 4 scalars (probe changes, refit
-    layers); None for anything longer (kept indices, dependency groups live in record.json)."""
+def _short(value: Any, key: str = "") -> str | None:
+    """A value for the layer table: scalars, lists of up to 4 scalars (probe changes, refit layers),
+    a quantized layer's input quantization ("dynamic/per_token") and weight grid ("asym, group 128");
+    None for anything longer (kept indices, dependency groups live in record.json)."""
     if isinstance(value, dict):
+        if key == "activations" and "mode" in value:
+            return f"{value['mode']}/{value.get('granularity', 'per_tensor')}"
+        if key == "grid" and "bits" in value:
+            steps = f"group {value['group_size']}" if value.get("group_size") else "per tensor"
+            steps = steps if value.get("group_size") or value.get("per_tensor") else "per channel"
+            return f"{'sym' if value.get('symmetric', True) else 'asym'}, {steps}"
         return None
     if isinstance(value, list):
         if len(value) > 4 or any(isinstance(v, (dict, list)) for v in value):
