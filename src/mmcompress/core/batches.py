@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,19 +36,45 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     device = model_device(model)
     if device.type != "cpu":
         inputs = move_to(inputs, device)
+    args, kwargs = ((), inputs) if isinstance(inputs, dict) else (tuple(inputs), {})
+    if not isinstance(inputs, (dict, tuple, list)):
+        args = (inputs,)
+    try:
+        return model(*args, **kwargs)
+    except TypeError as err:
+        problem = _binding_problem(model, args, kwargs)
+        if problem is None:  # the batch fits the signature: the error is the model's own
+            raise
+        hint = (
+            "a tuple/list batch is the model's positional inputs: pass inputs only, not (inputs, labels) pairs"
+            if isinstance(inputs, (tuple, list))
+            else "the dataset's inputs do not fit this model: pick data made for it (or an adapter that maps them)"
+        )
+        raise DataError(
+            f"{type(model).__name__}.forward cannot take this batch ({_describe(inputs)}): {problem}; {hint}"
+        ) from err
+
+
+def _binding_problem(model: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    """Why `model.forward` cannot be called with these arguments (None: it can, or it has no signature)."""
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as err:
+        return str(err)
+    except ValueError:
+        return None
+    return None
+
+
+def _describe(inputs: Any) -> str:
+    """A short description of a batch: its structure, shapes and keys."""
+    if isinstance(inputs, torch.Tensor):
+        return f"one tensor {tuple(inputs.shape)}"
     if isinstance(inputs, dict):
-        return model(**inputs)
+        return "keys " + ", ".join(map(str, inputs))
     if isinstance(inputs, (tuple, list)):
-        try:
-            return model(*inputs)
-        except TypeError as err:
-            if "positional argument" not in str(err):
-                raise
-            raise DataError(
-                f"{type(model).__name__} does not take {len(inputs)} positional inputs ({err}); a tuple/list batch "
-                "is the model's positional inputs: pass inputs only, not (inputs, labels) pairs from a DataLoader"
-            ) from err
-    return model(inputs)
+        return f"{len(inputs)} positional inputs"
+    return type(inputs).__name__
 
 
 def prediction(output: Any) -> Any:
