@@ -166,6 +166,10 @@ def test_spec_errors_name_the_problem(user):
         resolve_task("bleu", torch.nn.Linear(2, 2), None)
     result = _run("run", "mixed.yaml", "--out", user / "x")
     assert result.exit_code == 2 and "names no model" in result.output
+    # --epochs trains a built-in's baseline: on a user's model it is refused, not silently ignored
+    trained = _run("quantize", "py:user_model.py:build", "--data", "py:user_model.py:data", "--task", "agreement",
+                   "--epochs", 3, "--out", user / "e")  # fmt: skip
+    assert trained.exit_code == 2 and "is used as built" in trained.output and not (user / "e").exists()
 
 
 def test_agreement_task_needs_no_labels_and_its_loss_distils(user):

@@ -48,6 +48,11 @@ def load_workload(
     Example:
         >>> work = load_workload(load_recipe("recipes/quick.yaml"))
     """
+    if recipe.train and recipe.model not in MODELS:  # a user's model is used as built: say so, never ignore it
+        raise ConfigError(
+            f"recipe.train (--epochs) trains the baseline of a built-in model; {recipe.model!r} is used as built "
+            "(train it first with your own loop or `mmcompress.fit`, then compress the trained model)"
+        )
     train = baseline_train_config(recipe) if recipe.model in MODELS else None
     work = resolve_workload(
         recipe.model, recipe.dataset, recipe.task, adapter=recipe.adapter, cache_dir=cache_dir, data_dir=data_dir,
