@@ -113,6 +113,10 @@ def test_activation_settings_are_validated():
         QuantConfig.from_dict({"activations": "dynamic", "weight_bits": 8, "scheme": "asymmetric"})
     with pytest.raises(ConfigError, match="activations 'static' needs weight_bits 7 or 8"):
         QuantConfig.from_dict({"activations": "static", "weight_bits": 4})
+    with pytest.raises(ConfigError, match="act_observer 'kl' sets the fixed input range of activations 'static'"):
+        QuantConfig.from_dict({"activations": "dynamic", "act_observer": "kl"})  # not silently ignored
+    auto = QuantConfig.from_dict({"weight_bits": "auto", "scheme": "asymmetric", "activations": "dynamic"})
+    assert auto.weight_bits <= 7  # "auto" picks codes whose difference to the zero point fits int8
     with pytest.raises(ConfigError, match="per_channel"):
         QuantConfig.from_dict({"activations": "static", "granularity": "per_group"})
     with pytest.raises(ConfigError, match="per_token' needs activations 'dynamic'"):

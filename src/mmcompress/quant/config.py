@@ -43,7 +43,7 @@ class QuantConfig(FrozenConfig):
         weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
             so the measured size is the packed size. "auto": with activations, the widest codes
             this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7 on AVX2
-            without VNNI: `core.cpu.integer_weight_bits`); weight-only, 8.
+            without VNNI: `core.cpu.integer_weight_bits`; at most 7 when asymmetric); weight-only, 8.
         scheme: "symmetric" (zero point 0) or "asymmetric" (an int8 zero point per step).
         granularity: "per_channel" (a step per output channel / embedding row), "per_group"
             (a step per `group_size` inputs of a channel) or "per_tensor".
@@ -104,7 +104,10 @@ class QuantConfig(FrozenConfig):
     def _auto_bits(cls, data):
         if isinstance(data, dict) and data.get("weight_bits") == "auto":
             with_activations = data.get("activations", "none") != "none"
-            data = {**data, "weight_bits": integer_weight_bits() if with_activations else 8}
+            bits = integer_weight_bits() if with_activations else 8
+            if with_activations and data.get("scheme") == "asymmetric":
+                bits = min(bits, 7)  # codes minus their zero point must fit int8
+            data = {**data, "weight_bits": bits}
         return data
 
     @property
@@ -122,6 +125,11 @@ class QuantConfig(FrozenConfig):
             raise ValueError(
                 "activations 'dynamic' with scheme 'asymmetric' needs weight_bits <= 7 (codes minus their "
                 "zero point must fit the int8 kernels)"
+            )
+        if self.act_observer != "minmax" and self.activations != "static":
+            raise ValueError(
+                f"act_observer {self.act_observer!r} sets the fixed input range of activations 'static'; "
+                f"activations {self.activations!r} has no range to observe"
             )
         if self.act_granularity == "per_token" and self.activations != "dynamic":
             raise ValueError("act_granularity 'per_token' needs activations 'dynamic'")
