@@ -329,3 +329,17 @@ def test_gemv_falls_back_to_the_cache_when_compiling_fails(monkeypatch):
     with torch.no_grad():
         q(x)
     assert q.last_kernel == "cache"  # not retried
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+def test_gradients_pass_through_quantized_inputs_straight_through(granularity):
+    """A new user's input gradient through a W8A8 / W4A8 dynamic layer was exactly zero (rounding)."""
+    for grid in (WeightGrid(bits=8), WeightGrid(bits=4, group_size=32)):
+        q = w4a8(96, 40, granularity, grid)
+        x = realish(8, 96).requires_grad_()
+        q(x).square().sum().backward()
+        w = q.dequantized_weight()
+        xd = x.detach().requires_grad_()
+        F.linear(xd, w, q.bias).square().sum().backward()  # straight through: as if the input were float
+        cos = F.cosine_similarity(x.grad.flatten(), xd.grad.flatten(), dim=0)
+        assert q.last_kernel == "simulate" and x.grad.abs().sum() > 0 and cos > 0.99

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.quant.activations import ActSpec, fake_quantize_per_token, fake_quantize_static
+from mmcompress.quant.activations import (
+    ActSpec,
+    fake_quantize_per_token,
+    fake_quantize_static,
+    fake_quantize_static_ste,
+)
 from mmcompress.quant.codes import (
     QuantWeightTensor,
     WeightGrid,
@@ -49,17 +54,20 @@ class ActivationQuant(nn.Module):
         return self.act is not None and self.act.mode == "dynamic"
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The input the integer kernel sees (smoothed, then quantized and dequantized)."""
+        """The input the integer kernel sees (smoothed, then quantized and dequantized); under
+        autograd the rounding is straight-through (gradients pass; static codes clamped at 0 or 255
+        pass none), so layers before a W8A8 layer still train."""
         smooth = getattr(self, "act_smooth", None)
         if smooth is not None:  # Linear only: (in,) over the last dimension
             x = x * smooth.to(x.dtype)
         if self.act is None or not self.simulate_activations:
             return x
+        straight_through = x.requires_grad and torch.is_grad_enabled()  # rounding passes gradients on
         if self.act.mode == "static":
-            return fake_quantize_static(x, self.act_step, self.act_zero)
-        if self.act.granularity == "per_token":
-            return fake_quantize_per_token(x)
-        return fake_quantize_dynamic_uint8(x)
+            quantize = fake_quantize_static_ste if straight_through else fake_quantize_static
+            return quantize(x, self.act_step, self.act_zero)
+        q = fake_quantize_per_token(x) if self.act.granularity == "per_token" else fake_quantize_dynamic_uint8(x)
+        return x + (q - x).detach() if straight_through else q  # dynamic ranges cover every value: no clamp
 
     def _act_repr(self) -> str:
         act = "" if self.act is None else f", act={self.act.mode}/{self.act.granularity}"
