@@ -65,3 +65,10 @@ def test_bad_config_is_named(two_tower):
         quantize(two_tower, {"weight_bits": 1})
     with pytest.raises(ConfigError, match="expected a QuantConfig"):
         quantize(two_tower, 8)  # type: ignore[arg-type]
+
+
+def test_quantizing_a_quantized_model_says_so():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    quantize(model, QuantConfig())
+    with pytest.raises(ConfigError, match="Sequential is already quantized"):
+        quantize(model, QuantConfig())

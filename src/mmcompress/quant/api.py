@@ -23,7 +23,7 @@ from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (publ
 from mmcompress.quant.fuse_act import fuse_activations
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.group_fit import fit_group_sizes
-from mmcompress.quant.modules import FLOAT_TO_QUANT, WeightGrid
+from mmcompress.quant.modules import FLOAT_TO_QUANT, QUANT_LAYERS, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
 from mmcompress.quant.siblings import link_siblings
@@ -79,6 +79,10 @@ def quantize(
         for name, module, cfg in resolve_targets(model, mapping, supported, adapter.modality_of)
         if any(type(module) in QUANT_LAYER_TYPES[t] for t in cfg.layer_types)
     ]
+    if not chosen and any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
+        raise ConfigError(
+            f"{type(model).__name__} is already quantized (its layers hold integer codes); quantize the float model"
+        )
     require_matches(chosen, mapping, model)
     chosen = fit_group_sizes(chosen)
     float_left = warn_float_left(model, mapping, supported, adapter.modality_of)

@@ -70,8 +70,9 @@ class Workload:
         """Fail before any work when the workload has no data."""
         if self.train is None or self.test is None:
             raise ConfigError(
-                f"{what} needs data: {self.name} is not a built-in model, so give a data spec "
-                "(a built-in dataset name or 'py:<module or file.py>:<factory>' returning (train, test[, task]))"
+                f"{what} needs data: {self.name} comes with no dataset (only the built-in task models "
+                "do), so give a data spec (--data: a built-in dataset name or 'py:<module or file.py>:<factory>' "
+                "returning (train, test[, task]))"
             )
 
 
