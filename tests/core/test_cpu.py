@@ -43,4 +43,4 @@ def test_torch_capability_fallback_is_cautious():
 def test_this_machine_info_is_json():
     info = integer_kernel_info()
     assert json.loads(json.dumps(info)) == info
-    assert info["weight_bits"] == integer_weight_bits(cpu_features())
+    assert info["auto_weight_bits"] == integer_weight_bits(cpu_features())

@@ -290,7 +290,7 @@ def test_w8a8_record_keeps_the_cpu_and_its_weight_bits():
     model = nn.Sequential(nn.Linear(8, 8))
     rec = quantize(model, QuantConfig(activations="dynamic"))
     info = rec.info["integer_kernels"]
-    assert info["weight_bits"] == integer_weight_bits() and "vnni" in info["cpu"]
+    assert info["auto_weight_bits"] == integer_weight_bits() and "vnni" in info["cpu"]
     assert Record.from_json(rec.to_json()) == rec
     assert "integer_kernels" not in quantize(nn.Sequential(nn.Linear(8, 8)), QuantConfig()).info
 

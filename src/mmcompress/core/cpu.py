@@ -136,11 +136,11 @@ def integer_weight_bits(features: CpuFeatures | None = None) -> int:
 
 
 def integer_kernel_info(features: CpuFeatures | None = None) -> dict:
-    """What a record keeps about the CPU: its features and the integer weight bits chosen for it.
+    """What a record keeps about the CPU: its features and the weight bits `weight_bits: auto` picks on it.
 
     Example:
-        >>> integer_kernel_info()["weight_bits"] in (7, 8)
+        >>> integer_kernel_info()["auto_weight_bits"] in (7, 8)
         True
     """
     features = cpu_features() if features is None else features
-    return {"cpu": features.to_dict(), "weight_bits": integer_weight_bits(features)}
+    return {"cpu": features.to_dict(), "auto_weight_bits": integer_weight_bits(features)}  # what "auto" picks here
