@@ -45,13 +45,15 @@ def embedding_names(model) -> list[str]:
     return sorted({*tables, *(o for n in tables for o in sharing.get(n, []))})
 
 
-def _w4_int8_embeddings(method: str):
+def _w4_int8_embeddings(method: str, inputs: dict | None = None):
     """W4 g128 everywhere but the embedding tables (and layers tied to them), which get W8 per channel:
-    a token table is looked up row by row, so a 4-bit row is the token's whole error (no averaging)."""
+    a token table is looked up row by row, so a 4-bit row is the token's whole error (no averaging).
+    `inputs`: input quantization of the 4-bit layers (W4A8: {"activations": "dynamic", ...})."""
 
     def run(suite: Suite, model):
         config = {name: {"weight_bits": 8} for name in embedding_names(model)}
-        mmcompress.quantize(model, {**config, "_default": {**W4G128, "method": method}}, calib=suite.calib)
+        rest = {**W4G128, "method": method, **(inputs or {})}
+        mmcompress.quantize(model, {**config, "_default": rest}, calib=suite.calib)
         return {}
 
     return run
@@ -137,6 +139,9 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     "W4 g128 GPTQ": lambda s, m: mmcompress.quantize(m, {**W4G128, "method": "gptq"}, calib=s.calib) and {},
     "W4 g128 RTN + int8 embeddings": _w4_int8_embeddings("rtn"),
     "W4 g128 GPTQ + int8 embeddings": _w4_int8_embeddings("gptq"),
+    "W4A8 g128 GPTQ + int8 embeddings (per-token inputs)": _w4_int8_embeddings(
+        "gptq", {"activations": "dynamic", "act_granularity": "per_token"}
+    ),
     "mixed ~5 bits": lambda s, m: {
         "avg_bits": quantize_mixed(m, MixedPrecisionConfig(average_bits=5.0, bits_options=(3, 4, 6, 8)), s.calib)[
             1
