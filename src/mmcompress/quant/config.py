@@ -126,7 +126,7 @@ class QuantConfig(FrozenConfig):
                 "activations 'dynamic' with scheme 'asymmetric' needs weight_bits <= 7 (codes minus their "
                 "zero point must fit the int8 kernels)"
             )
-        if self.act_observer != "minmax" and self.activations != "static":
+        if self.act_observer != "minmax" and self.activations == "dynamic":  # (weight-only: nothing to observe)
             raise ValueError(
                 f"act_observer {self.act_observer!r} sets the fixed input range of activations 'static'; "
                 f"activations {self.activations!r} has no range to observe"
