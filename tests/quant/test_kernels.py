@@ -343,3 +343,18 @@ def test_gradients_pass_through_quantized_inputs_straight_through(granularity):
         F.linear(xd, w, q.bias).square().sum().backward()  # straight through: as if the input were float
         cos = F.cosine_similarity(x.grad.flatten(), xd.grad.flatten(), dim=0)
         assert q.last_kernel == "simulate" and x.grad.abs().sum() > 0 and cos > 0.99
+
+
+def test_cached_weight_path_quantizes_inputs_exactly_as_the_simulation():
+    """Below the integer kernels' row threshold the cached float weight runs; its per-tensor input
+    codes come from the fused passes: the same values as the simulation's fake quantization."""
+    for grid, smooth in ((WeightGrid(bits=8), False), (WeightGrid(bits=4, group_size=32), True)):
+        q = w4a8(96, 40, "per_tensor", grid, smooth)
+        sim = copy.deepcopy(q)
+        set_kernel(sim, "simulate")
+        q.kernel = "cache"
+        for x in (realish(1, 96), realish(7, 96), realish(64, 96)):
+            assert torch.equal(q.cached_path_input(x), q.quantize_input(x))
+            with torch.no_grad():
+                y, y_sim = q(x), sim(x)
+            assert q.last_kernel == "cache" and torch.equal(y, y_sim)
