@@ -70,6 +70,11 @@ VARIANTS = {  # name -> (mapping, export to ONNX, time the ONNX file); every var
         True,
     ),
     "W4 g128 RTN": ({**EMB, "_default": QuantConfig(**W4)}, False, False),
+    "W4A8 g128 GPTQ, per-token inputs (int8 GEMM per group)": (
+        {**EMB, "_default": QuantConfig(**W4, method="gptq", activations="dynamic", act_granularity="per_token")},
+        True,
+        False,
+    ),
     "W4 g128 GPTQ act-order (MatMulNBits)": (
         {**EMB, "_default": QuantConfig(**W4, method="gptq", gptq={"act_order": True})},
         True,
