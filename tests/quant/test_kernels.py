@@ -358,3 +358,20 @@ def test_cached_weight_path_quantizes_inputs_exactly_as_the_simulation():
             with torch.no_grad():
                 y, y_sim = q(x), sim(x)
             assert q.last_kernel == "cache" and torch.equal(y, y_sim)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN int8 linear")
+def test_codes_with_zero_points_take_one_bit_less_on_cpus_whose_pairs_saturate(monkeypatch):
+    """Asymmetric 7-bit codes minus their zero point reach +-127: AVX2 without VNNI adds u8s8 pairs in int16."""
+    import mmcompress.quant.kernels as kernels
+
+    q = w4a8(96, 40, "per_tensor", WeightGrid(bits=7, symmetric=False))
+    six = w4a8(96, 40, "per_tensor", WeightGrid(bits=6, symmetric=False))
+    x = realish(64, 96)
+    with torch.no_grad():
+        monkeypatch.setattr(kernels, "integer_weight_bits", lambda: 8)  # VNNI / AMX
+        q(x)
+        assert q.last_kernel == "onednn"
+        monkeypatch.setattr(kernels, "integer_weight_bits", lambda: 7)  # AVX2 without VNNI
+        q(x), six(x)
+        assert q.last_kernel == "cache" and six.last_kernel == "onednn"

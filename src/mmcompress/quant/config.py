@@ -43,7 +43,7 @@ class QuantConfig(FrozenConfig):
         weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
             so the measured size is the packed size. "auto": with activations, the widest codes
             this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7 on AVX2
-            without VNNI: `core.cpu.integer_weight_bits`; at most 7 when asymmetric); weight-only, 8.
+            without VNNI: `core.cpu.integer_weight_bits`; one bit less when asymmetric); weight-only, 8.
         scheme: "symmetric" (zero point 0) or "asymmetric" (an int8 zero point per step).
         granularity: "per_channel" (a step per output channel / embedding row), "per_group"
             (a step per `group_size` inputs of a channel) or "per_tensor".
@@ -53,8 +53,9 @@ class QuantConfig(FrozenConfig):
             "static" (Linear inputs quantized with a step fixed from calibration data). Static
             needs symmetric per-channel weights of 7 or 8 bits. Dynamic also takes grouped and
             low-bit weights (W4A8: 4-bit g128 codes on int8 GEMMs, one per group of inputs;
-            asymmetric codes up to 7 bits); Conv2d layers quantize their inputs (per tensor) only
-            with symmetric per-channel 7/8-bit weights, else they stay weight-only with a warning.
+            asymmetric codes up to 7 bits, 6 on AVX2 without VNNI); Conv2d layers quantize their
+            inputs (per tensor) only with symmetric per-channel 7/8-bit weights, else they stay
+            weight-only with a warning.
             Embeddings stay weight-only. Use 7-bit weights on x86 CPUs without VNNI: their u8s8
             kernels add pairs of products in int16, which 8-bit weights overflow.
         act_granularity: "per_tensor" (one uint8 step per call, ONNX DynamicQuantizeLinear) or
@@ -106,7 +107,7 @@ class QuantConfig(FrozenConfig):
             with_activations = data.get("activations", "none") != "none"
             bits = integer_weight_bits() if with_activations else 8
             if with_activations and data.get("scheme") == "asymmetric":
-                bits = min(bits, 7)  # codes minus their zero point must fit int8
+                bits -= 1  # codes minus their zero point span twice the range: one bit less
             data = {**data, "weight_bits": bits}
         return data
 

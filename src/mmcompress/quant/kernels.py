@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.quant.fused_codes import fused, tensor_qparams_eager, token_codes_eager
 
 KERNELS = ("auto", "simulate", "cache", "onednn", "int_mm", "gemv")
@@ -156,8 +157,10 @@ def float_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """True when oneDNN's int8 kernel may run `module` on `x` (fast paths allowed, see the module
-    docstring): dynamic inputs, weight codes per channel or per group whose codes minus zero point
-    fit int8 (`int_mm_applies` adds per-channel symmetric codes)."""
+    docstring): dynamic inputs, weight codes per channel or per group; with zero points, codes minus
+    zero point span twice the codes' range, so they take one bit less than symmetric codes: at most
+    7 bits (6 on AVX2 without VNNI, whose u8s8 pairs saturate int16). `int_mm_applies` adds
+    per-channel symmetric codes."""
     act, buffers = module.act, module._buffers
     return (
         act is not None
@@ -166,7 +169,7 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and buffers["qweight"].dim() == 2
-        and (module.grid.bits <= 7 or buffers.get("zero_point") is None)  # codes - zero fit int8
+        and (buffers.get("zero_point") is None or module.grid.bits < integer_weight_bits())  # see below
         and module.grid.bits <= 8
         and x.shape[-1] == buffers["qweight"].shape[1]
         and not buffers["scale"].requires_grad
