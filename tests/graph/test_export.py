@@ -3,6 +3,7 @@ import warnings
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.ort_module import OrtModule
@@ -108,3 +109,22 @@ def test_top1_agreement_is_checked_for_logits_but_not_for_unit_norm_embeddings(t
     embeddings = export_onnx(_Normalized(), torch.randn(6, 8), tmp_path / "emb.onnx")
     assert logits.top1_agreement == 1.0
     assert embeddings.top1_agreement is None  # the largest coordinate of an embedding is not a class
+
+
+class _AttentionBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_multihead_attention_exports_despite_its_fused_inference_path(tmp_path):
+    """Under no_grad in eval mode nn.MultiheadAttention takes one fused op the ONNX exporter cannot
+    write (a new user's recipe failed at export_onnx); export turns that fast path off and back on."""
+    model = _AttentionBlock().eval()
+    before = torch.backends.mha.get_fastpath_enabled()
+    res = export_onnx(model, torch.randn(2, 6, 32), tmp_path / "mha.onnx")
+    assert res.cosine > 0.9999 and torch.backends.mha.get_fastpath_enabled() == before

@@ -57,3 +57,18 @@ def test_headline_compression_counts_against_the_original_model(digits, tmp_path
     text = write_report(tmp_path)[0].read_text()
     before, after = re.search(r"stored bytes\) ([\d.]+)x -> \*\*([\d.]+)x\*\*", text).groups()
     assert float(before) == 1.0 and float(after) > 1.5  # half the channels: a smaller float32 model
+
+
+def test_a_compressed_stage_slower_than_the_first_evaluation_is_a_warning():
+    """A new user's W4A8 model ran 3.8 -> 6.1 ms in PyTorch and the report said nothing."""
+    from mmcompress.report.render import warnings_of
+
+    def stage(label, median, p10, p90):
+        return {"label": label, "metrics": {"latency_ms": median, "latency_p10_ms": p10, "latency_p90_ms": p90}}
+
+    record = {"recipe": {}}
+    base = stage("baseline", 3.8, 3.7, 3.9)
+    slower = warnings_of(record, [base, stage("quantized", 6.1, 6.0, 6.3)])
+    assert len(slower) == 1 and "runs slower in PyTorch than the first evaluation (3.8 -> 6.1 ms)" in slower[0]
+    assert warnings_of(record, [base, stage("quantized", 4.0, 3.85, 4.1)]) == []  # within the noise
+    assert warnings_of(record, [base, stage("quantized", 2.5, 2.4, 2.6)]) == []  # faster

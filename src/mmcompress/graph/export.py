@@ -229,7 +229,9 @@ def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
 
 def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opset: int) -> bytes:
     buffer = io.BytesIO()
-    try:
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:  # nn.MultiheadAttention's inference fast path is one fused op the exporter cannot write
+        torch.backends.mha.set_fastpath_enabled(False)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -238,6 +240,8 @@ def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opse
             )  # fmt: skip
     except Exception as err:  # the exporter raises many types
         raise MMCompressError(f"ONNX export failed: {err.__class__.__name__}: {str(err)[:300]}") from None
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
 
 

@@ -17,6 +17,7 @@ from mmcompress.report.plots import accuracy_vs_size, size_per_modality
 SIZE_KEYS = ("stored_bytes", "compression", "latency_ms", "nonzeros", "latency_p10_ms", "latency_p90_ms",
              "latency_threads", "drop_points")  # fmt: skip
 SPREAD_LIMIT = 0.5  # (p90 - p10) / median above this: the latency is too noisy to compare
+SLOWER_LIMIT = 1.1  # a compressed stage's median latency above this times the first one's: a warning
 MAX_LAYER_ROWS = 200
 
 
@@ -80,11 +81,20 @@ def _short(value: Any, key: str = "") -> str | None:
 
 def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
     """What a reader must not miss: stages that lose more than the recipe allows, layers left float,
-    ONNX files that disagree with PyTorch, latencies too noisy to compare."""
+    ONNX files that disagree with PyTorch, compressed stages slower than the first evaluation,
+    latencies too noisy to compare."""
     limit = record["recipe"].get("warn_drop")
     out = []
+    timed = [s["metrics"] for s in stages if s["metrics"].get("latency_ms")]
+    first = timed[0] if timed else {}
     for s in stages:
         m, label = s["metrics"], s["label"]
+        if m is not first and _clearly_slower(m, first):
+            out.append(
+                f"stage {label!r} runs slower in PyTorch than the first evaluation ({first['latency_ms']:.1f} -> "
+                f"{m['latency_ms']:.1f} ms): its quantized layers see too few rows for the integer kernels "
+                "(W8A8 pays from 16, W4A8 from a few hundred), or the machine was busy; compare with `mmcompress bench`"
+            )
         if limit is not None and m.get("drop_points", 0) > limit:
             out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
         if m.get("float_left"):
@@ -105,6 +115,16 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
                 "trust (a busy machine?); compare latencies with `mmcompress bench`"
             )
     return out
+
+
+def _clearly_slower(metrics: dict[str, Any], first: dict[str, Any]) -> bool:
+    """The stage's fastest timings (p10) are above the first evaluation's slowest (p90) and its median
+    is more than SLOWER_LIMIT times the first one's: slower beyond the timing noise."""
+    median, base = metrics.get("latency_ms"), first.get("latency_ms")
+    if not median or not base:
+        return False
+    p10, base_p90 = metrics.get("latency_p10_ms", median), first.get("latency_p90_ms", base)
+    return p10 > base_p90 and median > SLOWER_LIMIT * base
 
 
 def tower_table(evals: list[dict[str, Any]]) -> list[list[str]]:
