@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmcompress.quant.activations import ActSpec, fake_quantize_per_token
 from mmcompress.quant.api import QuantConfig, quantize
 from mmcompress.quant.fused_codes import fused
-from mmcompress.quant.kernel_select import GROUPED_ROWS, MIN_ROWS, ONEDNN, choose_kernel
+from mmcompress.quant.kernel_select import MIN_ROWS, ONEDNN, choose_kernel, grouped_min_rows
 from mmcompress.quant.kernels import ACTIVATED, INTEGER_KERNELS, input_codes, set_kernel, tensor_qparams
 from mmcompress.quant.modules import QuantEmbedding, QuantLinear, WeightGrid
 from mmcompress.quant.primitives import fake_quantize_dynamic_uint8
@@ -108,8 +108,9 @@ def test_grouped_w4a8_kernel_equals_the_simulation(granularity, grid, smooth):
             scale = ref.abs().amax() + 1e-6
             assert (y - ref).abs().max() / scale < 1e-6  # integers exact; float rounding of the group sums
             assert (y - y_sim).abs().max() / scale < 1e-5
-    q.kernel = "auto"  # per-group GEMMs pay from GROUPED_ROWS rows; below, the cached weight runs
-    least = GROUPED_ROWS[granularity] if q.scale.shape[1] > 1 else MIN_ROWS
+    q.kernel = "auto"  # per-group GEMMs pay from rows x out = GROUPED_WORK; below, the cached weight runs
+    least = grouped_min_rows(q) if q.scale.shape[1] > 1 else MIN_ROWS
+    assert least * 40 >= (96 << 10 if granularity == "per_tensor" else 128 << 10) or least == MIN_ROWS
     with torch.no_grad():
         q(torch.randn(least, 96))
         assert q.last_kernel == "onednn"

@@ -30,21 +30,21 @@ Hence:
   cached weight and the simulated input quantization;
 - weight-only Linear on one row (decoder steps) with GEMV_WEIGHTS or more weights: the compiled
   int8 GEMV (`kernels.gemv_linear`);
-- W4A8 (steps per group of inputs, dynamic inputs): one oneDNN GEMM per group, from
-  GROUPED_ROWS rows (per tensor / per token inputs; below, the cached weight is faster). Speed-up
-  over the cached weight, g128, 2 threads, AVX-512 VNNI without AMX (`torch._int_mm` takes
-  symmetric per-channel codes only):
+- W4A8 (steps per group of inputs, dynamic inputs): one oneDNN GEMM per group once rows x out
+  reaches GROUPED_WORK (per tensor / per token inputs; below, the cached weight is faster: its
+  per-tensor inputs come from the fused codes too). Speed-up over the cached weight, g128, 2
+  threads, AVX-512 VNNI without AMX (`torch._int_mm` takes symmetric per-channel codes only):
 
-    in x out      16 rows   64     128    256    512   (per tensor / per token)
-    384 x 1152    0.9/0.5   1.4/0.8  1.8/1.1  2.0/1.5  2.3/1.7
-    384 x 384     0.6/0.3   0.9/0.5  1.1/0.6  1.6/1.0  2.3/1.3
-    1536 x 384    0.6/0.5   0.8/0.6  1.3/0.8  1.7/1.2  4.3/1.7
+    in x out      32 rows   64       128      256      512   (per tensor / per token)
+    384 x 1536    1.1/0.7   1.4/0.9  1.7/1.2  2.0/1.5  2.1/1.9
+    384 x 384     0.5/0.4   0.7/0.5  0.9/0.6  1.2/0.9  1.6/1.3
+    256 x 1024    0.9/0.5   1.0/0.7  1.4/1.0  1.9/1.3  2.0/1.5
+    1024 x 256    0.4/0.4   0.5/0.5  0.8/0.8  1.0/0.9  1.5/1.5
+    256 x 256     0.3/0.3   0.7/0.4  0.7/0.5  0.8/0.5  1.4/0.5
 
-  (The cached path then formed its inputs with the slower fake quantization; with the fused codes
-  it saves about 45 us per call at 64-128 rows, so near the thresholds the two paths are even: on
-  fashion-clip's text tower at 64 rows, 17.4 ms cached vs 18.0 ms on per-group GEMMs.) Against
-  the float layer they pay only from about 256-512 rows: W4A8 is a configuration for batches (and
-  long sequences), where W8A8 per channel already wins from 16 rows;
+  Break-even sits near rows x out = 50k-100k per tensor and 70k-130k per token. Against the float
+  layer they pay only from about 256-512 rows: W4A8 is a configuration for batches (and long
+  sequences), where W8A8 per channel already wins from 16 rows;
 - everything else (weight-only, static inputs that `integer_sim` does not take, convolutions,
   embeddings): the cached dequantized weight.
 """
@@ -57,7 +57,7 @@ from torch import nn
 from mmcompress.quant.kernels import INTEGER_KERNELS, gemv_applies, int_mm_applies, integer_applies, skip_fast_paths
 
 MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats float
-GROUPED_ROWS = {"per_tensor": 128, "per_token": 256}  # W4A8: rows from which the per-group GEMMs beat the cache
+GROUPED_WORK = {"per_tensor": 96 << 10, "per_token": 128 << 10}  # W4A8: rows x out from which per-group GEMMs win
 BIG_WEIGHTS = 4 << 20  # W8A8: weights from which the int8 GEMM beats float on any number of rows
 GEMV_WEIGHTS = 16 << 20  # weight-only, one row: weights from which the compiled int8 GEMV beats float
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
@@ -79,7 +79,7 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
         chosen = "simulate"
     elif kernel != "cache" and getattr(module, "act", None) is not None and integer_applies(module, x):
         rows, big = x.numel() // x.shape[-1], module.qweight.numel() >= BIG_WEIGHTS
-        least = MIN_ROWS if module.scale.shape[1] == 1 else GROUPED_ROWS[module.act.granularity]
+        least = MIN_ROWS if module.scale.shape[1] == 1 else grouped_min_rows(module)
         chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and (rows >= least or big) else "cache"
         if chosen == "int_mm" and not int_mm_applies(module, x):  # grouped / asymmetric codes: oneDNN only
             chosen = "onednn" if ONEDNN else "cache"
@@ -90,3 +90,13 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     if chosen != "simulate" or not torch.compiler.is_compiling():
         module.__dict__["last_kernel"] = chosen  # plain attribute: no nn.Module bookkeeping per call
     return chosen
+
+
+def grouped_min_rows(module: nn.Module) -> int:
+    """Rows from which a W4A8 layer (steps per group of inputs) runs its per-group int8 GEMMs.
+
+    Example:
+        >>> grouped_min_rows(w4a8_layer_with_384_outputs)  # per-tensor inputs
+        256
+    """
+    return -(-GROUPED_WORK[module.act.granularity] // module.qweight.shape[0])
