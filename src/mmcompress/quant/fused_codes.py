@@ -107,9 +107,14 @@ def token_codes_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tu
         >>> codes, step = token_codes_eager(torch.randn(4, 8))
     """
     x = x if smooth is None else x * smooth
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    step = torch.maximum(hi, -lo).clamp_min(torch.finfo(torch.float32).tiny) / TOKEN_LEVELS
+    step = _token_step(x)
     return torch.round(x / step).to(torch.int8), step
+
+
+def _token_step(x: torch.Tensor) -> torch.Tensor:
+    """(M, 1) symmetric per-row steps max|row| / 127 (at least float32's tiniest normal)."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    return torch.maximum(hi, -lo).clamp_min(torch.finfo(torch.float32).tiny) / TOKEN_LEVELS
 
 
 def token_codes_u8_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +126,7 @@ def token_codes_u8_eager(x: torch.Tensor, smooth: torch.Tensor | None = None) ->
         >>> codes, step = token_codes_u8_eager(torch.randn(4, 8))  # codes - 128 == token codes
     """
     x = x if smooth is None else x * smooth
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    step = torch.maximum(hi, -lo).clamp_min(torch.finfo(torch.float32).tiny) / TOKEN_LEVELS
+    step = _token_step(x)
     return (torch.round(x / step) + 128.0).to(torch.uint8), step
 
 
