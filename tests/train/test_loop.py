@@ -174,3 +174,13 @@ def test_lr_scale_gives_a_module_its_own_learning_rate(digits):
     with pytest.raises(ConfigError, match="lr_scale prefix 'towers'"):
         bad = cfg.model_copy(update={"lr_scale": {"towers": 0.1}})
         fit(model, ClassificationTask(), digits[0], bad, progress=False)
+
+
+def test_sgd_with_momentum_trains_and_is_part_of_the_identity(digits):
+    model = ImageClassifier((8, 16, 32))
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.1, optimizer="sgd", weight_decay=0.0)
+    res = fit(model, ClassificationTask(), digits[0], cfg, progress=False, val_data=digits[1])
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert res.metrics["accuracy"] > DIGITS_MIN_ACCURACY
+    assert "optimizer" not in TrainConfig().identity()  # caches of AdamW runs stay valid
+    assert TrainConfig(optimizer="sgd").identity() != TrainConfig(optimizer="sgd", momentum=0.5).identity()

@@ -15,7 +15,11 @@ class TrainConfig(FrozenConfig):
     Attributes:
         epochs: passes over the training data.
         batch_size: global batch size (split across processes under torchrun).
-        lr, weight_decay: AdamW settings; the learning rate follows warm-up + cosine decay.
+        lr, weight_decay: optimizer settings; the learning rate follows warm-up + cosine decay.
+        optimizer: "adamw" (default) or "sgd" (with `momentum`, Nesterov): SGD moves each weight in
+            proportion to its gradient, where Adam moves every weight by about `lr` from the first
+            step; fine-tuning a pretrained CNN after pruning is the classic case for SGD.
+        momentum: SGD's momentum (ignored by AdamW).
         amp: "auto" (bf16 on GPU, off on CPU), "none", "bf16" or "fp16" (with loss scaling).
         seed: seeds shuffling and initialisation.
         freeze: module-name prefixes whose parameters are not trained (kept in eval mode).
@@ -41,6 +45,8 @@ class TrainConfig(FrozenConfig):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     seed: int = 0
     freeze: tuple[str, ...] = ()
@@ -64,5 +70,8 @@ class TrainConfig(FrozenConfig):
         for key in ("early_stopping", "monitor", "log_dir", "lr_scale"):
             if not data.get(key):
                 data.pop(key, None)
+        if data.get("optimizer") == "adamw":  # momentum means nothing to AdamW
+            data.pop("optimizer", None)
+            data.pop("momentum", None)
         data.pop("log_dir", None)  # where logs go does not change the weights
         return data

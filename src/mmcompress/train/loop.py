@@ -85,6 +85,20 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     return [{"params": params, "lr": config.lr * scale} for scale, params in groups.items()]
 
 
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """`config.optimizer` over parameter groups: AdamW, or SGD with Nesterov momentum.
+
+    Example:
+        >>> make_optimizer([{"params": list(model.parameters())}], TrainConfig(optimizer="sgd", lr=1e-3))
+    """
+    if config.optimizer == "sgd":
+        nesterov = config.momentum > 0
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=nesterov
+        )
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _schedule(total_steps: int):
     warmup = max(1, total_steps // 20)
 
@@ -146,7 +160,7 @@ def fit(
         raise DataError(f"training data has {len(train_data)} samples: too few for {size} processes")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(_param_groups(model, config), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * config.epochs))
     dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
