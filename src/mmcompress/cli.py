@@ -19,6 +19,7 @@ from mmcompress.cli_common import (
     _friendly,
     _run_option,
     _run_recipe,
+    _run_specs,
     _spec_options,
     _table,
     cli,
@@ -120,6 +121,7 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
     from mmcompress.recipe.specs import load_model_spec, resolve_workload
 
     _check_run_of(model, run_dir)
+    data_spec, task, adapter = _run_specs(model, run_dir, data_spec, task, adapter)
     work = resolve_workload(model, data_spec, task, adapter=adapter, cache_dir=cache_dir, data_dir=data_dir,
                             test_limit=limit, progress=False)  # fmt: skip
     work.require_data("eval")
@@ -147,11 +149,12 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
     from mmcompress.recipe.specs import load_model_spec, resolve_workload
 
     _check_run_of(model, run_dir)
+    data_spec, task, _ = _run_specs(model, run_dir, data_spec, None, adapter)
     target = run_dir or model
     net = load_model_spec(target, pretrained=False, cache_dir=cache_dir, adapter=adapter)  # size needs no training
     example = None
     if data_spec:
-        work = resolve_workload(net, data_spec, None, data_dir=data_dir, test_limit=8, progress=False)
+        work = resolve_workload(net, data_spec, task, data_dir=data_dir, test_limit=8, progress=False)
         example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
     result = measure(net, example)
     if as_json:
@@ -172,7 +175,7 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
     if result.latency_ms:
         console.print(_table("latency (ms, batch 8)", result.latency_ms))
     else:
-        console.print("latency: not measured (the model's adapter gives no example inputs)")
+        console.print("latency: not measured (no example inputs: give --data, or an adapter that builds them)")
 
 
 @cli.command()

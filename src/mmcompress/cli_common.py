@@ -137,3 +137,19 @@ def _check_run_of(model: str, run_dir: Path | None) -> None:
     spec = read_record(run_dir).get("model_spec")
     if spec and not is_run_folder(model) and spec != model:
         raise ConfigError(f"run {run_dir} compressed {spec!r}, not {model!r}")
+
+
+def _run_specs(model: str, run_dir: Path | None, data_spec, task, adapter) -> tuple:
+    """(data, task, adapter) with the run's recorded ones where the command line gives none: a run
+    folder (MODEL or --run) remembers what it was compressed and measured on."""
+    from mmcompress.recipe.specs import is_run_folder, read_record
+
+    folder = run_dir if run_dir is not None else model if is_run_folder(model) else None
+    if folder is None:
+        return data_spec, task, adapter
+    record = read_record(folder)
+    recipe = record.get("recipe") or {}
+    data_spec = data_spec or recipe.get("dataset")
+    task = task or recipe.get("task")
+    adapter = adapter if adapter is not None else record.get("adapter")
+    return data_spec, task, adapter

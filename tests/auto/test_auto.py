@@ -3,6 +3,7 @@ failed trials, robustness corruptions and the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -92,8 +93,30 @@ def test_search_caches_resumes_and_survives_failing_evaluations(tmp_path):
     assert len(calls) - evaluated == 2 + 1  # two new trials (+1 for the baseline's metric)
     assert {t.plan.key() for t in first.trials} <= {t.plan.key() for t in second.trials}
     assert second.space.sensitivity["image"][8] < second.space.sensitivity["image"][3]
-    parallel = search_plans("digits-cnn", tmp_path, max_trials=9, test_limit=120, jobs=2, progress=False)
-    assert len(parallel.trials) == 9 and sum(t.ok for t in parallel.trials[-2:]) >= 1  # two worker processes
+    with pytest.warns(UserWarning, match=r"another setup \(changed: metric_fn\)"):  # trials of the flaky metric
+        parallel = search_plans("digits-cnn", tmp_path, max_trials=2, test_limit=120, jobs=2, progress=False)
+    assert len(parallel.trials) == 2 and sum(t.ok for t in parallel.trials) >= 1  # two worker processes
+    assert len(list(tmp_path.glob("previous-*/trials/*.json"))) == 7  # set aside, not deleted
+
+
+def test_a_search_on_other_test_data_does_not_reuse_cached_trials(tmp_path):
+    calls = []
+
+    def metric(model):
+        calls.append(1)
+        return 0.5
+
+    def search(limit):
+        return search_plans("digits-cnn", tmp_path, max_trials=2, test_limit=limit, metric_fn=metric, progress=False)
+
+    first = search(120)
+    assert len(calls) == 3  # the baseline and two trials
+    again = search(120)
+    assert len(calls) == 4 and [t.plan.key() for t in again.trials] == [t.plan.key() for t in first.trials]
+    with pytest.warns(UserWarning, match=r"changed: test\)"):
+        search(60)
+    assert len(calls) == 7  # measured again on the 60 samples, not taken from the 120-sample cache
+    assert len(list(tmp_path.glob("previous-*/trials/*.json"))) == 2
 
 
 def test_corruptions_are_deterministic_under_a_seed():
@@ -169,3 +192,56 @@ def test_tuned_plans_add_a_tune_stage_and_untuned_plans_keep_their_keys():
     fixed = {"image.sparsity": 0.0, "image.channels": 0.0, "tune_steps": 120}
     assert space.suggest(optuna.trial.FixedTrial({**fixed, "image.bits": 8})).tune_steps == 120
     assert space.suggest(optuna.trial.FixedTrial({**fixed, "image.bits": 0})).tune_steps == 0  # nothing to tune
+
+
+class _UserImages(torch.utils.data.Dataset):  # a user's own dataset: `.images` but not a dataclass
+    def __init__(self):
+        self.images, self.labels = torch.rand(8, 1, 8, 8), torch.arange(8) % 2
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+@dataclasses.dataclass
+class _FloatImages(torch.utils.data.Dataset):  # a dataclass of normalised float images
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def test_robustness_notes_what_it_cannot_corrupt_and_never_crashes_on_user_data():
+    from mmcompress.auto.robustness import robustness, why_not_corrupted
+    from mmcompress.train.tasks import ClassificationTask
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    user = _UserImages()
+    assert corrupt(user, "image_noise") is None and "not a dataclass" in why_not_corrupted(user, "image_noise")
+    notes: list[str] = []
+    table = robustness({"float32": model}, lambda ds: ClassificationTask(), user, notes=notes)
+    assert list(table) == ["clean"] and any("image_noise, image_blur" in n and "not a dataclass" in n for n in notes)
+
+    normalised = _FloatImages(torch.randn(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 2)
+    noisy = corrupt(normalised, "image_noise")
+    assert noisy.images.dtype == torch.float32 and noisy.images.min() >= normalised.images.min()
+    assert not torch.equal(noisy.images, normalised.images)
+    subset = corrupt(torch.utils.data.Subset(normalised, range(4)), "image_blur")
+    assert isinstance(subset, torch.utils.data.Subset) and len(subset) == 4
+
+    class Picky(torch.nn.Module):  # fails on the blurred copy only
+        def forward(self, x):
+            if not torch.equal(x, normalised.images[: len(x)]) and x.std() < normalised.images.std() * 0.9:
+                raise RuntimeError("expected the original pixels")
+            return model(x)
+
+    notes = []
+    table = robustness({"float32": Picky()}, lambda ds: ClassificationTask(), normalised, notes=notes)
+    assert "clean" in table and "image_noise" in table and "image_blur" not in table
+    assert any(n.startswith("image_blur: the evaluation failed") for n in notes)

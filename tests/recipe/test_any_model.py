@@ -102,9 +102,12 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
     assert measured.exit_code == 0, measured.output
     towers = json.loads(measured.stdout)["per_modality"]
     assert set(towers) >= {"image", "text", "fusion"}
+    assert json.loads(measured.stdout)["latency_ms"]  # timed on the data the run recorded
     evaluated = _run("eval", "py:user_model.py:build", "--run", out, "--data", "py:user_model.py:data",
                      "--task", "agreement", "--adapter", "towers.yaml")  # fmt: skip
     assert evaluated.exit_code == 0 and "agreement" in evaluated.output, evaluated.output
+    recalled = _run("eval", out)  # the run folder alone: its recorded data, task and adapter
+    assert recalled.exit_code == 0 and "agreement" in recalled.output, recalled.output
     # the text tower is two modules (embed, text): each is timed on the inputs it gets in a full forward
     benched = _run("bench", "py:user_model.py:build", "--run", out, "--batch", 4, "--runtime", "eager",
                    "--runtime", "onnxruntime", "--part", "text", "--repeats", 2, "--warmup", 1,

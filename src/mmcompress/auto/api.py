@@ -4,6 +4,7 @@ original and the chosen model, and write the report."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def auto_compress(
         verify_choice(result, work, out, top=verify_top)
     original = work.model
     before_mb = {t: s.stored_bytes / 1e6 for t, s in measure(original).per_modality.items()}
-    table = None
+    table, notes = None, []
     if result.chosen is not None:
         plan = result.trials[result.chosen].plan
         specs = {"dataset": data if isinstance(data, str) else None, "task": task if isinstance(task, str) else None,
@@ -108,9 +109,11 @@ def auto_compress(
             chosen = load_run(run_dir if run_dir.is_dir() else out / "runs" / plan.key(), copy.deepcopy(original))
             test = work.test if test_limit is None or len(work.test) <= test_limit else _first(work.test, test_limit)
             make_task = (lambda ds: task_for(original, ds)) if work.builtin else (lambda ds: work.task)
-            table = robustness({"float32": original, "chosen": chosen}, make_task, test, seed)
-    result.extra["robustness"] = table
-    atomic_write_json(out / "auto.json", {**summary_dict(result), "robustness": table,
+            table = robustness({"float32": original, "chosen": chosen}, make_task, test, seed, notes=notes)
+            if notes:
+                warnings.warn("auto: robustness: " + "; ".join(notes), stacklevel=2)
+    result.extra["robustness"], result.extra["robustness_notes"] = table, notes
+    atomic_write_json(out / "auto.json", {**summary_dict(result), "robustness": table, "robustness_notes": notes,
                                          "verified": result.extra.get("verified")})  # fmt: skip
     result.extra["report"] = [str(p) for p in write_auto_report(result, out, before_mb, table)]
     return result

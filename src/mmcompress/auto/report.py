@@ -138,10 +138,14 @@ def write_auto_report(result: AutoResult, out_dir: str | Path, before_mb: dict[s
         tables["Robustness (task metrics under corruption)"] = robustness_rows(robustness)
     advice = recommendation(result)
     md = ["# mmcompress auto", "", *[f"- {line}" for line in advice], ""]
+    notes = result.extra.get("robustness_notes") or []
     for title, rows in tables.items():
         md += [f"## {title}", "", *_md_table(rows), ""]
+        if title.startswith("Robustness"):
+            md += [*(f"- {note}" for note in notes), ""] if notes else []
     md += [f"![{n}]({n})" for n in plots]
     page = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(r)}" for t, r in tables.items())
+    page += "".join(f"<p>{html.escape(note)}</p>" for note in notes if robustness)
     images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
                      for n, d in plots.items())  # fmt: skip
     items = "".join(f"<li>{html.escape(line)}</li>" for line in advice)

@@ -20,30 +20,74 @@ CORRUPTIONS = {
 
 
 def corrupt(dataset: Any, kind: str, seed: int = 0) -> Any | None:
-    """A corrupted copy of a built-in test set (None when it has no such modality).
+    """A corrupted copy of a test set laid out as the built-in ones are (a dataclass with `images`,
+    `captions` or `audio`; a `torch.utils.data.Subset` of one); None when it has no such modality
+    or another layout (`why_not_corrupted` says which).
 
     Example:
         >>> noisy = corrupt(load_dataset("fashion-captions", "test"), "image_noise", seed=0)
     """
     if kind not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {kind!r}; valid: {', '.join(CORRUPTIONS)}")
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = corrupt(dataset.dataset, kind, seed)
+        return None if inner is None else torch.utils.data.Subset(inner, dataset.indices)
+    if why_not_corrupted(dataset, kind) is not None:
+        return None
     g = torch.Generator().manual_seed(seed)
-    if kind.startswith("image") and hasattr(dataset, "images"):
-        images = dataset.images.float() / 255
-        if kind == "image_noise":
-            images = images + 0.1 * torch.randn(images.shape, generator=g)
-        else:
-            images = _blur(images, sigma=1.0)
-        return dataclasses.replace(dataset, images=(images.clamp(0, 1) * 255).round().to(torch.uint8))
-    if kind.startswith("text") and hasattr(dataset, "captions"):
+    if kind.startswith("image"):
+        return dataclasses.replace(dataset, images=_corrupt_images(dataset.images, kind, g))
+    if kind.startswith("text"):
         edit = _typo if kind == "text_typos" else _drop
         return dataclasses.replace(dataset, captions=[edit(c, g) for c in dataset.captions])
-    if kind == "audio_noise" and hasattr(dataset, "audio"):
-        audio = dataset.audio.float()
-        power = audio.pow(2).mean(1, keepdim=True)
-        noise = torch.randn(audio.shape, generator=g) * (power / 10 ** (10 / 10)).sqrt()
-        return dataclasses.replace(dataset, audio=(audio + noise).clamp(-32767, 32767).round().to(torch.int16))
+    audio = dataset.audio.float()
+    power = audio.pow(2).mean(-1, keepdim=True)
+    noisy = audio + torch.randn(audio.shape, generator=g) * (power / 10 ** (10 / 10)).sqrt()
+    if dataset.audio.dtype == torch.int16:
+        noisy = noisy.clamp(-32767, 32767).round()
+    return dataclasses.replace(dataset, audio=noisy.to(dataset.audio.dtype))
+
+
+FIELDS = {"image": "images", "text": "captions", "audio": "audio"}
+
+
+def why_not_corrupted(dataset: Any, kind: str) -> str | None:
+    """Why `corrupt(dataset, kind)` gives None (no such modality, another layout), or None when it applies.
+
+    Example:
+        >>> why_not_corrupted(my_dataset, "image_noise")
+        'the test set is not a dataclass with an `images` field (MyData)'
+    """
+    if isinstance(dataset, torch.utils.data.Subset):
+        return why_not_corrupted(dataset.dataset, kind)
+    field = FIELDS[CORRUPTIONS[kind][0]]
+    value = getattr(dataset, field, None) if dataclasses.is_dataclass(dataset) else None
+    if value is None:
+        return f"the test set is not a dataclass with an `{field}` field ({type(dataset).__name__})"
+    if field == "captions":
+        return (
+            None if isinstance(value, list) and all(isinstance(c, str) for c in value) else "captions are not strings"
+        )
+    if not isinstance(value, torch.Tensor) or not (
+        value.is_floating_point() or value.dtype in (torch.uint8, torch.int16)
+    ):
+        return f"`{field}` is not a float, uint8 or int16 tensor"
+    if field == "images" and value.dim() < 2:
+        return "`images` has fewer than 2 dimensions"
     return None
+
+
+def _corrupt_images(images: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
+    """Noise or blur in the images' own range: uint8 pixels 0..255, float ones from their min to max."""
+    if images.dtype == torch.uint8:
+        lo, hi = 0.0, 255.0
+    else:
+        lo, hi = float(images.min()), float(images.max())
+    span = max(hi - lo, 1e-12)
+    unit = (images.float() - lo) / span
+    unit = unit + 0.1 * torch.randn(unit.shape, generator=g) if kind == "image_noise" else _blur(unit, sigma=1.0)
+    out = unit.clamp(0, 1) * span + lo
+    return out.round().to(torch.uint8) if images.dtype == torch.uint8 else out.to(images.dtype)
 
 
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -73,23 +117,33 @@ def _drop(text: str, g: torch.Generator) -> str:
 
 
 def robustness(
-    models: dict[str, Any], make_task: Callable[[Any], Any], test: Any, seed: int = 0
+    models: dict[str, Any], make_task: Callable[[Any], Any], test: Any, seed: int = 0, notes: list | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """corruption -> model label -> every metric of the task ("clean" first); corruptions a
-    dataset has no modality for are left out. (Text corruptions of fashion-captions change the
-    caption queries, so they show in retrieval, not in zero-shot accuracy over class prompts.)
+    """corruption -> model label -> every metric of the task ("clean" first). Corruptions the test
+    set has no modality (or layout) for, and corruptions the models fail on, are left out, with
+    the reason appended to `notes`. (Text corruptions of fashion-captions change the caption
+    queries, so they show in retrieval, not in zero-shot accuracy over class prompts.)
 
     Example:
         >>> table = robustness({"float": model, "int8": q}, lambda ds: task_for(model, ds), test)
         >>> table["image_noise"]["int8"]["zero_shot_accuracy"]
     """
+    notes = [] if notes is None else notes
     out: dict[str, dict[str, dict[str, float]]] = {}
+    skipped: dict[str, list[str]] = {}
     for kind in ("clean", *CORRUPTIONS):
         data = test if kind == "clean" else corrupt(test, kind, seed)
         if data is None:
+            skipped.setdefault(why_not_corrupted(test, kind) or "not applicable", []).append(kind)
             continue
-        task = make_task(data)
-        out[kind] = {label: {k: float(v) for k, v in task.evaluate(m, data).items()} for label, m in models.items()}
+        try:
+            task = make_task(data)
+            out[kind] = {label: {k: float(v) for k, v in task.evaluate(m, data).items()} for label, m in models.items()}
+        except Exception as err:  # a user's model or task may not take the corrupted copy: note it, go on
+            if kind == "clean":
+                raise
+            notes.append(f"{kind}: the evaluation failed on the corrupted test set ({type(err).__name__}: {err})"[:300])
+    notes.extend(f"{', '.join(kinds)}: not run ({why})" for why, kinds in skipped.items())
     return out
 
 

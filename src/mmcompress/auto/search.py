@@ -15,6 +15,7 @@ from torch import nn
 
 from mmcompress.auto.evaluate import MetricFn, evaluate_plan, latency_inputs, ort_latency_ms
 from mmcompress.auto.pareto import pareto_front
+from mmcompress.auto.setup_key import claim_setup, search_setup
 from mmcompress.auto.space import SearchSpace, build_space
 from mmcompress.auto.trials import TrialCache, TrialRecord
 from mmcompress.auto.workers import Workers
@@ -143,6 +144,10 @@ def search_plans(
     work = as_workload(model, data, task, progress=progress)
     model, train, task = work.model, work.train, work.task
     test = _subset(work.test, test_limit) if test_limit else work.test
+    train_config = work.train_config.to_dict() if work.train_config is not None else None
+    setup = search_setup(model, task, train, test, latency_batch=latency_batch, metric_fn=metric_fn,
+                         freeze=list(work.freeze or ()), train_config=train_config)  # fmt: skip
+    claim_setup(out, setup)  # trials measured on other data or settings are set aside, not reused
     calib = [task.batch(train, i)[0] for i in torch.arange(min(256, len(train))).split(64)]
     space = build_space(model, calib, task, _subset(test, 1000), max(3.0, 3 * constraints.max_drop))
     space.finetune_freeze = work.freeze  # fine-tune like the model was trained

@@ -160,6 +160,21 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-1 over a model's state-dict names and tensor bytes (16 hex digits): resumed work must
+    start from the same weights.
+
+    Example:
+        >>> model_fingerprint(nn.Linear(2, 2)) == model_fingerprint(nn.Linear(2, 2))
+        False
+    """
+    digest = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_state_checked(model: nn.Module, state: dict, what: str, fix: str) -> None:
     """Load a state dict; any missing, unexpected or mis-shaped tensor is a ModelError naming `what`.
 

@@ -173,7 +173,8 @@ def export_onnx(
         )
         warnings.warn(
             f"export: ONNX Runtime output differs from PyTorch on the example batch (cosine {cosine:.4f}, "
-            f"top-1 agreement {top1}, max abs error {max_err:.3g}); thresholds {min_cosine} / {min_top1}{hint}",
+            f"{_top1_text(top1, len(reference[0]))}, max abs error {max_err:.3g}); "
+            f"thresholds {min_cosine} / {min_top1}{hint}",
             stacklevel=2,
         )
     atomic_write_bytes(path, data)
@@ -225,6 +226,13 @@ def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
     if torch.allclose(reference.float().norm(dim=1), torch.ones(len(reference)), atol=1e-3):
         return None
     return float((reference.argmax(-1).numpy() == got.argmax(-1)).mean())
+
+
+def _top1_text(top1: float | None, rows: int) -> str:
+    """'top-1 agreement 0.5 (1 of 2 rows)': the count shows how much a small example batch says."""
+    if top1 is None:
+        return "top-1 agreement n/a"
+    return f"top-1 agreement {top1:.3g} ({round(top1 * rows)} of {rows} rows)"
 
 
 def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opset: int) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import time
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from torch import nn
 
@@ -23,6 +21,7 @@ from mmcompress.core.io import (
     file_sha256,
     json_digest,
     load_state_checked,
+    model_fingerprint,
     stable_hash,
 )
 from mmcompress.core.record import Record, environment_versions
@@ -113,7 +112,7 @@ def compress(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out = ensure_writable_dir(output_dir)
     passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
-    keys = _stage_keys(recipe, _fingerprint(model))
+    keys = _stage_keys(recipe, model_fingerprint(model))
     with locked(out):
         claim(out, recipe.to_dict(), keys, force=force)
         return _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, resume, progress, on_stage)
@@ -192,15 +191,6 @@ def _check_drop(warn_drop: float | None, task: Task, earlier: list[StageResult],
 
 def _stage_dir(out: Path, index: int, label: str) -> Path:
     return out / "stages" / f"{index:02d}-{label}"
-
-
-def _fingerprint(model: nn.Module) -> str:
-    """SHA-1 over the starting model's tensors: a resumed run must start from the same weights."""
-    digest = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _stage_keys(recipe: Recipe, base: str) -> list[str]:
