@@ -31,3 +31,32 @@ def test_a_leaf_module_that_mutates_its_dict_input_traces(monkeypatch):
     monkeypatch.setattr(dependency._Tracer, "is_leaf_module", lambda self, m, name: m is not None and name == "inner")
     graph = trace(Wrapper(), torch.randn(2, 4))
     assert any(n.op == "call_module" and n.target == "inner" for n in graph.graph.nodes)
+
+
+class EncoderClassifier(nn.Module):  # a user's text model on torch.nn's own transformer blocks
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.fc, self.head = nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        return self.head(torch.relu(self.fc(self.enc(self.emb(tokens)).mean(1))))
+
+
+def test_layers_inside_torch_nn_transformer_blocks_are_named_with_their_container():
+    import pytest
+
+    from mmcompress import prune_structured
+    from mmcompress.errors import ConfigError
+    from mmcompress.prune.structured import no_attention_message
+
+    model = EncoderClassifier().eval()
+    with pytest.warns(UserWarning) as caught:
+        prune_structured(model, {"_default": {"ratio": 0.5}}, example_inputs=torch.randint(0, 50, (2, 7)))
+    text = " ".join(str(w.message) for w in caught)
+    assert "'enc.layers.0.linear1'" in text and "inside 'enc' (TransformerEncoder)" in text
+    assert model.fc.out_features == 8  # what the tracer sees still shrinks
+    with pytest.raises(ConfigError, match="MultiheadAttention keeps query/key/value in one packed in_proj_weight"):
+        prune_structured(EncoderClassifier().eval(), {"_default": {"unit": "heads", "ratio": 0.25}})
+    assert no_attention_message(nn.Linear(2, 2)).startswith("unit 'heads' found no attention module in Linear")

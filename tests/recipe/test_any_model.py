@@ -232,3 +232,13 @@ def test_auto_searches_a_user_model(user):
     if result.chosen is not None:
         recipe = (user / "auto" / "chosen.yaml").read_text()
         assert "model: py:user_model.py:build" in recipe and "task: agreement" in recipe
+
+
+def test_head_pruning_a_model_without_known_attention_fails_before_any_stage(user):
+    stages = "stages:\n  - pass: evaluate\n  - pass: prune_structured\n    config: {unit: heads}\n"
+    (user / "heads.yaml").write_text(stages)
+    out = user / "heads"
+    result = _run("run", "heads.yaml", "--model", "py:user_model.py:build", "--data", "py:user_model.py:data",
+                  "--task", "agreement", "--out", out)  # fmt: skip
+    assert result.exit_code == 2 and "unit 'heads' found no attention module in TwoTower" in result.output
+    assert not (out / "stages").exists()  # the baseline did not run first

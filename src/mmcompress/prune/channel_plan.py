@@ -24,7 +24,7 @@ from mmcompress.prune.channel_importance import (
     row_norms,
     top_units,
 )
-from mmcompress.prune.dependency import RECURRENT, ChannelGroup
+from mmcompress.prune.dependency import RECURRENT, ChannelGroup, is_opaque_leaf
 from mmcompress.prune.fx_ops import conv_refusal
 from mmcompress.prune.importance import scores_for
 from mmcompress.prune.reconstruct import reconstructable
@@ -54,7 +54,7 @@ def select_groups(
     kept: dict[str, str] = {}
     for name, cfg in targets.items():
         group = by_member.get(name)
-        reason = group.pinned if group is not None else _why_not(modules[name])
+        reason = group.pinned if group is not None else _why_not(modules[name], _enclosing_leaf(name, modules))
         if reason:
             if name in exact:  # named explicitly: the user expects it to shrink
                 raise UnsupportedError(
@@ -66,13 +66,29 @@ def select_groups(
     return list(selected.values()), kept
 
 
-def _why_not(module: nn.Module) -> str:
+def _why_not(module: nn.Module, container: str | None = None) -> str:
     refusal = conv_refusal(module)
     if refusal:
         return refusal
     if isinstance(module, RECURRENT):
         return "is a multi-layer, bidirectional or projected recurrent layer"
+    if container:  # e.g. nn.TransformerEncoderLayer: one opaque call whose inner Linear layers fx cannot see
+        return f"is inside {container}, which the tracer keeps whole (a torch.nn or model-library module)"
     return "is not called by the traced forward pass (unused, or inside an opaque library module)"
+
+
+def _enclosing_leaf(name: str, modules: dict) -> str | None:
+    """'text.layers.0 (TransformerEncoderLayer)' when `name` sits inside a torch.nn container module
+    or a model library's module (the tracer's opaque leaves), else None."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        module = modules.get(parent)
+        if module is None:
+            continue
+        if is_opaque_leaf(module, parent):
+            return f"{parent!r} ({type(module).__name__})"
+    return None
 
 
 def plan_channels(

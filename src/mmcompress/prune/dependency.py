@@ -91,6 +91,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) or type(m).__module__.split(".")[0] in OPAQUE_PACKAGES
 
 
+def is_opaque_leaf(module: nn.Module, name: str) -> bool:
+    """Whether the tracer keeps `module` whole (a torch.nn layer or container other than Sequential,
+    or a model library's module): the layers inside it never show in the graph."""
+    return bool(list(module.children())) and _Tracer().is_leaf_module(module, name)
+
+
 def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
     """fx graph of `model` with shapes recorded from `example_inputs` (a tensor, a tuple of
     positional inputs or a dict of keyword inputs)."""

@@ -159,6 +159,7 @@ def prune_structured(
         resolve_targets(model, mapping, lambda m: is_attention(m, adapter) or _producer(m), adapter.modality_of)
     )
     chosen = [(n, m, c) for n, m, c in chosen if (c.unit == "heads") == is_attention(m, adapter)]
+    _require_attention(model, mapping, chosen, adapter)
     require_matches(chosen, mapping, model)
     check_finite_weights(model, "be pruned")
     channel_targets = {n: c for n, m, c in chosen if c.unit == "channels"}
@@ -312,3 +313,34 @@ def narrow_cnn(teacher: nn.Module, ratio: float, example_inputs: Any = None, tar
     )
     prune_structured(student, mapping, example_inputs=example_inputs)
     return student
+
+
+def _require_attention(model: nn.Module, mapping: dict, chosen: list, adapter) -> None:
+    """Head targets that found no attention module the adapter knows: say what head pruning needs."""
+    if chosen or not any(c is not None and c.unit == "heads" for c in mapping.values()):
+        return
+    raise ConfigError(no_attention_message(model, adapter) or "unit 'heads' matched no attention module")
+
+
+def no_attention_message(model: nn.Module, adapter=None) -> str | None:
+    """Why head pruning finds nothing to prune in `model` (None when an attention module is known).
+
+    Example:
+        >>> no_attention_message(nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4), 2))
+        "unit 'heads' found no attention module ... MultiheadAttention keeps ..."
+    """
+    adapter = adapter if adapter is not None else adapter_for(model)
+    if any(is_attention(m, adapter) for m in model.modules()):
+        return None
+    packed = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.MultiheadAttention)})
+    hint = (
+        f"; the model's {', '.join(packed)} keeps query/key/value in one packed in_proj_weight, which head pruning "
+        "does not split"
+        if packed
+        else ""
+    )
+    known = sorted(s.class_name for s in adapter.attention) or "none"
+    return (
+        f"unit 'heads' found no attention module in {type(model).__name__} that the adapter describes (attention "
+        f"specs name each class's query/key/value/output Linear layers; known classes: {known}){hint}"
+    )

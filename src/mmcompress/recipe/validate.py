@@ -17,6 +17,7 @@ from torch import nn
 from mmcompress.core.targets import first_match
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for, describe_missing
+from mmcompress.prune.structured import no_attention_message
 from mmcompress.quant.group_fit import fits, row_lengths
 from mmcompress.recipe.schema import Recipe
 
@@ -51,6 +52,11 @@ def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
                     f"{where}: target {key!r} is a {type(modules[key]).__name__}, which {stage.pass_} cannot handle "
                     f"({kinds}); target its layers instead (e.g. 're:{key}\\..*')"
                 )
+        heads = [v for v in (stage.config, *targets.values()) if isinstance(v, dict) and v.get("unit") == "heads"]
+        if stage.pass_ == "prune_structured" and heads:
+            missing = no_attention_message(model, adapter)
+            if missing:
+                raise ConfigError(f"{where}: {missing}")
         for name, module, config in _targeted(stage.config, targets, modules, adapter):
             problem = _misfit(stage.pass_, config, name, module)
             if problem and stage.pass_ == "prune":

@@ -85,16 +85,18 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
     latencies too noisy to compare."""
     limit = record["recipe"].get("warn_drop")
     out = []
-    timed = [s["metrics"] for s in stages if s["metrics"].get("latency_ms")]
-    first = timed[0] if timed else {}
+    timed = [s for s in stages if s["metrics"].get("latency_ms")]
+    for i, s in enumerate(timed[1:], 1):
+        before = next((b for b in (timed[i - 1], timed[0]) if _clearly_slower(s["metrics"], b["metrics"])), None)
+        if before is not None:
+            which = "the first evaluation" if before is timed[0] else "the stage before it"
+            out.append(
+                f"stage {s['label']!r} runs slower in PyTorch than {which}, {before['label']!r} "
+                f"({before['metrics']['latency_ms']:.1f} -> {s['metrics']['latency_ms']:.1f} ms): {SLOWER_CAUSES}; "
+                "compare with `mmcompress bench`"
+            )
     for s in stages:
         m, label = s["metrics"], s["label"]
-        if m is not first and _clearly_slower(m, first):
-            out.append(
-                f"stage {label!r} runs slower in PyTorch than the first evaluation ({first['latency_ms']:.1f} -> "
-                f"{m['latency_ms']:.1f} ms): its quantized layers see too few rows for the integer kernels "
-                "(W8A8 pays from 16, W4A8 from a few hundred), or the machine was busy; compare with `mmcompress bench`"
-            )
         if limit is not None and m.get("drop_points", 0) > limit:
             out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
         if m.get("float_left"):
@@ -115,6 +117,13 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
                 "trust (a busy machine?); compare latencies with `mmcompress bench`"
             )
     return out
+
+
+SLOWER_CAUSES = (
+    "quantized layers without PyTorch integer kernels (convolutions, static activations, LSTM/GRU) run a "
+    "simulation, fast on ONNX Runtime (export_onnx) only; W8A8 Linear layers need 16 rows or more (W4A8 a few "
+    "hundred); or the machine was busy"
+)
 
 
 def _clearly_slower(metrics: dict[str, Any], first: dict[str, Any]) -> bool:
