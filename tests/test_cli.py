@@ -112,6 +112,7 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     record = json.loads((out / "record.json").read_text())
     stages = {s["label"]: s for s in record["stages"]}
     assert stages["tune_quantized"]["metrics"]["layers"] >= 3  # distilled from the float baseline
+    assert stages["fold_batchnorm"]["metrics"]["folded"] >= 1  # static inputs: BatchNorm folded first
     modules = stages["quantize"]["record"]["modules"]
     linear = [m for m in modules.values() if m["type"] == "QuantLinear"]
     assert linear and all(m["activations"]["mode"] == "static" and m["smoothquant"] == 0.5 for m in linear)

@@ -44,6 +44,11 @@ from mmcompress.errors import ConfigError
     "--tune-for", type=click.Choice(["pytorch", "onnx-qdq"]), default="pytorch", show_default=True,
     help="What --tune-steps tunes: the PyTorch model, or its QDQ ONNX file's extra roundings (static W8A8).",
 )  # fmt: skip
+@click.option(
+    "--fold-bn/--no-fold-bn", "fold_bn", default=None,
+    help="Fold BatchNorm into the convolution before it first (exact). Default: with --activations static, "
+    "whose ONNX Runtime integer kernels need folded convolutions.",
+)  # fmt: skip
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and calibrate) on N samples.")
 @click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
@@ -56,8 +61,8 @@ from mmcompress.errors import ConfigError
 @_data_options
 @_friendly
 def quantize_cmd(model, bits, granularity, group_size, scheme, method, activations, act_granularity, act_observer,
-                 smoothquant, only, tune_steps, tune_for, onnx, train_limit, epochs, test_limit, out, resume, quiet,
-                 data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
+                 smoothquant, only, tune_steps, tune_for, fold_bn, onnx, train_limit, epochs, test_limit, out, resume,
+                 quiet, data_spec, task, adapter, data_dir, cache_dir, force):  # fmt: skip
     """Quantize MODEL (a spec): evaluate, quantize, evaluate (and export); report in --out.
 
     Example: mmcompress quantize py:my_models.py:build --data py:my_data.py:load --task agreement --bits 8
@@ -73,6 +78,8 @@ def quantize_cmd(model, bits, granularity, group_size, scheme, method, activatio
     if only:
         quantize_stage["targets"] = {key: {} for key in only}
     stages = [{"name": "baseline", "pass": "evaluate"}, quantize_stage]
+    if fold_bn or fold_bn is None and activations == "static":
+        stages.insert(1, {"pass": "fold_batchnorm"})
     if tune_steps:
         stages.append({"pass": "tune_quantized", "config": {"steps": tune_steps, "target": tune_for}})
     stages.append({"name": "quantized", "pass": "evaluate"})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from mmcompress.cli import cli
@@ -231,7 +232,9 @@ def test_auto_searches_a_user_model(user):
     assert set(result.space.towers) == {"image", "text", "fusion"}
     if result.chosen is not None:
         recipe = (user / "auto" / "chosen.yaml").read_text()
-        assert "model: py:user_model.py:build" in recipe and "task: agreement" in recipe
+        assert f"model: py:{user / 'user_model.py'}:build" in recipe and "task: agreement" in recipe
+        assert f"adapter: {user / 'towers.yaml'}" in recipe  # absolute: chosen.yaml runs from any folder
+        assert yaml.safe_load(recipe)["stages"][0]["name"] == "baseline"  # the report shows before -> after
 
 
 def test_head_pruning_a_model_without_known_attention_fails_before_any_stage(user):
@@ -242,3 +245,14 @@ def test_head_pruning_a_model_without_known_attention_fails_before_any_stage(use
                   "--task", "agreement", "--out", out)  # fmt: skip
     assert result.exit_code == 2 and "unit 'heads' found no attention module in TwoTower" in result.output
     assert not (out / "stages").exists()  # the baseline did not run first
+
+
+def test_py_specs_import_their_neighbours_and_modules_of_the_working_folder(user):
+    (user / "blocks_of_user.py").write_text("import torch\n\ndef block():\n    return torch.nn.Linear(4, 2)\n")
+    (user / "sub").mkdir()
+    (user / "sub" / "factory.py").write_text("from helper_of_factory import make\n\ndef build():\n    return make()\n")
+    (user / "sub" / "helper_of_factory.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Linear(3, 3)\n"
+    )
+    assert isinstance(load_model_spec("py:sub/factory.py:build"), torch.nn.Linear)  # sibling import
+    assert load_model_spec("py:blocks_of_user:block").out_features == 2  # a module in the working folder

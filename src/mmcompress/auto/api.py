@@ -77,7 +77,7 @@ def auto_compress(
     from mmcompress.evaluate.measure import measure
     from mmcompress.models.zoo import task_for
     from mmcompress.recipe.runner import load_run
-    from mmcompress.recipe.specs import resolve_workload
+    from mmcompress.recipe.specs import absolute_spec, resolve_workload
 
     require("optuna", "auto", "the compression search")  # before any work
     check_writable(out_dir)
@@ -96,9 +96,10 @@ def auto_compress(
     table, notes = None, []
     if result.chosen is not None:
         plan = result.trials[result.chosen].plan
-        specs = {"dataset": data if isinstance(data, str) else None, "task": task if isinstance(task, str) else None,
-                 "adapter": str(adapter) if isinstance(adapter, (str, Path)) else None}  # fmt: skip
-        recipe = plan_to_recipe(plan, work.spec, seed=seed, specs=specs)
+        specs = {"dataset": absolute_spec(data) if isinstance(data, str) else None,
+                 "task": absolute_spec(task) if isinstance(task, str) else None,
+                 "adapter": _absolute_file(adapter) if isinstance(adapter, (str, Path)) else None}  # fmt: skip
+        recipe = plan_to_recipe(plan, absolute_spec(work.spec), seed=seed, specs=specs, baseline=True)
         result.recipe_path = out / "chosen.yaml"
         header = f"# mmcompress auto: {plan.describe()}\n"
         if work.spec is None:
@@ -117,6 +118,11 @@ def auto_compress(
                                          "verified": result.extra.get("verified")})  # fmt: skip
     result.extra["report"] = [str(p) for p in write_auto_report(result, out, before_mb, table)]
     return result
+
+
+def _absolute_file(path: str | Path) -> str:
+    """An adapter given as a file: its absolute path (chosen.yaml then runs from any folder)."""
+    return str(Path(path).resolve()) if Path(path).is_file() else str(path)
 
 
 def _first(ds: Any, n: int) -> Any:

@@ -102,18 +102,20 @@ def plan_to_recipe(
     seed: int = 0,
     onnx_eval_limit: int | None = None,
     specs: dict[str, Any] | None = None,
+    baseline: bool = False,
 ) -> Recipe:
     """The recipe that applies `plan` to a model (spec; `specs` adds dataset/task/adapter specs):
-    structured pruning, unstructured
-    pruning, fine-tuning, quantization, evaluation and ONNX export (the artifact is evaluated
-    in ONNX Runtime on `onnx_eval_limit` test samples, all when None).
+    (with `baseline`, an evaluation of the model as given first, so the run's report shows before
+    and after), structured pruning, unstructured pruning, fine-tuning, quantization, evaluation and
+    ONNX export (the artifact is evaluated in ONNX Runtime on `onnx_eval_limit` test samples, all
+    when None).
 
     Example:
         >>> recipe = plan_to_recipe(plan, "fashion-clip")
         >>> Path("plan.yaml").write_text(yaml.safe_dump(recipe.to_dict()))   # mmcompress run plan.yaml
     """
     towers = sorted(plan.towers.items())
-    stages: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = [{"name": "baseline", "pass": "evaluate"}] if baseline else []
     channels = {f"modality:{m}": {"ratio": t.channels} for m, t in towers if t.channels > 0}
     if channels:
         stages.append({"pass": "prune_structured", "config": {"method": "taylor"}, "targets": channels})

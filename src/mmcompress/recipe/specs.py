@@ -362,6 +362,7 @@ def load_py_object(spec: str, what: str = "object") -> Any:
     if target.endswith(".py") or "/" in target:
         module = _import_file(Path(target), spec)
     else:
+        _search_path(Path.cwd())  # `py:my_models:build` from the folder it was typed in, as `python -m` does
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as err:
@@ -381,6 +382,7 @@ def _import_file(path: Path, spec: str) -> Any:
     name = f"mmcompress_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
+    _search_path(path.parent)  # the file imports its neighbours, as when Python runs it as a script
     loader_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module  # classes defined there pickle by this name (worker processes re-import it)
@@ -390,3 +392,25 @@ def _import_file(path: Path, spec: str) -> Any:
         del sys.modules[name]
         raise ConfigError(f"{spec!r}: importing {path} raised {type(err).__name__}: {err}") from err
     return module
+
+
+def _search_path(folder: Path) -> None:
+    """Let user code in `folder` import its sibling modules (appended: never shadows installed packages)."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+
+
+def absolute_spec(spec: str | None) -> str | None:
+    """`spec` with a `py:` file path made absolute (other specs unchanged): a recipe written for later
+    runs from any folder.
+
+    Example:
+        >>> absolute_spec("py:my_models.py:build")
+        'py:/home/me/project/my_models.py:build'
+    """
+    if not isinstance(spec, str) or not spec.startswith("py:"):
+        return spec
+    target, sep, attr = spec[3:].rpartition(":")
+    if sep and (target.endswith(".py") or "/" in target):
+        return f"py:{Path(target).expanduser().resolve()}:{attr}"
+    return spec
