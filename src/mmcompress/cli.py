@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -25,6 +26,7 @@ from mmcompress.cli_common import (
     cli,
     console,
     err_console,
+    one_line_warnings,
 )
 
 
@@ -213,6 +215,7 @@ def report(run_dir: Path) -> None:
 
 def main() -> None:
     """Console-script entry point; usage errors are one line on stderr with exit code 2."""
+    warnings.showwarning = one_line_warnings(set())  # the console script only (tests record warnings)
     try:
         cli.main(prog_name="mmcompress", standalone_mode=False)
     except click.UsageError as err:
@@ -221,7 +224,9 @@ def main() -> None:
                           soft_wrap=True)  # fmt: skip
         sys.exit(2)
     except click.Abort:
-        err_console.print("[red]aborted[/red]")
+        err_console.print(
+            "[red]aborted[/red]: finished stages are kept in the output folder; the same command resumes after them"
+        )
         sys.exit(130)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)

@@ -15,8 +15,9 @@ from rich.table import Table
 from mmcompress.core.io import check_writable
 from mmcompress.errors import ConfigError, MMCompressError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+PIPE_WIDTH = 160  # columns when output goes to a file or pipe (rich's default 80 truncated the bench table)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
 def _friendly(fn):
@@ -32,6 +33,20 @@ def _friendly(fn):
             sys.exit(2)
 
     return wrapper
+
+
+def one_line_warnings(shown: set):
+    """warnings.showwarning for the console: 'warning: <message>' once per distinct message (a search
+    repeats its trials' warnings), without Python's file and source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text in shown:
+            return
+        shown.add(text)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
+
+    return show
 
 
 def _check_folders(options: dict) -> None:

@@ -57,7 +57,8 @@ class AgreementTask(Task):
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
-        if hasattr(dataset, "labels") or isinstance(dataset, torch.utils.data.Subset):
+        base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+        if hasattr(base, "labels"):  # a built-in layout (a Subset of unlabelled tensors is not one)
             try:
                 return ClassificationTask().batch(dataset, index)[0], None
             except (TypeError, AttributeError, KeyError):
