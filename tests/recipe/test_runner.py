@@ -5,7 +5,7 @@ import torch
 
 from mmcompress.errors import ConfigError
 from mmcompress.models.zoo import ImageClassifier
-from mmcompress.recipe.runner import compress, load_run
+from mmcompress.recipe.runner import compress, load_run, read_record
 from mmcompress.train.tasks import ClassificationTask
 
 RECIPE = {
@@ -47,6 +47,9 @@ def test_interrupted_run_resumes_after_last_finished_stage(trained, digits, tmp_
     # simulate a crash after stage 3: forget the later stages
     for d in sorted((tmp_path / "stages").iterdir())[4:]:
         (d / "stage.json").unlink()
+    (tmp_path / "record.json").unlink()  # as a crashed run leaves it
+    with pytest.raises(ConfigError, match=r"unfinished run \(finished stages: 00-baseline, .*rerun the command"):
+        read_record(tmp_path)  # `mmcompress report/eval RUN` say so, not "not a run folder"
     again = compress(start, RECIPE, data=digits, output_dir=tmp_path, progress=False)
     assert [s.resumed for s in again.stages] == [True] * 4 + [False] * 2
     assert again.metrics("compressed")["accuracy"] == pytest.approx(first.metrics("compressed")["accuracy"])

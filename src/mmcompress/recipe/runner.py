@@ -281,6 +281,12 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
+        done = sorted(p.parent.name for p in Path(run_dir).glob(f"stages/*/{STAGE_FILE}"))
+        if done:
+            raise ConfigError(
+                f"{run_dir} is an unfinished run (finished stages: {', '.join(done)}; no record.json yet): rerun "
+                "the command that started it to resume after them"
+            ) from None
         raise ConfigError(f"{run_dir} holds no record.json: not a finished run folder") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path} is not readable JSON ({err}); rerun the recipe with --no-resume") from None
