@@ -127,3 +127,15 @@ def test_hidden_channel_pruning_with_reconstruction_keeps_agreement(float_model,
     assert model.features[5].conv[1][0].groups == model.features[5].conv[1][0].out_channels < 192  # depthwise shrank
     with torch.no_grad():
         assert top1_agreement(float_model(test), model(test)) >= PRUNED_MIN_AGREEMENT
+
+
+def test_photo_crops_dataset_evaluates_mobilenet_through_the_agreement_task(float_model):
+    """`--data photo-crops --task agreement`: the CLI route to real data for an ImageNet model."""
+    from mmcompress.data.registry import list_datasets, load_dataset
+    from mmcompress.train.reference_tasks import AgreementTask
+
+    assert "photo-crops" in list_datasets()
+    test = load_dataset("photo-crops", "test", limit=6)
+    assert len(test) == 6 and test[0].shape == (3, 224, 224)
+    assert torch.equal(test.images, photo_crops(6, seed=0, split="test"))  # the conformance matrix's test crops
+    assert AgreementTask(float_model).evaluate(float_model, test)["agreement"] == 1.0

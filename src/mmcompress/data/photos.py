@@ -15,6 +15,7 @@ held-out-photo split (six photos are too few for one).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -100,3 +101,43 @@ def photo_crops(n: int, seed: int = 0, split: str = "test", size: int = 224) -> 
             crop = crop.flip(-1)
         out[i] = (crop.clamp(0, 1) - mean) / std
     return out
+
+
+@dataclass
+class PhotoCrops(torch.utils.data.Dataset):
+    """Unlabelled crops for an ImageNet model: items are (3, size, size) images. With no labels, the
+    task is `agreement` (top-1 agreement with the float model), as the conformance matrix measures.
+
+    Example:
+        >>> ds = load_photo_crops("test"); ds[0].shape
+        torch.Size([3, 224, 224])
+    """
+
+    images: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def subset(self, limit: int | None) -> PhotoCrops:
+        """First `limit` crops (all when None)."""
+        return self if limit is None or limit >= len(self) else PhotoCrops(self.images[:limit])
+
+
+PHOTO_CROPS = {"train": 512, "test": 300}  # crops per split: calibration/fine-tuning, evaluation
+
+
+def load_photo_crops(split: str = "train") -> PhotoCrops:
+    """The built-in `photo-crops` dataset: 512 "calib"-stream crops to train and calibrate on, the
+    conformance matrix's 300 test crops to evaluate on.
+
+    Example:
+        >>> len(load_photo_crops("test"))
+        300
+    """
+    if split not in PHOTO_CROPS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(PHOTO_CROPS)}")
+    stream = "calib" if split == "train" else "test"
+    return PhotoCrops(photo_crops(PHOTO_CROPS[split], seed=0, split=stream))

@@ -32,11 +32,22 @@ def _spoken(split: str, data_dir: Path | None, download_dir: Path | None) -> Any
     return load_spoken_digits(split)
 
 
+def _photos(split: str, data_dir: Path | None, download_dir: Path | None) -> Any:
+    from mmcompress.data.photos import load_photo_crops
+
+    return load_photo_crops(split)
+
+
 DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
     "fashion-mnist": (_fashion, "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale images, 10 classes"),
     "fashion-captions": (_captions, "Fashion-MNIST images paired with varied, sometimes ambiguous captions"),
     "digits": (_digits, "scikit-learn's bundled 8x8 digits (1,437 train / 360 test), upsampled to 28x28"),
     "spoken-digits": (_spoken, "digit images paired with spoken digits synthesized by espeak-ng (unheard test voices)"),
+    "photo-crops": (
+        _photos,
+        "ImageNet-normalised 224x224 crops of the bundled sample photos (512 train / 300 test), "
+        "no labels: use --task agreement (for MobileNetV2 and other ImageNet models)",
+    ),
 }
 
 

