@@ -162,3 +162,26 @@ def test_scarce_calibration_and_unrefittable_consumers_are_warned_and_refits_are
         rec = prune_structured(model, {"stem": {"ratio": 0.5, "reconstruct": True}, "_default": None},
                                example_inputs=test[:2], calib=calib)  # fmt: skip
     assert "reconstructed" not in rec.modules["stem"]
+
+
+def test_one_lockstep_pass_refits_exactly_as_a_pass_per_layer(monkeypatch):
+    """The sequential refit runs the pruned and unpruned graphs side by side over all batches (one
+    pass); a forward pass per layer (the path for graphs that call a layer twice) gives the same model."""
+    import importlib
+
+    from mmcompress.prune.sequential_refit import refit_layer
+
+    compensate = importlib.import_module("mmcompress.prune.compensate")
+    _, lockstep_model, _ = _error(reconstruct=True)
+    monkeypatch.setattr(compensate, "called_once", lambda graph, names: False)
+    _, per_layer_model, _ = _error(reconstruct=True)
+    per_layer = per_layer_model.state_dict()
+    for name, value in lockstep_model.state_dict().items():
+        assert torch.allclose(value, per_layer[name], atol=1e-5), name
+    depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)  # grouped layers: one regression per group
+    expected = depthwise.weight.detach() / 2
+    xs = [torch.randn(2, 4, 6, 6) for _ in range(3)]
+    with torch.no_grad():  # inputs twice as large: the weights that give the same output are halved
+        delta, rows, columns = refit_layer(depthwise, [], [2 * x for x in xs], xs, damp=0.0)
+    assert torch.allclose(depthwise.weight, expected, atol=1e-4) and delta.abs().max() < 1e-4
+    assert rows == 3 * 2 * 36 and columns == 10  # 9 taps and the constant, per channel

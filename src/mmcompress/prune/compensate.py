@@ -22,8 +22,17 @@ from torch import fx, nn
 from mmcompress.core.walker import run_calibration
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, eval_mode
+from mmcompress.prune.lockstep import called_once
 from mmcompress.prune.mean_flow import Stats, channel_means
-from mmcompress.prune.reconstruct import reconstruct_consumers
+from mmcompress.prune.reconstruct import (
+    DAMP,
+    calibration_batches,
+    reconstruct_consumers,
+    reconstructable,
+    shift_output,
+    warn_scarce,
+)
+from mmcompress.prune.sequential_refit import refit_in_lockstep
 from mmcompress.prune.slicing import dropped_columns
 
 
@@ -185,10 +194,13 @@ def input_width(layer: nn.Module) -> int:
     return layer.weight.shape[1]
 
 
-def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None, calib=None, max_batches=None):
+def compensate_plans(
+    modules, groups, plans, stats: dict[str, Stats], model=None, calib=None, max_batches=None, graph=None
+):
     """Fold the mean of every removed unit of the plans that ask for it into its consumers (before
     any slicing), `stats` holding each consumer's input (mean, var); plans with `reconstruct` first
-    refit their Linear/Conv2d consumers by least squares on `calib` (`reconstruct.py`; the bias
+    refit their Linear/Conv2d consumers by least squares on `calib` (`sequential_refit.py`, in one
+    lockstep pass over the traced `graph`; without it `reconstruct.py`'s pass per layer; the bias
     change is folded the same way). Returns consumer -> where the constant went, and the consumers
     that were refit."""
     norm_after = norms_after(groups)
@@ -197,7 +209,7 @@ def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None
     if refit:
         if calib is None:
             raise ConfigError("reconstruct refits consumers on calibration data: pass calib=[...]")
-        deltas = reconstruct_consumers(model, modules, refit, calib, max_batches)
+        deltas = _refit(model, modules, refit, calib, max_batches, graph)
         skipped = sorted(set(refit) - set(deltas))
         if skipped:
             warnings.warn(
@@ -212,3 +224,14 @@ def compensate_plans(modules, groups, plans, stats: dict[str, Stats], model=None
     dropped = consumers_of((p.group, p.keep) for p in plans if p.config.compensate)
     dropped = {name: cols for name, cols in dropped.items() if name not in where}
     return where | fold_means(modules, dropped, {name: stats[name][0] for name in dropped}, norm_after), refit_names
+
+
+def _refit(model, modules, refit: dict, calib, max_batches, graph) -> dict[str, torch.Tensor]:
+    """Layer -> bias change: in one lockstep pass when the graph calls every layer once, else per layer."""
+    layers = {name: cols for name, cols in refit.items() if reconstructable(modules[name])}
+    if graph is None or not called_once(graph, set(layers)):
+        return reconstruct_consumers(model, modules, refit, calib, max_batches)
+    batches = calibration_batches(calib, max_batches)
+    deltas, scarce = refit_in_lockstep(model, graph, layers, batches, DAMP, shift_output)
+    warn_scarce(scarce)
+    return deltas

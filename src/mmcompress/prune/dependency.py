@@ -107,19 +107,23 @@ def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
             f"structured pruning could not trace {type(model).__name__}: {type(err).__name__}: {str(err)[:200]}"
         ) from None
     gm = fx.GraphModule(model, graph)
-    order = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if isinstance(example_inputs, dict):
-        missing = [name for name in order if name not in example_inputs]
-        if missing:
-            raise UnsupportedError(f"example inputs lack {missing} needed to trace {type(model).__name__}")
-        args = [example_inputs[name] for name in order]
-    else:
-        args = list(example_inputs)
+    args = graph_args(gm, example_inputs)
     with torch.no_grad(), eval_mode(model):
         _ShapeProp(gm).propagate(*args)
     return gm
+
+
+def graph_args(gm: fx.GraphModule, inputs: Any) -> list:
+    """The traced graph's positional inputs from a batch (a tensor, a tuple or a dict by input name)."""
+    order = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if isinstance(inputs, dict):
+        missing = [name for name in order if name not in inputs]
+        if missing:
+            raise UnsupportedError(f"example inputs lack {missing}, inputs of the traced model")
+        return [inputs[name] for name in order]
+    return list(inputs)
 
 
 class _ShapeProp(ShapeProp):
@@ -127,16 +131,17 @@ class _ShapeProp(ShapeProp):
     graph builds (`immutable_dict`), and modules such as sentence-transformers update their inputs."""
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        return super().call_module(target, _thawed(args), _thawed(kwargs))
+        return super().call_module(target, thawed(args), thawed(kwargs))
 
 
-def _thawed(value: Any) -> Any:
+def thawed(value: Any) -> Any:
+    """Plain dicts, lists and tuples in place of fx's immutable containers (recursively)."""
     if isinstance(value, dict):
-        return {k: _thawed(v) for k, v in value.items()}
+        return {k: thawed(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_thawed(v) for v in value]
+        return [thawed(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_thawed(v) for v in value)
+        return tuple(thawed(v) for v in value)
     return value
 
 

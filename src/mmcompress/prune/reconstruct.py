@@ -89,11 +89,12 @@ def refit_to_reference(
         >>> refit_to_reference(torch.tensor([[1.0, 2.0, 0.0]]), g[:, [0, 2]], g[[0, 2]][:, [0, 2]], damp=0.0)
         tensor([[3., 0.]])
     """
-    g = gram.double().clone()
-    diag = g.diagonal()[:-1]
-    g.diagonal()[:-1] += damp * float(diag.mean()) if len(diag) else 0.0
-    rhs = (weight.double() @ cross.double()).T  # (K', out)
-    return torch.linalg.solve(g, rhs).T.to(weight.dtype)  # g is symmetric: (g^-1 rhs)^T = rhs^T g^-1
+    g = gram.double().clone()  # also batched: (groups, ...) on every argument
+    diag = g.diagonal(dim1=-2, dim2=-1)[..., :-1]
+    if diag.shape[-1]:
+        diag += damp * diag.mean(-1, keepdim=True) + 1e-12  # (a floor: a dead input group has a zero Gram)
+    rhs = (weight.double() @ cross.double()).transpose(-2, -1)  # (K', out)
+    return torch.linalg.solve(g, rhs).transpose(-2, -1).to(weight.dtype)  # g symmetric: (g^-1 rhs)^T
 
 
 class _Captured(Exception):
@@ -176,11 +177,7 @@ def reconstruct_consumers(
     targets = {name: modules[name] for name in dropped if reconstructable(modules[name])}
     if not targets:
         return {}
-    batches = list(itertools.islice(calib, max_batches))
-    if not batches:
-        raise DataError("reconstruction got no calibration batches; pass calib=[...]")
-    for batch in batches:
-        check_finite(batch, "reconstruction")
+    batches = calibration_batches(calib, max_batches)
     deltas, shifts, scarce = {}, [], []
     try:
         with eval_mode(model):
@@ -207,23 +204,38 @@ def reconstruct_consumers(
                 new[:, keep] = refit[:, :-1]
                 layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
                 deltas[name] = refit[:, -1]
-                shifts.append(layer.register_forward_hook(_shift(deltas[name])))  # the caller folds it
+                shifts.append(layer.register_forward_hook(shift_output(deltas[name])))  # the caller folds it
                 if rows <= len(kept):
                     scarce.append(f"{name} ({rows} rows, {len(kept)} columns)")
     finally:
         for handle in shifts:
             handle.remove()
+    warn_scarce(scarce)
+    return deltas
+
+
+def warn_scarce(scarce: list[str]) -> None:
+    """Warn about refit layers that saw fewer calibration rows than they keep columns."""
     if scarce:
         warnings.warn(
             f"reconstruct: {len(scarce)} layer(s) saw fewer calibration rows than they keep input columns, so "
             f"their least-squares refit can over-fit the calibration data (pass more calib= batches): "
             f"{', '.join(scarce[:5])}",
-            stacklevel=4,
+            stacklevel=5,
         )
-    return deltas
 
 
-def _shift(delta: torch.Tensor):
+def calibration_batches(calib, max_batches: int | None) -> list:
+    """The first `max_batches` calibration batches (all when None), checked finite; none is an error."""
+    batches = list(itertools.islice(calib, max_batches))
+    if not batches:
+        raise DataError("reconstruction got no calibration batches; pass calib=[...]")
+    for batch in batches:
+        check_finite(batch, "reconstruction")
+    return batches
+
+
+def shift_output(delta: torch.Tensor):
     """A forward hook adding a bias change to a layer's output (channels on dim 1 for convs)."""
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

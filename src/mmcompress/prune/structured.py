@@ -65,6 +65,8 @@ class StructuredConfig(FrozenConfig):
             consumer by least squares, so its output on `calib=` batches stays closest to the
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
+            Consumers are refit in graph order in one lockstep pass over the batches
+            (`sequential_refit.py`; memory: every batch's live activations, twice).
             Heads: the attention module's output projection is refit the same way (in one call
             that removes channels and heads, the channel consumers are refit first, against a
             reference that still has every head).
@@ -199,7 +201,7 @@ def prune_structured(
     macs_before = count_macs(model, inputs) if inputs is not None else None
     folded, refit = {}, set()
     if any(p.config.compensate or p.config.reconstruct for p in channel_plans):
-        folded, refit = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches)
+        folded, refit = compensate_plans(modules, groups, channel_plans, stats, model, calib, max_batches, graph)
     refit_output_projections(model, head_targets, head_plans, adapter, calib, max_batches)
     apply_plans(model, [(p.group, p.keep) for p in channel_plans], [(n, keep) for n, keep, _ in head_plans])
     record.modules.update({p.group.producers[0]: plan_entry(p, folded, refit) for p in channel_plans})

@@ -1,0 +1,81 @@
+"""The pruned model and its unpruned copy run side by side over every calibration batch, one node
+of the traced graph at a time, so that sequential reconstruction is one pass over the data.
+
+Sequential reconstruction refits each layer on the inputs of the model as already refit before it.
+Capturing those inputs with a forward pass per layer costs a pass over the model's prefix for every
+layer (quadratic in depth: minutes on MobileNetV2). Here both graphs advance together over all
+batches: when a layer to refit is reached, the inputs of every batch are at hand, the layer is refit,
+and the pass goes on with the new weights. Memory: the live activations of every batch, twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mmcompress.prune.dependency import graph_args, thawed
+
+
+class _Runner(fx.Interpreter):
+    """Runs single nodes against an environment the caller swaps per batch."""
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_module(target, thawed(args), thawed(kwargs))
+
+
+def called_once(gm: fx.GraphModule, names: set[str]) -> bool:
+    """Whether every named layer is called by exactly one node with its input as first argument.
+
+    Example:
+        >>> called_once(trace(model, x), {"features.4"})
+        True
+    """
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in names]
+    return len(calls) == len(names) and all(n.args and isinstance(n.args[0], fx.Node) for n in calls)
+
+
+@torch.no_grad()
+def lockstep(
+    gm: fx.GraphModule,
+    reference: nn.Module,
+    batches: list,
+    targets: set[str],
+    refit: Callable[[str, list[torch.Tensor], list[torch.Tensor]], None],
+) -> None:
+    """Run `gm` (the pruned model's graph) and `reference` (an unpruned copy) over all `batches`
+    node by node; before each target layer runs, call `refit(name, inputs, reference_inputs)` with
+    that layer's input in every batch (pruned model, unpruned copy). Both models in eval mode.
+
+    Example:
+        >>> lockstep(trace(model, x), copy.deepcopy(model), [x], {"head"}, lambda n, xs, rs: None)
+    """
+    sides = [_Runner(gm), _Runner(fx.GraphModule(reference, gm.graph))]
+    nodes = list(gm.graph.nodes)
+    last_use = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
+    args = [graph_args(gm, batch) for batch in batches]
+    envs = [[{} for _ in batches] for _ in sides]
+    placeholder = 0
+    for i, node in enumerate(nodes):
+        if node.op == "output":
+            break
+        if node.op == "placeholder":
+            for side in envs:
+                for env, values in zip(side, args, strict=True):
+                    env[node] = values[placeholder]
+            placeholder += 1
+            continue
+        if node.op == "call_module" and node.target in targets:
+            source = node.args[0]
+            refit(node.target, [env[source] for env in envs[0]], [env[source] for env in envs[1]])
+        for runner, side in zip(sides, envs, strict=True):
+            for env in side:
+                runner.env = env
+                env[node] = runner.run_node(node)
+        for arg in node.all_input_nodes:  # free what no later node reads
+            if last_use[arg] == i:
+                for side in envs:
+                    for env in side:
+                        env.pop(arg, None)

@@ -1,0 +1,89 @@
+"""Sequential least-squares refit of the layers around removed channels, in one lockstep pass.
+
+Each layer is refit, in the order the traced graph computes, on the pruned model's inputs (as
+already refit before it) against the unpruned copy's output of that layer (He et al. 2017;
+`reconstruct.refit_to_reference` is the math). Consumers lose the columns of removed channels.
+`refit_layer` also solves grouped convolutions (one small regression per group) for layers that lose
+no columns. Refitting the producers and depthwise convolutions of MobileNetV2's pruned blocks this
+way (against the unpruned layer outputs, 512 crops) did not help: top-1 agreement 0.770 / KL 0.123
+against 0.787 / 0.123 for the consumers alone; a prototype that also aimed each residual block's
+projection at the float block output minus the pruned residual input reached 0.830 / KL 0.085.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from mmcompress.core.walker import grouped_weight, layer_columns
+from mmcompress.prune.dependency import eval_mode
+from mmcompress.prune.lockstep import lockstep
+from mmcompress.prune.reconstruct import refit_to_reference
+
+
+def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(groups, rows, in / groups * taps + 1): the layer's input columns and a constant 1."""
+    cols = layer_columns(layer, x.float())
+    return torch.cat([cols, torch.ones(*cols.shape[:2], 1, dtype=cols.dtype)], 2)
+
+
+def refit_layer(layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float) -> tuple:
+    """Refit `layer` in place: its weight on the kept input columns (the `removed` input channels'
+    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs`.
+    Returns the bias change (out,) to fold, and the rows and kept columns per group.
+
+    Example:
+        >>> delta, rows, cols = refit_layer(model.head, [1, 3], [x_pruned], [x_unpruned], 0.01)
+    """
+    weight = grouped_weight(layer, layer.weight.detach().float())  # (g, out / g, k)
+    taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+    drop = torch.zeros(weight.shape[2] // taps, dtype=torch.bool)  # channels of one group (g == 1 if any)
+    drop[removed] = True
+    keep = ((~drop).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
+    kept = torch.cat([keep, torch.tensor([weight.shape[2]])])  # and the constant
+    cross = gram = 0
+    rows = 0
+    for x, x_ref in zip(inputs, reference_inputs, strict=True):
+        z, z_ref = _columns(layer, x)[:, :, kept], _columns(layer, x_ref)
+        cross = cross + (z_ref.transpose(1, 2) @ z).double()  # (g, k + 1, K' + 1)
+        gram = gram + (z.transpose(1, 2) @ z).double()
+        rows += z.shape[1]
+    augmented = torch.cat([weight, torch.zeros(*weight.shape[:2], 1)], 2)  # the bias: a change, returned
+    refit = refit_to_reference(augmented, cross / rows, gram / rows, damp)  # (g, out / g, K' + 1)
+    new = torch.zeros_like(weight)
+    new[:, :, keep] = refit[:, :, :-1]
+    layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
+    return refit[:, :, -1].reshape(-1), rows, len(kept)
+
+
+@torch.no_grad()
+def refit_in_lockstep(
+    model: nn.Module, graph: fx.GraphModule, layers: dict[str, list[int]], batches: list, damp: float, shift
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Refit `layers` (name -> removed input channels) in graph order in one pass over `batches`;
+    `shift(delta)` makes the forward hook that adds a refit layer's bias change while the pass goes
+    on. Returns name -> bias change, and the layers that saw fewer rows than they keep columns.
+
+    Example:
+        >>> deltas, scarce = refit_in_lockstep(model, trace(model, x), {"head": [1]}, [x], 0.01, shift)
+    """
+    modules = dict(model.named_modules())
+    deltas, scarce, hooks = {}, [], []
+
+    def refit(name: str, inputs: list, reference_inputs: list) -> None:
+        layer = modules[name]
+        deltas[name], rows, columns = refit_layer(layer, layers[name], inputs, reference_inputs, damp)
+        hooks.append(layer.register_forward_hook(shift(deltas[name])))
+        if rows <= columns:
+            scarce.append(f"{name} ({rows} rows, {columns} columns)")
+
+    reference = copy.deepcopy(model)  # the unpruned model: every layer's target output
+    try:
+        with eval_mode(model), eval_mode(reference):
+            lockstep(graph, reference, batches, set(layers), refit)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return deltas, scarce
