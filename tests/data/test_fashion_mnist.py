@@ -61,9 +61,10 @@ def test_failed_download_says_how_to_get_data(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(DataError, match="valid names: digits, fashion-captions, fashion-mnist, spoken-digits"):
+    names = "digits, fashion-captions, fashion-mnist, photo-crops, spoken-digits"
+    with pytest.raises(DataError, match=f"valid names: {names}"):
         load_dataset("cifar")
-    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist", "spoken-digits"}
+    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist", "photo-crops", "spoken-digits"}
 
 
 def test_digits_split_is_disjoint_and_complete():
