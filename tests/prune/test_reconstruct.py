@@ -169,7 +169,7 @@ def test_one_lockstep_pass_refits_exactly_as_a_pass_per_layer(monkeypatch):
     pass); a forward pass per layer (the path for graphs that call a layer twice) gives the same model."""
     import importlib
 
-    from mmcompress.prune.sequential_refit import refit_layer
+    from mmcompress.prune.reconstruct import refit_layer
 
     compensate = importlib.import_module("mmcompress.prune.compensate")
     _, lockstep_model, _ = _error(reconstruct=True)

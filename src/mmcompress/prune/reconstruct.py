@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import call_model, check_finite
-from mmcompress.core.walker import layer_columns, run_calibration
+from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
 from mmcompress.errors import DataError
 from mmcompress.prune.dependency import eval_mode
 
@@ -42,11 +42,6 @@ def reconstructable(layer: nn.Module) -> bool:
     if type(layer) is nn.Linear:
         return True
     return type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
-
-
-def _augmented(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    cols = layer_columns(layer, x.float())[0]  # (rows, k); products summed in float64 per batch
-    return torch.cat([cols, torch.ones(cols.shape[0], 1, dtype=cols.dtype)], 1)
 
 
 def input_grams(
@@ -62,7 +57,7 @@ def input_grams(
     counts = dict.fromkeys(layers, 0)
 
     def collect(name: str, layer: nn.Module, x: torch.Tensor) -> None:
-        z = _augmented(layer, x)
+        z = _columns(layer, x)[0]  # (rows, k + 1): ungrouped layers
         sums[name] = sums.get(name, 0) + (z.T @ z).double()
         counts[name] += z.shape[0]
 
@@ -101,15 +96,15 @@ class _Captured(Exception):
     """Stops a forward pass once the layer being refit has its input."""
 
 
-def _paired_grams(model, reference, layer, ref_layer, kept: torch.Tensor, batches: list, stop_early: bool):
-    """E[z_ref z_kept^T] and E[z_kept z_kept^T] over `batches` (`refit_to_reference`'s inputs)."""
-    cross, gram, rows = 0, 0, 0
-    seen: dict[str, list[torch.Tensor]] = {}
+def _paired_inputs(model, reference, layer, ref_layer, batches: list, stop_early: bool) -> tuple[list, list]:
+    """The layer's inputs in the pruned model and in the unpruned copy, over `batches` (one forward
+    pass of each per batch, stopped at the layer unless it is called more than once)."""
+    seen: dict[str, list[torch.Tensor]] = {"pruned": [], "reference": []}
 
     def grab(key: str, stop: bool):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
-            seen.setdefault(key, []).append(_augmented(module, x.detach()))
+            seen[key].append(x.detach())
             if stop:
                 raise _Captured
 
@@ -121,18 +116,48 @@ def _paired_grams(model, reference, layer, ref_layer, kept: torch.Tensor, batche
     ]
     try:
         for batch in batches:
-            seen.clear()
             for net in (reference, model):
                 with contextlib.suppress(_Captured):
                     call_model(net, batch)
-            for z_ref, z in zip(seen["reference"], seen["pruned"], strict=True):
-                z = z[:, kept]
-                cross = cross + (z_ref.T @ z).double()
-                gram, rows = gram + (z.T @ z).double(), rows + z.shape[0]
     finally:
         for handle in handles:
             handle.remove()
-    return cross / rows, gram / rows, rows
+    return seen["pruned"], seen["reference"]
+
+
+def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(groups, rows, in / groups * taps + 1): the layer's input columns and a constant 1."""
+    cols = layer_columns(layer, x.float())
+    return torch.cat([cols, torch.ones(*cols.shape[:2], 1, dtype=cols.dtype)], 2)
+
+
+def refit_layer(layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float) -> tuple:
+    """Refit `layer` in place: its weight on the kept input columns (the `removed` input channels'
+    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs`.
+    Returns the bias change (out,) to fold, and the rows and kept columns per group.
+
+    Example:
+        >>> delta, rows, cols = refit_layer(model.head, [1, 3], [x_pruned], [x_unpruned], 0.01)
+    """
+    weight = grouped_weight(layer, layer.weight.detach().float())  # (g, out / g, k)
+    taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+    drop = torch.zeros(weight.shape[2] // taps, dtype=torch.bool)  # channels of one group (g == 1 if any)
+    drop[removed] = True
+    keep = ((~drop).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
+    kept = torch.cat([keep, torch.tensor([weight.shape[2]])])  # and the constant
+    cross = gram = 0
+    rows = 0
+    for x, x_ref in zip(inputs, reference_inputs, strict=True):
+        z, z_ref = _columns(layer, x)[:, :, kept], _columns(layer, x_ref)
+        cross = cross + (z_ref.transpose(1, 2) @ z).double()  # (g, k + 1, K' + 1)
+        gram = gram + (z.transpose(1, 2) @ z).double()
+        rows += z.shape[1]
+    augmented = torch.cat([weight, torch.zeros(*weight.shape[:2], 1)], 2)  # the bias: a change, returned
+    refit = refit_to_reference(augmented, cross / rows, gram / rows, damp)  # (g, out / g, K' + 1)
+    new = torch.zeros_like(weight)
+    new[:, :, keep] = refit[:, :, :-1]
+    layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
+    return refit[:, :, -1].reshape(-1), rows, len(kept)
 
 
 def _forward_order(model: nn.Module, layers: dict[str, nn.Module], batch: Any) -> tuple[list[str], set[str]]:
@@ -189,24 +214,13 @@ def reconstruct_consumers(
             ref_modules = dict(reference.named_modules())
             for name in order:
                 layer = targets[name]
-                taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-                removed = torch.zeros(layer.weight.shape[1], dtype=torch.bool)
-                removed[dropped[name]] = True
-                keep = ((~removed).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
-                weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
-                kept = torch.cat([keep, torch.tensor([weight.shape[1]])])  # and the constant
-                cross, gram, rows = _paired_grams(
-                    model, reference, layer, ref_modules[name], kept, batches, name not in repeated
+                inputs, reference_inputs = _paired_inputs(
+                    model, reference, layer, ref_modules[name], batches, name not in repeated
                 )
-                augmented = torch.cat([weight, torch.zeros(weight.shape[0], 1)], 1)  # bias handled as a delta
-                refit = refit_to_reference(augmented, cross, gram)  # (out, kept + 1)
-                new = torch.zeros_like(weight)
-                new[:, keep] = refit[:, :-1]
-                layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
-                deltas[name] = refit[:, -1]
+                deltas[name], rows, columns = refit_layer(layer, dropped[name], inputs, reference_inputs, DAMP)
                 shifts.append(layer.register_forward_hook(shift_output(deltas[name])))  # the caller folds it
-                if rows <= len(kept):
-                    scarce.append(f"{name} ({rows} rows, {len(kept)} columns)")
+                if rows <= columns:
+                    scarce.append(f"{name} ({rows} rows, {columns} columns)")
     finally:
         for handle in shifts:
             handle.remove()

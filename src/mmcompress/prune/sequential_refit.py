@@ -17,45 +17,9 @@ import copy
 import torch
 from torch import fx, nn
 
-from mmcompress.core.walker import grouped_weight, layer_columns
 from mmcompress.prune.dependency import eval_mode
 from mmcompress.prune.lockstep import lockstep
-from mmcompress.prune.reconstruct import refit_to_reference
-
-
-def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(groups, rows, in / groups * taps + 1): the layer's input columns and a constant 1."""
-    cols = layer_columns(layer, x.float())
-    return torch.cat([cols, torch.ones(*cols.shape[:2], 1, dtype=cols.dtype)], 2)
-
-
-def refit_layer(layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float) -> tuple:
-    """Refit `layer` in place: its weight on the kept input columns (the `removed` input channels'
-    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs`.
-    Returns the bias change (out,) to fold, and the rows and kept columns per group.
-
-    Example:
-        >>> delta, rows, cols = refit_layer(model.head, [1, 3], [x_pruned], [x_unpruned], 0.01)
-    """
-    weight = grouped_weight(layer, layer.weight.detach().float())  # (g, out / g, k)
-    taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-    drop = torch.zeros(weight.shape[2] // taps, dtype=torch.bool)  # channels of one group (g == 1 if any)
-    drop[removed] = True
-    keep = ((~drop).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
-    kept = torch.cat([keep, torch.tensor([weight.shape[2]])])  # and the constant
-    cross = gram = 0
-    rows = 0
-    for x, x_ref in zip(inputs, reference_inputs, strict=True):
-        z, z_ref = _columns(layer, x)[:, :, kept], _columns(layer, x_ref)
-        cross = cross + (z_ref.transpose(1, 2) @ z).double()  # (g, k + 1, K' + 1)
-        gram = gram + (z.transpose(1, 2) @ z).double()
-        rows += z.shape[1]
-    augmented = torch.cat([weight, torch.zeros(*weight.shape[:2], 1)], 2)  # the bias: a change, returned
-    refit = refit_to_reference(augmented, cross / rows, gram / rows, damp)  # (g, out / g, K' + 1)
-    new = torch.zeros_like(weight)
-    new[:, :, keep] = refit[:, :, :-1]
-    layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
-    return refit[:, :, -1].reshape(-1), rows, len(kept)
+from mmcompress.prune.reconstruct import refit_layer
 
 
 @torch.no_grad()
