@@ -20,6 +20,7 @@ FLOORS = {
         "mmcompress.models.adapter",
         "mmcompress.models.attention_specs",
         "mmcompress.models.attention",
+        "mmcompress.models.split_attention",
         "mmcompress.evaluate.metrics",
     ],  # fmt: skip
     3: ["mmcompress.train"],

@@ -15,6 +15,7 @@ from mmcompress.graph.export import flat_tensors
 from mmcompress.models.adapter import adapter_for, check_adapter, registered_adapters
 from mmcompress.models.attention import head_parts
 from mmcompress.models.hf.tiny import TINY, tiny_model
+from mmcompress.models.split_attention import split_attention
 
 FAMILIES = sorted(TINY)
 W8A8 = {"_default": {"weight_bits": 7, "activations": "dynamic"}}  # 7-bit: exact u8s8 kernels on AVX2
@@ -88,6 +89,7 @@ def test_pruned_heads_equal_masked_heads(family):
     record = prune_structured(pruned, {"_default": {"unit": "heads", "ratio": 0.5}})
     assert record.metrics["params_after"] < record.metrics["params_before"]
     masked = copy.deepcopy(model)
+    split_attention(masked, record.info.get("split_attention", []))  # SigLIP's pooling head: nn.MultiheadAttention
     modules = dict(masked.named_modules())
     for module_name, entry in record.modules.items():
         _, _, _, o, heads, head_dim, _ = head_parts(modules[module_name], adapter)

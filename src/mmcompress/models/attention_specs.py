@@ -48,6 +48,8 @@ BUILTIN_ATTENTION: tuple[AttentionSpec, ...] = (
         "BertAttention", "self.query", "self.key", "self.value", "output.dense",
         head_dim="self.attention_head_size", head_counts=("self.num_attention_heads",), widths=("self.all_head_size",),
     ),
+    # nn.MultiheadAttention once split (models/split_attention.py); embed_dim stays the output width
+    AttentionSpec("SplitMultiheadAttention", *_PROJ, "out_proj", head_dim="head_dim", head_counts=("num_heads",)),
     AttentionSpec("CLIPAttention", *_PROJ, "out_proj", head_dim="head_dim", head_counts=("num_heads",)),
     AttentionSpec("SiglipAttention", *_PROJ, "out_proj", head_dim="head_dim", head_counts=("num_heads",)),
     AttentionSpec("WhisperAttention", *_PROJ, "out_proj", head_dim="head_dim", head_counts=("num_heads",)),

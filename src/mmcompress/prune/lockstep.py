@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from mmcompress.prune.dependency import graph_args, thawed
+from mmcompress.prune.stream_target import stream_correction, stream_partners
 
 
 class _Runner(fx.Interpreter):
@@ -37,21 +38,40 @@ def called_once(gm: fx.GraphModule, names: set[str]) -> bool:
     return len(calls) == len(names) and all(n.args and isinstance(n.args[0], fx.Node) for n in calls)
 
 
+def _corrections(partner: tuple | None, envs: list) -> list[torch.Tensor] | None:
+    """Per batch, the stream correction of a layer that ends a residual branch (None if it does not,
+    or if the stream is not computed yet or its channels do not match the norm's)."""
+    if partner is None:
+        return None
+    node, scale = partner
+    if any(node not in env for side in envs for env in side):
+        return None
+    pruned, reference = ([env[node] for env in side] for side in envs)
+    if not all(isinstance(r, torch.Tensor) and r.dim() >= 2 for r in reference):
+        return None
+    if scale is not None and any(r.shape[1] != scale.numel() for r in reference):
+        return None
+    return [stream_correction(r, p, scale) for r, p in zip(reference, pruned, strict=True)]
+
+
 @torch.no_grad()
 def lockstep(
     gm: fx.GraphModule,
     reference: nn.Module,
     batches: list,
     targets: set[str],
-    refit: Callable[[str, list[torch.Tensor], list[torch.Tensor]], None],
+    refit: Callable[[str, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None], None],
 ) -> None:
     """Run `gm` (the pruned model's graph) and `reference` (an unpruned copy) over all `batches`
-    node by node; before each target layer runs, call `refit(name, inputs, reference_inputs)` with
-    that layer's input in every batch (pruned model, unpruned copy). Both models in eval mode.
+    node by node; before each target layer runs, call `refit(name, inputs, reference_inputs,
+    corrections)` with that layer's input in every batch (pruned model, unpruned copy) and, for a
+    layer that ends a residual branch, the stream correction of its target per batch
+    (`stream_target.py`; else None). Both models in eval mode.
 
     Example:
-        >>> lockstep(trace(model, x), copy.deepcopy(model), [x], {"head"}, lambda n, xs, rs: None)
+        >>> lockstep(trace(model, x), copy.deepcopy(model), [x], {"head"}, lambda n, xs, rs, cs: None)
     """
+    partners = stream_partners(gm, targets)
     sides = [_Runner(gm), _Runner(fx.GraphModule(reference, gm.graph))]
     nodes = list(gm.graph.nodes)
     last_use = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
@@ -69,7 +89,8 @@ def lockstep(
             continue
         if node.op == "call_module" and node.target in targets:
             source = node.args[0]
-            refit(node.target, [env[source] for env in envs[0]], [env[source] for env in envs[1]])
+            inputs, reference_inputs = [env[source] for env in envs[0]], [env[source] for env in envs[1]]
+            refit(node.target, inputs, reference_inputs, _corrections(partners.get(node.target), envs))
         for runner, side in zip(sides, envs, strict=True):
             for env in side:
                 runner.env = env

@@ -69,7 +69,7 @@ def input_grams(
 
 
 def refit_to_reference(
-    weight: torch.Tensor, cross: torch.Tensor, gram: torch.Tensor, damp: float = DAMP
+    weight: torch.Tensor, cross: torch.Tensor, gram: torch.Tensor, damp: float = DAMP, shift: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Kept columns (and the constant) refit so the layer's output on the *pruned* model's inputs
     matches its output on the *unpruned* model's inputs: (out, k + 1), (k + 1, K'), (K', K') -> (out, K').
@@ -77,7 +77,8 @@ def refit_to_reference(
     `cross` = E[z_ref z_kept^T] (unpruned inputs against the pruned model's kept inputs and 1),
     `gram` = E[z_kept z_kept^T]; the result is weight @ cross @ (gram + lambda I)^-1 (the ridge on
     the columns, not the constant). With the same inputs on both sides (cross = G[:, K'], gram =
-    G[K', K']) the removed columns are regressed on the kept ones.
+    G[K', K']) the removed columns are regressed on the kept ones. `shift` = E[c z_kept^T] (out, K')
+    aims the layer at its unpruned output plus c instead (`stream_target.py`).
 
     Example:
         >>> g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x1 == x0, zero mean
@@ -88,7 +89,8 @@ def refit_to_reference(
     diag = g.diagonal(dim1=-2, dim2=-1)[..., :-1]
     if diag.shape[-1]:
         diag += damp * diag.mean(-1, keepdim=True) + 1e-12  # (a floor: a dead input group has a zero Gram)
-    rhs = (weight.double() @ cross.double()).transpose(-2, -1)  # (K', out)
+    rhs = weight.double() @ cross.double()
+    rhs = (rhs if shift is None else rhs + shift.double()).transpose(-2, -1)  # (K', out)
     return torch.linalg.solve(g, rhs).transpose(-2, -1).to(weight.dtype)  # g symmetric: (g^-1 rhs)^T
 
 
@@ -131,9 +133,12 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([cols, torch.ones(*cols.shape[:2], 1, dtype=cols.dtype)], 2)
 
 
-def refit_layer(layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float) -> tuple:
+def refit_layer(
+    layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float, corrections=None
+) -> tuple:
     """Refit `layer` in place: its weight on the kept input columns (the `removed` input channels'
-    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs`.
+    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs` (plus
+    `corrections`, one tensor shaped as the layer's output per batch, where given).
     Returns the bias change (out,) to fold, and the rows and kept columns per group.
 
     Example:
@@ -145,19 +150,31 @@ def refit_layer(layer: nn.Module, removed: list[int], inputs: list, reference_in
     drop[removed] = True
     keep = ((~drop).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
     kept = torch.cat([keep, torch.tensor([weight.shape[2]])])  # and the constant
-    cross = gram = 0
+    cross = gram = shift = 0
     rows = 0
-    for x, x_ref in zip(inputs, reference_inputs, strict=True):
+    for i, (x, x_ref) in enumerate(zip(inputs, reference_inputs, strict=True)):
         z, z_ref = _columns(layer, x)[:, :, kept], _columns(layer, x_ref)
         cross = cross + (z_ref.transpose(1, 2) @ z).double()  # (g, k + 1, K' + 1)
         gram = gram + (z.transpose(1, 2) @ z).double()
+        if corrections is not None:
+            shift = shift + (_output_rows(layer, corrections[i]).transpose(1, 2) @ z).double()
         rows += z.shape[1]
     augmented = torch.cat([weight, torch.zeros(*weight.shape[:2], 1)], 2)  # the bias: a change, returned
-    refit = refit_to_reference(augmented, cross / rows, gram / rows, damp)  # (g, out / g, K' + 1)
+    shift = None if corrections is None else shift / rows
+    refit = refit_to_reference(augmented, cross / rows, gram / rows, damp, shift)  # (g, out / g, K' + 1)
     new = torch.zeros_like(weight)
     new[:, :, keep] = refit[:, :, :-1]
     layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
     return refit[:, :, -1].reshape(-1), rows, len(kept)
+
+
+def _output_rows(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """A layer's output, Conv2d (B, out, H, W) or Linear (..., out), as (groups, rows, out / groups),
+    rows ordered as `layer_columns` orders its input rows."""
+    conv = isinstance(layer, nn.Conv2d)
+    rows = y.movedim(1, -1).reshape(-1, y.shape[1]) if conv else y.reshape(-1, y.shape[-1])
+    groups = layer.groups if conv else 1
+    return rows.float().reshape(rows.shape[0], groups, -1).transpose(0, 1)
 
 
 def _forward_order(model: nn.Module, layers: dict[str, nn.Module], batch: Any) -> tuple[list[str], set[str]]:

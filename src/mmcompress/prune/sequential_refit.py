@@ -2,12 +2,12 @@
 
 Each layer is refit, in the order the traced graph computes, on the pruned model's inputs (as
 already refit before it) against the unpruned copy's output of that layer (He et al. 2017;
-`reconstruct.refit_to_reference` is the math). Consumers lose the columns of removed channels.
-`refit_layer` also solves grouped convolutions (one small regression per group) for layers that lose
-no columns. Refitting the producers and depthwise convolutions of MobileNetV2's pruned blocks this
-way (against the unpruned layer outputs, 512 crops) did not help: top-1 agreement 0.770 / KL 0.123
-against 0.787 / 0.123 for the consumers alone; a prototype that also aimed each residual block's
-projection at the float block output minus the pruned residual input reached 0.830 / KL 0.085.
+`reconstruct.refit_to_reference` is the math); a layer that ends a residual branch is aimed at the
+unpruned block output minus the pruned model's own stream instead (`stream_target.py`). Consumers
+lose the columns of removed channels. `refit_layer` also solves grouped convolutions (one small
+regression per group) for layers that lose no columns. Refitting the producers and depthwise
+convolutions of MobileNetV2's pruned blocks against their unpruned outputs (512 crops) did not help:
+top-1 agreement 0.770 / KL 0.123 against 0.787 / 0.123 for the consumers alone.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def refit_in_lockstep(
     modules = dict(model.named_modules())
     deltas, scarce, hooks = {}, [], []
 
-    def refit(name: str, inputs: list, reference_inputs: list) -> None:
+    def refit(name: str, inputs: list, reference_inputs: list, corrections: list | None) -> None:
         layer = modules[name]
-        deltas[name], rows, columns = refit_layer(layer, layers[name], inputs, reference_inputs, damp)
+        deltas[name], rows, columns = refit_layer(layer, layers[name], inputs, reference_inputs, damp, corrections)
         hooks.append(layer.register_forward_hook(shift(deltas[name])))
         if rows <= columns:
             scarce.append(f"{name} ({rows} rows, {columns} columns)")

@@ -25,6 +25,7 @@ from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
+from mmcompress.models.split_attention import split_attention, split_targeted
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
@@ -66,7 +67,9 @@ class StructuredConfig(FrozenConfig):
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
             Consumers are refit in graph order in one lockstep pass over the batches
-            (`sequential_refit.py`; memory: every batch's live activations, twice).
+            (`sequential_refit.py`; memory: every batch's live activations, twice); a consumer whose
+            output (through a BatchNorm) is added to a residual stream is aimed at the unpruned sum,
+            making up for the error the stream already carries (`stream_target.py`).
             Heads: the attention module's output projection is refit the same way (in one call
             that removes channels and heads, the channel consumers are refit first, against a
             reference that still has every head).
@@ -156,6 +159,7 @@ def prune_structured(
     mapping = as_mapping(config if config is not None else StructuredConfig(), StructuredConfig)
     calib = None if calib is None else list(calib)  # read more than once (importance, compensation)
     adapter = adapter_for(model)
+    split = split_targeted(model, mapping, adapter.modality_of, lambda c: c.unit == "heads")  # packed q/k/v
     modules = dict(model.named_modules())
     chosen = list(
         resolve_targets(model, mapping, lambda m: is_attention(m, adapter) or _producer(m), adapter.modality_of)
@@ -197,6 +201,8 @@ def prune_structured(
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
+    if split:
+        record.info["split_attention"] = split
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
     folded, refit = {}, set()
@@ -257,6 +263,7 @@ def replay_structured(model: nn.Module, record: Record) -> None:
     Example:
         >>> replay_structured(build_model("fashion-clip"), Record.from_dict(saved))
     """
+    split_attention(model, record.info.get("split_attention", []))
     channels, heads, new_biases = [], [], []
     for name, entry in record.modules.items():
         if entry["structure"] == "channels":
@@ -328,21 +335,15 @@ def no_attention_message(model: nn.Module, adapter=None) -> str | None:
     """Why head pruning finds nothing to prune in `model` (None when an attention module is known).
 
     Example:
-        >>> no_attention_message(nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4), 2))
-        "unit 'heads' found no attention module ... MultiheadAttention keeps ..."
+        >>> no_attention_message(nn.Sequential(nn.Linear(4, 4)))
+        "unit 'heads' found no attention module in Sequential that the adapter describes ..."
     """
     adapter = adapter if adapter is not None else adapter_for(model)
-    if any(is_attention(m, adapter) for m in model.modules()):
-        return None
-    packed = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.MultiheadAttention)})
-    hint = (
-        f"; the model's {', '.join(packed)} keeps query/key/value in one packed in_proj_weight, which head pruning "
-        "does not split"
-        if packed
-        else ""
-    )
+    if any(is_attention(m, adapter) or isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return None  # nn.MultiheadAttention is split into q/k/v/out Linear layers first
     known = sorted(s.class_name for s in adapter.attention) or "none"
     return (
         f"unit 'heads' found no attention module in {type(model).__name__} that the adapter describes (attention "
-        f"specs name each class's query/key/value/output Linear layers; known classes: {known}){hint}"
+        f"specs name each class's query/key/value/output Linear layers; known classes: {known}, "
+        "and nn.MultiheadAttention)"
     )

@@ -17,6 +17,7 @@ from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, require_matches
+from mmcompress.models.split_attention import split_attention, split_targeted
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (public here too)
@@ -70,6 +71,7 @@ def quantize(
     """
     mapping = as_mapping(config if config is not None else QuantConfig(), QuantConfig)
     adapter = adapter_for(model)
+    split = split_targeted(model, mapping, adapter.modality_of)  # nn.MultiheadAttention: q/k/v as Linear layers
 
     def supported(module: nn.Module) -> bool:
         return type(module) in FLOAT_TO_QUANT
@@ -109,6 +111,8 @@ def quantize(
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     tie_quantized(model, built)  # tied float weights: one set of codes, stored once
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
+    if split:
+        record.info["split_attention"] = split
     for name, (qmodule, info) in built.items():  # swap only once every layer succeeded
         _replace(model, name, qmodule)
         record.modules[name] = info
@@ -252,6 +256,7 @@ def replay_quantize(model: nn.Module, record: Record) -> None:
     Example:
         >>> replay_quantize(fresh_model, Record.from_dict(saved))
     """
+    split_attention(model, record.info.get("split_attention", []))
     tied = weight_groups(model, list(record.modules))  # tied float weights share their codes again
     for name, info in record.modules.items():
         module = model.get_submodule(name)
