@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mmcompress.core.progress import tracked
 from mmcompress.prune.dependency import graph_args, thawed
 from mmcompress.prune.stream_target import stream_correction, stream_partners
 
@@ -78,7 +79,7 @@ def lockstep(
     args = [graph_args(gm, batch) for batch in batches]
     envs = [[{} for _ in batches] for _ in sides]
     placeholder = 0
-    for i, node in enumerate(nodes):
+    for i, node in enumerate(tracked(nodes, f"sequential refit ({len(targets)} layers, {len(batches)} batches)")):
         if node.op == "output":
             break
         if node.op == "placeholder":

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import call_model
+from mmcompress.core.progress import tracked
 from mmcompress.prune.channel_importance import keep_count
 from mmcompress.prune.compensate import input_width
 from mmcompress.prune.dependency import ChannelGroup, eval_mode
@@ -229,7 +230,7 @@ def sensitivity_keep(
             group_sensitivity(
                 model, modules, group, score.argsort(stable=True), ratios, batches, references, means, round_to
             )
-            for group, score in zip(groups, scores, strict=True)
+            for group, score in tracked(zip(groups, scores, strict=True), "sensitivity probes", len(groups))
         ]
     curves = [lambda r, c=c: interpolated(ratios, c, r) for c in changes]
     counted = parameter_count(groups, modules) if budget == "params" else None

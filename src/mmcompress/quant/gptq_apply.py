@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.core.progress import tracked
 from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.quant.gptq import accumulate_hessian, gptq_quantize
@@ -59,7 +60,7 @@ def gptq_params(
     modules = {name: module for name, (module, _, _) in targets.items()}
     run_calibration(model, modules, calib, collect, modality_of, max_batches)
     out = {}
-    for name, (module, grid, cfg) in targets.items():
+    for name, (module, grid, cfg) in tracked(targets.items(), "GPTQ layers"):
         weight = grouped_weight(module).detach()  # (g, out / g, k)
         try:
             codes, scale, zero = gptq_quantize(

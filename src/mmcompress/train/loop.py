@@ -16,6 +16,7 @@ from torch import nn
 from mmcompress.core.batches import check_finite, move_to
 from mmcompress.core.hooks import run_step_hooks
 from mmcompress.core.io import atomic_torch_save, safe_torch_load, stable_hash
+from mmcompress.core.progress import progress_shown
 from mmcompress.errors import ConfigError, DataError, ModelError
 from mmcompress.train import distributed as ddp
 from mmcompress.train.config import TrainConfig
@@ -256,7 +257,7 @@ def _resume(ckpt: Path, config_hash: str, model, optimizer, scheduler, stopper: 
 
 @contextlib.contextmanager
 def _progress(enabled: bool, label: str, total: int):
-    if not enabled:
+    if not enabled or not progress_shown():  # MMCOMPRESS_PROGRESS, else a terminal
         yield lambda loss: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
