@@ -188,6 +188,20 @@ def test_agreement_task_needs_no_labels_and_its_loss_distils(user):
     assert task.loss(model, inputs, None) > 0
 
 
+def test_unlabelled_data_without_a_task_is_measured_by_agreement_and_says_so(user):
+    """Items without labels (dicts of inputs here) cannot be classified; without --task the CLI warns and
+    compares with the model as loaded instead of failing inside a batch unpack."""
+    with pytest.warns(UserWarning, match="without labels"):
+        result = _run("eval", "py:user_model.py:build", "--data", "py:user_model.py:data")
+    assert result.exit_code == 0, result.output
+    assert "agreement" in result.output
+    model = load_model_spec("py:user_model.py:build")
+    _, test, _ = load_data_spec("py:user_model.py:data")
+    with pytest.warns(UserWarning, match="without labels"):
+        task = resolve_task(None, model, test)
+    assert task.primary_metric == "agreement" and task.evaluate(model, test)["agreement"] == 1.0
+
+
 def test_local_hf_folder_goes_through_quantize_and_measure(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

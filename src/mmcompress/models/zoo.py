@@ -26,6 +26,7 @@ from mmcompress.models.recurrent import CaptionLSTM
 from mmcompress.models.zoo_tasks import CaptionClassificationTask, ContrastiveTask
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.embedding_task import EmbeddingTask
+from mmcompress.train.reference_tasks import AgreementTask
 from mmcompress.train.tasks import ClassificationTask, Task
 
 CACHE_VERSION = 1
@@ -285,7 +286,8 @@ def _load_external(name: str, overrides: dict[str, Any]) -> nn.Module:
 def task_for(model: nn.Module, dataset: Any) -> Task:
     """The task of a built-in model class; for a dataset of plain strings and a model with its own
     tokenizer (sentence encoders), an `EmbeddingTask` whose reference is a copy of `model` as it is
-    now (call this before compressing); plain classification for any other model.
+    now (call this before compressing); for items without labels (bare tensors or dicts), agreement
+    with such a copy, with a warning; plain classification for any other model.
 
     Example:
         >>> task_for(nn.Linear(64, 10), digits_train)
@@ -302,7 +304,27 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
                 "or another Task that turns the strings into the model's inputs"
             )
         return EmbeddingTask(tokenizer, reference=copy.deepcopy(model).eval())
+    if _unlabelled(dataset):
+        warnings.warn(
+            f"the data's items are model inputs without labels ({type(dataset[0]).__name__}, not (inputs, label) "
+            "pairs): the task is agreement with the model as it is now (top-1 and KL; pass task='cosine' or a "
+            "Task for another metric)",
+            stacklevel=2,
+        )
+        return AgreementTask(copy.deepcopy(model).eval())
     return ClassificationTask()
+
+
+def _unlabelled(dataset: Any) -> bool:
+    """Whether a dataset's items are bare model inputs (a tensor or dict, not an (inputs, label) pair)."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    if callable(getattr(base, "inputs", None)) and hasattr(base, "labels"):  # a built-in, vectorised set
+        return False
+    try:
+        item = dataset[0] if len(dataset) > 0 else None
+    except (TypeError, IndexError, KeyError):
+        return False
+    return item is not None and not (isinstance(item, (tuple, list)) and len(item) == 2)
 
 
 def _holds_text(dataset: Any) -> bool:
