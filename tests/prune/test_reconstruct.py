@@ -182,6 +182,6 @@ def test_one_lockstep_pass_refits_exactly_as_a_pass_per_layer(monkeypatch):
     expected = depthwise.weight.detach() / 2
     xs = [torch.randn(2, 4, 6, 6) for _ in range(3)]
     with torch.no_grad():  # inputs twice as large: the weights that give the same output are halved
-        delta, rows, columns = refit_layer(depthwise, [], [2 * x for x in xs], xs, damp=0.0)
+        delta, rows, columns = refit_layer(depthwise, [], [(2 * x, x) for x in xs], damp=0.0)
     assert torch.allclose(depthwise.weight, expected, atol=1e-4) and delta.abs().max() < 1e-4
     assert rows == 3 * 2 * 36 and columns == 10  # 9 taps and the constant, per channel

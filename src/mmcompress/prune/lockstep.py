@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mmcompress.core.batches import tensors_in
 from mmcompress.core.progress import tracked
 from mmcompress.prune.dependency import graph_args, thawed
 from mmcompress.prune.stream_target import stream_correction, stream_partners
@@ -73,29 +74,58 @@ def lockstep(
         >>> lockstep(trace(model, x), copy.deepcopy(model), [x], {"head"}, lambda n, xs, rs, cs: None)
     """
     partners = stream_partners(gm, targets)
-    sides = [_Runner(gm), _Runner(fx.GraphModule(reference, gm.graph))]
-    nodes = list(gm.graph.nodes)
-    last_use = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
-    args = [graph_args(gm, batch) for batch in batches]
-    envs = [[{} for _ in batches] for _ in sides]
-    placeholder = 0
-    for i, node in enumerate(tracked(nodes, f"sequential refit ({len(targets)} layers, {len(batches)} batches)")):
-        if node.op == "output":
-            break
-        if node.op == "placeholder":
-            for side in envs:
-                for env, values in zip(side, args, strict=True):
-                    env[node] = values[placeholder]
-            placeholder += 1
-            continue
+    runners = [_Runner(gm), _Runner(fx.GraphModule(reference, gm.graph))]
+    envs = [[{} for _ in batches] for _ in runners]
+
+    def before(node: fx.Node) -> None:
         if node.op == "call_module" and node.target in targets:
             source = node.args[0]
             inputs, reference_inputs = [env[source] for env in envs[0]], [env[source] for env in envs[1]]
             refit(node.target, inputs, reference_inputs, _corrections(partners.get(node.target), envs))
-        for runner, side in zip(sides, envs, strict=True):
-            for env in side:
+
+    label = f"sequential refit ({len(targets)} layers, {len(batches)} batches)"
+    _walk(gm, runners, envs, [graph_args(gm, batch) for batch in batches], before, label=label)
+
+
+@torch.no_grad()
+def live_bytes(gm: fx.GraphModule, batch: Any) -> int:
+    """The most bytes of activations one batch keeps alive while `gm` runs node by node (what
+    `lockstep` holds per batch and model; the inputs and outputs of the node running included).
+
+    Example:
+        >>> live_bytes(trace(model, x), x)
+        1048576
+    """
+    peak = 0
+
+    def after(env: dict) -> None:
+        nonlocal peak
+        peak = max(peak, sum(t.nbytes for value in env.values() for _, t in tensors_in(value)))
+
+    env: dict = {}
+    _walk(gm, [_Runner(gm)], [[env]], [graph_args(gm, batch)], after=lambda node: after(env))
+    return peak
+
+
+def _walk(gm: fx.GraphModule, runners: list, envs: list, args: list, before=None, after=None, label=None) -> None:
+    """Advance every runner over its environments (one per batch) node by node, calling `before(node)`
+    ahead of each node and `after(node)` once it ran everywhere; values no later node reads are freed
+    after that."""
+    nodes = list(gm.graph.nodes)
+    last_use = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
+    placeholder = 0
+    for i, node in enumerate(tracked(nodes, label) if label else nodes):
+        if node.op == "output":
+            break
+        if before is not None:
+            before(node)
+        for runner, side in zip(runners, envs, strict=True):
+            for env, values in zip(side, args, strict=True):
                 runner.env = env
-                env[node] = runner.run_node(node)
+                env[node] = values[placeholder] if node.op == "placeholder" else runner.run_node(node)
+        placeholder += node.op == "placeholder"
+        if after is not None:
+            after(node)
         for arg in node.all_input_nodes:  # free what no later node reads
             if last_use[arg] == i:
                 for side in envs:

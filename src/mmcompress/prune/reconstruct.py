@@ -24,6 +24,7 @@ import contextlib
 import copy
 import itertools
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -98,7 +99,7 @@ class _Captured(Exception):
     """Stops a forward pass once the layer being refit has its input."""
 
 
-def _paired_inputs(model, reference, layer, ref_layer, batches: list, stop_early: bool) -> tuple[list, list]:
+def paired_inputs(model, reference, layer, ref_layer, batches: list, stop_early: bool) -> tuple[list, list]:
     """The layer's inputs in the pruned model and in the unpruned copy, over `batches` (one forward
     pass of each per batch, stopped at the layer unless it is called more than once)."""
     seen: dict[str, list[torch.Tensor]] = {"pruned": [], "reference": []}
@@ -133,16 +134,15 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([cols, torch.ones(*cols.shape[:2], 1, dtype=cols.dtype)], 2)
 
 
-def refit_layer(
-    layer: nn.Module, removed: list[int], inputs: list, reference_inputs: list, damp: float, corrections=None
-) -> tuple:
+def refit_layer(layer: nn.Module, removed: list[int], pairs: Iterable, damp: float, corrections=None) -> tuple:
     """Refit `layer` in place: its weight on the kept input columns (the `removed` input channels'
-    columns zeroed) so that, on `inputs`, it reproduces its own output on `reference_inputs` (plus
+    columns zeroed) so that, on each batch's input `x` of the pairs `(x, x_ref)` (a list, or a
+    generator that computes them batch by batch), it reproduces its own output on `x_ref` (plus
     `corrections`, one tensor shaped as the layer's output per batch, where given).
     Returns the bias change (out,) to fold, and the rows and kept columns per group.
 
     Example:
-        >>> delta, rows, cols = refit_layer(model.head, [1, 3], [x_pruned], [x_unpruned], 0.01)
+        >>> delta, rows, cols = refit_layer(model.head, [1, 3], [(x_pruned, x_unpruned)], 0.01)
     """
     weight = grouped_weight(layer, layer.weight.detach().float())  # (g, out / g, k)
     taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
@@ -152,7 +152,7 @@ def refit_layer(
     kept = torch.cat([keep, torch.tensor([weight.shape[2]])])  # and the constant
     cross = gram = shift = 0
     rows = 0
-    for i, (x, x_ref) in enumerate(zip(inputs, reference_inputs, strict=True)):
+    for i, (x, x_ref) in enumerate(pairs):
         z, z_ref = _columns(layer, x)[:, :, kept], _columns(layer, x_ref)
         cross = cross + (z_ref.transpose(1, 2) @ z).double()  # (g, k + 1, K' + 1)
         gram = gram + (z.transpose(1, 2) @ z).double()
@@ -231,10 +231,11 @@ def reconstruct_consumers(
             ref_modules = dict(reference.named_modules())
             for name in order:
                 layer = targets[name]
-                inputs, reference_inputs = _paired_inputs(
+                inputs, reference_inputs = paired_inputs(
                     model, reference, layer, ref_modules[name], batches, name not in repeated
                 )
-                deltas[name], rows, columns = refit_layer(layer, dropped[name], inputs, reference_inputs, DAMP)
+                pairs = zip(inputs, reference_inputs, strict=True)
+                deltas[name], rows, columns = refit_layer(layer, dropped[name], pairs, DAMP)
                 shifts.append(layer.register_forward_hook(shift_output(deltas[name])))  # the caller folds it
                 if rows <= columns:
                     scarce.append(f"{name} ({rows} rows, {columns} columns)")

@@ -9,18 +9,28 @@ regression per group) for layers that lose no columns. Refitting the producers a
 convolutions of MobileNetV2's pruned blocks against their unpruned outputs too (512 crops) did not
 help: top-1 agreement 0.770 / KL 0.123 against 0.787 / 0.123 for the consumers alone with layer
 targets, 0.787 / 0.117 against 0.783 / 0.117 with residual-stream targets.
+
+Memory: the lockstep pass holds every batch's live activations twice. When the calibration batches
+would not fit in `memory_budget()`, the pass takes as many as fit, and the layers it ends on (no
+other refit layer after them: typically a classifier after global pooling, which sees one row per
+image and needs the most images) are refit afterwards on every batch, streamed one batch at a time.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 
 import torch
 from torch import fx, nn
 
 from mmcompress.prune.dependency import eval_mode
-from mmcompress.prune.lockstep import lockstep
-from mmcompress.prune.reconstruct import refit_layer
+from mmcompress.prune.lockstep import live_bytes, lockstep
+from mmcompress.prune.reconstruct import paired_inputs, refit_layer
+
+BUDGET_SHARE = 0.6  # of the memory available when the refit starts
+BUDGET_VARIABLE = "MMCOMPRESS_REFIT_MEMORY_GB"  # overrides the budget
 
 
 @torch.no_grad()
@@ -37,18 +47,90 @@ def refit_in_lockstep(
     modules = dict(model.named_modules())
     deltas, scarce, hooks = {}, [], []
 
-    def refit(name: str, inputs: list, reference_inputs: list, corrections: list | None) -> None:
+    def refit(name: str, pairs, corrections: list | None = None) -> None:
         layer = modules[name]
-        deltas[name], rows, columns = refit_layer(layer, layers[name], inputs, reference_inputs, damp, corrections)
+        deltas[name], rows, columns = refit_layer(layer, layers[name], pairs, damp, corrections)
         hooks.append(layer.register_forward_hook(shift(deltas[name])))
         if rows <= columns:
             scarce.append(f"{name} ({rows} rows, {columns} columns)")
 
     reference = copy.deepcopy(model)  # the unpruned model: every layer's target output
+    ref_modules = dict(reference.named_modules())
     try:
         with eval_mode(model), eval_mode(reference):
-            lockstep(graph, reference, batches, set(layers), refit)
+            held = _batches_that_fit(graph, batches)
+            streamed = last_layers(graph, set(layers)) if held < len(batches) else []
+            lockstep(
+                graph, reference, batches[:held], set(layers) - set(streamed),
+                lambda name, xs, refs, corrections: refit(name, zip(xs, refs, strict=True), corrections),
+            )  # fmt: skip
+            for name in streamed:
+                refit(name, _streamed_pairs(model, reference, modules[name], ref_modules[name], batches))
     finally:
         for hook in hooks:
             hook.remove()
     return deltas, scarce
+
+
+def _streamed_pairs(model: nn.Module, reference: nn.Module, layer: nn.Module, ref_layer: nn.Module, batches: list):
+    """(the layer's input in the pruned model, in the unpruned copy), one batch at a time."""
+    for batch in batches:
+        (x,), (x_ref,) = paired_inputs(model, reference, layer, ref_layer, [batch], stop_early=True)
+        yield x, x_ref
+
+
+def last_layers(graph: fx.GraphModule, names: set[str]) -> list[str]:
+    """The named layers, in graph order, whose output reaches no other named layer.
+
+    Example:
+        >>> last_layers(trace(model, x), {"features.3.conv.2", "classifier.1"})
+        ['classifier.1']
+    """
+    calls = [n for n in graph.graph.nodes if n.op == "call_module" and n.target in names]
+    found = []
+    for node in calls:
+        seen, todo = set(), list(node.users)
+        while todo:
+            user = todo.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            todo.extend(user.users)
+        if not any(other in seen for other in calls):
+            found.append(node.target)
+    return found
+
+
+def memory_budget() -> int:
+    """Bytes the lockstep pass may hold: BUDGET_SHARE of the memory available now (Linux's
+    MemAvailable), or MMCOMPRESS_REFIT_MEMORY_GB gigabytes when that is set.
+
+    Example:
+        >>> memory_budget() > 0
+        True
+    """
+    if os.environ.get(BUDGET_VARIABLE):
+        return int(float(os.environ[BUDGET_VARIABLE]) * 1e9)
+    try:
+        with open("/proc/meminfo") as info:
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(BUDGET_SHARE * available)
+
+
+def _batches_that_fit(graph: fx.GraphModule, batches: list) -> int:
+    """How many of `batches` the lockstep pass can hold (at least one), measured on the first; warns
+    when that is not all of them."""
+    per_batch = 2 * live_bytes(graph, batches[0])  # the pruned model and the unpruned copy
+    budget = memory_budget()
+    held = max(1, min(len(batches), budget // max(per_batch, 1)))
+    if held < len(batches):
+        warnings.warn(
+            f"reconstruct: the sequential refit holds every calibration batch's activations (about "
+            f"{per_batch / 1e9:.2f} GB per batch, {len(batches) * per_batch / 1e9:.1f} GB for {len(batches)}; "
+            f"budget {budget / 1e9:.1f} GB, set {BUDGET_VARIABLE} to change it): it refits on the first {held} "
+            "batches, and the layers it ends on on all of them, one batch at a time",
+            stacklevel=5,
+        )
+    return held

@@ -67,7 +67,10 @@ class StructuredConfig(FrozenConfig):
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
             Consumers are refit in graph order in one lockstep pass over the batches
-            (`sequential_refit.py`; memory: every batch's live activations, twice); a consumer whose
+            (`sequential_refit.py`; memory: every batch's live activations, twice; batches beyond
+            60% of the available memory, or MMCOMPRESS_REFIT_MEMORY_GB, are left out of it, with a
+            warning, and serve only the last refit layers, such as a classifier after pooling,
+            which are then refit on every batch one at a time); a consumer whose
             output (through a BatchNorm) is added to a residual stream is aimed at the unpruned sum,
             making up for the error the stream already carries (`stream_target.py`).
             Heads: the attention module's output projection is refit the same way (in one call
