@@ -145,12 +145,13 @@ def _run_recipe(
 
 def _check_run_of(model: str, run_dir: Path | None) -> None:
     """A run compared with MODEL must have compressed MODEL."""
+    from mmcompress.recipe.runner import absolute_spec
     from mmcompress.recipe.specs import is_run_folder, read_record
 
     if run_dir is None:
         return
     spec = read_record(run_dir).get("model_spec")
-    if spec and not is_run_folder(model) and spec != model:
+    if spec and not is_run_folder(model) and absolute_spec(spec) != absolute_spec(model):
         raise ConfigError(f"run {run_dir} compressed {spec!r}, not {model!r}")
 
 

@@ -3,6 +3,7 @@
 and `auto`, with the user's data from a `py:` factory: no built-in name anywhere."""
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
                   "--task", "agreement", "--adapter", "towers.yaml", "--out", out, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((out / "record.json").read_text())
-    assert record["model_spec"] == "py:user_model.py:build" and record["primary_metric"] == "agreement"
+    assert record["model_spec"] == f"py:{user / 'user_model.py'}:build" and record["primary_metric"] == "agreement"
+    assert record["recipe"]["dataset"] == f"py:{user / 'user_model.py'}:data"  # the folder works from anywhere
     quant = next(s for s in record["stages"] if s["pass_name"] == "quantize")
     assert quant["metrics"]["modules"] == 3  # conv (image), embedding + linear (text); the head stays float
     assert "mmcompress report: py:user_model.py:build" in (out / "report.md").read_text()
@@ -109,6 +111,12 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
     assert evaluated.exit_code == 0 and "agreement" in evaluated.output, evaluated.output
     recalled = _run("eval", out)  # the run folder alone: its recorded data, task and adapter
     assert recalled.exit_code == 0 and "agreement" in recalled.output, recalled.output
+    elsewhere = user / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # restored by the fixture's monkeypatch.chdir
+    recalled = _run("eval", out)
+    assert recalled.exit_code == 0 and "agreement" in recalled.output, recalled.output
+    os.chdir(user)
     # the text tower is two modules (embed, text): each is timed on the inputs it gets in a full forward
     benched = _run("bench", "py:user_model.py:build", "--run", out, "--batch", 4, "--runtime", "eager",
                    "--runtime", "onnxruntime", "--part", "text", "--repeats", 2, "--warmup", 1,

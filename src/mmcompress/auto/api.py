@@ -76,8 +76,8 @@ def auto_compress(
 
     from mmcompress.evaluate.measure import measure
     from mmcompress.models.zoo import task_for
-    from mmcompress.recipe.runner import load_run
-    from mmcompress.recipe.specs import absolute_spec, resolve_workload
+    from mmcompress.recipe.runner import absolute_spec, load_run
+    from mmcompress.recipe.specs import resolve_workload
 
     require("optuna", "auto", "the compression search")  # before any work
     check_writable(out_dir)

@@ -143,6 +143,7 @@ def bench(
         >>> rows = bench("fashion-clip", "runs/bench", run_dir="runs/quantize", batches=(64,))
     """
     from mmcompress.graph.export import export_onnx
+    from mmcompress.recipe.runner import absolute_spec
     from mmcompress.recipe.specs import is_run_folder, read_record, resolve_workload
 
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -155,7 +156,7 @@ def bench(
         if not model_spec:
             raise ConfigError(f"run {run_dir} names no model spec (made from a Python object): give MODEL and --run")
     record = read_record(run_dir) if run_dir else {}
-    if record.get("model_spec") and record["model_spec"] != model_spec:
+    if record.get("model_spec") and absolute_spec(record["model_spec"]) != absolute_spec(model_spec):
         raise ConfigError(f"run {run_dir} compressed {record['model_spec']!r}, not {model_spec!r}")
     data = data or record.get("recipe", {}).get("dataset")
     adapter = adapter if adapter is not None else record.get("adapter")

@@ -255,22 +255,42 @@ def _read_stage(path: Path) -> dict[str, Any]:
 
 
 def _record(recipe: Recipe, results: list[StageResult], model: nn.Module, task: Task) -> dict[str, Any]:
-    spec = getattr(model, SPEC_ATTR, None) or recipe.model
+    given = getattr(model, SPEC_ATTR, None) or recipe.model
+    recipe_dict = recipe.to_dict()
+    for key in ("model", "dataset", "task"):
+        if key in recipe_dict:
+            recipe_dict[key] = absolute_spec(recipe_dict[key])
     adapter = recipe.adapter
     if isinstance(adapter, str):  # stored as data: the run folder must not depend on the YAML file staying
         adapter = yaml.safe_load(Path(adapter).read_text()) if Path(adapter).is_file() else adapter
     return {
         "primary_metric": task.primary_metric,
         "higher_is_better": getattr(task, "higher_is_better", True) is not False,
-        "model_spec": spec,  # `mmcompress measure/eval/bench RUN` rebuild the model from it
-        "model_name": spec or type(model).__name__,
+        "model_spec": absolute_spec(given),  # `measure/eval/bench RUN` rebuild the model from it, from any folder
+        "model_name": given or type(model).__name__,
         "adapter": adapter,
-        "recipe": recipe.to_dict(),
+        "recipe": recipe_dict,
         "seed": recipe.seed,
         "versions": environment_versions(),
         "model_class": type(model).__name__,
         "stages": [r.__dict__ for r in results],
     }
+
+
+def absolute_spec(spec: str | None) -> str | None:
+    """`spec` with a `py:` file path made absolute (other specs unchanged): a recipe written for later
+    runs from any folder.
+
+    Example:
+        >>> absolute_spec("py:my_models.py:build")
+        'py:/home/me/project/my_models.py:build'
+    """
+    if not isinstance(spec, str) or not spec.startswith("py:"):
+        return spec
+    target, sep, attr = spec[3:].rpartition(":")
+    if sep and (target.endswith(".py") or "/" in target):
+        return f"py:{Path(target).expanduser().resolve()}:{attr}"
+    return spec
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:

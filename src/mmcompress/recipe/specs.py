@@ -398,19 +398,3 @@ def _search_path(folder: Path) -> None:
     """Let user code in `folder` import its sibling modules (appended: never shadows installed packages)."""
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
-
-
-def absolute_spec(spec: str | None) -> str | None:
-    """`spec` with a `py:` file path made absolute (other specs unchanged): a recipe written for later
-    runs from any folder.
-
-    Example:
-        >>> absolute_spec("py:my_models.py:build")
-        'py:/home/me/project/my_models.py:build'
-    """
-    if not isinstance(spec, str) or not spec.startswith("py:"):
-        return spec
-    target, sep, attr = spec[3:].rpartition(":")
-    if sep and (target.endswith(".py") or "/" in target):
-        return f"py:{Path(target).expanduser().resolve()}:{attr}"
-    return spec
