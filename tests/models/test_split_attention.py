@@ -87,6 +87,15 @@ def test_unsupported_forms_are_refused_by_name():
         split_attention(nn.ModuleDict({"head": nn.Linear(2, 2)}), ["head"])
 
 
+def test_attention_that_cannot_split_stays_float_with_a_warning_instead_of_failing_the_call():
+    from mmcompress import quantize
+
+    model = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 4, add_bias_kv=True), "head": nn.Linear(16, 2)})
+    with pytest.warns(UserWarning, match="add_bias_kv or add_zero_attn stay as they are .*: attn"):
+        record = quantize(model, {"weight_bits": 8})
+    assert isinstance(model["attn"], nn.MultiheadAttention) and "head" in record.modules
+
+
 class EncoderClassifier(nn.Module):  # a user's text model on torch.nn's own transformer blocks
     def __init__(self) -> None:
         super().__init__()
@@ -106,8 +115,8 @@ def _replayed(model: nn.Module, record, replay) -> nn.Module:
     return fresh
 
 
-def test_quantize_reaches_the_attention_projections_of_torch_nn_transformer_layers():
-    from mmcompress import QuantConfig, quantize
+def test_quantize_reaches_the_attention_projections_of_torch_nn_transformer_layers(tmp_path):
+    from mmcompress import QuantConfig, load_quantized, quantize, save_quantized
     from mmcompress.quant.api import replay_quantize
 
     torch.manual_seed(0)
@@ -122,6 +131,8 @@ def test_quantize_reaches_the_attention_projections_of_torch_nn_transformer_laye
         got = model(tokens)
         assert torch.allclose(got, want, atol=0.05), (got - want).abs().max()
         assert torch.equal(_replayed(model, record, replay_quantize)(tokens), got)
+        save_quantized(model, tmp_path / "w8")  # a fresh float model is split again on load
+        assert torch.equal(load_quantized(EncoderClassifier(), tmp_path / "w8")(tokens), got)
 
 
 def test_heads_of_torch_nn_multihead_attention_are_pruned_and_replayed():

@@ -10,8 +10,9 @@ from torch import nn
 
 from mmcompress.core.io import atomic_write_json, check_sha256, file_sha256, json_digest, load_state_checked
 from mmcompress.core.record import Record
-from mmcompress.errors import ModelError
+from mmcompress.errors import ModelError, UnsupportedError
 from mmcompress.graph.storage import load_compact, save_compact
+from mmcompress.models.split_attention import SplitMultiheadAttention, split_attention
 from mmcompress.quant.api import replay_quantize
 from mmcompress.quant.modules import QUANT_LAYERS
 
@@ -34,16 +35,18 @@ def quant_map(model: nn.Module) -> dict:
 
 
 def save_quantized(model: nn.Module, folder: str | Path) -> Path:
-    """Write `weights.safetensors` (packed codes, steps, zero points, float rest) and `quant_map.json`.
+    """Write `weights.safetensors` (packed codes, steps, zero points, float rest) and `quant_map.json`
+    (with the nn.MultiheadAttention modules quantization split, which loading splits again).
 
-    Example:
-        >>> save_quantized(model, "out/w4")
+        Example:
+            >>> save_quantized(model, "out/w4")
     """
     folder = Path(folder)
     save_compact(model, folder / WEIGHTS)
     info = {
         "format": "mmcompress-quant-v1",
         "modules": quant_map(model),
+        "split_attention": [n for n, m in model.named_modules() if isinstance(m, SplitMultiheadAttention)],
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     info["map_sha256"] = json_digest(info, "map_sha256")
@@ -67,6 +70,10 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
     if "map_sha256" in info and info["map_sha256"] != json_digest(info, "map_sha256"):
         raise ModelError(f"{folder / QUANT_MAP} does not match its recorded SHA-256 (corrupted); save the model again")
     check_sha256(folder / WEIGHTS, info.get("weights_sha256"), "quantized weights", "save the model again")
+    try:
+        split_attention(model, info.get("split_attention", []))  # nn.MultiheadAttention as it was quantized
+    except (AttributeError, UnsupportedError) as err:
+        raise ModelError(f"{folder / QUANT_MAP} names attention modules {type(model).__name__} lacks: {err}") from None
     modules = dict(model.named_modules())
     try:
         for name, entry in info["modules"].items():

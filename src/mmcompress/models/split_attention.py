@@ -14,6 +14,8 @@ conversion is turned off for the same reason.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +51,7 @@ class SplitMultiheadAttention(nn.Module):
     @torch.no_grad()
     def from_packed(cls, mha: nn.MultiheadAttention) -> SplitMultiheadAttention:
         """The same attention as `mha`, its weights copied (packed q/k/v rows split in order)."""
-        if mha.bias_k is not None or mha.add_zero_attn:
+        if not splittable(mha):
             raise UnsupportedError("nn.MultiheadAttention with add_bias_kv or add_zero_attn cannot be split")
         bias = mha.in_proj_bias is not None
         split = cls(mha.embed_dim, mha.num_heads, mha.kdim, mha.vdim, bias, mha.dropout, mha.batch_first)
@@ -178,4 +180,17 @@ def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config:
         configs = (first_match(mapping, path, modality_of(path)) for path in paths)
         return any(config is not None and wanted(config) for config in configs)
 
-    return split_attention(model, [name for name in packed_attention(model) if selected(name)])
+    chosen = [name for name in packed_attention(model) if selected(name)]
+    unsplittable = [name for name in chosen if not splittable(model.get_submodule(name))]
+    if unsplittable:
+        warnings.warn(
+            f"{len(unsplittable)} nn.MultiheadAttention module(s) with add_bias_kv or add_zero_attn stay as they are "
+            f"(float, every head kept): {', '.join(unsplittable[:5])}",
+            stacklevel=3,
+        )
+    return split_attention(model, [name for name in chosen if name not in unsplittable])
+
+
+def splittable(mha: nn.MultiheadAttention) -> bool:
+    """Whether `SplitMultiheadAttention.from_packed` can split `mha` (no add_bias_kv, no add_zero_attn)."""
+    return mha.bias_k is None and not mha.add_zero_attn
