@@ -161,6 +161,9 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     assert stages["pruned"]["metrics"]["params"] < 0.75 * stages["baseline"]["metrics"]["params"]
     exported = stages["export_onnx"]["metrics"]
     assert abs(exported["ort_accuracy"] - exported["torch_accuracy"]) < 0.02
+    measured = json.loads(_run("measure", str(out), "--json").stdout)  # against the unpruned model's size too
+    assert measured["compression"] == pytest.approx(1.0, abs=0.01)  # still float32
+    assert measured["compression_vs_original"] > 1.3
     bad = _run("prune", "digits-cnn", "--pattern", "3:2", "--out", str(tmp_path / "b"), *args)
     check_one_line_error(bad, "0 < N < M")
     bad = _run("prune", "digits-cnn", "--reconstruct", "--out", str(tmp_path / "b"), *args)

@@ -159,10 +159,14 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
         work = resolve_workload(net, data_spec, task, data_dir=data_dir, test_limit=8, progress=False)
         example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
     result = measure(net, example)
+    original = _original_float_bytes(target, adapter, cache_dir)
+    versus = result.total.stored_bytes and original / result.total.stored_bytes
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        extra = {"original_float32_bytes": original, "compression_vs_original": versus} if original else {}
+        click.echo(json.dumps({**result.to_dict(), **extra}, indent=2))
         return
-    table = Table(title=f"{target}: size per modality (compression {result.compression:.2f}x)")
+    against = f"; {versus:.2f}x against the original model's float32 size" if original else ""
+    table = Table(title=f"{target}: size per modality (compression {result.compression:.2f}x{against})")
     for col in ("tower", "params", "non-zeros", "stored MB", "float32 MB"):
         table.add_column(col, justify="right")
     for name, size in [*result.per_modality.items(), ("total", result.total)]:
@@ -178,6 +182,18 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
         console.print(_table("latency (ms, batch 8)", result.latency_ms))
     else:
         console.print("latency: not measured (no example inputs: give --data, or an adapter that builds them)")
+
+
+def _original_float_bytes(target, adapter, cache_dir) -> int | None:
+    """A run folder's uncompressed model's float32 bytes (structured pruning shrinks the float size
+    measured on the run's own model); None for a plain model spec or a run without a model spec."""
+    from mmcompress.evaluate.measure import measure
+    from mmcompress.recipe.specs import is_run_folder, load_model_spec, read_record
+
+    spec = read_record(target).get("model_spec") if is_run_folder(target) else None
+    if not spec:
+        return None
+    return measure(load_model_spec(spec, pretrained=False, cache_dir=cache_dir, adapter=adapter)).total.float32_bytes
 
 
 @cli.command()

@@ -76,3 +76,13 @@ def test_a_compressed_stage_slower_than_the_first_evaluation_is_a_warning():
     chain = [stage("baseline", 194.0, 190, 198), stage("pruned", 80.0, 78, 82), stage("quantized", 180.0, 176, 184)]
     (warning,) = warnings_of(record, chain)
     assert "than the stage before it, 'pruned' (80.0 -> 180.0 ms)" in warning and "convolutions" in warning
+
+
+def test_layers_structured_pruning_kept_at_full_width_are_a_warning():
+    """A trial user's TransformerEncoder FFN channels were all kept; the report's warnings said nothing."""
+    from mmcompress.report.render import warnings_of
+
+    kept = {"label": "prune_structured", "metrics": {"layers_kept": 7.0, "removed": 0.0}}
+    (warning,) = warnings_of({"recipe": {}}, [kept])
+    assert "kept 7 targeted layer(s) at full width and removed nothing" in warning
+    assert warnings_of({"recipe": {}}, [{"label": "p", "metrics": {"layers_kept": 0.0, "removed": 0.3}}]) == []

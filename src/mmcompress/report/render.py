@@ -80,9 +80,9 @@ def _short(value: Any, key: str = "") -> str | None:
 
 
 def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    """What a reader must not miss: stages that lose more than the recipe allows, layers left float,
-    ONNX files that disagree with PyTorch, compressed stages slower than the first evaluation,
-    latencies too noisy to compare."""
+    """What a reader must not miss: stages that lose more than the recipe allows, layers left float
+    or kept at full width by structured pruning, ONNX files that disagree with PyTorch, compressed
+    stages slower than the first evaluation, latencies too noisy to compare."""
     limit = record["recipe"].get("warn_drop")
     out = []
     timed = [s for s in stages if s["metrics"].get("latency_ms")]
@@ -101,6 +101,12 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
             out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
         if m.get("float_left"):
             out.append(f"stage {label!r} left {int(m['float_left'])} targeted layer(s) float (see the layer table)")
+        if m.get("layers_kept"):
+            nothing = " and removed nothing" if m.get("removed") == 0 else ""
+            out.append(
+                f"stage {label!r} kept {int(m['layers_kept'])} targeted layer(s) at full width{nothing} "
+                "(see the layer table for why)"
+            )
         if m.get("float_inputs"):
             out.append(
                 f"stage {label!r} kept float inputs (weight-only) on {int(m['float_inputs'])} layer(s) whose "
