@@ -20,7 +20,8 @@ RATIO_NOTE = 0.02  # an entry whose removed fraction differs more than this from
 
 
 def count_macs(model: nn.Module, inputs: Any) -> float:
-    """Multiply-accumulates of one forward pass on `inputs` (per batch) in Conv2d, Linear and LSTM/GRU.
+    """Multiply-accumulates of one forward pass on `inputs` (per batch) in Conv2d, Linear, LSTM/GRU and
+    the projections of nn.MultiheadAttention.
 
     Runs in eval mode without gradients (BatchNorm statistics stay); restores every module's mode.
 
@@ -30,9 +31,11 @@ def count_macs(model: nn.Module, inputs: Any) -> float:
     """
     total = [0.0]
 
-    def hook(module: nn.Module, args: tuple, out: Any) -> None:
+    def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         out = out[0] if isinstance(out, tuple) else out
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.MultiheadAttention):  # packed: its projections are no module calls
+            total[0] += _attention_projection_macs(module, [*args, *kwargs.values()])
+        elif isinstance(module, nn.Conv2d):
             k = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
             total[0] += out.numel() * k
         elif isinstance(module, nn.Linear):
@@ -42,9 +45,8 @@ def count_macs(model: nn.Module, inputs: Any) -> float:
             steps = out.numel() // module.hidden_size
             total[0] += steps * gates * module.hidden_size * (module.input_size + module.hidden_size)
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU))
-    ]
+    counted = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU, nn.MultiheadAttention)
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad(), eval_mode(model):
             call_model(model, inputs)
@@ -52,6 +54,13 @@ def count_macs(model: nn.Module, inputs: Any) -> float:
         for handle in handles:
             handle.remove()
     return total[0]
+
+
+def _attention_projection_macs(mha: nn.MultiheadAttention, inputs: list) -> float:
+    """The q/k/v/out projections of an nn.MultiheadAttention call (query, key, value first)."""
+    query, key, value = inputs[:3]
+    rows_q, rows_k, rows_v = query.numel() / mha.embed_dim, key.numel() / mha.kdim, value.numel() / mha.vdim
+    return mha.embed_dim * (2 * rows_q * mha.embed_dim + rows_k * mha.kdim + rows_v * mha.vdim)
 
 
 def warn_kept(kept: dict[str, str]) -> None:
