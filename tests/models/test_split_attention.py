@@ -163,3 +163,17 @@ def test_macs_count_the_projections_of_packed_and_split_attention_alike():
     assert count_macs(encoder, x) == expected
     split_attention(encoder)
     assert count_macs(encoder, x) == expected
+
+
+def test_quantizing_an_attention_module_by_name_quantizes_its_projections():
+    from mmcompress import quantize
+    from mmcompress.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = EncoderClassifier().eval()
+    record = quantize(model, {"enc.layers.0.self_attn": {"weight_bits": 8}, "_default": None})
+    assert sorted(record.modules) == sorted(f"enc.layers.0.self_attn.{p}_proj" for p in ("q", "k", "v", "out"))
+    untouched = EncoderClassifier().eval()
+    with pytest.raises(ConfigError, match="matched no supported module"):  # a regex over module names only
+        quantize(untouched, {"re:.*self_attn": {"weight_bits": 8}, "_default": None})
+    assert isinstance(untouched.enc.layers[0].self_attn, nn.MultiheadAttention)  # refused before any change

@@ -14,6 +14,7 @@ conversion is turned off for the same reason.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -166,9 +167,10 @@ def split_attention(model: nn.Module, names: list[str] | None = None) -> list[st
     return done
 
 
-def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config: True) -> list[str]:
+def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config: True, own_name=True) -> list[str]:
     """Split every nn.MultiheadAttention that a non-None target of `mapping` selects, by its own name
-    or its layers' names after the split (`wanted(config)` filters the configs that count).
+    (unless not `own_name`) or its layers' names after the split (`wanted(config)` filters the
+    configs that count).
 
     Example:
         >>> split_targeted(model, {"_default": QuantConfig()}, adapter.modality_of)
@@ -176,7 +178,7 @@ def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config:
     """
 
     def selected(name: str) -> bool:
-        paths = (name, f"{name}.q_proj", f"{name}.out_proj")
+        paths = (name, f"{name}.q_proj", f"{name}.out_proj")[0 if own_name else 1 :]
         configs = (first_match(mapping, path, modality_of(path)) for path in paths)
         return any(config is not None and wanted(config) for config in configs)
 
@@ -194,3 +196,20 @@ def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config:
 def splittable(mha: nn.MultiheadAttention) -> bool:
     """Whether `SplitMultiheadAttention.from_packed` can split `mha` (no add_bias_kv, no add_zero_attn)."""
     return mha.bias_k is None and not mha.add_zero_attn
+
+
+def projection_targets(model: nn.Module, mapping: dict) -> dict:
+    """`mapping` with each exact key that names an attention module (nn.MultiheadAttention, split or
+    not) turned into a regex over its q/k/v/out projections, in place in the order: quantizing "the
+    attention" quantizes its layers.
+
+    Example:
+        >>> projection_targets(model, {"enc.layers.0.self_attn": cfg})
+        {'re:enc\\.layers\\.0\\.self_attn\\.(q|k|v|out)_proj': cfg}
+    """
+    modules = dict(model.named_modules())
+    attention = (nn.MultiheadAttention, SplitMultiheadAttention)
+    return {
+        (rf"re:{re.escape(key)}\.(q|k|v|out)_proj" if isinstance(modules.get(key), attention) else key): config
+        for key, config in mapping.items()
+    }

@@ -17,7 +17,7 @@ from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, require_matches
-from mmcompress.models.split_attention import split_attention, split_targeted
+from mmcompress.models.split_attention import projection_targets, split_attention, split_targeted
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
 from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (public here too)
@@ -69,9 +69,9 @@ def quantize(
         >>> rec.metrics["modules"]
         37.0
     """
-    mapping = as_mapping(config if config is not None else QuantConfig(), QuantConfig)
+    mapping = projection_targets(model, as_mapping(config if config is not None else QuantConfig(), QuantConfig))
     adapter = adapter_for(model)
-    split = split_targeted(model, mapping, adapter.modality_of)  # nn.MultiheadAttention: q/k/v as Linear layers
+    split = split_targeted(model, mapping, adapter.modality_of, own_name=False)  # q/k/v/out as Linear layers
 
     def supported(module: nn.Module) -> bool:
         return type(module) in FLOAT_TO_QUANT
