@@ -177,3 +177,19 @@ def test_quantizing_an_attention_module_by_name_quantizes_its_projections():
     with pytest.raises(ConfigError, match="matched no supported module"):  # a regex over module names only
         quantize(untouched, {"re:.*self_attn": {"weight_bits": 8}, "_default": None})
     assert isinstance(untouched.enc.layers[0].self_attn, nn.MultiheadAttention)  # refused before any change
+
+
+def test_onnx_files_of_packed_attention_run_at_other_sequence_lengths(tmp_path):
+    """torch's exporter bakes the export batch's length into packed attention; export splits a copy."""
+    from mmcompress import export_onnx
+    from mmcompress.graph.runtime import OrtModel
+
+    torch.manual_seed(0)
+    model = EncoderClassifier().eval()
+    export_onnx(model, torch.randint(0, 50, (2, 9)), tmp_path / "m.onnx")
+    assert isinstance(model.enc.layers[0].self_attn, nn.MultiheadAttention)  # the model itself stays packed
+    session = OrtModel.from_bytes((tmp_path / "m.onnx").read_bytes())
+    tokens = torch.randint(0, 50, (3, 13))
+    (got,) = session.run({"input": tokens})
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(got), model(tokens), atol=1e-5)

@@ -8,6 +8,7 @@ integer form (a warning names any that cannot), the result reports the file's by
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import warnings
@@ -30,6 +31,7 @@ from mmcompress.graph.onnx_qdq import qdq_ready, rewrite_qdq
 from mmcompress.graph.onnx_w8a8 import rewrite_w8a8
 from mmcompress.graph.runtime import OrtModel
 from mmcompress.graph.storage import stored_bytes
+from mmcompress.models.split_attention import packed_attention, split_attention, splittable
 from mmcompress.quant.modules import QUANT_MODULES, ActivationQuant
 
 
@@ -139,7 +141,8 @@ def export_onnx(
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        proto, reference = _export_proto(model, named, isinstance(example_inputs, dict), opset, static_format)
+        exported = _attention_split(model)
+        proto, reference = _export_proto(exported, named, isinstance(example_inputs, dict), opset, static_format)
     finally:
         for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
             module.training = training
@@ -180,6 +183,18 @@ def export_onnx(
     atomic_write_bytes(path, data)
     measured = sum(stored_bytes(model).values())
     return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers)
+
+
+def _attention_split(model: nn.Module) -> nn.Module:
+    """`model`, or a copy with its nn.MultiheadAttention modules split into q/k/v/out Linear layers
+    (the same outputs): torch's exporter bakes the sequence length of the export batch into packed
+    attention's reshapes, so the file would fail at any other length."""
+    packed = [n for n in packed_attention(model) if splittable(model.get_submodule(n))]
+    if not packed:
+        return model
+    copied = copy.deepcopy(model)
+    split_attention(copied, packed)
+    return copied
 
 
 def _norms_after_static_convs(model: nn.Module) -> list[str]:
