@@ -193,3 +193,22 @@ def test_onnx_files_of_packed_attention_run_at_other_sequence_lengths(tmp_path):
     (got,) = session.run({"input": tokens})
     with torch.no_grad():
         assert torch.allclose(torch.as_tensor(got), model(tokens), atol=1e-5)
+
+
+def test_padded_positions_stay_zero_as_the_nested_fast_path_left_them():
+    """A default nn.TransformerEncoder in eval returns zeros at padded positions (nested tensors); the
+    split turns that path off, so a hook zeroes them where the path would have run."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(32)).eval()
+    split = copy.deepcopy(encoder)
+    split_attention(split)
+    x, pad = torch.randn(2, 6, 32), torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    with torch.no_grad():
+        want, got = encoder(x, src_key_padding_mask=pad), split(x, src_key_padding_mask=pad)
+    assert torch.allclose(got, want, atol=1e-5)  # padded rows: the final norm of zeros, as before
+    split_attention(split)  # splitting again adds no second hook
+    assert len(split.layers[-1]._forward_hooks) == 1
+    split.train()  # training: no nested path in torch either, no zeros
+    with torch.no_grad():
+        assert split(x, src_key_padding_mask=pad)[1, 3:].abs().sum() > 0

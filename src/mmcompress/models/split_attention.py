@@ -162,9 +162,32 @@ def split_attention(model: nn.Module, names: list[str] | None = None) -> list[st
         done.append(name)
     if done:
         for module in model.modules():
-            if isinstance(module, nn.TransformerEncoder):
+            if isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False):
                 module.use_nested_tensor = False  # its nested fast path reads the packed weight
+                module.layers[-1].register_forward_hook(zero_padded_positions, with_kwargs=True)
     return done
+
+
+def zero_padded_positions(layer: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
+    """A forward hook on the last layer of an nn.TransformerEncoder whose nested-tensor fast path the
+    split turned off: where that path would have run (eval, no gradients, a left-aligned key padding
+    mask and no attention mask, batched input), it returned zeros at padded positions; so does this.
+
+    Example:
+        >>> encoder.layers[-1].register_forward_hook(zero_padded_positions, with_kwargs=True)
+    """
+    mask = kwargs.get("src_key_padding_mask")
+    if mask is None or kwargs.get("src_mask") is not None or layer.training or output.dim() != 3:
+        return None
+    if not torch.backends.mha.get_fastpath_enabled() or torch.is_autocast_enabled():
+        return None
+    if torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters()):
+        return None
+    padded = mask if mask.dtype == torch.bool else mask != 0  # the encoder hands its layers an additive mask
+    valid = (~padded).int()
+    if not bool((valid[:, 1:] <= valid[:, :-1]).all()):  # not left-aligned: the nested path did not run either
+        return None
+    return output.masked_fill(padded.unsqueeze(-1), 0.0)
 
 
 def split_targeted(model: nn.Module, mapping, modality_of, wanted=lambda config: True, own_name=True) -> list[str]:
