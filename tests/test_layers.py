@@ -21,6 +21,7 @@ FLOORS = {
         "mmcompress.models.attention_specs",
         "mmcompress.models.attention",
         "mmcompress.models.split_attention",
+        "mmcompress.models.traceable_transformer",
         "mmcompress.evaluate.metrics",
     ],  # fmt: skip
     3: ["mmcompress.train"],

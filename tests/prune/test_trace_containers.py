@@ -44,7 +44,7 @@ class EncoderClassifier(nn.Module):  # a user's text model on torch.nn's own tra
         return self.head(torch.relu(self.fc(self.enc(self.emb(tokens)).mean(1))))
 
 
-def test_layers_inside_torch_nn_transformer_blocks_are_named_with_their_container():
+def test_layers_inside_attention_are_named_with_their_container_and_encoder_ffns_shrink():
     import pytest
 
     from mmcompress import prune_structured
@@ -55,8 +55,8 @@ def test_layers_inside_torch_nn_transformer_blocks_are_named_with_their_containe
     with pytest.warns(UserWarning) as caught:
         prune_structured(model, {"_default": {"ratio": 0.5}}, example_inputs=torch.randint(0, 50, (2, 7)))
     text = " ".join(str(w.message) for w in caught)
-    assert "'enc.layers.0.linear1'" in text and "inside 'enc' (TransformerEncoder)" in text
-    assert model.fc.out_features == 8  # what the tracer sees still shrinks
+    assert "'enc.layers.0.self_attn.out_proj'" in text and "whose widths are its heads" in text
+    assert model.fc.out_features == 8 and model.enc.layers[0].linear1.out_features == 32  # FFN: a traceable twin
     with pytest.raises(ConfigError, match="found no attention module in Linear"):
         prune_structured(nn.Linear(2, 2), {"_default": {"unit": "heads", "ratio": 0.25}})
     assert no_attention_message(nn.Linear(2, 2)).startswith("unit 'heads' found no attention module in Linear")

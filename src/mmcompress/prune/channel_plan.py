@@ -72,7 +72,9 @@ def _why_not(module: nn.Module, container: str | None = None) -> str:
         return refusal
     if isinstance(module, RECURRENT):
         return "is a multi-layer, bidirectional or projected recurrent layer"
-    if container:  # e.g. nn.TransformerEncoderLayer: one opaque call whose inner Linear layers fx cannot see
+    if container and "MultiheadAttention" in container:  # its projections' widths are heads
+        return f"is inside {container}, whose widths are its heads (prune them with unit: heads)"
+    if container:  # e.g. a model library's block: one opaque call whose inner Linear layers fx cannot see
         return f"is inside {container}, which the tracer keeps whole (a torch.nn or model-library module)"
     return "is not called by the traced forward pass (unused, or inside an opaque library module)"
 

@@ -23,6 +23,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mmcompress.errors import UnsupportedError
+from mmcompress.models.split_attention import SplitMultiheadAttention
 from mmcompress.prune.fx_ops import (
     ADD_OPS,
     NORM_MODULES,
@@ -88,12 +89,16 @@ class _Tracer(fx.Tracer):
     """Keeps torch.nn layers and modules of model libraries (e.g. transformers) as opaque leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, SplitMultiheadAttention):  # attention as torch.nn's own: its shape checks are branches
+            return True
         return super().is_leaf_module(m, qualname) or type(m).__module__.split(".")[0] in OPAQUE_PACKAGES
 
 
 def is_opaque_leaf(module: nn.Module, name: str) -> bool:
     """Whether the tracer keeps `module` whole (a torch.nn layer or container other than Sequential,
     or a model library's module): the layers inside it never show in the graph."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # never called: its members show in the graph
+        return False
     return bool(list(module.children())) and _Tracer().is_leaf_module(module, name)
 
 

@@ -26,6 +26,7 @@ from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
 from mmcompress.models.split_attention import split_attention, split_targeted
+from mmcompress.models.traceable_transformer import open_transformers, transformers_holding
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
@@ -182,6 +183,9 @@ def prune_structured(
         raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
     kept: dict[str, str] = {}  # targeted layers that keep their width, and why
     channel_plans = []  # every plan is computed before anything changes
+    opened = open_transformers(model, transformers_holding(model, list(channel_targets)))  # traceable twins
+    if opened:
+        modules = dict(model.named_modules())
     if channel_targets:
         graph = trace(model, inputs)
         groups = channel_groups(model, inputs, graph)
@@ -206,6 +210,8 @@ def prune_structured(
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
     if split:
         record.info["split_attention"] = split
+    if opened:
+        record.info["opened_transformers"] = opened
     before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs) if inputs is not None else None
     folded, refit = {}, set()
@@ -267,6 +273,7 @@ def replay_structured(model: nn.Module, record: Record) -> None:
         >>> replay_structured(build_model("fashion-clip"), Record.from_dict(saved))
     """
     split_attention(model, record.info.get("split_attention", []))
+    open_transformers(model, record.info.get("opened_transformers", []))
     channels, heads, new_biases = [], [], []
     for name, entry in record.modules.items():
         if entry["structure"] == "channels":
