@@ -19,6 +19,7 @@ FLOORS = {
     2: [
         "mmcompress.models.adapter",
         "mmcompress.models.attention_specs",
+        "mmcompress.models.feed_forward_specs",
         "mmcompress.models.attention",
         "mmcompress.models.split_attention",
         "mmcompress.models.traceable_transformer",

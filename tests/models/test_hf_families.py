@@ -11,11 +11,13 @@ import torch
 
 from mmcompress import export_onnx, prune_structured, quantize
 from mmcompress.core.batches import call_model
+from mmcompress.core.record import Record
 from mmcompress.graph.export import flat_tensors
 from mmcompress.models.adapter import adapter_for, check_adapter, registered_adapters
 from mmcompress.models.attention import head_parts
 from mmcompress.models.hf.tiny import TINY, tiny_model
 from mmcompress.models.split_attention import split_attention
+from mmcompress.prune.structured import replay_structured
 
 FAMILIES = sorted(TINY)
 W8A8 = {"_default": {"weight_bits": 7, "activations": "dynamic"}}  # 7-bit: exact u8s8 kernels on AVX2
@@ -101,6 +103,30 @@ def test_pruned_heads_equal_masked_heads(family):
         got, want = flat_tensors(call_model(pruned, x)), flat_tensors(call_model(masked, x))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_pruned_feed_forward_channels_equal_masked_channels(family):
+    """The hidden units of every known feed-forward block (inside modules the tracer keeps whole)
+    shrink, giving exactly the model whose `down` layer ignores the removed units; replay repeats it."""
+    name, model, adapter, x, _ = family
+    pruned = copy.deepcopy(model)
+    config = {"ratio": 0.5, "method": "magnitude", "compensate": False}
+    record = prune_structured(pruned, {"_default": config}, example_inputs=x)
+    entries = [e for e in record.modules.values() if e["structure"] == "channels"]
+    assert entries and all(e["kept"] == e["before"] // 2 for e in entries), name
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    with torch.no_grad():
+        for entry in entries:
+            dropped = sorted(set(range(entry["before"])) - set(entry["keep"]))
+            for consumer, _, _ in entry["group"]["consumers"]:
+                modules[consumer].weight[:, dropped] = 0
+        got, want = flat_tensors(call_model(pruned, x)), flat_tensors(call_model(masked, x))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    fresh = copy.deepcopy(model)
+    replay_structured(fresh, Record.from_dict(record.to_dict()))
+    fresh.load_state_dict(pruned.state_dict())
 
 
 def _export_target(name, model, x):

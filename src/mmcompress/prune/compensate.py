@@ -104,6 +104,8 @@ def input_stats_of(model, modules, graph, names, calib, max_batches) -> dict[str
     layers = {name: modules[name] for name in names}
     if calib is not None:
         return measured_input_stats(model, layers, calib, max_batches)
+    if graph is None:  # an untraced model library's model: unknown, no compensation without data
+        return {name: (torch.full((input_width(m),), torch.nan),) * 2 for name, m in layers.items()}
     return graph_input_stats(graph, modules, layers)
 
 

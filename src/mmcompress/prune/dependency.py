@@ -23,6 +23,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mmcompress.errors import UnsupportedError
+from mmcompress.models.feed_forward_specs import SPECS_BY_CLASS
 from mmcompress.models.split_attention import SplitMultiheadAttention
 from mmcompress.prune.fx_ops import (
     ADD_OPS,
@@ -102,6 +103,17 @@ def is_opaque_leaf(module: nn.Module, name: str) -> bool:
     return bool(list(module.children())) and _Tracer().is_leaf_module(module, name)
 
 
+def library_model(model: nn.Module) -> bool:
+    """Whether the model itself is a model library's class (e.g. a transformers model): fx cannot
+    trace its forward, and its known feed-forward blocks (`feed_forward_groups`) are all it prunes.
+
+    Example:
+        >>> library_model(tiny_model("bert"))
+        True
+    """
+    return type(model).__module__.split(".")[0] in OPAQUE_PACKAGES
+
+
 def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
     """fx graph of `model` with shapes recorded from `example_inputs` (a tensor, a tuple of
     positional inputs or a dict of keyword inputs)."""
@@ -162,15 +174,46 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def feed_forward_groups(model: nn.Module) -> dict[str, ChannelGroup]:
+    """One ChannelGroup per known model-library feed-forward block (`feed_forward_specs.py`): its
+    hidden units, produced by the `up` layers and read by `down` alone (blocks the tracer keeps whole).
+
+    Example:
+        >>> feed_forward_groups(minilm)["st.0.model.encoder.layer.0.intermediate.dense"].consumers
+        [('st.0.model.encoder.layer.0.output.dense', 1, 0)]
+    """
+    groups = {}
+    for name, block in model.named_modules():
+        spec = SPECS_BY_CLASS.get(type(block).__name__)
+        if spec is None:
+            continue
+        prefix = f"{name}." if name else ""
+        try:
+            ups = [block.get_submodule(path) for path in spec.up]
+            down = block.get_submodule(spec.down)
+        except AttributeError:
+            continue
+        if not all(type(m) is nn.Linear for m in (*ups, down)):
+            continue
+        if any(up.out_features != down.in_features for up in ups):
+            continue
+        producers = [prefix + path for path in spec.up]
+        groups[producers[0]] = ChannelGroup(producers, down.in_features, consumers=[(prefix + spec.down, 1, 0)])
+    return groups
+
+
 def channel_groups(model: nn.Module, example_inputs: Any, gm: fx.GraphModule | None = None) -> dict[str, ChannelGroup]:
     """One ChannelGroup per set of coupled producers, keyed by its first producer's name
-    (`gm`: the model already traced with `trace`, else it is traced here).
+    (`gm`: the model already traced with `trace`, else it is traced here; a model library's model
+    is not traced: its known feed-forward blocks are its groups).
 
     Example:
         >>> groups = channel_groups(model, {"x": torch.randn(2, 1, 28, 28)})
         >>> groups["features.0"].consumers
         [('features.4', 1, 0)]
     """
+    if gm is None and library_model(model):
+        return feed_forward_groups(model)
     gm = gm if gm is not None else trace(model, example_inputs)
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -202,6 +245,8 @@ def channel_groups(model: nn.Module, example_inputs: Any, gm: fx.GraphModule | N
         group.consumers += [c for c in seen.consumers if c not in group.consumers]
         group.follows.update(seen.follows)
         group.pinned = group.pinned or seen.pinned
+    traced = set(calls)
+    groups.update({k: g for k, g in feed_forward_groups(model).items() if not traced & set(g.producers)})
     for group in groups.values():
         shared = [n for n in [*group.members(), *(c[0] for c in group.consumers)] if calls[n] > 1]
         if shared and not group.pinned:

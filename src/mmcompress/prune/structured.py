@@ -29,7 +29,7 @@ from mmcompress.models.split_attention import split_attention, split_targeted
 from mmcompress.models.traceable_transformer import open_transformers, transformers_holding
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
-from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, trace
+from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, library_model, trace
 from mmcompress.prune.heads import plan_heads, refit_output_projections
 from mmcompress.prune.reconstruct import input_grams, reconstructable
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
@@ -187,7 +187,7 @@ def prune_structured(
     if opened:
         modules = dict(model.named_modules())
     if channel_targets:
-        graph = trace(model, inputs)
+        graph = None if library_model(model) else trace(model, inputs)
         groups = channel_groups(model, inputs, graph)
         selected, kept = select_groups(modules, groups, channel_targets, set(mapping))
         names = sorted({c[0] for group, _ in selected for c in group.consumers})
