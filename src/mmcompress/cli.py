@@ -120,9 +120,12 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
 
     Example: mmcompress eval py:my_models.py:build --data py:my_data.py:load --task agreement --run runs/w8
     """
-    from mmcompress.recipe.specs import load_model_spec, resolve_workload
+    from mmcompress.recipe.specs import is_run_folder, load_model_spec, read_record, resolve_workload
 
     _check_run_of(model, run_dir)
+    record = read_record(model) if run_dir is None and is_run_folder(model) else {}
+    if record.get("model_spec") and record.get("primary_metric") in ("agreement", "cosine"):
+        model, run_dir = record["model_spec"], Path(model)  # compared with the original, not with itself
     data_spec, task, adapter = _run_specs(model, run_dir, data_spec, task, adapter)
     work = resolve_workload(model, data_spec, task, adapter=adapter, cache_dir=cache_dir, data_dir=data_dir,
                             test_limit=limit, progress=False)  # fmt: skip

@@ -173,6 +173,11 @@ def test_quantizing_an_attention_module_by_name_quantizes_its_projections():
     model = EncoderClassifier().eval()
     record = quantize(model, {"enc.layers.0.self_attn": {"weight_bits": 8}, "_default": None})
     assert sorted(record.modules) == sorted(f"enc.layers.0.self_attn.{p}_proj" for p in ("q", "k", "v", "out"))
+    from mmcompress.recipe.schema import load_recipe
+    from mmcompress.recipe.validate import check_recipe
+
+    stage = {"pass": "quantize", "targets": {"enc.layers.1.self_attn": {"weight_bits": 8}, "_default": None}}
+    assert check_recipe(load_recipe({"stages": [stage]}), EncoderClassifier()) == []  # recipes and the CLI too
     untouched = EncoderClassifier().eval()
     with pytest.raises(ConfigError, match="matched no supported module"):  # a regex over module names only
         quantize(untouched, {"re:.*self_attn": {"weight_bits": 8}, "_default": None})

@@ -63,3 +63,45 @@ def test_only_encoders_holding_a_target_are_opened():
     model = nn.ModuleDict({"a": TextClassifier(), "b": TextClassifier()})
     assert open_transformers(model, ["a.enc"]) == ["a.enc"]
     assert isinstance(model["a"].enc, TraceableEncoder) and isinstance(model["b"].enc, nn.TransformerEncoder)
+
+
+class MaskedClassifier(nn.Module):  # a default encoder (nested tensors on) that takes a padding mask
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.enc(x, src_key_padding_mask=pad).mean(1))
+
+
+def test_a_padding_mask_input_traces_prunes_and_exports(tmp_path):
+    """The nested path's zeros are data-dependent: skipped while fx traces, kept when the model runs
+    and in the ONNX file; a failed trace puts the original encoder back."""
+    from mmcompress import export_onnx
+    from mmcompress.graph.runtime import OrtModel
+
+    torch.manual_seed(0)
+    model = MaskedClassifier().eval()
+    reference = copy.deepcopy(model)
+    x, pad = torch.randn(3, 6, 32), torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    prune_structured(model, {"re:.*linear1": {"ratio": 0.5}, "_default": None}, example_inputs=(x, pad))
+    assert model.enc.layers[0].linear1.out_features == 32 and isinstance(model.enc, TraceableEncoder)
+    with torch.no_grad():
+        assert not model.enc(x, src_key_padding_mask=pad)[1, 4:].any()  # zeros where torch's nested path had them
+        assert not reference.enc(x, src_key_padding_mask=pad)[1, 4:].any()
+    export_onnx(model, (x, pad), tmp_path / "m.onnx")
+    (got,) = OrtModel.from_bytes((tmp_path / "m.onnx").read_bytes()).run({"input_0": x, "input_1": pad})
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(got), model(x, pad), atol=1e-5)
+
+    class Untraceable(MaskedClassifier):
+        def forward(self, x, pad=None):
+            return self.head(self.enc(x, src_key_padding_mask=pad).mean(1) if x.sum() > 0 else x.mean(1))
+
+    other = Untraceable().eval()
+    with pytest.raises(Exception, match="could not trace"):
+        prune_structured(other, {"re:.*linear1": {"ratio": 0.5}, "_default": None}, example_inputs=(x, pad))
+    assert isinstance(other.enc, nn.TransformerEncoder)  # as the caller gave it
+    assert isinstance(other.enc.layers[0].self_attn, nn.MultiheadAttention)

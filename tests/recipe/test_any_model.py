@@ -4,6 +4,7 @@ and `auto`, with the user's data from a `py:` factory: no built-in name anywhere
 
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -111,6 +112,8 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
     assert evaluated.exit_code == 0 and "agreement" in evaluated.output, evaluated.output
     recalled = _run("eval", out)  # the run folder alone: its recorded data, task and adapter
     assert recalled.exit_code == 0 and "agreement" in recalled.output, recalled.output
+    kl = [re.search(r"kl\s*│\s*([0-9.e-]+)", r.output).group(1) for r in (evaluated, recalled)]
+    assert kl[0] == kl[1] and float(kl[0]) > 0, kl  # against the float model, not the quantized one itself
     elsewhere = user / "elsewhere"
     elsewhere.mkdir()
     os.chdir(elsewhere)  # restored by the fixture's monkeypatch.chdir
@@ -208,6 +211,9 @@ def test_unlabelled_data_without_a_task_is_measured_by_agreement_and_says_so(use
     with pytest.warns(UserWarning, match="without labels"):
         task = resolve_task(None, model, test)
     assert task.primary_metric == "agreement" and task.evaluate(model, test)["agreement"] == 1.0
+    pairs = [(torch.randn(4), torch.ones(4, dtype=torch.bool)) for _ in range(3)]  # two inputs, no label
+    with pytest.warns(UserWarning, match="without labels"):
+        assert resolve_task(None, torch.nn.Linear(4, 2), pairs).primary_metric == "agreement"
 
 
 def test_local_hf_folder_goes_through_quantize_and_measure(tmp_path):

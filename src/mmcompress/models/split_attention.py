@@ -179,7 +179,7 @@ def zero_padded_positions(layer: nn.Module, args: tuple, kwargs: dict, output: t
     mask = kwargs.get("src_key_padding_mask")
     if mask is None or kwargs.get("src_mask") is not None or layer.training or output.dim() != 3:
         return None
-    if not torch.backends.mha.get_fastpath_enabled() or torch.is_autocast_enabled():
+    if torch.is_autocast_enabled():  # (the fast-path switch is left out: the ONNX exporter turns it off)
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters()):
         return None
@@ -231,8 +231,14 @@ def projection_targets(model: nn.Module, mapping: dict) -> dict:
         {'re:enc\\.layers\\.0\\.self_attn\\.(q|k|v|out)_proj': cfg}
     """
     modules = dict(model.named_modules())
-    attention = (nn.MultiheadAttention, SplitMultiheadAttention)
+
+    def named_attention(key: str) -> bool:
+        module = modules.get(key)
+        return isinstance(module, SplitMultiheadAttention) or (
+            isinstance(module, nn.MultiheadAttention) and splittable(module)
+        )
+
     return {
-        (rf"re:{re.escape(key)}\.(q|k|v|out)_proj" if isinstance(modules.get(key), attention) else key): config
+        (rf"re:{re.escape(key)}\.(q|k|v|out)_proj" if named_attention(key) else key): config
         for key, config in mapping.items()
     }

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from mmcompress.models.split_attention import split_attention, zero_padded_positions
+from mmcompress.models.split_attention import SplitMultiheadAttention, zero_padded_positions
 
 ENCODERS = (nn.TransformerEncoder, nn.TransformerEncoderLayer)
 
@@ -31,10 +32,11 @@ class TraceableEncoderLayer(nn.Module):
 
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         super().__init__()
-        split_attention(layer, ["self_attn"])
-        self.self_attn, self.linear1, self.dropout, self.linear2 = (
-            layer.self_attn, layer.linear1, layer.dropout, layer.linear2
-        )  # fmt: skip
+        attention = layer.self_attn  # split into a new module: the original layer stays as it was
+        self.self_attn = (
+            SplitMultiheadAttention.from_packed(attention) if type(attention) is nn.MultiheadAttention else attention
+        )
+        self.linear1, self.dropout, self.linear2 = layer.linear1, layer.dropout, layer.linear2
         self.norm1, self.norm2, self.dropout1, self.dropout2 = layer.norm1, layer.norm2, layer.dropout1, layer.dropout2
         self.norm_first, self.activation = layer.norm_first, layer.activation  # a function or a module
         self.train(layer.training)
@@ -103,7 +105,7 @@ class TraceableEncoder(nn.Module):
         output, causal = src, is_causal is True  # None (detect from the mask): the mask is used as given
         for layer in self.layers:
             output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=causal)
-        if self.zero_padding and src_key_padding_mask is not None:
+        if self.zero_padding and src_key_padding_mask is not None and not is_fx_symbolic_tracing():  # data-dependent
             kwargs = {"src_key_padding_mask": src_key_padding_mask, "src_mask": mask}
             zeroed = zero_padded_positions(self.layers[-1], (), kwargs, output)
             output = output if zeroed is None else zeroed
@@ -145,3 +147,14 @@ def open_transformers(model: nn.Module, names: list[str]) -> list[str]:
         setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
         done.append(name)
     return done
+
+
+def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    """Put the named modules back (undo `open_transformers` when a later step fails).
+
+    Example:
+        >>> restore_modules(model, {"enc": original_encoder})
+    """
+    for name, module in originals.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

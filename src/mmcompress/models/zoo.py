@@ -306,8 +306,8 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
         return EmbeddingTask(tokenizer, reference=copy.deepcopy(model).eval())
     if _unlabelled(dataset):
         warnings.warn(
-            f"the data's items are model inputs without labels ({type(dataset[0]).__name__}, not (inputs, label) "
-            "pairs): the task is agreement with the model as it is now (top-1 and KL; pass task='cosine' or a "
+            f"the data's items are model inputs without labels ({type(dataset[0]).__name__}, not (inputs, class "
+            "label) pairs): the task is agreement with the model as it is now (top-1 and KL; pass task='cosine' or a "
             "Task for another metric)",
             stacklevel=2,
         )
@@ -316,7 +316,8 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
 
 
 def _unlabelled(dataset: Any) -> bool:
-    """Whether a dataset's items are bare model inputs (a tensor or dict, not an (inputs, label) pair)."""
+    """Whether a dataset's items are bare model inputs (a tensor, a dict, or a pair whose second item
+    is no class label), not (inputs, label) pairs."""
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     if callable(getattr(base, "inputs", None)) and hasattr(base, "labels"):  # a built-in, vectorised set
         return False
@@ -324,7 +325,12 @@ def _unlabelled(dataset: Any) -> bool:
         item = dataset[0] if len(dataset) > 0 else None
     except (TypeError, IndexError, KeyError):
         return False
-    return item is not None and not (isinstance(item, (tuple, list)) and len(item) == 2)
+    if item is None:
+        return False
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        return True
+    label = item[1]  # (tokens, padding mask) is two inputs, not an input and its label
+    return not (isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0))
 
 
 def _holds_text(dataset: Any) -> bool:

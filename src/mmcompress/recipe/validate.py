@@ -17,13 +17,24 @@ from torch import nn
 from mmcompress.core.targets import first_match
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for, describe_missing
+from mmcompress.models.split_attention import SplitMultiheadAttention
 from mmcompress.prune.structured import no_attention_message
 from mmcompress.quant.group_fit import fits, row_lengths
 from mmcompress.recipe.schema import Recipe
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 HANDLED = {  # layer types a pass works on when a target names one module exactly
-    "quantize": (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LSTM, nn.GRU),
+    # attention: its q/k/v/out projections (models/split_attention.projection_targets)
+    "quantize": (
+        nn.Linear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Embedding,
+        nn.LSTM,
+        nn.GRU,
+        nn.MultiheadAttention,
+        SplitMultiheadAttention,
+    ),
     "prune": (nn.Linear, nn.Conv2d, nn.Embedding),
 }
 
