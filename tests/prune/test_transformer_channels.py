@@ -105,3 +105,11 @@ def test_a_padding_mask_input_traces_prunes_and_exports(tmp_path):
         prune_structured(other, {"re:.*linear1": {"ratio": 0.5}, "_default": None}, example_inputs=(x, pad))
     assert isinstance(other.enc, nn.TransformerEncoder)  # as the caller gave it
     assert isinstance(other.enc.layers[0].self_attn, nn.MultiheadAttention)
+
+
+def test_naming_the_encoder_itself_points_to_its_layers():
+    from mmcompress.errors import UnsupportedError
+
+    model = TextClassifier().eval()
+    with pytest.raises(UnsupportedError, match=r"target its layers instead \(e.g. 're:enc\\\.\.\*'\)"):
+        prune_structured(model, {"enc": {"ratio": 0.5}}, example_inputs=torch.randint(0, 50, (2, 5)))

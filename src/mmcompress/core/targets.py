@@ -87,7 +87,8 @@ def _matches(model, mapping, is_supported, modality_of):
             raise ConfigError(f"target {key!r} names no module of the model")
         if mapping[key] is not None and not is_supported(modules[key]):
             raise UnsupportedError(
-                f"target {key!r} is a {type(modules[key]).__name__}, which this algorithm does not support"
+                f"target {key!r} is a {type(modules[key]).__name__}, which this algorithm does not support; "
+                f"target its layers instead (e.g. 're:{re.escape(key)}\\..*')"
             )
     for name, module in modules.items():
         if not name or not is_supported(module):
