@@ -16,13 +16,26 @@ def test_tracked_yields_every_item_shown_or_not(monkeypatch, setting):
 
 
 def test_a_loop_that_stops_early_closes_the_bar(monkeypatch):
+    from rich.progress import Progress
+
     monkeypatch.setenv("MMCOMPRESS_PROGRESS", "1")
     monkeypatch.setattr("sys.stderr", io.StringIO())
+    calls = {"start": 0, "stop": 0}
+    for method in calls:
+        original = getattr(Progress, method)
+
+        def counted(self, _original=original, _method=method):
+            calls[_method] += 1
+            return _original(self)
+
+        monkeypatch.setattr(Progress, method, counted)
     for item in progress.tracked(range(10), "steps"):
         if item == 3:
             break
-    with progress.steps("steps", 3) as advance:
+    assert calls == {"start": 1, "stop": 1}  # the break closed the bar
+    with progress.steps("steps", 3) as advance:  # so the next one goes live instead of hiding
         advance()
+    assert calls == {"start": 2, "stop": 2}
 
 
 def test_default_follows_the_terminal(monkeypatch):
