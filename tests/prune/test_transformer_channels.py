@@ -28,7 +28,7 @@ def test_twins_give_the_same_outputs_with_masks(layer):
     torch.manual_seed(0)
     encoder = TextClassifier(**layer).enc.eval()
     twin = copy.deepcopy(encoder)
-    twin = TraceableEncoder.from_encoder(twin)
+    twin = TraceableEncoder(twin)
     x, pad = torch.randn(3, 7, 32), torch.zeros(3, 7, dtype=torch.bool)
     pad[1, 4:] = True  # the default post-norm encoder's nested path zeroes these positions
     causal = nn.Transformer.generate_square_subsequent_mask(7)

@@ -23,10 +23,11 @@ ENCODERS = (nn.TransformerEncoder, nn.TransformerEncoderLayer)
 
 
 class TraceableEncoderLayer(nn.Module):
-    """`nn.TransformerEncoderLayer` without its fused fast path (build it with `from_layer`).
+    """`nn.TransformerEncoderLayer` without its fused fast path (its modules shared with the layer it
+    is built from; packed attention split into a new module).
 
     Example:
-        >>> layer = TraceableEncoderLayer.from_layer(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True))
+        >>> layer = TraceableEncoderLayer(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True))
         >>> y = layer(torch.randn(2, 5, 32))
     """
 
@@ -40,11 +41,6 @@ class TraceableEncoderLayer(nn.Module):
         self.norm1, self.norm2, self.dropout1, self.dropout2 = layer.norm1, layer.norm2, layer.dropout1, layer.dropout2
         self.norm_first, self.activation = layer.norm_first, layer.activation  # a function or a module
         self.train(layer.training)
-
-    @classmethod
-    def from_layer(cls, layer: nn.TransformerEncoderLayer) -> TraceableEncoderLayer:
-        """The same layer, its modules shared (not copied)."""
-        return cls(layer)
 
     def forward(
         self,
@@ -71,10 +67,10 @@ class TraceableEncoderLayer(nn.Module):
 
 
 class TraceableEncoder(nn.Module):
-    """`nn.TransformerEncoder` over `TraceableEncoderLayer`s (build it with `from_encoder`).
+    """`nn.TransformerEncoder` over `TraceableEncoderLayer`s (its modules shared with the encoder it is built from).
 
     Example:
-        >>> encoder = TraceableEncoder.from_encoder(nn.TransformerEncoder(layer, 2))
+        >>> encoder = TraceableEncoder(nn.TransformerEncoder(layer, 2))
     """
 
     def __init__(self, encoder: nn.TransformerEncoder) -> None:
@@ -89,11 +85,6 @@ class TraceableEncoder(nn.Module):
         )
         self.norm = encoder.norm
         self.train(encoder.training)
-
-    @classmethod
-    def from_encoder(cls, encoder: nn.TransformerEncoder) -> TraceableEncoder:
-        """The same encoder, its modules shared (not copied)."""
-        return cls(encoder)
 
     def forward(
         self,
@@ -143,18 +134,6 @@ def open_transformers(model: nn.Module, names: list[str]) -> list[str]:
         if not isinstance(module, ENCODERS):
             continue
         twin = TraceableEncoder(module) if isinstance(module, nn.TransformerEncoder) else TraceableEncoderLayer(module)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
+        model.set_submodule(name, twin)
         done.append(name)
     return done
-
-
-def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
-    """Put the named modules back (undo `open_transformers` when a later step fails).
-
-    Example:
-        >>> restore_modules(model, {"enc": original_encoder})
-    """
-    for name, module in originals.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

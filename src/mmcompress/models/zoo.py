@@ -26,7 +26,7 @@ from mmcompress.models.recurrent import CaptionLSTM
 from mmcompress.models.zoo_tasks import CaptionClassificationTask, ContrastiveTask
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.embedding_task import EmbeddingTask
-from mmcompress.train.reference_tasks import AgreementTask
+from mmcompress.train.reference_tasks import AgreementTask, is_labelled
 from mmcompress.train.tasks import ClassificationTask, Task
 
 CACHE_VERSION = 1
@@ -325,12 +325,7 @@ def _unlabelled(dataset: Any) -> bool:
         item = dataset[0] if len(dataset) > 0 else None
     except (TypeError, IndexError, KeyError):
         return False
-    if item is None:
-        return False
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        return True
-    label = item[1]  # (tokens, padding mask) is two inputs, not an input and its label
-    return not (isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0))
+    return item is not None and not is_labelled(item)  # (tokens, padding mask): two inputs, no label
 
 
 def _holds_text(dataset: Any) -> bool:

@@ -26,7 +26,7 @@ from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
 from mmcompress.models.split_attention import split_attention, split_targeted
-from mmcompress.models.traceable_transformer import open_transformers, restore_modules, transformers_holding
+from mmcompress.models.traceable_transformer import open_transformers, transformers_holding
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, library_model, trace
@@ -191,7 +191,8 @@ def prune_structured(
         try:
             graph = None if library_model(model) else trace(model, inputs)
         except UnsupportedError:
-            restore_modules(model, originals)  # the model as the caller gave it
+            for name, original in originals.items():  # the model as the caller gave it
+                model.set_submodule(name, original)
             raise
         groups = channel_groups(model, inputs, graph)
         selected, kept = select_groups(modules, groups, channel_targets, set(mapping))

@@ -64,7 +64,7 @@ class AgreementTask(Task):
             except (TypeError, AttributeError, KeyError):
                 pass
         items = [dataset[int(i)] for i in index]
-        if all(_is_labelled(item) for item in items):
+        if all(is_labelled(item) for item in items):
             items = [item[0] for item in items]
         return torch.utils.data.default_collate(items), None
 
@@ -98,7 +98,8 @@ class AgreementTask(Task):
         return {"agreement": top1_agreement(flat_ref, flat_out), "kl": mean_kl(flat_ref, flat_out), "cosine": cosine}
 
 
-def _is_labelled(item: Any) -> bool:
+def is_labelled(item: Any) -> bool:
+    """Whether a dataset item is an (inputs, class label) pair: a label is an int or a 0-d tensor."""
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         return False
     label = item[1]
