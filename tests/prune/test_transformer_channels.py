@@ -113,3 +113,30 @@ def test_naming_the_encoder_itself_points_to_its_layers():
     model = TextClassifier().eval()
     with pytest.raises(UnsupportedError, match=r"target its layers instead \(e.g. 're:enc\\\.\.\*'\)"):
         prune_structured(model, {"enc": {"ratio": 0.5}}, example_inputs=torch.randint(0, 50, (2, 5)))
+
+
+@pytest.mark.parametrize("bare", ["encoder", "layer"])
+def test_a_model_that_is_itself_a_torch_nn_encoder_is_opened_in_place(bare):
+    """The model a user passes may be nn.TransformerEncoder (or one layer) itself: the object becomes
+    its traceable twin in place; masks left out of the example take forward's defaults; replay too."""
+    torch.manual_seed(0)
+
+    def build() -> nn.Module:
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        return (nn.TransformerEncoder(layer, 2) if bare == "encoder" else layer).eval()
+
+    model, x = build(), torch.randn(3, 6, 32)
+    model.load_state_dict(build().state_dict())
+    hook_calls = []
+    model.register_forward_hook(lambda *_: hook_calls.append(1))
+    record = prune_structured(model, {"re:.*linear1": {"ratio": 0.5}}, example_inputs={"src": x})
+    assert record.info["opened_transformers"] == [""] and record.metrics["removed"] > 0.2
+    linear1 = model.layers[1].linear1 if bare == "encoder" else model.linear1
+    assert linear1.out_features == 32
+    with torch.no_grad():
+        out = model(x)
+        fresh = build()
+        replay_structured(fresh, Record.from_dict(record.to_dict()))
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(fresh(x), out)
+    assert hook_calls  # the caller's hooks on the model survive the swap

@@ -24,6 +24,7 @@ from torch import nn
 from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
+from mmcompress.graph.export_axes import Probe, compare, dynamic_axes, failing_axes, probe_axes
 from mmcompress.graph.folding import sequential_pairs
 from mmcompress.graph.onnx_int8 import rewrite_int8, unconverted_layers
 from mmcompress.graph.onnx_nbits import rewrite_matmul_nbits
@@ -113,6 +114,10 @@ def export_onnx(
 ) -> ExportResult:
     """Export to ONNX with named inputs and dynamic batch/sequence axes; quantized weights stay integer.
 
+    The batch axis is dynamic; so is each sequence axis of token inputs (N, L) and float sequences
+    (N, L, E) / (N, C, T) that the model accepts at another length (found by running it on the
+    example batch shortened by one along that axis; `export_axes`), each input with its own length.
+
     The file is validated by the ONNX checker, then run by ONNX Runtime on `example_inputs`
     and compared with the PyTorch model (max abs error, cosine similarity of outputs and, for
     (N, C) outputs, top-1 agreement). The model's modes, parameters and buffers are unchanged.
@@ -142,7 +147,12 @@ def export_onnx(
     try:
         model.eval()
         exported = _attention_split(model)
-        proto, reference = _export_proto(exported, named, isinstance(example_inputs, dict), opset, static_format)
+        keyword = isinstance(example_inputs, dict)
+        proto, reference, probes = _export_proto(exported, named, keyword, opset, static_format)
+        fixed = failing_axes(OrtModel.from_bytes(proto.SerializeToString()).run, probes, min_cosine) if probes else {}
+        if fixed:  # the exporter fixed a length the model accepts: export again with that length fixed
+            _warn_fixed(fixed, named)
+            proto, reference, _ = _export_proto(exported, named, keyword, opset, static_format, frozenset(fixed))
     finally:
         for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
             module.training = training
@@ -165,7 +175,7 @@ def export_onnx(
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     got = OrtModel.from_bytes(data).run(named)
-    max_err, cosine = _compare(reference, got)
+    max_err, cosine = compare(reference, got)
     top1 = _top1(reference[0], got[0])
     if cosine < min_cosine or (top1 is not None and top1 < min_top1):
         hint = (
@@ -203,18 +213,20 @@ def _norms_after_static_convs(model: nn.Module) -> list[str]:
 
 
 def _export_proto(
-    model: nn.Module, named: dict, keyword: bool, opset: int, static_format: str = "qdq"
-) -> tuple[onnx.ModelProto, list]:
-    """Trace the eval-mode model (W8A8 input simulation off) and rewrite quantized layers."""
+    model: nn.Module, named: dict, keyword: bool, opset: int, static_format: str = "qdq", fixed=frozenset()
+) -> tuple[onnx.ModelProto, list, list[Probe]]:
+    """Trace the eval-mode model (W8A8 input simulation off) with the sequence axes it accepts
+    dynamic (`export_axes`; `fixed` ones excepted) and rewrite quantized layers."""
     wrapper = _Positional(model, list(named), keyword=keyword).eval()
+
+    def run(*tensors: torch.Tensor) -> list[torch.Tensor]:
+        return flat_tensors(wrapper(*tensors))
+
     with torch.no_grad():
-        reference = flat_tensors(wrapper(*named.values()))
+        reference = run(*named.values())
+    probes = probe_axes(run, named, reference, fixed)
     outputs = [f"output_{i}" for i in range(len(reference))]
-    dynamic = {
-        n: ({0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"})
-        for n, t in named.items()
-    }
-    dynamic.update({o: {0: "batch"} for o in outputs})
+    dynamic = dynamic_axes(named, outputs, reference, probes)
     simulated = {m: m.simulate_activations for m in model.modules() if isinstance(m, ActivationQuant) and m.act}
     for module in simulated:  # the rewrite inserts the real activation quantization: trace without the simulation
         module.simulate_activations = False
@@ -230,7 +242,19 @@ def _export_proto(
         rewrite_w8a8(proto, model)  # W8A8 Linear/Conv layers (dynamic / per-token / static): integer kernels
         rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
         rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear, or packed codes
-    return proto, reference
+    return proto, reference, probes
+
+
+def _warn_fixed(fixed: dict, named: dict) -> None:
+    where = "; ".join(
+        f"{name!r} axis {axis} (length {named[name].shape[axis]}): at length {named[name].shape[axis] - 1} {why}"
+        for (name, axis), why in fixed.items()
+    )
+    warnings.warn(
+        f"export: the model accepts other lengths, but the exported graph fixes them; the file takes only "
+        f"the example batch's length along {where}",
+        stacklevel=3,
+    )
 
 
 def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
@@ -266,10 +290,3 @@ def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opse
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
-
-
-def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
-    ref = np.concatenate([r.detach().float().numpy().ravel() for r in reference]).astype(np.float64)
-    out = np.concatenate([g.ravel() for g in got]).astype(np.float64)
-    cosine = float(ref @ out / max(np.linalg.norm(ref) * np.linalg.norm(out), 1e-30))
-    return float(np.abs(ref - out).max()), cosine

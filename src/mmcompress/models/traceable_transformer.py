@@ -113,16 +113,22 @@ def transformers_holding(model: nn.Module, names: list[str]) -> list[str]:
     """
     found: list[str] = []
     for name, module in model.named_modules():
-        if not isinstance(module, ENCODERS) or any(name.startswith(f"{outer}.") for outer in found):
+        if not isinstance(module, ENCODERS) or any(_inside(name, outer) for outer in found):
             continue
-        if any(target.startswith(f"{name}.") for target in names):
+        if any(_inside(target, name) for target in names):
             found.append(name)
     return found
+
+
+def _inside(name: str, outer: str) -> bool:
+    """Whether module `name` lies inside module `outer` ("" is the model itself)."""
+    return name != outer and (outer == "" or name.startswith(f"{outer}."))
 
 
 def open_transformers(model: nn.Module, names: list[str]) -> list[str]:
     """Replace the named nn.TransformerEncoder / nn.TransformerEncoderLayer modules by their traceable
     twins in place (the same outputs; names already replaced are skipped). Returns the names replaced.
+    The name "" is the model itself: a model that *is* an encoder becomes its twin (same object).
 
     Example:
         >>> open_transformers(model, ["enc"])
@@ -134,6 +140,23 @@ def open_transformers(model: nn.Module, names: list[str]) -> list[str]:
         if not isinstance(module, ENCODERS):
             continue
         twin = TraceableEncoder(module) if isinstance(module, nn.TransformerEncoder) else TraceableEncoderLayer(module)
-        model.set_submodule(name, twin)
+        if name:
+            model.set_submodule(name, twin)
+        else:
+            become(model, twin)
         done.append(name)
     return done
+
+
+def become(module: nn.Module, other: nn.Module) -> None:
+    """Turn `module` into `other` in place (class, submodules, attributes), keeping `module`'s own
+    hooks: how the model object a caller holds is replaced when it is itself the encoder to open.
+
+    Example:
+        >>> saved = (type(encoder), dict(encoder.__dict__))
+        >>> become(encoder, TraceableEncoder(encoder))
+    """
+    state = dict(other.__dict__)
+    state.update({k: v for k, v in module.__dict__.items() if "hooks" in k})
+    module.__class__ = other.__class__
+    module.__dict__ = state

@@ -131,16 +131,20 @@ def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
 
 
 def graph_args(gm: fx.GraphModule, inputs: Any) -> list:
-    """The traced graph's positional inputs from a batch (a tensor, a tuple or a dict by input name)."""
-    order = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    """The traced graph's positional inputs from a batch (a tensor, a tuple or a dict by input name);
+    inputs the batch leaves out take forward's default values."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    defaults = {n.target: n.args[0] for n in placeholders if n.args}  # forward's default values
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    if isinstance(inputs, dict):
-        missing = [name for name in order if name not in inputs]
-        if missing:
-            raise UnsupportedError(f"example inputs lack {missing}, inputs of the traced model")
-        return [inputs[name] for name in order]
-    return list(inputs)
+    if not isinstance(inputs, dict):
+        if len(inputs) >= len(placeholders):
+            return list(inputs)
+        inputs = {n.target: value for n, value in zip(placeholders, inputs, strict=False)}
+    missing = [n.target for n in placeholders if n.target not in inputs and n.target not in defaults]
+    if missing:
+        raise UnsupportedError(f"example inputs lack {missing}, inputs of the traced model")
+    return [inputs[n.target] if n.target in inputs else defaults[n.target] for n in placeholders]
 
 
 class _ShapeProp(ShapeProp):

@@ -183,7 +183,9 @@ def prune_structured(
         raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
     kept: dict[str, str] = {}  # targeted layers that keep their width, and why
     channel_plans = []  # every plan is computed before anything changes
-    originals = {name: model.get_submodule(name) for name in transformers_holding(model, list(channel_targets))}
+    holding = transformers_holding(model, list(channel_targets))
+    originals = {name: model.get_submodule(name) for name in holding}
+    root = (type(model), dict(model.__dict__))  # a model that is itself an encoder is opened in place
     opened = open_transformers(model, list(originals))  # traceable twins
     if opened:
         modules = dict(model.named_modules())
@@ -192,7 +194,10 @@ def prune_structured(
             graph = None if library_model(model) else trace(model, inputs)
         except UnsupportedError:
             for name, original in originals.items():  # the model as the caller gave it
-                model.set_submodule(name, original)
+                if name:
+                    model.set_submodule(name, original)
+                else:
+                    model.__class__, model.__dict__ = root
             raise
         groups = channel_groups(model, inputs, graph)
         selected, kept = select_groups(modules, groups, channel_targets, set(mapping))
