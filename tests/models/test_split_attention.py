@@ -165,7 +165,7 @@ def test_macs_count_the_projections_of_packed_and_split_attention_alike():
     assert count_macs(encoder, x) == expected
 
 
-def test_quantizing_an_attention_module_by_name_quantizes_its_projections():
+def test_quantizing_an_attention_module_by_name_or_regex_quantizes_its_projections():
     from mmcompress import quantize
     from mmcompress.errors import ConfigError
 
@@ -178,9 +178,11 @@ def test_quantizing_an_attention_module_by_name_quantizes_its_projections():
 
     stage = {"pass": "quantize", "targets": {"enc.layers.1.self_attn": {"weight_bits": 8}, "_default": None}}
     assert check_recipe(load_recipe({"stages": [stage]}), EncoderClassifier()) == []  # recipes and the CLI too
+    by_regex = quantize(EncoderClassifier().eval(), {"re:.*self_attn$": {"weight_bits": 8}, "_default": None})
+    assert len(by_regex.modules) == 8 and all(n.endswith("_proj") for n in by_regex.modules)  # 2 layers x 4
     untouched = EncoderClassifier().eval()
-    with pytest.raises(ConfigError, match="matched no supported module"):  # a regex over module names only
-        quantize(untouched, {"re:.*self_attn": {"weight_bits": 8}, "_default": None})
+    with pytest.raises(ConfigError, match="matched no supported module"):  # LayerNorms only
+        quantize(untouched, {"re:.*norm1": {"weight_bits": 8}, "_default": None})
     assert isinstance(untouched.enc.layers[0].self_attn, nn.MultiheadAttention)  # refused before any change
 
 

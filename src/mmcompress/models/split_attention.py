@@ -222,23 +222,30 @@ def splittable(mha: nn.MultiheadAttention) -> bool:
 
 
 def projection_targets(model: nn.Module, mapping: dict) -> dict:
-    """`mapping` with each exact key that names an attention module (nn.MultiheadAttention, split or
-    not) turned into a regex over its q/k/v/out projections, in place in the order: quantizing "the
-    attention" quantizes its layers.
+    """`mapping` with each key that names an attention module (nn.MultiheadAttention, split or not)
+    turned into a regex that also takes its q/k/v/out projections, in place in the order: quantizing
+    "the attention" quantizes its layers. An exact name becomes a regex over the projections; a
+    regex that matches attention modules keeps its own matches and gains their projections.
 
     Example:
         >>> projection_targets(model, {"enc.layers.0.self_attn": cfg})
         {'re:enc\\.layers\\.0\\.self_attn\\.(q|k|v|out)_proj': cfg}
+        >>> projection_targets(model, {"re:.*self_attn": cfg})
+        {'re:(?:.*self_attn)|(?:.*self_attn)\\.(q|k|v|out)_proj': cfg}
     """
-    modules = dict(model.named_modules())
+    attention = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, SplitMultiheadAttention)
+        or (isinstance(module, nn.MultiheadAttention) and splittable(module))
+    ]
 
-    def named_attention(key: str) -> bool:
-        module = modules.get(key)
-        return isinstance(module, SplitMultiheadAttention) or (
-            isinstance(module, nn.MultiheadAttention) and splittable(module)
-        )
+    def widened(key: str) -> str:
+        if key in attention:
+            return rf"re:{re.escape(key)}\.(q|k|v|out)_proj"
+        if key.startswith("re:") and any(re.fullmatch(key[3:], name) for name in attention):
+            body = re.sub(r"^\^|(?<!\\)\$$", "", key[3:])  # anchors: targets match whole names anyway
+            return rf"re:(?:{body})|(?:{body})\.(q|k|v|out)_proj"
+        return key
 
-    return {
-        (rf"re:{re.escape(key)}\.(q|k|v|out)_proj" if named_attention(key) else key): config
-        for key, config in mapping.items()
-    }
+    return {widened(key): config for key, config in mapping.items()}
