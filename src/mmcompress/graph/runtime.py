@@ -13,6 +13,7 @@ import torch
 
 from mmcompress.errors import ModelError
 
+QUIET = 3  # ONNX Runtime's log severity: errors and fatal only
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -44,6 +45,7 @@ class OrtModel:
     def _options(threads: int | None, level: str, fold_dequantize: bool = True) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = LEVELS[level]
+        opts.log_severity_level = QUIET  # its optimizer's notes ("Removing initializer ...") are not the user's
         if fold_dequantize:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
@@ -108,6 +110,7 @@ def optimize_onnx(path: str | Path, out_path: str | Path, level: str = "extended
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = LEVELS[level]
+    opts.log_severity_level = QUIET
     opts.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     os.replace(tmp, out_path)

@@ -71,7 +71,7 @@ def warn_kept(kept: dict[str, str]) -> None:
     for name, reason in kept.items():
         by_reason.setdefault(reason, []).append(name)
     parts = [
-        f"{', '.join(repr(n) for n in names[:8])}{' ...' if len(names) > 8 else ''} ({reason})"
+        f"{', '.join(repr(n) for n in names[:8])}{f' and {len(names) - 8} more' if len(names) > 8 else ''} ({reason})"
         for reason, names in by_reason.items()
     ]
     warnings.warn(
