@@ -63,6 +63,7 @@ _PUBLIC = {  # name -> module that defines it
     "list_models": "mmcompress.models.zoo",
     "load_model": "mmcompress.models.zoo",
     "compress": "mmcompress.recipe.runner",
+    "load_run_folder": "mmcompress.recipe.specs",
     "Recipe": "mmcompress.recipe.schema",
     "load_recipe": "mmcompress.recipe.schema",
 }

@@ -44,3 +44,16 @@ def test_mapping_that_matches_nothing_is_an_error_not_a_no_op():
     with pytest.raises(ConfigError, match="matched no supported module"):
         quantize(plain, {"re:encoder.*": {}})
     assert quantize(plain, {"_default": None}).metrics["modules"] == 0  # explicit skip-all is fine
+
+
+def test_compressing_an_already_quantized_model_says_to_quantize_last():
+    import torch
+
+    import mmcompress
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    mmcompress.quantize(model, {"_default": {"weight_bits": 8}})
+    with pytest.raises(ConfigError, match="already quantized .* quantize last"):
+        mmcompress.prune(model, {"_default": {"sparsity": 0.5}})
+    with pytest.raises(ConfigError, match="already quantized"):
+        mmcompress.prune_structured(model, {"re:.*": {"ratio": 0.5}}, example_inputs=torch.randn(2, 4))

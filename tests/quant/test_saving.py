@@ -48,3 +48,37 @@ def test_load_into_wrong_model_or_corrupted_map_is_an_error(two_tower, tmp_path)
     (tmp_path / "q" / "quant_map.json").write_text("{")
     with pytest.raises(ModelError, match="not JSON"):
         load_quantized(type(two_tower)(), tmp_path / "q")
+
+
+def test_pruned_factorized_and_folded_models_save_and_load_on_the_original_architecture(tmp_path):
+    """Structure changes made through the API travel with the saved model and replay on a fresh one."""
+    from torch import nn
+
+    from mmcompress import factorize, fold_batchnorm, prune_structured
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8)
+            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 32, batch_first=True), 1)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            tokens = torch.relu(self.bn(self.conv(x))).flatten(2).transpose(1, 2)
+            return self.head(self.enc(tokens).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(4, 1, 6, 6)
+    model.bn.running_var.uniform_(0.5, 2)
+    fold_batchnorm(model)
+    prune_structured(model, {"re:.*linear1": {"ratio": 0.5}}, example_inputs=x)
+    factorize(model, {"head": {"rank": 2}})
+    quantize(model, QuantConfig(weight_bits=8, activations="dynamic"))
+    save_quantized(model, tmp_path / "q")
+    loaded = load_quantized(Net(), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.enc.layers[0].linear1.out_features == 16 and isinstance(loaded.bn, nn.Identity)
+    save_quantized(loaded, tmp_path / "again")  # a loaded model keeps its history
+    with torch.no_grad():
+        assert torch.equal(load_quantized(Net(), tmp_path / "again")(x), model(x))

@@ -70,3 +70,29 @@ class Record:
     @classmethod
     def from_json(cls, text: str) -> Record:
         return cls.from_dict(json.loads(text))
+
+
+EDITS = "_mmcompress_edits"  # attribute of a model's root module: records of changes to its structure
+
+
+def note_edit(model: Any, record: Record) -> None:
+    """Remember on `model` a record of a change to its structure (structured pruning, low-rank
+    factorization, BatchNorm folding), so `save_quantized` can write it and `load_quantized` replay it
+    on a fresh model of the original architecture.
+
+    Example:
+        >>> note_edit(model, prune_structured(model, {"re:.*fc1": {"ratio": 0.5}}, example_inputs=x))
+        >>> [r["technique"] for r in structure_edits(model)]
+        ['prune_structured']
+    """
+    model.__dict__.setdefault(EDITS, []).append(record.to_dict())
+
+
+def structure_edits(model: Any) -> list[dict[str, Any]]:
+    """The structure records `note_edit` kept on `model`, oldest first.
+
+    Example:
+        >>> structure_edits(torch.nn.Linear(2, 2))
+        []
+    """
+    return list(model.__dict__.get(EDITS, []))

@@ -86,9 +86,13 @@ def _matches(model, mapping, is_supported, modality_of):
         if key not in modules:
             raise ConfigError(f"target {key!r} names no module of the model")
         if mapping[key] is not None and not is_supported(modules[key]):
+            hint = (
+                f"; target its layers instead (e.g. 're:{re.escape(key)}\\..*')"
+                if any(True for _ in modules[key].children())
+                else ""  # a leaf layer of a type the technique does not handle
+            )
             raise UnsupportedError(
-                f"target {key!r} is a {type(modules[key]).__name__}, which this algorithm does not support; "
-                f"target its layers instead (e.g. 're:{re.escape(key)}\\..*')"
+                f"target {key!r} is a {type(modules[key]).__name__}, which this algorithm does not support{hint}"
             )
     for name, module in modules.items():
         if not name or not is_supported(module):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from mmcompress.core.record import Record
+from mmcompress.core.record import Record, note_edit
 from mmcompress.errors import ModelError
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -66,7 +66,22 @@ def fold_batchnorm(model: nn.Module) -> Record:
         _set(model, norm_name, nn.Identity())
         record.modules[norm_name] = {"folded_into": layer_name}
     record.metrics["folded"] = float(len(pairs))
+    note_edit(model, record)
     return record
+
+
+def replay_fold(model: nn.Module, record: Record) -> None:
+    """Give a fresh model the structure `fold_batchnorm` left (BatchNorm -> Identity, a bias on the
+    layer it went into); the values come from a checkpoint.
+
+    Example:
+        >>> replay_fold(build_cnn(), Record.from_dict(saved))
+    """
+    for norm_name, info in record.modules.items():
+        _set(model, norm_name, nn.Identity())
+        layer = model.get_submodule(info["folded_into"])
+        if layer.bias is None:  # folding gave the layer a bias; its value comes from the checkpoint
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
 
 
 def _pairs(model: nn.Module) -> list[tuple[str, str]]:

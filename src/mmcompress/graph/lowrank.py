@@ -14,7 +14,7 @@ from torch import nn
 
 from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
-from mmcompress.core.record import Record
+from mmcompress.core.record import Record, note_edit
 from mmcompress.core.targets import as_mapping, resolve_targets
 from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for, require_matches
@@ -132,6 +132,7 @@ def factorize(model: nn.Module, config: LowRankConfig | Mapping[str, Any] | None
     if not plans:
         raise ConfigError("no targeted layer gets smaller under this rank rule; lower energy, params or rank")
     record.metrics["factorized"] = float(len(plans))
+    note_edit(model, record)
     return record
 
 

@@ -9,14 +9,18 @@ from pathlib import Path
 from torch import nn
 
 from mmcompress.core.io import atomic_write_json, check_sha256, file_sha256, json_digest, load_state_checked
-from mmcompress.core.record import Record
+from mmcompress.core.record import EDITS, Record, structure_edits
 from mmcompress.errors import ModelError, UnsupportedError
+from mmcompress.graph.folding import replay_fold
+from mmcompress.graph.lowrank import replay_factorize
 from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.models.split_attention import SplitMultiheadAttention, split_attention
+from mmcompress.prune.structured import replay_structured
 from mmcompress.quant.api import replay_quantize
 from mmcompress.quant.modules import QUANT_LAYERS
 
 WEIGHTS, QUANT_MAP = "weights.safetensors", "quant_map.json"
+REPLAY = {"prune_structured": replay_structured, "factorize": replay_factorize, "fold_batchnorm": replay_fold}
 
 
 def quant_map(model: nn.Module) -> dict:
@@ -36,7 +40,9 @@ def quant_map(model: nn.Module) -> dict:
 
 def save_quantized(model: nn.Module, folder: str | Path) -> Path:
     """Write `weights.safetensors` (packed codes, steps, zero points, float rest) and `quant_map.json`
-    (with the nn.MultiheadAttention modules quantization split, which loading splits again).
+    (with the nn.MultiheadAttention modules quantization split, which loading splits again, and the
+    records of structured pruning, low-rank factorization and BatchNorm folding done to the model
+    through the API, which loading replays on a fresh model of the original architecture).
 
         Example:
             >>> save_quantized(model, "out/w4")
@@ -47,6 +53,7 @@ def save_quantized(model: nn.Module, folder: str | Path) -> Path:
         "format": "mmcompress-quant-v1",
         "modules": quant_map(model),
         "split_attention": [n for n, m in model.named_modules() if isinstance(m, SplitMultiheadAttention)],
+        "structure": structure_edits(model),
         "weights_sha256": file_sha256(folder / WEIGHTS),
     }
     info["map_sha256"] = json_digest(info, "map_sha256")
@@ -70,6 +77,8 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
     if "map_sha256" in info and info["map_sha256"] != json_digest(info, "map_sha256"):
         raise ModelError(f"{folder / QUANT_MAP} does not match its recorded SHA-256 (corrupted); save the model again")
     check_sha256(folder / WEIGHTS, info.get("weights_sha256"), "quantized weights", "save the model again")
+    edits = info.get("structure", [])
+    _replay_structure(model, edits, folder / QUANT_MAP)
     try:
         split_attention(model, info.get("split_attention", []))  # nn.MultiheadAttention as it was quantized
     except (AttributeError, UnsupportedError) as err:
@@ -87,4 +96,17 @@ def load_quantized(model: nn.Module, folder: str | Path) -> nn.Module:
         ) from None
     state, _ = load_compact(folder / WEIGHTS)
     load_state_checked(model, state, str(folder / WEIGHTS), "was it saved from this architecture?")
+    model.__dict__[EDITS] = list(edits)  # saving the loaded model again keeps them
     return model.eval()
+
+
+def _replay_structure(model: nn.Module, edits: list, where: Path) -> None:
+    """Shrink / refactor a fresh model the way the saved one was, before its weights load."""
+    for edit in edits:
+        try:
+            REPLAY[edit["technique"]](model, Record.from_dict(edit))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as err:
+            raise ModelError(
+                f"{where} records a {edit.get('technique', '?')!r} change that does not replay on "
+                f"{type(model).__name__} ({type(err).__name__}: {str(err)[:160]}); was it saved from this architecture?"
+            ) from None

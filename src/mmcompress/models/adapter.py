@@ -248,6 +248,11 @@ def require_matches(chosen: list, mapping: Mapping[str, Any], model: nn.Module) 
     if not chosen and any(v is not None for v in mapping.values()):
         if any(k.startswith("modality:") for k in mapping) and not adapter_for(model).towers:
             raise ConfigError(f"targets {list(mapping)} name modalities, but {describe_missing(model)}")
+        if any(hasattr(m, "qweight") for m in model.modules()):  # quantized layers hold integer codes
+            raise ConfigError(
+                f"targets {list(mapping)} matched no supported module of {type(model).__name__}, which is "
+                "already quantized (its layers hold integer codes): prune / factorize the float model, quantize last"
+            )
         raise ConfigError(
             f"targets {list(mapping)} matched no supported module of {type(model).__name__}; "
             "check module names, regexes and modality tags (a model without an adapter has no modalities)"

@@ -157,7 +157,7 @@ def get_spec(name: str) -> ModelSpec:
     if name not in MODELS and (Path(name) / "record.json").is_file():
         raise ModelError(
             f"{name!r} is a compression run folder, not a model name: load its result with "
-            f"mmcompress.recipe.runner.load_run({name!r}) (the CLI takes the folder itself: `mmcompress eval {name}`)"
+            f"mmcompress.load_run_folder({name!r}) (the CLI takes the folder itself: `mmcompress eval {name}`)"
         )
     if name not in MODELS:
         raise ModelError(unknown_name("model", name, list(MODELS)))

@@ -20,8 +20,8 @@ from torch import nn
 from mmcompress.core.batches import check_finite_weights
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.layer_stats import LossFn
-from mmcompress.core.record import Record
-from mmcompress.core.targets import as_mapping, resolve_targets
+from mmcompress.core.record import Record, note_edit
+from mmcompress.core.targets import as_mapping, first_match, resolve_targets
 from mmcompress.errors import ConfigError, UnsupportedError
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.attention import head_parts, is_attention
@@ -216,6 +216,7 @@ def prune_structured(
         channel_plans = plan_channels(
             model, modules, selected, data, loss_fn, max_batches, stats, grams, norm_after, calib
         )
+    kept.update(_unsupported_convolutions(model, mapping, adapter))
     head_targets = [(n, m, c) for n, m, c in chosen if c.unit == "heads"]
     head_plans = plan_heads(model, head_targets, adapter, data, loss_fn, max_batches, calib)
     record = Record("prune_structured", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})
@@ -245,6 +246,7 @@ def prune_structured(
     warn_kept(kept)
     warn_ratios(record.modules)
     summarise(record.metrics)
+    note_edit(model, record)
     return record
 
 
@@ -302,6 +304,18 @@ def replay_structured(model: nn.Module, record: Record) -> None:
 
 def _producer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.Linear, *RECURRENT))
+
+
+def _unsupported_convolutions(model: nn.Module, mapping: dict, adapter) -> dict[str, str]:
+    """Convolutions a pattern targets whose channels this cannot remove (Conv1d, Conv3d, transposed):
+    kept at full width, said in the warning and the record, never skipped silently."""
+    return {
+        name: f"is a {type(module).__name__}: channel pruning handles Conv2d, Linear and one-layer LSTM/GRU"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.conv._ConvNd)
+        and not isinstance(module, nn.Conv2d)
+        and first_match(mapping, name, adapter.modality_of(name)) is not None
+    }
 
 
 def _macs_after(model: nn.Module, inputs: Any) -> float:

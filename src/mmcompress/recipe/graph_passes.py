@@ -7,7 +7,7 @@ from pydantic import Field
 
 from mmcompress.core.config import FrozenConfig
 from mmcompress.core.record import Record
-from mmcompress.graph.folding import drop_identities, fold_batchnorm
+from mmcompress.graph.folding import drop_identities, fold_batchnorm, replay_fold
 from mmcompress.graph.lowrank import LowRankConfig, factorize, replay_factorize
 from mmcompress.graph.sharing import ShareConfig, fuse_shared_weights, share_weights
 from mmcompress.recipe.builtin_passes import _TargetedPass
@@ -36,15 +36,7 @@ class FoldPass(Pass):
         return StageOutcome(dict(record.metrics), record)
 
     def replay(self, ctx: RunContext, record: Record) -> None:
-        import torch
-        from torch import nn
-
-        for norm_name, info in record.modules.items():
-            parent, _, attr = norm_name.rpartition(".")
-            setattr(ctx.model.get_submodule(parent) if parent else ctx.model, attr, nn.Identity())
-            layer = ctx.model.get_submodule(info["folded_into"])
-            if layer.bias is None:  # folding gave the layer a bias; its value comes from the checkpoint
-                layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
+        replay_fold(ctx.model, record)
         if record.metrics.get("identities_removed"):
             drop_identities(ctx.model)
 
