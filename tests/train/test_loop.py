@@ -184,3 +184,9 @@ def test_sgd_with_momentum_trains_and_is_part_of_the_identity(digits):
     assert res.metrics["accuracy"] > DIGITS_MIN_ACCURACY
     assert "optimizer" not in TrainConfig().identity()  # caches of AdamW runs stay valid
     assert TrainConfig(optimizer="sgd").identity() != TrainConfig(optimizer="sgd", momentum=0.5).identity()
+
+
+def test_a_fit_with_too_few_optimizer_steps_warns(digits):
+    train = torch.utils.data.Subset(digits[0], range(512))
+    with pytest.warns(UserWarning, match=r"fit: 6 optimizer step\(s\) in all \(512 samples, batch_size 256"):
+        fit(ImageClassifier((8, 16, 32)), ClassificationTask(), train, TrainConfig(epochs=3), progress=False)

@@ -30,6 +30,7 @@ PASS_FUNCTIONS = {
     F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
 }  # fmt: skip
 PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clip", "abs", "neg", "contiguous", "float", "detach"}
+FLATTEN_REASON = "a flatten other than (B, C) / (B, C, h, w) from dim 1, whose channel layout the walk does not follow"
 ADD_OPS = {operator.add, torch.add, operator.sub, torch.sub}
 RECURRENT = (nn.LSTM, nn.GRU)
 
@@ -74,7 +75,7 @@ def classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node) -
         if node.target in ("size", "dim", "to", "type_as") and node.args[0] is came_from:
             return "ignore" if node.target in ("size", "dim") else "pass"
         if node.target == "flatten" or (node.target in ("view", "reshape") and _flattens_to_batch(node)):
-            return "pass" if _flatten_ok(node) else "flatten that mixes channels"
+            return "pass" if _flatten_ok(node) else FLATTEN_REASON
         return f"method .{node.target}()"
     return f"{node.op} {node.target}"
 
@@ -84,7 +85,7 @@ def _classify_module(node: fx.Node, came_from: fx.Node, module: nn.Module) -> st
         return "pass"
     if isinstance(module, nn.Flatten):
         whole = module.start_dim == 1 and module.end_dim == -1 and len(shape_of(node.args[0]) or ()) in (2, 4)
-        return "pass" if whole else "flatten that mixes channels"
+        return "pass" if whole else FLATTEN_REASON
     if isinstance(module, NORM_MODULES):
         return "norm"
     takes_it = bool(node.args) and node.args[0] is came_from
@@ -115,7 +116,7 @@ def _classify_function(node: fx.Node, came_from: fx.Node, start: fx.Node) -> str
     if node.target in (torch.cat, torch.concat) and cat_on_channels(node):
         return "cat"
     if node.target is torch.flatten or (node.target is torch.reshape and _flattens_to_batch(node)):
-        return "pass" if _flatten_ok(node) else "flatten that mixes channels"
+        return "pass" if _flatten_ok(node) else FLATTEN_REASON
     return f"function {getattr(node.target, '__name__', node.target)}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
+
+FEW_STEPS = 30  # fewer optimizer steps in a whole fit than this: warn (batch too large for the data)
 
 def seed_everything(seed: int) -> None:
     """Seed Python, torch (CPU and CUDA)."""
@@ -161,8 +164,17 @@ def fit(
         raise DataError(f"training data has {len(train_data)} samples: too few for {size} processes")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    if total_steps < FEW_STEPS and not config.max_steps_per_epoch:
+        warnings.warn(
+            f"fit: {total_steps} optimizer step(s) in all ({len(train_data)} samples, batch_size "
+            f"{config.batch_size}, {config.epochs} epoch(s)); few models learn in so few: lower batch_size or "
+            "raise epochs",
+            UserWarning,
+            stacklevel=2,
+        )
     optimizer = make_optimizer(_param_groups(model, config), config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * config.epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps))
     dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     result, start_epoch = TrainResult(), 0
