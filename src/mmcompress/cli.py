@@ -131,7 +131,8 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
                             test_limit=limit, progress=False)  # fmt: skip
     work.require_data("eval")
     net = load_model_spec(run_dir, cache_dir=cache_dir) if run_dir else work.model
-    name = f"{work.name} (run {run_dir})" if run_dir else work.name
+    shown_run = run_dir or (model if is_run_folder(model) else None)  # a run folder evaluates its compressed model
+    name = f"{work.name} (run {shown_run})" if shown_run else work.name
     console.print(_table(f"{name} test metrics", work.task.evaluate(net, work.test)))
 
 

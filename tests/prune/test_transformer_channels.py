@@ -140,26 +140,3 @@ def test_a_model_that_is_itself_a_torch_nn_encoder_is_opened_in_place(bare):
         fresh.load_state_dict(model.state_dict())
         assert torch.equal(fresh(x), out)
     assert hook_calls  # the caller's hooks on the model survive the swap
-
-
-def test_a_targeted_conv1d_is_kept_with_a_warning_never_skipped_silently():
-    class Audio(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.gru, self.head = (
-                nn.Conv1d(8, 16, 3, padding=1),
-                nn.GRU(16, 32, batch_first=True),
-                nn.Linear(32, 4),
-            )
-
-        def forward(self, x):
-            return self.head(self.gru(torch.relu(self.conv(x)).transpose(1, 2))[0][:, -1])
-
-    from mmcompress.errors import UnsupportedError
-
-    x = torch.randn(2, 8, 10)
-    with pytest.warns(UserWarning, match=r"'conv' \(is a Conv1d: channel pruning handles Conv2d"):
-        record = prune_structured(Audio().eval(), {"_default": {"ratio": 0.5}}, example_inputs=x)
-    assert record.modules["conv"]["structure"] == "kept" and record.modules["gru"]["kept"] == 16
-    with pytest.raises(UnsupportedError, match=r"is a Conv1d, which this algorithm does not support$"):
-        prune_structured(Audio().eval(), {"conv": {"ratio": 0.5}}, example_inputs=x)  # no 'target its layers'

@@ -1,6 +1,7 @@
 """GPTQ, error analysis and mixed precision on grouped and depthwise convolutions (tiny models)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -114,3 +115,35 @@ def test_mixed_precision_plans_and_runs_with_depthwise_convs():
     assert all(set(s) == {4, 8} and s[4] >= s[8] for s in plan.sensitivity.values())
     assert {n: m["bits"] for n, m in record.modules.items()} == plan.bits
     assert torch.isfinite(model(calib[0])).all()
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv1d(6, 4, 3, padding=1, stride=2, groups=2), nn.Conv1d(4, 6, 4, padding="same", dilation=2)],
+)
+def test_conv1d_columns_times_grouped_weight_is_the_convolution(conv):
+    x = torch.randn(2, conv.in_channels, 17)
+    with torch.no_grad():
+        ref = conv(x) - conv.bias[:, None]
+        out = layer_columns(conv, x) @ grouped_weight(conv).transpose(1, 2)  # (g, B * L, out / g)
+    g, rows, per_group = out.shape
+    out = out.view(g, 2, rows // 2, per_group).permute(1, 0, 3, 2).reshape(2, -1, rows // 2)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_gptq_solves_conv1d_front_ends_better_than_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(16, 32, 3, padding=1), nn.GELU(), nn.Conv1d(32, 32, 3, stride=2, padding=1))
+    signal = torch.randn(64, 16, 40).cumsum(-1) / 4  # smooth, correlated inputs like audio features
+    calib, test = list(signal[:48].split(8)), signal[48:]
+    with torch.no_grad():
+        ref = model(test)
+    errors = {}
+    for method in ("rtn", "gptq"):
+        quantized = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "rounding to nearest" warning for Conv1d
+            quantize(quantized, QuantConfig(weight_bits=3, method=method), calib=calib)
+        with torch.no_grad():
+            errors[method] = float((quantized(test) - ref).pow(2).mean())
+    assert errors["gptq"] < 0.8 * errors["rtn"], errors

@@ -28,18 +28,23 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Linear: x (..., in) -> (1, rows, in). Conv2d with `groups` g: the input patches, unfolded
     with the layer's padding, stride and dilation, split by group:
     (B, C, H, W) -> (g, B * L, C / g * kh * kw), column order matching `grouped_weight`.
+    Conv1d: the same, as a Conv2d of height 1: (B, C, T) -> (g, B * L, C / g * k).
 
     Example:
         >>> layer_columns(nn.Conv2d(4, 4, 3, groups=4), torch.randn(2, 4, 8, 8)).shape
         torch.Size([4, 72, 9])
     """
-    if not isinstance(module, nn.Conv2d):
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return x.reshape(1, -1, x.shape[-1])
     padding = module.padding
     if isinstance(padding, str):  # "valid" or "same": pad explicitly, as F.conv2d does
         x = _pad_same(x, module) if padding == "same" else x
-        padding = (0, 0)
-    patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (B, C*kh*kw, L)
+        padding = (0,) * len(module.kernel_size)
+    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    if isinstance(module, nn.Conv1d):  # a row of height 1
+        x, kernel, dilation, padding, stride = (x.unsqueeze(2), (1, *kernel), (1, *dilation), (0, *padding),
+                                                 (1, *stride))  # fmt: skip
+    patches = F.unfold(x, kernel, dilation, padding, stride)  # (B, C*kh*kw, L)
     b, ck, length = patches.shape
     g = module.groups
     grouped = patches.view(b, g, ck // g, length)  # channels of a group are contiguous
@@ -47,19 +52,20 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def grouped_weight(module: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """A Linear (out, in) or Conv2d (out, in / g, kh, kw) weight as (g, out / g, in / g * kh * kw).
+    """A Linear (out, in), Conv1d (out, in / g, k) or Conv2d (out, in / g, kh, kw) weight as
+    (g, out / g, in / g * kernel taps).
 
     Example:
         >>> grouped_weight(nn.Conv2d(4, 8, 3, groups=4)).shape
         torch.Size([4, 2, 9])
     """
     w = module.weight if weight is None else weight
-    g = module.groups if isinstance(module, nn.Conv2d) else 1
+    g = module.groups if isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
     return w.reshape(g, w.shape[0] // g, -1)
 
 
-def _pad_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) as Conv2d(padding="same") does (the odd extra pixel goes right/bottom)."""
+def _pad_same(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) / (B, C, T) as padding="same" does (the odd extra pixel goes right/bottom)."""
     pads = []
     for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size), strict=True):
         total = d * (k - 1)

@@ -132,7 +132,9 @@ def export_onnx(
             this. Unit-norm rows (embeddings) are not checked; pass 0 for other non-class outputs.
         static_format: static W8A8 Conv/Linear layers as "qdq" (QuantizeLinear/DequantizeLinear
             pairs ONNX Runtime fuses into QLinearConv / QLinearMatMul) or "integer" (ConvInteger /
-            MatMulInteger chains that reproduce PyTorch's integers bit for bit, slower).
+            MatMulInteger chains that reproduce PyTorch's integers bit for bit, slower). Float
+            operations between quantized layers (softmax, LayerNorm, GELU) can differ from
+            PyTorch's in the last bit, which may flip a rare rounding of the next layer's input.
 
     Example:
         >>> res = export_onnx(model, model.example_inputs(4), "out/model.onnx")

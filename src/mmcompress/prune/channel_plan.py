@@ -181,7 +181,7 @@ def reconstruction_scores(
         layer = modules[name]
         if not reconstructable(layer) or name not in grams:
             return None
-        taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+        taps = layer.weight[0, 0].numel() if isinstance(layer, (nn.Conv1d, nn.Conv2d)) else 1
         w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
         norm = modules.get(norm_after.get(name, ""))
         if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):

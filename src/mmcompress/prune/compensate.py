@@ -84,7 +84,8 @@ def measured_input_stats(
         if not isinstance(x, torch.Tensor):  # a packed sequence: no column means to take
             return
         x = x.double()
-        rows = x.movedim(1, -1).reshape(-1, x.shape[1]) if isinstance(layer, nn.Conv2d) else x.reshape(-1, x.shape[-1])
+        conv = isinstance(layer, (nn.Conv1d, nn.Conv2d))
+        rows = x.movedim(1, -1).reshape(-1, x.shape[1]) if conv else x.reshape(-1, x.shape[-1])
         sums[name] += torch.stack([rows.sum(0), (rows * rows).sum(0)])  # (2, in)
         counts[name] += rows.shape[0]
 

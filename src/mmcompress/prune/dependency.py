@@ -27,12 +27,14 @@ from mmcompress.models.feed_forward_specs import SPECS_BY_CLASS
 from mmcompress.models.split_attention import SplitMultiheadAttention
 from mmcompress.prune.fx_ops import (
     ADD_OPS,
+    CONVS,
     NORM_MODULES,
     PASS_FUNCTIONS,
     PASS_METHODS,
     PASS_MODULES,
     RECURRENT,
     cat_offset,
+    channels_first_after,
     classify,
     flattened_positions,
     is_depthwise,
@@ -259,7 +261,7 @@ def channel_groups(model: nn.Module, example_inputs: Any, gm: fx.GraphModule | N
 
 
 def _units(module: nn.Module) -> int:
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, CONVS):
         return module.out_channels
     if isinstance(module, RECURRENT):
         return module.hidden_size
@@ -270,20 +272,22 @@ def _follow(start: fx.Node, modules: dict, add_sources: dict) -> ChannelGroup:
     """Walk forward from a producer; returns what it reaches as a one-producer ChannelGroup."""
     seen = ChannelGroup([start.target], 0)
     weighted = {start.target}  # layers whose output a BatchNorm may follow directly
-    stack = [(user, start, 0, 1) for user in start.users]  # (node, its input, column offset, columns per unit)
+    first = isinstance(modules[start.target], CONVS)  # channels on axis 1, not the last axis
+    # (node, its input, column offset, columns per unit, channels of the input on axis 1)
+    stack = [(user, start, 0, 1, first) for user in start.users]
     visited = set()
     while stack:
-        node, came_from, offset, repeat = stack.pop()
+        node, came_from, offset, repeat, first = stack.pop()
         if node in visited:
             continue
         visited.add(node)
-        verdict = classify(node, came_from, modules, start)
-        onward = [(user, node, offset, repeat) for user in node.users]
+        verdict = classify(node, came_from, modules, start, first)
+        onward = [(user, node, offset, repeat, first) for user in node.users]
         if verdict == "ignore":
             continue
         if verdict == "pass":
-            positions = flattened_positions(node, modules)
-            stack += [(user, node, offset * positions, repeat * positions) for user in node.users]
+            positions, after = flattened_positions(node, modules), channels_first_after(node, first)
+            stack += [(user, node, offset * positions, repeat * positions, after) for user in node.users]
         elif verdict in ("norm", "depthwise"):
             if offset or repeat != 1:
                 what = "normalised" if verdict == "norm" else "filtered depthwise"
@@ -303,7 +307,7 @@ def _follow(start: fx.Node, modules: dict, add_sources: dict) -> ChannelGroup:
                 seen.pinned = seen.pinned or f"is added to a tensor of fixed width at {node.name}"
             stack += onward
         elif verdict == "cat":
-            stack += [(user, node, offset + cat_offset(node, came_from), repeat) for user in node.users]
+            stack += [(user, node, offset + cat_offset(node, came_from, first), repeat, first) for user in node.users]
         elif verdict == "consumer":
             seen.consumers.append((node.target, repeat, offset))
         elif verdict == "output":

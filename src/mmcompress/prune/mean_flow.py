@@ -48,8 +48,8 @@ GRID_SIGMAS = 8.0
 # measured). Measured on digits-cnn, keeping the mean (0) beats the iid shift (1).
 MAX_POOL_SHIFT = 0.0
 _KEEP_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
-                 nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # fmt: skip
-_MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)  # fmt: skip
+_MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool1d)
 _KEEP_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, F.avg_pool2d, F.adaptive_avg_pool2d}
 _KEEP_METHODS = {"contiguous", "float", "detach", "to", "type_as"}
 
@@ -151,15 +151,16 @@ def _module_stats(node: fx.Node, module: nn.Module, inp: Stats | None) -> Stats 
         beta = module.bias.detach().float() if module.bias is not None else torch.zeros(size)
         gamma = module.weight.detach().float() if module.weight is not None else torch.ones(size)
         return beta.clone(), gamma**2
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
         return _linear_map(module, inp)
     if inp is None:
         return None
     if isinstance(module, _KEEP_MODULES):
         return inp
     if isinstance(module, _MAX_POOLS):
-        size = module.kernel_size if isinstance(module, nn.MaxPool2d) else _adaptive_window(node)
-        window = math.prod(size if isinstance(size, tuple) else (size, size))
+        size = module.kernel_size if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)) else _adaptive_window(node)
+        square = isinstance(module, nn.MaxPool2d)  # an int kernel size of a 2-D pool is a square
+        window = math.prod(size if isinstance(size, tuple) else (size, size) if square else (size,))
         return inp[0] + MAX_POOL_SHIFT * max_order_shift(window) * inp[1].sqrt(), inp[1]
     if isinstance(module, nn.Flatten):
         return _repeat(inp, flattened_positions(node, {node.target: module}))
@@ -187,11 +188,11 @@ def _linear_map(module: nn.Module, inp: Stats | None) -> Stats:
     w = module.weight.detach().float()
     out = w.shape[0]
     bias = module.bias.detach().float() if module.bias is not None else torch.zeros(out)
-    depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == out > 1
+    depthwise = isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == module.in_channels == out > 1
     if inp is None:
         dead = w.reshape(out, -1).abs().sum(1) == 0
         return torch.where(dead, bias, torch.nan), torch.where(dead, 0.0, torch.nan)
-    if isinstance(module, nn.Conv2d) and module.groups != 1 and not depthwise:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1 and not depthwise:
         return torch.full((out,), torch.nan), torch.full((out,), torch.nan)
     flat = w.reshape(out, w.shape[1], -1)  # (out, in, kh*kw) (Linear: kh*kw = 1)
     if depthwise:
@@ -229,8 +230,9 @@ def _scalar(args) -> bool:
     return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
 
 
-def _adaptive_window(node: fx.Node) -> tuple[int, int]:
+def _adaptive_window(node: fx.Node) -> tuple[int, ...]:
+    """The window of an adaptive pool: input size over output size on each spatial axis."""
     src, out = shape_of(node.args[0]), shape_of(node)
-    if src is None or out is None or len(src) != 4:
-        return (1, 1)
-    return (src[2] // max(out[2], 1), src[3] // max(out[3], 1))
+    if src is None or out is None or len(src) not in (3, 4) or len(out) != len(src):
+        return (1,)
+    return tuple(a // max(b, 1) for a, b in zip(src[2:], out[2:], strict=True))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcompress.prune.fx_ops import CONVS
+
 GATES = {nn.LSTM: 4, nn.GRU: 3}
 
 
@@ -17,17 +19,17 @@ def _param(t: torch.Tensor) -> nn.Parameter:
 
 
 def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep output units `keep` of a Linear / Conv2d, or features of a norm layer; a depthwise
-    Conv2d keeps those channels (inputs, outputs and groups).
+    """Keep output units `keep` of a Linear / Conv1d / Conv2d, or features of a norm layer; a
+    depthwise convolution keeps those channels (inputs, outputs and groups).
 
     Example:
         >>> layer = nn.Linear(4, 6); keep_outputs(layer, torch.tensor([0, 2])); layer.out_features
         2
     """
     keep = keep.to(torch.long)
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
-        if isinstance(module, nn.Conv2d) and module.groups != 1 and not depthwise:
+    if isinstance(module, (nn.Linear, *CONVS)):
+        depthwise = isinstance(module, CONVS) and module.groups == module.in_channels == module.out_channels
+        if isinstance(module, CONVS) and module.groups != 1 and not depthwise:
             raise ValueError(f"grouped convolution (groups={module.groups}) cannot drop output channels")
         module.weight = _param(module.weight[keep])
         if module.bias is not None:
@@ -85,7 +87,7 @@ def consumer_columns(inputs: int, units: int, keep: torch.Tensor, repeat: int = 
 
 
 def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep input columns `keep` of a Linear / Conv2d / single-layer LSTM/GRU.
+    """Keep input columns `keep` of a Linear / Conv1d / Conv2d / single-layer LSTM/GRU.
 
     Example:
         >>> layer = nn.Linear(6, 3); keep_inputs(layer, torch.tensor([1, 2])); layer.in_features
@@ -95,7 +97,7 @@ def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
     if isinstance(module, nn.Linear):
         module.weight = _param(module.weight[:, keep])
         module.in_features = len(keep)
-    elif isinstance(module, nn.Conv2d):
+    elif isinstance(module, CONVS):
         if module.groups != 1:
             raise ValueError(f"grouped convolution (groups={module.groups}) cannot drop input channels")
         module.weight = _param(module.weight[:, keep])

@@ -30,6 +30,7 @@ from mmcompress.models.traceable_transformer import open_transformers, transform
 from mmcompress.prune.channel_plan import plan_channels, plan_entry, select_groups
 from mmcompress.prune.compensate import add_biases, compensate_plans, consumers_of, input_stats_of, norms_after
 from mmcompress.prune.dependency import RECURRENT, ChannelGroup, channel_groups, library_model, trace
+from mmcompress.prune.fx_ops import CONVS
 from mmcompress.prune.heads import plan_heads, refit_output_projections
 from mmcompress.prune.reconstruct import input_grams, reconstructable
 from mmcompress.prune.slicing import keep_heads, keep_hidden_units, keep_inputs, keep_outputs
@@ -303,19 +304,19 @@ def replay_structured(model: nn.Module, record: Record) -> None:
 
 
 def _producer(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.Linear, *RECURRENT))
+    return isinstance(module, (*CONVS, nn.Linear, *RECURRENT))
 
 
 def _unsupported_convolutions(model: nn.Module, mapping: dict, adapter) -> dict[str, str]:
-    """Convolutions a pattern targets whose channels this cannot remove (Conv1d, Conv3d, transposed):
+    """Convolutions a pattern targets whose channels this cannot remove (Conv3d, transposed):
     kept at full width, said in the warning and the record, never skipped silently."""
-    return {
-        name: f"is a {type(module).__name__}: channel pruning handles Conv2d, Linear and one-layer LSTM/GRU"
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.conv._ConvNd)
-        and not isinstance(module, nn.Conv2d)
-        and first_match(mapping, name, adapter.modality_of(name)) is not None
-    }
+    kept = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, CONVS):
+            config = first_match(mapping, name, adapter.modality_of(name))
+            if config is not None and config.unit == "channels":
+                kept[name] = f"is a {type(module).__name__}: channel pruning handles Conv1d/Conv2d, Linear and LSTM/GRU"
+    return kept
 
 
 def _macs_after(model: nn.Module, inputs: Any) -> float:

@@ -20,7 +20,7 @@ RATIO_NOTE = 0.02  # an entry whose removed fraction differs more than this from
 
 
 def count_macs(model: nn.Module, inputs: Any) -> float:
-    """Multiply-accumulates of one forward pass on `inputs` (per batch) in Conv2d, Linear, LSTM/GRU and
+    """Multiply-accumulates of one forward pass on `inputs` (per batch) in Conv1d/2d, Linear, LSTM/GRU and
     the projections of nn.MultiheadAttention.
 
     Runs in eval mode without gradients (BatchNorm statistics stay); restores every module's mode.
@@ -35,9 +35,8 @@ def count_macs(model: nn.Module, inputs: Any) -> float:
         out = out[0] if isinstance(out, tuple) else out
         if isinstance(module, nn.MultiheadAttention):  # packed: its projections are no module calls
             total[0] += _attention_projection_macs(module, [*args, *kwargs.values()])
-        elif isinstance(module, nn.Conv2d):
-            k = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
-            total[0] += out.numel() * k
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            total[0] += out.numel() * module.weight[0].numel()
         elif isinstance(module, nn.Linear):
             total[0] += out.numel() * module.in_features
         elif isinstance(module, (nn.LSTM, nn.GRU)):
@@ -45,7 +44,7 @@ def count_macs(model: nn.Module, inputs: Any) -> float:
             steps = out.numel() // module.hidden_size
             total[0] += steps * gates * module.hidden_size * (module.input_size + module.hidden_size)
 
-    counted = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU, nn.MultiheadAttention)
+    counted = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU, nn.MultiheadAttention)
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad(), eval_mode(model):

@@ -38,7 +38,7 @@ QUANT_LAYER_TYPES = {  # `layer_types` name -> the layer types `quantize` select
     "recurrent": (nn.LSTM, nn.GRU),
 }
 ACT_TYPES = (nn.Linear, nn.Conv2d)  # layers whose inputs W8A8 quantizes (embeddings look rows up)
-GPTQ_TYPES = (nn.Linear, nn.Conv2d)  # layers GPTQ solves; others round to nearest (with a warning)
+GPTQ_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # layers GPTQ solves; others round to nearest (with a warning)
 
 
 def quantize(
@@ -193,8 +193,8 @@ def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
     skipped = [n for n, m, c in chosen if c.method == "gptq" and type(m) not in GPTQ_TYPES]
     if skipped:
         warnings.warn(
-            f"GPTQ solves Linear and Conv2d only; rounding to nearest for {len(skipped)} layer(s) "
-            f"(embeddings, Conv1d, LSTM/GRU): {_names(skipped)}",
+            f"GPTQ solves Linear, Conv1d and Conv2d only; rounding to nearest for {len(skipped)} layer(s) "
+            f"(embeddings, LSTM/GRU): {_names(skipped)}",
             UserWarning,
             stacklevel=3,
         )

@@ -21,11 +21,13 @@ from mmcompress.quant.modules import WeightGrid
 
 
 def check_gptq_supported(name: str, module: nn.Module) -> None:
-    """GPTQ handles Linear and Conv2d (grouped and depthwise too); anything else is an error naming the layer."""
-    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+    """GPTQ handles Linear, Conv1d and Conv2d (grouped and depthwise too); anything else is an error
+    naming the layer."""
+    if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
         raise UnsupportedError(f"GPTQ does not apply to {type(module).__name__} {name!r}")
-    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-        raise UnsupportedError(f"GPTQ needs zero padding; Conv2d {name!r} pads with {module.padding_mode!r}")
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode != "zeros":
+        kind = type(module).__name__
+        raise UnsupportedError(f"GPTQ needs zero padding; {kind} {name!r} pads with {module.padding_mode!r}")
 
 
 def gptq_params(

@@ -36,6 +36,7 @@ class TrainResult:
 
 FEW_STEPS = 30  # fewer optimizer steps in a whole fit than this: warn (batch too large for the data)
 
+
 def seed_everything(seed: int) -> None:
     """Seed Python, torch (CPU and CUDA)."""
     random.seed(seed)
