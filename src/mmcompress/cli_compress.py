@@ -116,6 +116,9 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
               help="Structured: refit the layers reading removed units by least squares")  # fmt: skip
 @click.option("--only", "only", multiple=True, help="Prune only these targets (name, re:REGEX, modality:TOWER).")
 @click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Recovery epochs (0: none).")
+@click.option("--finetune-lr", type=float, default=None, help="Recovery learning rate [default: the finetune pass's].")
+@click.option("--finetune-batch-size", type=int, default=None,
+              help="Recovery batch size [default: the finetune pass's]; small data needs small batches.")  # fmt: skip
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Export and evaluate on ONNX Runtime.")
 @click.option("--train-limit", type=int, default=None, help="Train the baseline (and fine-tune) on N samples.")
 @click.option("--epochs", type=int, default=None, help="Baseline training epochs (when it is not cached yet).")
@@ -128,7 +131,7 @@ PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "varianc
 @_data_options
 @_friendly
 def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ratio, budget, reconstruct, only,
-              finetune_epochs, onnx,
+              finetune_epochs, finetune_lr, finetune_batch_size, onnx,
               train_limit,
               epochs, test_limit, out, resume, quiet, data_spec, task, adapter, data_dir, cache_dir,
               force):  # fmt: skip
@@ -162,7 +165,9 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ra
     stages = [{"name": "baseline", "pass": "evaluate"}, stage]
     if finetune_epochs:  # the model's own frozen parts (e.g. fashion-clip's MiniLM) stay frozen
         freeze = list(builtin_freeze(model))
-        stages.append({"pass": "finetune", "config": {"epochs": finetune_epochs, "freeze": freeze}})
+        tuning = {"lr": finetune_lr, "batch_size": finetune_batch_size}
+        config = {"epochs": finetune_epochs, "freeze": freeze, **{k: v for k, v in tuning.items() if v is not None}}
+        stages.append({"pass": "finetune", "config": config})
     stages.append({"name": "pruned", "pass": "evaluate"})
     if onnx:
         stages.append({"pass": "export_onnx"})

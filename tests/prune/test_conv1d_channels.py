@@ -81,3 +81,12 @@ def test_a_layer_norm_over_time_blocks_a_conv1d_group_with_the_reason():
     with pytest.warns(UserWarning, match=r"'conv' \(flows into LayerNorm over another axis than the channels"):
         record = prune_structured(TimeNorm().eval(), {"_default": {"ratio": 0.5}}, example_inputs=torch.randn(2, 4, 8))
     assert record.modules["conv"]["structure"] == "kept"
+
+
+def test_calibration_batches_serve_as_example_inputs_and_their_absence_is_said():
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 200)
+    record = prune_structured(KeywordSpotter().eval(), {"re:b1.0": {"ratio": 0.5}}, calib=[x[:4], x[4:]])
+    assert record.modules["b1.0"]["kept"] == 8
+    with pytest.warns(UserWarning, match="no calib= batches, so the channel scores and the compensation"):
+        prune_structured(KeywordSpotter().eval(), {"re:b1.0": {"ratio": 0.5}}, example_inputs=x)

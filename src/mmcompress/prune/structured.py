@@ -10,6 +10,7 @@ concatenation works too: the fused layer loses exactly the pruned tower's column
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -180,8 +181,19 @@ def prune_structured(
     inputs = example_inputs
     if inputs is None and adapter.example_inputs is not None:
         inputs = adapter.example_inputs(2)
+    if inputs is None and calib:
+        inputs = calib[0]  # a calibration batch is a batch of model inputs
     if channel_targets and inputs is None:
-        raise ConfigError("structured channel pruning traces the model: pass example_inputs={...}")
+        raise ConfigError("structured channel pruning traces the model: pass example_inputs= (a batch of inputs)")
+    estimated = [n for n, c in channel_targets.items() if c.compensate or c.method in ("auto", "variance")]
+    if estimated and calib is None:
+        warnings.warn(
+            f"prune_structured: no calib= batches, so the channel scores and the compensation of removed channels "
+            f"of {len(estimated)} layer(s) are estimated from BatchNorm statistics (or skipped without them); "
+            "a few batches of real inputs usually keep much more accuracy",
+            UserWarning,
+            stacklevel=2,
+        )
     kept: dict[str, str] = {}  # targeted layers that keep their width, and why
     channel_plans = []  # every plan is computed before anything changes
     holding = transformers_holding(model, list(channel_targets))

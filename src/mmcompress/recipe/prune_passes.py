@@ -76,6 +76,8 @@ class StructuredPrunePass(_TargetedPass):
             kwargs.update(calib=ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size))
         calib = None
         measures = any(c.reconstruct or c.method == "reconstruction" or c.scope == "sensitivity" for c in configs)
+        # channel scores ("variance") and the compensation of removed channels: measured, not estimated
+        measures = measures or any(c.unit == "channels" and (c.compensate or c.method == "auto") for c in configs)
         if cfg.recalibrate_batchnorm or measures:
             calib = kwargs.get("calib") or ctx.calibration_batches(cfg.data_samples, cfg.data_batch_size)
             kwargs.update(calib=calib)
