@@ -90,3 +90,21 @@ def test_calibration_batches_serve_as_example_inputs_and_their_absence_is_said()
     assert record.modules["b1.0"]["kept"] == 8
     with pytest.warns(UserWarning, match="no calib= batches, so the channel scores and the compensation"):
         prune_structured(KeywordSpotter().eval(), {"re:b1.0": {"ratio": 0.5}}, example_inputs=x)
+
+
+def test_conv1d_consumers_are_refit_by_least_squares():
+    torch.manual_seed(0)
+    model = KeywordSpotter().eval()
+    signal = torch.randn(96, 1, 200).cumsum(-1) / 8  # smooth signals: correlated channels to take over
+    calib, test = list(signal[:64].split(16)), signal[64:]
+    with torch.no_grad():
+        reference = model(test)
+    errors = {}
+    for reconstruct in (False, True):
+        pruned = copy.deepcopy(model)
+        config = {"ratio": 0.5, "method": "magnitude", "reconstruct": reconstruct}
+        record = prune_structured(pruned, {"re:b1.0": config, "_default": None}, calib=calib)
+        with torch.no_grad():
+            errors[reconstruct] = float((pruned(test) - reference).pow(2).mean())
+    assert record.modules["b1.0"]["reconstructed"] == ["b2.0"]  # the Conv1d reading the removed channels
+    assert errors[True] < 0.5 * errors[False], errors

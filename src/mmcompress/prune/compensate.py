@@ -202,7 +202,7 @@ def compensate_plans(
 ):
     """Fold the mean of every removed unit of the plans that ask for it into its consumers (before
     any slicing), `stats` holding each consumer's input (mean, var); plans with `reconstruct` first
-    refit their Linear/Conv2d consumers by least squares on `calib` (`sequential_refit.py`, in one
+    refit their Linear / Conv1d / Conv2d consumers by least squares on `calib` (`sequential_refit.py`, in one
     lockstep pass over the traced `graph`; without it `reconstruct.py`'s pass per layer; the bias
     change is folded the same way). Returns consumer -> where the constant went, and the consumers
     that were refit."""
@@ -216,7 +216,7 @@ def compensate_plans(
         skipped = sorted(set(refit) - set(deltas))
         if skipped:
             warnings.warn(
-                f"reconstruct refits nn.Linear and ungrouped, zero-padded nn.Conv2d layers only; {len(skipped)} "
+                f"reconstruct refits nn.Linear and ungrouped, zero-padded Conv1d/Conv2d layers only; {len(skipped)} "
                 f"layer(s) reading removed channels keep mean compensation instead: {', '.join(skipped[:5])}",
                 stacklevel=3,
             )

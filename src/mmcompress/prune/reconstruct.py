@@ -13,7 +13,7 @@ kept ones; the constant's coefficient is the bias change). When the removed chan
 uncorrelated with the kept ones this is the mean compensation of `compensate.py`; when they are
 correlated (BatchNorm CNNs are full of redundant channels), the kept channels take over their
 share. Consumers are refit one by one in forward order on the pruned model's inputs, so each also
-corrects what the earlier layers left (sequential reconstruction). Linear and ungrouped Conv2d
+corrects what the earlier layers left (sequential reconstruction). Linear and ungrouped Conv1d / Conv2d
 consumers; others keep mean compensation. Pure math: `refit_to_reference`; plumbing:
 `reconstruct_consumers`.
 """
@@ -34,15 +34,16 @@ from mmcompress.core.batches import call_model, check_finite
 from mmcompress.core.walker import grouped_weight, layer_columns, run_calibration
 from mmcompress.errors import DataError
 from mmcompress.prune.dependency import eval_mode
+from mmcompress.prune.fx_ops import CONVS
 
 DAMP = 0.01  # ridge: a fraction of the mean diagonal of G[K, K]
 
 
 def reconstructable(layer: nn.Module) -> bool:
-    """Linear, or Conv2d without groups and with zero padding (its columns are unfolded patches)."""
+    """Linear, or Conv1d/Conv2d without groups and with zero padding (its columns are unfolded patches)."""
     if type(layer) is nn.Linear:
         return True
-    return type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
+    return type(layer) in (nn.Conv1d, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
 
 
 def input_grams(
@@ -145,7 +146,7 @@ def refit_layer(layer: nn.Module, removed: list[int], pairs: Iterable, damp: flo
         >>> delta, rows, cols = refit_layer(model.head, [1, 3], [(x_pruned, x_unpruned)], 0.01)
     """
     weight = grouped_weight(layer, layer.weight.detach().float())  # (g, out / g, k)
-    taps = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+    taps = layer.weight[0, 0].numel() if isinstance(layer, CONVS) else 1
     drop = torch.zeros(weight.shape[2] // taps, dtype=torch.bool)  # channels of one group (g == 1 if any)
     drop[removed] = True
     keep = ((~drop).nonzero()[:, None] * taps + torch.arange(taps)).flatten()  # channel-major columns
@@ -169,9 +170,9 @@ def refit_layer(layer: nn.Module, removed: list[int], pairs: Iterable, damp: flo
 
 
 def _output_rows(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """A layer's output, Conv2d (B, out, H, W) or Linear (..., out), as (groups, rows, out / groups),
-    rows ordered as `layer_columns` orders its input rows."""
-    conv = isinstance(layer, nn.Conv2d)
+    """A layer's output, Conv2d (B, out, H, W), Conv1d (B, out, L) or Linear (..., out), as (groups,
+    rows, out / groups), rows ordered as `layer_columns` orders its input rows."""
+    conv = isinstance(layer, CONVS)
     rows = y.movedim(1, -1).reshape(-1, y.shape[1]) if conv else y.reshape(-1, y.shape[-1])
     groups = layer.groups if conv else 1
     return rows.float().reshape(rows.shape[0], groups, -1).transpose(0, 1)
@@ -272,6 +273,6 @@ def shift_output(delta: torch.Tensor):
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         d = delta.to(output.dtype)
-        return output + (d.view(1, -1, *([1] * (output.dim() - 2))) if isinstance(module, nn.Conv2d) else d)
+        return output + (d.view(1, -1, *([1] * (output.dim() - 2))) if isinstance(module, CONVS) else d)
 
     return hook

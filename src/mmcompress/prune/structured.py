@@ -47,7 +47,7 @@ class StructuredConfig(FrozenConfig):
     Attributes:
         ratio: fraction of units removed in each group (channels of a layer, heads of a layer), [0, 1).
             Units are whole, so the removed fraction is rounded; the record holds `removed_ratio`.
-        unit: "channels" (Conv2d channels, Linear neurons, LSTM/GRU hidden units) or "heads".
+        unit: "channels" (Conv1d / Conv2d channels, Linear neurons, LSTM/GRU hidden units) or "heads".
         method: unit importance: "auto" ("variance" for channels, "magnitude" for heads; chosen by
             measurement on MobileNetV2 and digits-cnn), "magnitude" (L1 of the unit's weights),
             "variance" (the share of its consumers' output variance the unit carries: consumer
@@ -55,7 +55,7 @@ class StructuredConfig(FrozenConfig):
             statistics), "reconstruction" (channels removed one at a time, each time the one whose
             loss the consumers' least-squares refit makes up for best: Optimal Brain Surgeon on the
             consumers' input Gram matrices from `calib=`; pair it with `reconstruct`; a group with a
-            consumer that is not a Linear / ungrouped Conv2d is scored by "variance"),
+            consumer that is not a Linear / ungrouped Conv1d / Conv2d is scored by "variance"),
             "taylor" or "fisher" (summed over the unit; need `data=` and `loss_fn=`),
             "ablation" (heads: the model's output change when the head alone is masked, on `calib=`).
         round_to: keep a multiple of this many units (at least one).
@@ -65,7 +65,7 @@ class StructuredConfig(FrozenConfig):
         compensate: fold the expected value of each removed channel, times its consumer's weights,
             into the consumer's bias (or the BatchNorm after it): measured on `calib=` batches, else
             estimated from the BatchNorm statistics (`compensate.py`). Channels only.
-        reconstruct: refit the kept input weights (and bias) of each Linear / ungrouped Conv2d
+        reconstruct: refit the kept input weights (and bias) of each Linear / ungrouped Conv1d / Conv2d
             consumer by least squares, so its output on `calib=` batches stays closest to the
             unpruned output: removed channels' work moves onto the kept channels correlated with
             them (`reconstruct.py`; needs `calib=`; other consumers keep mean compensation).
@@ -148,7 +148,7 @@ def prune_structured(
     Args:
         model: edited in place (parameters are replaced by smaller ones).
         config: a StructuredConfig or a target mapping (exact name, `re:`, `modality:`, `_default`)
-            of key -> config / dict / None. Channel targets name producer layers (Conv2d, Linear,
+            of key -> config / dict / None. Channel targets name producer layers (Conv1d, Conv2d, Linear,
             LSTM/GRU); head targets name attention modules.
         example_inputs: inputs for tracing, following the batch convention (tensor, tuple or dict;
             default: the model adapter's example inputs).
