@@ -151,10 +151,12 @@ def export_onnx(
         exported = _attention_split(model)
         keyword = isinstance(example_inputs, dict)
         proto, reference, probes = _export_proto(exported, named, keyword, opset, static_format)
-        fixed = failing_axes(OrtModel.from_bytes(proto.SerializeToString()).run, probes, min_cosine) if probes else {}
+        session = _checked_session(proto)  # also runs the parity check below
+        fixed = failing_axes(session.run, probes, min_cosine) if probes else {}
         if fixed:  # the exporter fixed a length the model accepts: export again with that length fixed
             _warn_fixed(fixed, named)
             proto, reference, _ = _export_proto(exported, named, keyword, opset, static_format, frozenset(fixed))
+            session = _checked_session(proto)
     finally:
         for module, training in modes.items():  # the exporter restores its wrapper's mode onto the model
             module.training = training
@@ -174,9 +176,8 @@ def export_onnx(
     int8_weights = sum(
         1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
     )
-    onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    got = OrtModel.from_bytes(data).run(named)
+    got = session.run(named)
     max_err, cosine = compare(reference, got)
     top1 = _top1(reference[0], got[0])
     if cosine < min_cosine or (top1 is not None and top1 < min_top1):
@@ -245,6 +246,12 @@ def _export_proto(
         rewrite_matmul_nbits(proto, model)  # 4-bit grouped Linear layers: MatMulNBits
         rewrite_int8(proto, model)  # remaining quantized weights: int8 + DequantizeLinear, or packed codes
     return proto, reference, probes
+
+
+def _checked_session(proto: onnx.ModelProto) -> OrtModel:
+    """The file validated by the ONNX checker, loaded in ONNX Runtime."""
+    onnx.checker.check_model(proto)
+    return OrtModel.from_bytes(proto.SerializeToString())
 
 
 def _warn_fixed(fixed: dict, named: dict) -> None:

@@ -81,7 +81,7 @@ def classify(node: fx.Node, came_from: fx.Node, modules: dict, start: fx.Node, f
             return "ignore" if node.target in ("size", "dim") else "pass"
         if node.target == "flatten" or (node.target in ("view", "reshape") and _flattens_to_batch(node)):
             return "pass" if _flatten_ok(node, first) else FLATTEN_REASON
-        if node.target in ("transpose", "permute", "squeeze", "unsqueeze"):
+        if node.target in LAYOUT_METHODS:
             return _moves_channels(node, first)
         return f"method .{node.target}()"
     return f"{node.op} {node.target}"
@@ -100,16 +100,14 @@ def channels_first_after(node: fx.Node, first: bool | None) -> bool | None:
     return axis == 1 and axis != len(out) - 1
 
 
+LAYOUT_METHODS = ("transpose", "permute", "squeeze", "unsqueeze")
+LAYOUT_FUNCTIONS = (torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze)
+
+
 def _is_layout_op(node: fx.Node) -> bool:
-    names = ("transpose", "permute", "squeeze", "unsqueeze")
-    return (
-        node.op == "call_method"
-        and node.target in names
-        or (
-            node.op == "call_function"
-            and node.target in (torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze)
-        )
-    )
+    if node.op == "call_method":
+        return node.target in LAYOUT_METHODS
+    return node.op == "call_function" and node.target in LAYOUT_FUNCTIONS
 
 
 def _new_channel_axis(node: fx.Node, first: bool | None) -> int | None:
@@ -153,7 +151,7 @@ def _classify_module(node: fx.Node, came_from: fx.Node, module: nn.Module, first
         return "pass"
     rank = len(shape_of(node.args[0]) or ()) if node.args else 0
     if isinstance(module, nn.Flatten):
-        whole = module.start_dim == 1 and module.end_dim == -1 and _flatten_ok(node, first, checked=True)
+        whole = module.start_dim == 1 and module.end_dim == -1 and _flattenable(rank, first)
         return "pass" if whole else FLATTEN_REASON
     axis = channel_axis(rank, first) if rank and first is not None else None  # None: not checked
     if isinstance(module, NORM_MODULES):
@@ -179,7 +177,7 @@ def _classify_module(node: fx.Node, came_from: fx.Node, module: nn.Module, first
 def _classify_function(node: fx.Node, came_from: fx.Node, start: fx.Node, first: bool | None = None) -> str:
     if node.target in PASS_FUNCTIONS:
         return "pass"
-    if node.target in (torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze):
+    if node.target in LAYOUT_FUNCTIONS:
         return _moves_channels(node, first)
     if node.target in ADD_OPS:
         return "add" if all(isinstance(a, fx.Node) for a in node.args[:2]) else "pass"
@@ -294,14 +292,16 @@ def _flattens_to_batch(node: fx.Node) -> bool:
     return len(sizes) == 2 and sizes[1] == -1 and source is not None and out is not None and out[0] == source[0]
 
 
-def _flatten_ok(node: fx.Node, first: bool | None = None, checked: bool = False) -> bool:
-    """Flatten from dim 1 to the end of a (B, C) or channels-first (B, C, h, w) / (B, C, L) map:
-    channel c becomes a block of h*w columns (channels-last tensors would interleave)."""
-    rank = len(shape_of(node.args[0]) or ())
-    if rank != 2 and not (rank == 4 and first is not False or rank == 3 and first):
+def _flattenable(rank: int, first: bool | None) -> bool:
+    """A (B, C) tensor or a channels-first (B, C, h, w) / (B, C, L) map: flattened from dim 1, channel c
+    becomes a block of columns (channels-last tensors would interleave)."""
+    return rank == 2 or (rank == 4 and first is not False) or (rank == 3 and bool(first))
+
+
+def _flatten_ok(node: fx.Node, first: bool | None = None) -> bool:
+    """Flatten from dim 1 to the end of a map `_flattenable` accepts."""
+    if not _flattenable(len(shape_of(node.args[0]) or ()), first):
         return False
-    if checked:
-        return True
     if node.op in ("call_method", "call_function") and node.target in ("view", "reshape", torch.reshape):
         return True  # checked by _flattens_to_batch
     start_dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
