@@ -20,8 +20,8 @@ from mmcompress.errors import ConfigError
 )  # fmt: skip
 @click.option("--group-size", type=int, default=128, show_default=True, help="Inputs per step with per_group.")
 @click.option(
-    "--scheme", type=click.Choice(["symmetric", "asymmetric"]), default="symmetric", show_default=True,
-    help="Weight steps without or with a zero point.",
+    "--scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto", show_default=True,
+    help="Weight steps without or with a zero point (auto: with one at 4 bits or fewer).",
 )  # fmt: skip
 @click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
 @click.option(

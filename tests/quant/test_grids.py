@@ -32,7 +32,8 @@ def test_groups_asymmetry_and_mse_each_help_where_they_should():
     per_channel = _sqnr(_layer(), weight_bits=4)
     grouped = _sqnr(_layer(), weight_bits=4, granularity="per_group", group_size=32)
     assert grouped > per_channel and grouped > MIN_SQNR_W4_GROUP_DB
-    sym = _sqnr(_layer(positive=True), weight_bits=4)
+    sym = _sqnr(_layer(positive=True), weight_bits=4, scheme="symmetric")
+    assert _sqnr(_layer(positive=True), weight_bits=4) > sym + 3  # scheme "auto": asymmetric at 4 bits
     asym = _sqnr(_layer(positive=True), weight_bits=4, scheme="asymmetric")
     assert asym > sym + 3  # one-sided weights waste half the symmetric grid
     assert _sqnr(_layer(), weight_bits=3, observer="mse") > _sqnr(_layer(), weight_bits=3)

@@ -14,6 +14,7 @@ from mmcompress.core.hessian import (
     batched_problem,
     damped_inverse_factor,
 )
+from mmcompress.quant.observers import mse_clip_ratios
 from mmcompress.quant.primitives import affine_params, code_range, to_groups
 
 
@@ -22,6 +23,18 @@ def _permute(w: torch.Tensor, h: torch.Tensor, perm: torch.Tensor) -> tuple[torc
     w = w.gather(-1, perm.unsqueeze(1).expand_as(w))
     h = h.gather(-1, perm.unsqueeze(1).expand_as(h)).gather(-2, perm.unsqueeze(2).expand_as(h))
     return w, h
+
+
+def _group_steps(
+    w: torch.Tensor, diag: torch.Tensor, g: int, bits: int, symmetric: bool, observer: str, clip_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps and zero points of w (B, out, n) in groups of g columns: (B*out, n / g) each."""
+    nb, out_dim, n = w.shape
+    groups = to_groups(w.reshape(nb * out_dim, n), g)  # (B*out, G, g)
+    if observer == "mse":
+        importance = diag.float().repeat_interleave(out_dim, 0).view_as(groups)
+        clip_ratio = mse_clip_ratios(groups, bits, symmetric, importance=importance)
+    return affine_params(groups, bits, symmetric, clip_ratio)
 
 
 def gptq_quantize(
@@ -33,6 +46,8 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = True,
+    observer: str = "minmax",
+    clip_ratio: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ for an (out, in) weight with an (in, in) Hessian, or a batch: (B, out, in) with (B, in, in).
 
@@ -40,6 +55,8 @@ def gptq_quantize(
     `group_size` consecutive input columns (None: per output row). With `act_order`, columns are
     processed by decreasing Hessian diagonal and group steps are fixed from the original weight up
     front ("static groups"), so groups stay on contiguous columns and the storage layout is unchanged.
+    `observer` "mse" searches each group's clipping ratio for the least squared error weighted by the
+    Hessian diagonal (the error the layer's output sees); "minmax" keeps `clip_ratio` of the range.
 
     Example:
         >>> H, _ = accumulate_hessian(torch.zeros(64, 64, dtype=torch.float64), 0, torch.randn(256, 64))
@@ -57,7 +74,7 @@ def gptq_quantize(
     scale = torch.zeros(nb, out_dim, in_dim // g, dtype=torch.float64)
     zero = torch.zeros_like(scale)
     if static:
-        s, z = affine_params(to_groups(w.reshape(nb * out_dim, in_dim), g), bits, symmetric)  # (B*out, G)
+        s, z = _group_steps(w, diag, g, bits, symmetric, observer, clip_ratio)  # (B*out, G)
         scale, zero = s.double().view_as(scale), z.double().view_as(zero)
     perm = diag.argsort(-1, descending=True) if act_order else torch.arange(in_dim).expand(nb, in_dim)
     if act_order:
@@ -72,7 +89,8 @@ def gptq_quantize(
         for i in range(end - start):
             col = start + i
             if not static and col % g == 0:  # a new group's step from the weights as updated so far
-                s, z = affine_params(w[..., col : col + g].reshape(nb * out_dim, 1, g), bits, symmetric)
+                cols = slice(col, col + g)
+                s, z = _group_steps(w[..., cols], diag[:, cols], g, bits, symmetric, observer, clip_ratio)
                 scale[..., col // g], zero[..., col // g] = s.view(nb, out_dim), z.double().view(nb, out_dim)
             idx = group_of[..., col : col + 1]
             s_col, z_col = scale.gather(-1, idx)[..., 0], zero.gather(-1, idx)[..., 0]  # (B, out)

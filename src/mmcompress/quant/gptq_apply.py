@@ -67,7 +67,7 @@ def gptq_params(
         try:
             codes, scale, zero = gptq_quantize(
                 weight, stats[name][0], grid.bits, grid.symmetric, grid.group_size,
-                cfg.block_size, cfg.damp, cfg.act_order,
+                cfg.block_size, cfg.damp, cfg.act_order, grid.observer, grid.clip_ratio,
             )  # fmt: skip
         except ValueError as err:
             raise ConfigError(f"layer {name!r} ({type(module).__name__}): {err}") from None

@@ -318,10 +318,14 @@ def _keep_extreme(kept: torch.Tensor, flat: torch.Tensor, k: int, largest: bool)
     return kept
 
 
-def mse_clip_ratios(groups: torch.Tensor, bits: int, symmetric: bool, steps: int = 20) -> torch.Tensor:
+def mse_clip_ratios(
+    groups: torch.Tensor, bits: int, symmetric: bool, steps: int = 20, importance: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-group clipping ratio of the weight range (searched in [0.5, 1]) minimising squared error.
 
-    (out, G, g) -> (out, G). Used by the `mse` weight observer.
+    (out, G, g) -> (out, G). Used by the `mse` weight observer. `importance` (G, g), optional:
+    a weight per input column (GPTQ passes the Hessian diagonal, the mean squared input of each
+    column), so the error that counts is the one the layer's output sees.
 
     Example:
         >>> mse_clip_ratios(torch.randn(4, 2, 64), 4, True).shape
@@ -333,7 +337,8 @@ def mse_clip_ratios(groups: torch.Tensor, bits: int, symmetric: bool, steps: int
     for ratio in torch.linspace(0.5, 1.0, steps).tolist():
         scale, zero = affine_params(groups, bits, symmetric, ratio)
         deq = dequantize_affine(quantize_affine(groups, scale, zero, bits, symmetric), scale, zero)
-        err = (deq - groups.float()).pow(2).sum(-1)
+        err = (deq - groups.float()).pow(2)
+        err = (err if importance is None else err * importance).sum(-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
