@@ -37,6 +37,11 @@ class DistillConfig(FrozenConfig):
             used, and only their scale and shift train). Use "frozen" to repair a pruned CNN on a
             small or narrow set of unlabeled inputs, whose batch statistics would drag the running
             ones away from what the model saw in training.
+        dropout: False keeps the student's Dropout layers off while it trains. Use it to repair a
+            compressed model toward its own float teacher, which runs without dropout: matching it
+            through dropout noise moves weights the student needs (MobileNetV2 with 30% of its
+            channels removed, 20 steps at lr 1e-4: held-out KL 0.121 -> 0.275 with dropout, 0.202
+            without; with lr 1e-5 and fresh crops: 0.105 after 300 steps).
         train: the training loop's settings (epochs, lr, amp, ...; `freeze` names student modules).
 
     Example:
@@ -55,4 +60,5 @@ class DistillConfig(FrozenConfig):
     cache_teacher: bool = False
     unlabeled: bool = False
     batchnorm: Literal["train", "frozen"] = "train"
+    dropout: bool = True
     train: TrainConfig = TrainConfig()

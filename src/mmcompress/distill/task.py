@@ -52,6 +52,17 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def dropout_off(model: nn.Module) -> None:
+    """Put every Dropout of `model` in eval mode (no units dropped while it trains).
+
+    Example:
+        >>> dropout_off(student.train())  # called before each step by DistillConfig(dropout=False)
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.student if isinstance(model, StudentWithProjections) else model
 
@@ -242,6 +253,8 @@ class DistillationTask(Task):
         cfg, student = self.config, unwrap(model)
         if cfg.batchnorm == "frozen":
             freeze_batchnorm(student)
+        if not cfg.dropout:
+            dropout_off(student)
         index = None
         if cfg.cache_teacher:
             targets, index = targets
