@@ -80,14 +80,16 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
             return mmcompress.prune_structured(model, targets, example_inputs=test[:2], calib=list(crops.split(32)))
 
     def repair(teacher: nn.Module, student: nn.Module) -> None:
-        """Distillation on 4096 other crops of the photos (not the test stream), BatchNorm frozen, teacher
-        logits cached; the weights of the epoch (0: as pruned) with the best agreement on 256 held-out
-        crops are kept."""
+        """Distillation on 4096 other crops of the photos (not the test stream), BatchNorm frozen and
+        Dropout off (the teacher runs without it), teacher logits cached, AdamW at lr 1e-5 (1e-4 moved
+        the refit weights off: held-out KL up after 20 steps); the weights of the epoch (0: as pruned)
+        with the best agreement on 256 held-out crops are kept."""
         crops, held_out = photo_crops(REPAIR_CROPS, seed=3, split="calib"), photo_crops(256, seed=9, split="calib")
         train = torch.utils.data.TensorDataset(crops, _batched_logits(teacher, crops).argmax(-1))
         val = torch.utils.data.TensorDataset(held_out, _batched_logits(teacher, held_out).argmax(-1))
-        config = {"temperature": 2.0, "unlabeled": True, "batchnorm": "frozen", "cache_teacher": True,
-                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": 1e-4, "device": "cpu",
+        config = {"temperature": 2.0, "unlabeled": True, "batchnorm": "frozen", "dropout": False,
+                  "cache_teacher": True,
+                  "train": {"epochs": REPAIR_EPOCHS, "batch_size": 16, "lr": REPAIR_LR_MOBILENET, "device": "cpu",
                             "early_stopping": REPAIR_EPOCHS}}  # fmt: skip
         task = mmcompress.ClassificationTask()
         mmcompress.distill(teacher, student, train, config, task=task, val_data=val, progress=False)
@@ -103,6 +105,7 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
                  repair, batchnorm=True, prune_channels=prune_channels, tune_batches=tune_batches)  # fmt: skip
 
 
+REPAIR_LR_MOBILENET = 1e-5  # with lr 1e-4 (and Dropout on) the repair raised KL 0.083 -> 0.097
 PRUNE_CROPS = 4096  # calibration of the pruning cell (64 crops: KL 0.278 pruned; 512: 0.130, variance scores; the
 # classifier refit on all 4096 instead of 512: agreement 0.783 -> 0.787, KL 0.117 -> 0.083)
 LOCKSTEP_GB = 10.0  # 16 batches of 32 crops in the lockstep pass (0.62 GB each, both models)
