@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmcompress.errors import DataError
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.runtime import OrtModel
 
@@ -57,9 +58,14 @@ def test_float_sequences_export_with_a_dynamic_length_and_a_fixed_width(tmp_path
     export_onnx(model, torch.randn(2, 7, 16), tmp_path / "m.onnx")
     assert _dims(tmp_path / "m.onnx") == ["batch", "input_length", 16]  # a Linear reads E: fixed
     x = torch.randn(3, 12, 16)
-    (got,) = OrtModel.from_path(tmp_path / "m.onnx").run({"input": x})
+    session = OrtModel.from_path(tmp_path / "m.onnx")
+    (got,) = session.run({"input": x})
     with torch.no_grad():
         assert torch.allclose(torch.as_tensor(got), model(x), atol=1e-5)
+    (alone,) = session.run(x)  # one input: the tensor itself, as a CNN user passes an image batch
+    assert (alone == got).all()
+    with pytest.raises(DataError, match=r"ONNX inputs \['input'\] are missing; the file takes \['input'\]"):
+        session.run({"frames": x})
 
 
 def test_two_token_inputs_of_different_lengths_each_keep_their_own(tmp_path):
@@ -74,6 +80,8 @@ def test_two_token_inputs_of_different_lengths_each_keep_their_own(tmp_path):
         (got,) = OrtModel.from_path(tmp_path / "m.onnx").run({"text": text, "image": image})
         with torch.no_grad():
             assert torch.allclose(torch.as_tensor(got), model(text, image), atol=1e-5)
+    with pytest.raises(DataError, match="takes 2 inputs"):
+        OrtModel.from_path(tmp_path / "m.onnx").run(text)
 
 
 def test_a_length_the_exporter_fixed_is_fixed_in_the_file_with_a_warning(tmp_path):

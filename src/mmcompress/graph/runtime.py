@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mmcompress.errors import ModelError
+from mmcompress.errors import DataError, ModelError
 
 QUIET = 3  # ONNX Runtime's log severity: errors and fatal only
 LEVELS = {
@@ -76,7 +76,23 @@ class OrtModel:
         opts = cls._options(threads, level, fold_dequantize)
         return cls(ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]))
 
-    def run(self, inputs: dict[str, Any]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, Any] | torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        """The file's outputs for `inputs`: a dict by input name, or one tensor/array when the file has
+        one input (a CNN's image batch).
+
+        Example:
+            >>> logits = OrtModel.from_path("model.onnx").run(torch.randn(1, 3, 224, 224))[0]
+        """
+        if not isinstance(inputs, dict):
+            if len(self.input_names) != 1:
+                raise DataError(f"this ONNX file takes {len(self.input_names)} inputs {self.input_names}: "
+                                "pass a dict of them by name")  # fmt: skip
+            inputs = {self.input_names[0]: inputs}
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise DataError(
+                f"ONNX inputs {missing} are missing; the file takes {self.input_names}, got {sorted(inputs)}"
+            )
         feed = {}
         for name in self.input_names:
             value = inputs[name]
