@@ -102,14 +102,14 @@ def test_gptq_rounds_a_weight_tied_to_an_embedding_to_nearest_and_names_it():
     assert not torch.equal(model.hidden.qweight, rtn.hidden.qweight)  # the other Linear is still solved
 
 
-def test_gptq_takes_the_mse_observer_steps(minilm_ffn, act_order=True):
+def test_gptq_takes_the_mse_observer_steps(minilm_ffn):
     """observer "mse" is honoured by GPTQ (it was silently ignored): each group's step is searched for the
     least Hessian-weighted weight error, so steps shrink below the full range where clipping pays.
     (Act-order's static groups: steps from the original weight, so they compare with minmax's.)"""
     w, x = minilm_ffn
     h, _ = accumulate_hessian(torch.zeros(384, 384, dtype=torch.float64), 0, x)
-    _, full, _ = gptq_quantize(w, h, 4, True, 128, act_order=act_order)
-    codes, searched, zero = gptq_quantize(w, h, 4, True, 128, act_order=act_order, observer="mse")
+    _, full, _ = gptq_quantize(w, h, 4, True, 128, act_order=True)
+    codes, searched, zero = gptq_quantize(w, h, 4, True, 128, act_order=True, observer="mse")
     assert (searched <= full * (1 + 1e-6)).all()
     assert (searched < full * 0.99).float().mean() > 0.1  # a real layer's groups are clipped, not all kept
     wq = dequantize_affine(codes.view(w.shape[0], searched.shape[1], -1), searched, zero).view_as(w)

@@ -47,9 +47,7 @@ def freeze_batchnorm(model: nn.Module) -> None:
     Example:
         >>> freeze_batchnorm(student.train())  # called before each step by DistillConfig(batchnorm="frozen")
     """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    _eval_mode(model, nn.modules.batchnorm._BatchNorm)
 
 
 def dropout_off(model: nn.Module) -> None:
@@ -58,8 +56,12 @@ def dropout_off(model: nn.Module) -> None:
     Example:
         >>> dropout_off(student.train())  # called before each step by DistillConfig(dropout=False)
     """
+    _eval_mode(model, nn.modules.dropout._DropoutNd)
+
+
+def _eval_mode(model: nn.Module, kind: type) -> None:
     for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
+        if isinstance(module, kind):
             module.eval()
 
 
