@@ -22,5 +22,6 @@ def test_w4_group_linear_runs_as_matmulnbits(tmp_path, scheme, shape):
     proto = onnx.load(str(tmp_path / "w4.onnx"))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("MatMulNBits") == 2 and "MatMul" not in ops and "Gemm" not in ops
+    assert res.nbit_weights == 2 and res.int8_weights == 0  # the summary counts the 4-bit codes too
     assert res.max_abs_error < MAX_PARITY_ERR
     assert res.file_bytes < float_bytes / 5  # 4-bit codes + one step (and zero point) per 64 weights

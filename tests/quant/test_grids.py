@@ -81,7 +81,8 @@ def test_a_group_size_that_does_not_divide_falls_back_to_per_channel_with_a_warn
         rec = quantize(model, QuantConfig(weight_bits=4, granularity="per_group", group_size=64))
     assert model[0].scale.shape == (8, 1) and rec.modules["0"]["grid"]["group_size"] is None
     assert model[1].scale.shape == (256, 1)  # 8 inputs: one group per row, no warning needed
-    assert model[2].scale.shape == (4, 4)
+    assert rec.modules["1"]["grid"]["group_size"] is None  # and the record says per-channel, not "group 64"
+    assert model[2].scale.shape == (4, 4) and rec.modules["2"]["grid"]["group_size"] == 64
 
 
 def test_bad_inputs_name_the_layer():

@@ -69,6 +69,23 @@ def test_mse_weight_clipping_lowers_low_bit_error():
     assert err_mse < err_minmax
 
 
+def test_the_record_shows_the_ranges_an_mse_observer_kept():
+    """The record's grid says clip_ratio 1.0 (the minmax setting); what `mse` chose per group is recorded
+    beside it, read back from the steps, so a user sees how much of each range was clipped."""
+    from mmcompress.quant.api import QuantConfig, quantize
+    from mmcompress.quant.primitives import affine_params, to_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 32), nn.Linear(32, 8))
+    full_steps, _ = affine_params(to_groups(model[0].weight.detach(), 64), 3, False, 1.0)
+    config = QuantConfig(weight_bits=3, granularity="per_group", group_size=64, observer="mse")
+    kept = quantize(model, config).modules["0"]["kept_range"]
+    assert kept["max"] <= 1.0 and kept["min"] < 0.95  # gaussian weights at 3 bits are clipped
+    assert kept["median"] == pytest.approx(float((model[0].scale / full_steps).median()), abs=1e-3)
+    plain = nn.Sequential(nn.Linear(256, 32))
+    assert "kept_range" not in quantize(plain, config.model_copy(update={"observer": "minmax"})).modules["0"]
+
+
 def _fed(method: str, x: torch.Tensor, sizes, **kwargs) -> tuple[float, float]:
     acc = RangeAccumulator(method, **kwargs)
     for batch in x.split(sizes):

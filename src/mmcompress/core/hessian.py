@@ -24,17 +24,18 @@ def batched_problem(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[bool, 
     return batched, w, h
 
 
-def damped_inverse_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
+def damped_inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of the damped inverse Hessian: (B, in, in) -> (B, in, in).
 
-    Inputs that never fire (zero diagonal) get a unit diagonal and their weights are zeroed in place
-    in `weight` (B, out, in), as the reference implementation does.
+    Inputs that never fire on the calibration data (zero diagonal) get a unit diagonal: they are
+    uncoupled from the others, so their weights are rounded (or pruned) on their own and no error
+    flows to or from them. The reference implementation zeroes those weights instead; that is exact
+    on the calibration data and wrong wherever the input does fire (a ReLU channel that a few
+    calibration batches never open: weight SQNR 16 dB at 8 bits on a small CNN's classifier).
     """
     h = hessian.clone()
     diag = h.diagonal(dim1=-2, dim2=-1)  # (B, in), a view
-    dead = diag == 0
-    diag[dead] = 1.0
-    weight.masked_fill_(dead.unsqueeze(1), 0.0)
+    diag[diag == 0] = 1.0
     diag += damp * diag.mean(-1, keepdim=True)
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 

@@ -48,6 +48,7 @@ class ExportResult:
     measured_bytes: int = 0  # what `measure` / the compact safetensors file store for the same model
     top1_agreement: float | None = None  # (N, C) outputs: share of rows whose argmax both runtimes agree on
     float_layers: tuple[str, ...] = ()  # quantized layers whose weights stayed float in the file
+    nbit_weights: int = 0  # weights stored as 2-7 bit codes (MatMulNBits), not counted in int8_weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +177,7 @@ def export_onnx(
     int8_weights = sum(
         1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
     )
+    nbit_weights = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
     data = proto.SerializeToString()
     got = session.run(named)
     max_err, cosine = compare(reference, got)
@@ -195,7 +197,7 @@ def export_onnx(
         )
     atomic_write_bytes(path, data)
     measured = sum(stored_bytes(model).values())
-    return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers)
+    return ExportResult(str(path), len(data), int8_weights, max_err, cosine, measured, top1, float_layers, nbit_weights)
 
 
 def _attention_split(model: nn.Module) -> nn.Module:

@@ -45,7 +45,7 @@ def sparsegpt_prune(
     nb, out_dim, in_dim = w.shape
     if nm is not None and (block_size % nm[1] or in_dim % nm[1]):
         raise ValueError(f"N:M group size {nm[1]} must divide the {in_dim} inputs and the block size {block_size}")
-    h_inv = damped_inverse_factor(h, w, damp)  # (B, in, in); zeroes inputs that never fire
+    h_inv = damped_inverse_factor(h, damp)  # (B, in, in)
     keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, in_dim, block_size):
         end = min(start + block_size, in_dim)

@@ -20,6 +20,7 @@ from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.split_attention import projection_targets, split_attention, split_targeted
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
 from mmcompress.quant.activations import ActSpec
+from mmcompress.quant.codes import kept_range_ratios
 from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (public here too)
 from mmcompress.quant.fuse_act import fuse_activations
 from mmcompress.quant.gptq_apply import gptq_params
@@ -184,7 +185,20 @@ def _record_entry(name: str, module: nn.Module, qmodule: nn.Module, cfg: QuantCo
         "smoothquant": cfg.smoothquant if hasattr(qmodule, "act_smooth") else None,
         "grid": asdict(qmodule.grid),
         "sqnr_db": round(sqnr_db(_float_weight(module), qmodule.dequantized_weight()), 2),
+        **_searched_ranges(module, qmodule),
     }
+
+
+def _searched_ranges(module: nn.Module, qmodule: nn.Module) -> dict:
+    """{"kept_range": {min, median, max}} of the step-per-group ratios an `mse` observer chose."""
+    grid, scale = qmodule.grid, getattr(qmodule, "scale", None)
+    if grid.observer != "mse" or scale is None:
+        return {}
+    ratios = kept_range_ratios(_float_weight(module).float(), grid, scale)
+    if ratios is None:
+        return {}
+    quartiles = ratios.flatten().float().quantile(torch.tensor([0.0, 0.5, 1.0]))
+    return {"kept_range": dict(zip(("min", "median", "max"), (round(float(q), 3) for q in quartiles), strict=True))}
 
 
 def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:

@@ -63,6 +63,27 @@ def quantize_weight(weight: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tenso
     return codes, scale.float(), zero
 
 
+def kept_range_ratios(weight: torch.Tensor, grid: WeightGrid, scale: torch.Tensor) -> torch.Tensor | None:
+    """Each group's step over its full-range (min/max) step: the fraction of the range the grid keeps.
+
+    What an `mse` observer (or GPTQ's search) chose, read back from the steps; None where the steps
+    do not have one entry per group of `weight` (per-tensor grids, LSTM/GRU stacks).
+
+    Example:
+        >>> grid = WeightGrid(bits=4, observer="mse")
+        >>> w = torch.randn(8, 64)
+        >>> float(kept_range_ratios(w, grid, quantize_weight(w, grid)[1]).max()) <= 1.0
+        True
+    """
+    if grid.per_tensor or weight.dim() < 2:
+        return None
+    groups = to_groups(weight.reshape(weight.shape[0], -1), grid.group_size)
+    full, _ = affine_params(groups, grid.bits, grid.symmetric, 1.0)
+    if full.shape != scale.shape:
+        return None
+    return scale / full.clamp_min(torch.finfo(torch.float32).tiny)
+
+
 class _QuantWeight(nn.Module):
     """Holds `qweight` (int8 codes), `scale` (out, G) and, when asymmetric, `zero_point` (out, G)."""
 

@@ -69,7 +69,6 @@ def gptq_quantize(
         raise ValueError(f"group size {group_size} does not divide the {in_dim} inputs per channel")
     static = act_order or g == in_dim  # steps fixed from the original weight
     diag = torch.diagonal(h, dim1=-2, dim2=-1)  # (B, in)
-    w.masked_fill_((diag == 0).unsqueeze(1), 0.0)  # inputs that never fire
     lo, hi = code_range(bits, symmetric)
     scale = torch.zeros(nb, out_dim, in_dim // g, dtype=torch.float64)
     zero = torch.zeros_like(scale)
@@ -79,7 +78,7 @@ def gptq_quantize(
     perm = diag.argsort(-1, descending=True) if act_order else torch.arange(in_dim).expand(nb, in_dim)
     if act_order:
         w, h = _permute(w, h, perm)
-    h_inv = damped_inverse_factor(h, w, damp)
+    h_inv = damped_inverse_factor(h, damp)
     group_of = (perm // g).unsqueeze(1).expand(nb, out_dim, in_dim)  # (B, out, in) group of each column
     codes = torch.zeros_like(w)
     for start in range(0, in_dim, block_size):

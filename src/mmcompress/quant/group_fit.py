@@ -3,6 +3,9 @@
 Real models mix widths: MobileNetV2's 1x1 convs have 144 or 960 inputs, Whisper's first Conv1d
 240; a group size of 128 fits none of them. Such a layer gets one step per output channel (finer
 than or equal to any group of its row when the row is shorter than the group) and a warning.
+A layer whose rows are all no longer than the group (a 3x3 conv on one channel: 9 inputs, group 32)
+is one group per row, which *is* per-channel: its config says so, so the record does not claim a
+group of 32 on a row of 9.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ def fit_group_sizes(chosen: list[tuple[str, nn.Module, object]]) -> list[tuple[s
     """
     out, misfits = [], []
     for name, module, cfg in chosen:
-        if cfg.granularity == "per_group" and not fits(cfg.group_size, row_lengths(module)):
+        lengths = row_lengths(module) if cfg.granularity == "per_group" else []
+        if lengths and not fits(cfg.group_size, lengths):
+            misfits.append(f"{name} ({'/'.join(map(str, lengths))} inputs)")
+        if lengths and (max(lengths) <= cfg.group_size or not fits(cfg.group_size, lengths)):
             cfg = cfg.model_copy(update={"granularity": "per_channel"})
-            misfits.append(f"{name} ({'/'.join(map(str, row_lengths(module)))} inputs)")
         out.append((name, module, cfg))
     if misfits:
         shown = ", ".join(misfits[:6]) + (f" and {len(misfits) - 6} more" if len(misfits) > 6 else "")

@@ -54,7 +54,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcompress.quant.kernels import INTEGER_KERNELS, gemv_applies, int_mm_applies, integer_applies, skip_fast_paths
+from mmcompress.quant.kernels import (
+    INTEGER_KERNELS,
+    gemv_applies,
+    int_mm_applies,
+    integer_applies,
+    onednn_applies,
+    skip_fast_paths,
+)
 
 MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats float
 GROUPED_WORK = {"per_tensor": 96 << 10, "per_token": 128 << 10}  # W4A8: rows x out from which per-group GEMMs win
@@ -80,9 +87,8 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     elif kernel != "cache" and getattr(module, "act", None) is not None and integer_applies(module, x):
         rows, big = x.numel() // x.shape[-1], module.qweight.numel() >= BIG_WEIGHTS
         least = MIN_ROWS if module.scale.shape[1] == 1 else grouped_min_rows(module)
-        chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if ONEDNN and (rows >= least or big) else "cache"
-        if chosen == "int_mm" and not int_mm_applies(module, x):  # grouped / asymmetric codes: oneDNN only
-            chosen = "onednn" if ONEDNN else "cache"
+        chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if rows >= least or big else "cache"
+        chosen = runnable(chosen, module, x)
     elif (kernel == "gemv" or kernel == "auto" and module.qweight.numel() >= GEMV_WEIGHTS) and gemv_applies(module, x):
         chosen = "gemv"  # (size first: decoders ask this once per layer and token)
     else:
@@ -90,6 +96,22 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
     if chosen != "simulate" or not torch.compiler.is_compiling():
         module.__dict__["last_kernel"] = chosen  # plain attribute: no nn.Module bookkeeping per call
     return chosen
+
+
+def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
+    """`kernel`, or the other integer kernel where it cannot run this layer exactly, else "cache":
+    oneDNN needs codes that fit its u8s8 sums on this CPU (`kernels.onednn_exact`: 8-bit weights on
+    AVX2 without VNNI go to `torch._int_mm`), `torch._int_mm` symmetric per-channel codes.
+
+    Example:
+        >>> runnable("int_mm", w4a8_layer, torch.randn(512, 384))  # steps per group: oneDNN only
+        'onednn'
+    """
+    if kernel not in INTEGER_KERNELS:
+        return kernel
+    fits = {"onednn": ONEDNN and onednn_applies(module, x), "int_mm": int_mm_applies(module, x)}
+    other = "int_mm" if kernel == "onednn" else "onednn"
+    return kernel if fits[kernel] else other if fits[other] else "cache"
 
 
 def grouped_min_rows(module: nn.Module) -> int:

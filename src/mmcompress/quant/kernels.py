@@ -23,7 +23,10 @@ difference of a few float32 ulps. They apply to float32 CPU inputs without autog
 tracing/compiling (there the simulation runs, which inductor fuses). "int_mm" takes symmetric
 per-channel weights of at most 8 bits; "onednn" also takes zero points (codes of at most 7 bits:
 codes - zero fit int8) and steps per group of inputs (W4A8: 4-bit g128 codes): one int8 GEMM per
-group, each adding its scaled product into the first one's output (oneDNN's "sum" post-op). At
+group, each adding its scaled product into the first one's output (oneDNN's "sum" post-op). On AVX2
+without VNNI oneDNN's u8s8 sums saturate int16 pairs, so it takes symmetric codes of at most 7 bits
+and zero-point codes of at most 6 there (`onednn_exact`); wider codes run on "int_mm" or the cache
+(a forced "onednn" too: `kernel_select.runnable`), never on a kernel that would round them wrong. At
 1500 x 384 x 1536 (2 threads, AVX-512 VNNI) three 128-input groups cost 1.45x one per-channel GEMM,
 still 3x faster than the float GEMM. Per-tensor inputs use ONNX DynamicQuantizeLinear's uint8
 codes (u8 with a zero point on oneDNN; shifted to int8 with an exact column-sum correction on
@@ -156,11 +159,9 @@ def float_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 
 def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """True when oneDNN's int8 kernel may run `module` on `x` (fast paths allowed, see the module
-    docstring): dynamic inputs, weight codes per channel or per group; with zero points, codes minus
-    zero point span twice the codes' range, so they take one bit less than symmetric codes: at most
-    7 bits (6 on AVX2 without VNNI, whose u8s8 pairs saturate int16). `int_mm_applies` adds
-    per-channel symmetric codes."""
+    """True when an int8 kernel may run `module` on `x` (fast paths allowed, see the module
+    docstring): dynamic inputs, weight codes of at most 8 bits per channel or per group.
+    `onednn_applies` and `int_mm_applies` add what each kernel needs of the codes."""
     act, buffers = module.act, module._buffers
     return (
         act is not None
@@ -169,7 +170,6 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and buffers["qweight"].dim() == 2
-        and (buffers.get("zero_point") is None or module.grid.bits < integer_weight_bits())  # see below
         and module.grid.bits <= 8
         and x.shape[-1] == buffers["qweight"].shape[1]
         and not buffers["scale"].requires_grad
@@ -177,9 +177,24 @@ def integer_applies(module: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def onednn_exact(module: nn.Module) -> bool:
+    """Whether oneDNN's u8s8 GEMM sums this layer's weight codes exactly on this CPU: the codes (minus
+    their zero point: one bit wider than the codes) span at most `integer_weight_bits()` bits, 8 with
+    VNNI / AMX, 7 on AVX2 without them, whose `vpmaddubsw` adds pairs of uint8 x int8 products into
+    an int16 that saturates (8-bit weights there: errors of 6% of the output, silently)."""
+    span = module.grid.bits + (module._buffers.get("zero_point") is not None)
+    return span <= integer_weight_bits()
+
+
+def onednn_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """True when oneDNN's int8 GEMM may run `module` on `x`: `integer_applies` and `onednn_exact`."""
+    return onednn_exact(module) and integer_applies(module, x)
+
+
 def int_mm_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """True when `torch._int_mm` may run `module` on `x`: `integer_applies` and symmetric
-    per-channel weight codes (one step per output column)."""
+    per-channel weight codes (one step per output column). Its int8 x int8 products are exact on
+    every CPU (no pairwise int16 sums), so 8-bit codes run on it where oneDNN's would saturate."""
     buffers = module._buffers
     return buffers["scale"].shape[1] == 1 and buffers.get("zero_point") is None and integer_applies(module, x)
 

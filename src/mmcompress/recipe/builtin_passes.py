@@ -134,6 +134,7 @@ class ExportPass(Pass):
         path = ctx.output_dir / self.config.filename
         res = export_onnx(ctx.model, ctx.example_batch(self.config.check_batch), path, opset=self.config.opset)
         metrics = {"file_bytes": float(res.file_bytes), "int8_weights": float(res.int8_weights)}
+        metrics["nbit_weights"] = float(res.nbit_weights)  # 4-bit codes (MatMulNBits)
         metrics.update(max_abs_error=res.max_abs_error, output_cosine=res.cosine)
         subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
         deployed = OrtModule.load(path, ctx.model)
