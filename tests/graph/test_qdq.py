@@ -179,3 +179,34 @@ def test_batchnorm_left_after_static_convs_is_named(tmp_path):
         warnings.simplefilter("always")
         export_onnx(folded, calib[0], tmp_path / "f.onnx")
     assert not [w for w in caught if "BatchNorm" in str(w.message)]
+
+
+def test_a_conv_before_max_pooling_keeps_its_own_codes_in_onnx_runtime(tmp_path):
+    """ONNX Runtime moves a QuantizeLinear up across MaxPool and fuses Conv -> ReLU -> MaxPool into
+    QLinearConv. The exporter took that Conv for unfused and folded its weight to float: ONNX Runtime
+    then quantized it again itself (per tensor, 8-bit codes, zero point -3 on digits-cnn): per-channel
+    precision lost, and on AVX2 without VNNI a W7A8 file read cosine 0.39 against PyTorch."""
+    from mmcompress.core.cpu import integer_weight_bits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 5 * 5, 10),
+    ).eval()  # fmt: skip
+    model[0].weight.data[:8] *= 20  # per-channel steps differ 20x: one step per tensor would lose the small ones
+    calib = [torch.randn(16, 1, 28, 28) for _ in range(4)]
+    quantize(model, QuantConfig(weight_bits=integer_weight_bits(), activations="static"), calib=calib)
+    x = torch.randn(32, 1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no parity warning
+        res = export_onnx(model, x, tmp_path / "pool.onnx")
+    assert res.cosine > 0.9999
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "pool.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    steps = {i.name: onnx.numpy_helper.to_array(i) for i in optimized.graph.initializer}
+    convs = [n for n in optimized.graph.node if n.op_type == "QLinearConv"]
+    # the first Conv is fused with its 16 per-channel steps; the second (MaxPool -> Flatten -> Linear: not
+    # fused by ONNX Runtime) runs in float on its folded codes, not on codes ONNX Runtime made up
+    assert [steps[n.input[4]].size for n in convs] == [16]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.quant.api import quantize
 from mmcompress.quant.kernel_select import ONEDNN
 from mmcompress.quant.kernels import SIBLINGS, set_kernel
@@ -36,6 +37,7 @@ class CrossAttention(nn.Module):
         return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
 
 
+BITS = integer_weight_bits()  # the joint GEMM is oneDNN's: codes it sums exactly on this CPU (7 on AVX2 alone)
 W4A8 = {"weight_bits": 4, "granularity": "per_group", "group_size": 16, "scheme": "asymmetric"}
 W4A8["activations"] = "dynamic"
 
@@ -43,7 +45,7 @@ W4A8["activations"] = "dynamic"
 def _quantized(module: nn.Module, config: dict | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """(joined, separate) copies of `module` quantized W8A8 dynamic (or `config`), and the record's info."""
     torch.manual_seed(0)
-    rec = quantize(module.eval(), config or {"activations": "dynamic"})
+    rec = quantize(module.eval(), config or {"activations": "dynamic", "weight_bits": BITS})
     separate = copy.deepcopy(module)
     for m in separate.modules():
         m.__dict__.pop(SIBLINGS, None)
@@ -123,7 +125,7 @@ def test_smoothquant_gives_the_three_one_factor_and_they_still_join():
     model = SelfAttention().eval()
     calib = [torch.randn(4, 16, 32) * torch.linspace(0.1, 8, 32) for _ in range(2)]  # outlier channels
     reference = copy.deepcopy(model)
-    rec = quantize(model, {"activations": "dynamic", "smoothquant": 0.5}, calib=calib)
+    rec = quantize(model, {"activations": "dynamic", "smoothquant": 0.5, "weight_bits": BITS}, calib=calib)
     assert rec.info["joint_qkv"] == [["query", "key", "value"]]
     assert torch.equal(model.query.act_smooth, model.key.act_smooth) and torch.equal(
         model.key.act_smooth, model.value.act_smooth

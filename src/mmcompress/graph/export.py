@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.batches import check_finite_weights
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.core.io import atomic_write_bytes
 from mmcompress.errors import MMCompressError
 from mmcompress.graph.export_axes import Probe, compare, dynamic_axes, failing_axes, probe_axes
@@ -52,6 +53,19 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _saturation_hint(model: nn.Module) -> str:
+    """Why a file with 8-bit integer-kernel weights can disagree on this CPU (AVX2 without VNNI)."""
+    if integer_weight_bits() >= 8:
+        return ""
+    wide = [n for n, m in model.named_modules() if getattr(m, "act", None) is not None and m.grid.bits >= 8]
+    if not wide:
+        return ""
+    return (
+        f"; this CPU has no VNNI: ONNX Runtime's u8s8 integer kernels saturate 8-bit weight codes here "
+        f"({len(wide)} layer(s), first {wide[0]!r}): quantize with weight_bits 7 ('auto' picks it) for such CPUs"
+    )
 
 
 class _Positional(nn.Module):
@@ -188,7 +202,7 @@ def export_onnx(
             "from PyTorch (static_format='integer' reproduces PyTorch bit for bit, slower)"
             if any(n.op_type == "QuantizeLinear" for n in proto.graph.node) and static_format == "qdq"
             else ""
-        )
+        ) + _saturation_hint(model)
         warnings.warn(
             f"export: ONNX Runtime output differs from PyTorch on the example batch (cosine {cosine:.4f}, "
             f"{_top1_text(top1, len(reference[0]))}, max abs error {max_err:.3g}); "
