@@ -210,3 +210,17 @@ def test_a_conv_before_max_pooling_keeps_its_own_codes_in_onnx_runtime(tmp_path)
     # the first Conv is fused with its 16 per-channel steps; the second (MaxPool -> Flatten -> Linear: not
     # fused by ONNX Runtime) runs in float on its folded codes, not on codes ONNX Runtime made up
     assert [steps[n.input[4]].size for n in convs] == [16]
+
+
+def test_the_parity_warning_names_8_bit_integer_weights_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    """ONNX Runtime's u8s8 kernels saturate 8-bit weight codes on AVX2 without VNNI: the warning says so."""
+    import mmcompress.graph.export as export
+
+    monkeypatch.setattr(export, "integer_weight_bits", lambda: 7)
+    model, x = _quantized(QuantConfig(activations="static"))
+    assert "no VNNI" in export._saturation_hint(model) and "weight_bits 7" in export._saturation_hint(model)
+    seven, _ = _quantized(QuantConfig(weight_bits=7, activations="static"))
+    assert export._saturation_hint(seven) == ""
+    holder = nn.Module()
+    holder.act = nn.GELU()  # transformers' GELUActivation has an `act` too: not a quantized layer
+    assert export._saturation_hint(nn.Sequential(nn.Linear(4, 4), holder)) == ""

@@ -59,7 +59,8 @@ def _saturation_hint(model: nn.Module) -> str:
     """Why a file with 8-bit integer-kernel weights can disagree on this CPU (AVX2 without VNNI)."""
     if integer_weight_bits() >= 8:
         return ""
-    wide = [n for n, m in model.named_modules() if getattr(m, "act", None) is not None and m.grid.bits >= 8]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_MODULES)]
+    wide = [n for n, m in layers if getattr(m, "act", None) is not None and m.grid.bits >= 8]
     if not wide:
         return ""
     return (
