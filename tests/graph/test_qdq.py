@@ -104,7 +104,9 @@ def test_integer_format_stays_selectable_and_bad_format_is_named(tmp_path):
 
 
 def test_parity_warning_names_the_qdq_rounding(tmp_path):
-    model, x = _quantized(QuantConfig(activations="static"))
+    from mmcompress.core.cpu import integer_weight_bits
+
+    model, x = _quantized(QuantConfig(weight_bits=integer_weight_bits(), activations="static"))  # no saturation
     with pytest.warns(UserWarning, match="static_format='integer'"):
         export_onnx(model, x, tmp_path / "q.onnx", min_cosine=1.0)
 
