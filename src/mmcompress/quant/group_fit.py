@@ -48,9 +48,10 @@ def fit_group_sizes(chosen: list[tuple[str, nn.Module, object]]) -> list[tuple[s
     out, misfits = [], []
     for name, module, cfg in chosen:
         lengths = row_lengths(module) if cfg.granularity == "per_group" else []
-        if lengths and not fits(cfg.group_size, lengths):
+        misfit = bool(lengths) and not fits(cfg.group_size, lengths)
+        if misfit:
             misfits.append(f"{name} ({'/'.join(map(str, lengths))} inputs)")
-        if lengths and (max(lengths) <= cfg.group_size or not fits(cfg.group_size, lengths)):
+        if misfit or (lengths and max(lengths) <= cfg.group_size):  # one group per row is per-channel
             cfg = cfg.model_copy(update={"granularity": "per_channel"})
         out.append((name, module, cfg))
     if misfits:

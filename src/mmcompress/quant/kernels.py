@@ -184,7 +184,7 @@ def onednn_exact(module: nn.Module) -> bool:
     """Whether oneDNN's u8s8 GEMM sums this layer's weight codes exactly on this CPU: the codes (minus
     their zero point: one bit wider than the codes) span at most `integer_weight_bits()` bits, 8 with
     VNNI / AMX, 7 on AVX2 without them, whose `vpmaddubsw` adds pairs of uint8 x int8 products into
-    an int16 that saturates (8-bit weights there: errors of 6% of the output, silently)."""
+    an int16 that saturates (8-bit weights there: a 384 x 1536 layer off by 26% per token, silently)."""
     span = module.grid.bits + (module._buffers.get("zero_point") is not None)
     return span <= integer_weight_bits()
 
