@@ -11,9 +11,14 @@ help: top-1 agreement 0.770 / KL 0.123 against 0.787 / 0.123 for the consumers a
 targets, 0.787 / 0.117 against 0.783 / 0.117 with residual-stream targets.
 
 Memory: the lockstep pass holds every batch's live activations twice. When the calibration batches
-would not fit in `memory_budget()`, the pass takes as many as fit, and the layers it ends on (no
+would not fit in `memory_budget()` at the model's widest activations, the pass starts with as many
+as fit there and admits more as the activations narrow (`held_per_node`: a batch admitted at a node
+first runs the layers before it, as already refit), so a CNN's deep layers, whose maps are small,
+are refit on far more images than its first ones: MobileNetV2 at 10 GB holds 16 batches of 32
+crops at its 112x112 layers and all 128 from its 14x14 stage on. The layers the pass ends on (no
 other refit layer after them: typically a classifier after global pooling, which sees one row per
-image and needs the most images) are refit afterwards on every batch, streamed one batch at a time.
+image and needs the most images) are refit on every batch, streamed one at a time, if even there
+not all of them fit.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import fx, nn
 
 from mmcompress.prune.dependency import eval_mode
-from mmcompress.prune.lockstep import live_bytes, lockstep
+from mmcompress.prune.lockstep import live_profile, lockstep
 from mmcompress.prune.reconstruct import paired_inputs, refit_layer
 
 BUDGET_SHARE = 0.6  # of the memory available when the refit starts
@@ -58,11 +63,13 @@ def refit_in_lockstep(
     ref_modules = dict(reference.named_modules())
     try:
         with eval_mode(model), eval_mode(reference):
-            held = _batches_that_fit(graph, batches)
-            streamed = last_layers(graph, set(layers)) if held < len(batches) else []
+            held = held_per_node(graph, batches)
+            at = {node.target: i for i, node in enumerate(n for n in graph.graph.nodes if n.op != "output")}
+            streamed = [name for name in last_layers(graph, set(layers)) if held[at[name]] < len(batches)]
             lockstep(
-                graph, reference, batches[:held], set(layers) - set(streamed),
+                graph, reference, batches, set(layers) - set(streamed),
                 lambda name, xs, refs, corrections: refit(name, zip(xs, refs, strict=True), corrections),
+                held,
             )  # fmt: skip
             for name in streamed:
                 refit(name, _streamed_pairs(model, reference, modules[name], ref_modules[name], batches))
@@ -119,18 +126,32 @@ def memory_budget() -> int:
     return int(BUDGET_SHARE * available)
 
 
-def _batches_that_fit(graph: fx.GraphModule, batches: list) -> int:
-    """How many of `batches` the lockstep pass can hold (at least one), measured on the first; warns
-    when that is not all of them."""
-    per_batch = 2 * live_bytes(graph, batches[0])  # the pruned model and the unpruned copy
+def held_per_node(graph: fx.GraphModule, batches: list) -> list[int]:
+    """Per graph node, how many of `batches` the lockstep pass holds there (at least one): as many as
+    fit in `memory_budget()` at that node and every later one (live bytes measured on the first
+    batch); warns when the first nodes cannot hold them all.
+
+    Example:
+        >>> held_per_node(trace(model, x), [x] * 4)[-1]
+        4
+    """
+    profile = [2 * size for size in live_profile(graph, batches[0])]  # the pruned model and the unpruned copy
     budget = memory_budget()
-    held = max(1, min(len(batches), budget // max(per_batch, 1)))
-    if held < len(batches):
+    held, widest = [], 0
+    for size in reversed(profile):  # a batch admitted at a node stays live to the end
+        widest = max(widest, size)
+        held.append(max(1, min(len(batches), budget // max(widest, 1))))
+    held.reverse()
+    if held and held[0] < len(batches):
+        nodes = [n for n in graph.graph.nodes if n.op != "output"]
+        full = next((nodes[i] for i, count in enumerate(held) if count == len(batches)), None)
+        where = "no layer" if full is None else f"from {full.target if full.op == 'call_module' else full.name} on"
         warnings.warn(
             f"reconstruct: the sequential refit holds every calibration batch's activations (about "
-            f"{per_batch / 1e9:.2f} GB per batch, {len(batches) * per_batch / 1e9:.1f} GB for {len(batches)}; "
-            f"budget {budget / 1e9:.1f} GB, set {BUDGET_VARIABLE} to change it): it refits on the first {held} "
-            "batches, and the layers it ends on on all of them, one batch at a time",
+            f"{max(profile) / 1e9:.2f} GB per batch at the widest layer, {len(batches) * max(profile) / 1e9:.1f} GB "
+            f"for {len(batches)}; budget {budget / 1e9:.1f} GB, set {BUDGET_VARIABLE} to change it): it refits the "
+            f"first layers on the first {held[0]} batches, more where activations narrow ({where} on all of "
+            "them), and the layers it ends on on all of them",
             stacklevel=5,
         )
     return held
