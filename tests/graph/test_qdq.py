@@ -99,6 +99,7 @@ def test_integer_format_stays_selectable_and_bad_format_is_named(tmp_path):
     res = export_onnx(model, x[:8], tmp_path / "i.onnx", static_format="integer")
     ops = _ops(tmp_path / "i.onnx")
     assert ops["ConvInteger"] == 4 and ops["MatMulInteger"] == 1 and res.cosine > 0.99999
+    assert res.int8_weights == 5  # the five layers' codes, as in the QDQ file (zero points are not weights)
     with pytest.raises(ValueError, match="static_format"):
         export_onnx(model, x[:8], tmp_path / "bad.onnx", static_format="qlinear")
 

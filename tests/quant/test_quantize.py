@@ -72,3 +72,12 @@ def test_quantizing_a_quantized_model_says_so():
     quantize(model, QuantConfig())
     with pytest.raises(ConfigError, match="Sequential is already quantized"):
         quantize(model, QuantConfig())
+
+
+def test_a_bare_layer_is_told_to_wrap_itself():
+    layer = nn.Linear(8, 4)
+    with pytest.raises(ConfigError, match=r"Linear is itself the layer: wrap it \(model = nn.Sequential"):
+        quantize(layer, QuantConfig())
+    wrapped = nn.Sequential(layer)
+    quantize(wrapped, QuantConfig())  # what the message says works
+    assert hasattr(wrapped[0], "qweight")

@@ -189,8 +189,8 @@ def export_onnx(
         warnings.warn(
             f"export: quantized layers stored as float weights in the ONNX file: {list(float_layers)}", stacklevel=2
         )
-    int8_weights = sum(
-        1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("_zero")
+    int8_weights = sum(  # weight codes are matrices or kernels; zero points are scalars or vectors
+        1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2
     )
     nbit_weights = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
     data = proto.SerializeToString()

@@ -86,6 +86,11 @@ def quantize(
         raise ConfigError(
             f"{type(model).__name__} is already quantized (its layers hold integer codes); quantize the float model"
         )
+    if not chosen and supported(model):  # resolve_targets walks submodules: the root cannot be swapped
+        raise ConfigError(
+            f"quantize replaces layers inside a model, and this {type(model).__name__} is itself the layer: "
+            "wrap it (model = nn.Sequential(layer)) and quantize that"
+        )
     require_matches(chosen, mapping, model)
     chosen = fit_group_sizes(chosen)
     float_left = warn_float_left(model, mapping, supported, adapter.modality_of)
