@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmcompress.cli import cli
+from mmcompress.core.cpu import integer_weight_bits
 
 QUICK = Path(__file__).resolve().parents[1] / "recipes" / "quick.yaml"
 
@@ -105,7 +106,7 @@ def _small(cache) -> list[str]:
 def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path, digits_cache):
     out = tmp_path / "q"
     args = _small(digits_cache)
-    w8a8 = ["--bits", "7", "--activations", "static", "--act-observer", "kl", "--smoothquant", "0.5"]
+    w8a8 = ["--activations", "static", "--act-observer", "kl", "--smoothquant", "0.5"]  # --bits auto
     tune = ["--tune-steps", "20", "--tune-for", "onnx-qdq"]
     result = _run("quantize", "digits-cnn", *w8a8, *tune, "--out", str(out), *args)
     assert result.exit_code == 0, result.output
@@ -116,6 +117,8 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     modules = stages["quantize"]["record"]["modules"]
     linear = [m for m in modules.values() if m["type"] == "QuantLinear"]
     assert linear and all(m["activations"]["mode"] == "static" and m["smoothquant"] == 0.5 for m in linear)
+    picked = stages["quantize"]["record"]["info"]["integer_kernels"]["auto_weight_bits"]  # 7 on AVX2 without VNNI
+    assert picked == integer_weight_bits() and all(m["bits"] == picked for m in modules.values())
     exported = stages["export_onnx"]["metrics"]
     # QDQ requantization rounds a few codes differently (documented); a near-0.5 baseline has many near-tied
     # logits, so up to 5 of the 200 digits may flip (4 did in one run order)
@@ -126,6 +129,9 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "static", "--out", str(tmp_path / "b"))
     check_one_line_error(bad, "needs weight_bits 7 or 8")
     assert not (tmp_path / "b").exists()
+    bad = _run("quantize", "digits-cnn", "--bits", "seven", "--out", str(tmp_path / "c"))
+    assert bad.exit_code == 2 and "'seven' is not a number of bits (2..8) or 'auto'" in bad.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_quantize_command_runs_w4a8_grouped_weights_on_int8_gemms(tmp_path, digits_cache):

@@ -11,9 +11,27 @@ from mmcompress.cli_common import _data_options, _force_option, _friendly, _run_
 from mmcompress.errors import ConfigError
 
 
+class _Bits(click.ParamType):
+    """An integer number of weight bits, or "auto"."""
+
+    name = "bits"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of bits (2..8) or 'auto'", param, ctx)
+
+
 @cli.command("quantize")
 @click.argument("model")
-@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits (2..8).")
+@click.option(
+    "--bits", type=_Bits(), default="auto", show_default=True,
+    help="Weight bits (2..8), or auto: 8 weight-only; with --activations, the widest codes this CPU's integer "
+    "kernels cannot saturate (8 with VNNI/AMX, 7 on AVX2 without VNNI).",
+)  # fmt: skip
 @click.option(
     "--granularity", type=click.Choice(["per_channel", "per_group", "per_tensor"]), default="per_channel",
     show_default=True,

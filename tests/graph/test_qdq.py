@@ -220,7 +220,7 @@ def test_the_parity_warning_names_8_bit_integer_weights_on_a_cpu_without_vnni(tm
     import mmcompress.graph.export as export
 
     monkeypatch.setattr(export, "integer_weight_bits", lambda: 7)
-    model, x = _quantized(QuantConfig(activations="static"))
+    model, x = _quantized(QuantConfig(weight_bits=8, activations="static"))
     assert "no VNNI" in export._saturation_hint(model) and "weight_bits 7" in export._saturation_hint(model)
     seven, _ = _quantized(QuantConfig(weight_bits=7, activations="static"))
     assert export._saturation_hint(seven) == ""

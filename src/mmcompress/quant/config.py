@@ -43,9 +43,10 @@ class QuantConfig(FrozenConfig):
 
     Attributes:
         weight_bits: 2..8. Codes of fewer than 8 bits are bit-packed in the compact file format,
-            so the measured size is the packed size. "auto": with activations, the widest codes
-            this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7 on AVX2
-            without VNNI: `core.cpu.integer_weight_bits`; one bit less when asymmetric); weight-only, 8.
+            so the measured size is the packed size. "auto" (the default): with activations, the
+            widest codes this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7
+            on AVX2 without VNNI: `core.cpu.integer_weight_bits`; one bit less when asymmetric;
+            `quantize` records the choice under `info["integer_kernels"]`); weight-only, 8.
         scheme: "symmetric" (zero point 0), "asymmetric" (an int8 zero point per step) or "auto"
             (the default): asymmetric for codes of `ASYMMETRIC_MAX_BITS` (4) bits or fewer, where 16
             levels cannot afford to waste half of them on a lopsided group's empty side (W4 g128 on
@@ -113,7 +114,7 @@ class QuantConfig(FrozenConfig):
     @model_validator(mode="before")
     @classmethod
     def _auto_bits(cls, data):
-        if isinstance(data, dict) and data.get("weight_bits") == "auto":
+        if isinstance(data, dict) and data.get("weight_bits", "auto") == "auto":  # not given: "auto" too
             with_activations = data.get("activations", "none") != "none"
             bits = integer_weight_bits() if with_activations else 8
             if with_activations and data.get("scheme") == "asymmetric":  # ("auto" is symmetric at 7-8 bits)
