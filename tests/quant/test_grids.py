@@ -100,6 +100,8 @@ def test_auto_weight_bits_follow_the_cpu_integer_kernels(monkeypatch):
     monkeypatch.setattr(config, "integer_weight_bits", lambda: 7)  # an AVX2 CPU without VNNI
     assert QuantConfig.from_dict({"weight_bits": "auto", "activations": "dynamic"}).weight_bits == 7
     assert QuantConfig.from_dict({"weight_bits": "auto"}).weight_bits == 8  # weight-only: no kernel to saturate
+    assert QuantConfig(activations="dynamic").weight_bits == 7  # "auto" is the default
+    assert QuantConfig(weight_bits=8, activations="dynamic").weight_bits == 8  # asked for: kept
     monkeypatch.setattr(config, "integer_weight_bits", lambda: 8)
     assert QuantConfig.from_dict({"weight_bits": "auto", "activations": "static"}).weight_bits == 8
     with pytest.raises(ConfigError, match="weight_bits"):
