@@ -16,6 +16,7 @@ from mmcompress.core.shared_params import tensor_key
 from mmcompress.evaluate.measure import measure
 from mmcompress.graph.storage import save_compact
 from mmcompress.models.adapter import adapter_for
+from mmcompress.quant import kernel_select
 from mmcompress.quant.kernels import onednn_exact
 
 pytestmark = pytest.mark.skipif(
@@ -104,4 +105,8 @@ def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, fl
     assert word_error_rate(refs, texts) <= word_error_rate(refs, float_texts) + W8_EXTRA_WORDS / words
     fc1 = w8.model.encoder.layers[0].fc1  # 8-bit codes: oneDNN where its u8s8 sums cannot saturate, else _int_mm
     assert fc1.last_kernel == ("onednn" if onednn_exact(fc1) else "int_mm")
-    assert w8.proj_out.last_kernel == "gemv"  # 51864 x 384 codes on one row: the compiled int8 GEMV
+    # 51864 x 384 codes on one row: the compiled int8 GEMV where it measured faster than float on this CPU
+    # (AVX-512: 2x faster; AVX2 only: 1.8x slower, so the cached float weight)
+    out = w8.proj_out
+    won = kernel_select.GEMV_TIMED[(tuple(out.qweight.shape), tuple(out.scale.shape), torch.get_num_threads())]
+    assert out.last_kernel == ("gemv" if won else "cache")

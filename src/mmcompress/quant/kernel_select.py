@@ -29,7 +29,9 @@ Hence:
   quantization, a dequantizing pass, oneDNN's call overhead) lose to the float GEMM with the
   cached weight and the simulated input quantization;
 - weight-only Linear on one row (decoder steps) with GEMV_WEIGHTS or more weights: the compiled
-  int8 GEMV (`kernels.gemv_linear`);
+  int8 GEMV (`kernels.gemv_linear`) where it measured faster than the cached float weight on this
+  CPU (`gemv_wins`, timed once per shape: the table above is AVX-512; on an AVX2-only EPYC the GEMV
+  was 1.8x slower than float on 51864 x 384);
 - W4A8 (steps per group of inputs, dynamic inputs): one oneDNN GEMM per group once rows x out
   reaches GROUPED_WORK (per tensor / per token inputs; below, the cached weight is faster: its
   per-tensor inputs come from the fused codes too). Speed-up over the cached weight, g128, 2
@@ -51,12 +53,17 @@ Hence:
 
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 from torch import nn
 
 from mmcompress.quant.kernels import (
     INTEGER_KERNELS,
+    float_weight,
     gemv_applies,
+    gemv_linear,
     int_mm_applies,
     integer_applies,
     onednn_applies,
@@ -67,6 +74,7 @@ MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats floa
 GROUPED_WORK = {"per_tensor": 96 << 10, "per_token": 128 << 10}  # W4A8: rows x out from which per-group GEMMs win
 BIG_WEIGHTS = 4 << 20  # W8A8: weights from which the int8 GEMM beats float on any number of rows
 GEMV_WEIGHTS = 16 << 20  # weight-only, one row: weights from which the compiled int8 GEMV beats float
+GEMV_TIMED: dict[tuple, bool] = {}  # (weight shape, step shape, threads) -> the GEMV beat float here
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
@@ -89,13 +97,53 @@ def choose_kernel(module: nn.Module, x: torch.Tensor) -> str:
         least = MIN_ROWS if module.scale.shape[1] == 1 else grouped_min_rows(module)
         chosen = kernel if kernel in INTEGER_KERNELS else "onednn" if rows >= least or big else "cache"
         chosen = runnable(chosen, module, x)
-    elif (kernel == "gemv" or kernel == "auto" and module.qweight.numel() >= GEMV_WEIGHTS) and gemv_applies(module, x):
-        chosen = "gemv"  # (size first: decoders ask this once per layer and token)
+    elif kernel == "gemv" and gemv_applies(module, x):
+        chosen = "gemv"
+    elif kernel == "auto" and module.qweight.numel() >= GEMV_WEIGHTS and gemv_applies(module, x):
+        chosen = "gemv" if gemv_wins(module, x) else "cache"  # (size first: decoders ask once per layer and token)
     else:
         chosen = "cache"
     if chosen != "simulate" or not torch.compiler.is_compiling():
         module.__dict__["last_kernel"] = chosen  # plain attribute: no nn.Module bookkeeping per call
     return chosen
+
+
+def gemv_wins(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the compiled int8 GEMV runs this layer's one row faster than the cached float weight on
+    this CPU: timed once per weight shape, step shape and thread count (best of 3 calls each).
+
+    The GEMV reads a quarter of float32's bytes but converts every code to float: on the 51864 x 384
+    output layer of Whisper tiny.en (2 threads) it took 0.9 ms against float's 1.9 ms on an AVX-512
+    EPYC, and 14.8 ms against 8.2 ms on an AVX2-only EPYC, whose compiled loop converts 8 codes a step
+    where AVX-512 converts 16. When it loses, the layer keeps the cached float weight (never slower
+    than float); when it wins, that cache is dropped (it would hold the float32 weight for nothing).
+
+    Example:
+        >>> gemv_wins(big_qlinear, torch.randn(1, 384)) in (True, False)
+        True
+    """
+    key = (tuple(module.qweight.shape), tuple(module.scale.shape), torch.get_num_threads())
+    if key not in GEMV_TIMED:
+        GEMV_TIMED[key] = _time_gemv(module, x)
+    if GEMV_TIMED[key]:
+        module.__dict__.pop("_float_weight", None)
+    return GEMV_TIMED[key]
+
+
+def _time_gemv(module: nn.Module, x: torch.Tensor) -> bool:
+    weight, bias = float_weight(module, torch.float32), module.bias
+    runs = {"gemv": lambda: gemv_linear(module, x), "float": lambda: torch.nn.functional.linear(x, weight, bias)}
+    with torch.no_grad():
+        if runs["gemv"]() is None:  # it could not compile: the caller falls back on its own
+            return False
+        runs["float"]()
+        best = {name: math.inf for name in runs}
+        for _ in range(3):  # interleaved: drift hits both
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["gemv"] < best["float"]
 
 
 def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
