@@ -27,6 +27,10 @@ W8_INT = {  # 8-bit weights everywhere; the encoder's 1500-row products on int8 
     "re:model\\.encoder\\..*": INT_ENCODER,
     "_default": {"weight_bits": 8},
 }
+W8_INT8 = {  # W8_INT with 8-bit encoder codes on every CPU (AVX2 without VNNI: torch._int_mm, not oneDNN)
+    "re:model\\.encoder\\..*": {"weight_bits": 8, "activations": "dynamic"},
+    "_default": {"weight_bits": 8},
+}
 W8A8 = {
     "re:.*embed_tokens": {"weight_bits": 8},
     "_default": {"weight_bits": 8, "activations": "dynamic", "act_granularity": "per_token"},
@@ -51,7 +55,14 @@ VARIANTS = {  # name -> (description, quantization targets or None, encoder on O
     "float": ("PyTorch float32", None, False, "greedy", None),
     "float-bf16": ("float32, encoder attention in bf16", None, False, "greedy", BF16),
     "w8": ("W8 weight-only (all Linear, token table 8-bit)", {"_default": {"weight_bits": 8}}, False, "greedy", None),
-    "w8-int": ("W8, encoder Linear on int8 GEMMs (dynamic per-tensor inputs)", W8_INT, False, "greedy", None),
+    "w8-int": (
+        "W8, encoder Linear on int8 GEMMs (dynamic per-tensor inputs, auto bits)",
+        W8_INT,
+        False,
+        "greedy",
+        None,
+    ),
+    "w8-int-8bit": ("W8, encoder on int8 GEMMs with 8-bit codes everywhere", W8_INT8, False, "greedy", None),
     "w8-int-bf16": ("W8, encoder on int8 GEMMs, encoder attention in bf16", W8_INT, False, "greedy", BF16),
     "w8-int-generate": ("W8, encoder on int8 GEMMs, transformers `generate`", W8_INT, False, "generate", None),
     "w8a8": ("W8A8 dynamic per-token (Linear), token table 8-bit", W8A8, False, "greedy", None),

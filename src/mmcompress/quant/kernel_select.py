@@ -53,6 +53,7 @@ Hence:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -74,6 +75,7 @@ MIN_ROWS = 16  # W8A8: rows (tokens x batch) from which the int8 GEMM beats floa
 GROUPED_WORK = {"per_tensor": 96 << 10, "per_token": 128 << 10}  # W4A8: rows x out from which per-group GEMMs win
 BIG_WEIGHTS = 4 << 20  # W8A8: weights from which the int8 GEMM beats float on any number of rows
 GEMV_WEIGHTS = 16 << 20  # weight-only, one row: weights from which the compiled int8 GEMV beats float
+INT_MM_SLOWEST = 2.0  # `torch._int_mm` over float32 GEMM time beyond which it is not a fallback
 GEMV_TIMED: dict[tuple, bool] = {}  # (weight shape, step shape, threads) -> the GEMV beat float here
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
@@ -149,7 +151,8 @@ def _time_gemv(module: nn.Module, x: torch.Tensor) -> bool:
 def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
     """`kernel`, or the other integer kernel where it cannot run this layer exactly, else "cache":
     oneDNN needs codes that fit its u8s8 sums on this CPU (`kernels.onednn_exact`: 8-bit weights on
-    AVX2 without VNNI go to `torch._int_mm`), `torch._int_mm` symmetric per-channel codes.
+    AVX2 without VNNI go to `torch._int_mm` where that is fast, `int_mm_fast`, else to the cache),
+    `torch._int_mm` symmetric per-channel codes.
 
     Example:
         >>> runnable("int_mm", w4a8_layer, torch.randn(512, 384))  # steps per group: oneDNN only
@@ -159,7 +162,37 @@ def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
         return kernel
     fits = {"onednn": ONEDNN and onednn_applies(module, x), "int_mm": int_mm_applies(module, x)}
     other = "int_mm" if kernel == "onednn" else "onednn"
+    if kernel == "onednn" and not fits["onednn"] and fits["int_mm"] and not int_mm_fast():
+        return "cache"  # the same numbers on the float weight, at float speed
     return kernel if fits[kernel] else other if fits[other] else "cache"
+
+
+@functools.lru_cache(maxsize=1)
+def int_mm_fast() -> bool:
+    """Whether `torch._int_mm` runs near float32 GEMM speed on this CPU (at most INT_MM_SLOWEST times
+    its time on a 128 x 384 x 384 product; timed once per process, best of 3). With VNNI it matched
+    float (the table above); on an AVX2-only EPYC it took 57x float's time (1500 x 384 x 1536: 617 ms
+    against 10.7 ms), and Whisper tiny.en with an 8-bit W8A8 encoder on it transcribed in 58 s
+    instead of 4.7 s. Where it is slow, 8-bit codes oneDNN cannot sum exactly take the cached float
+    weight instead (the same numbers).
+
+    Example:
+        >>> int_mm_fast() in (True, False)
+        True
+    """
+    a, b = torch.ones(128, 384, dtype=torch.int8), torch.ones(384, 384, dtype=torch.int8)
+    af, bf = a.float(), b.float()
+    runs = {"int_mm": lambda: torch._int_mm(a, b), "float": lambda: af @ bf}
+    best = {name: math.inf for name in runs}
+    try:
+        for _ in range(4):  # the first round warms up
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - start)
+    except RuntimeError:  # a build without it
+        return False
+    return best["int_mm"] <= INT_MM_SLOWEST * best["float"]
 
 
 def grouped_min_rows(module: nn.Module) -> int:
