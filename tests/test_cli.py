@@ -129,8 +129,9 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "static", "--out", str(tmp_path / "b"))
     check_one_line_error(bad, "needs weight_bits 7 or 8")
     assert not (tmp_path / "b").exists()
-    bad = _run("quantize", "digits-cnn", "--bits", "seven", "--out", str(tmp_path / "c"))
-    assert bad.exit_code == 2 and "'seven' is not a number of bits (2..8) or 'auto'" in bad.output
+    for wrong in ("seven", "9", "1"):  # named at the flag, before any recipe is built
+        bad = _run("quantize", "digits-cnn", "--bits", wrong, "--out", str(tmp_path / "c"))
+        assert bad.exit_code == 2 and f"'--bits': '{wrong}' is not a number of bits (2..8) or 'auto'" in bad.output
     assert not (tmp_path / "c").exists()
 
 

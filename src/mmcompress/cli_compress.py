@@ -17,12 +17,15 @@ class _Bits(click.ParamType):
     name = "bits"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or value == "auto":
-            return value
+        if str(value).lower() == "auto":
+            return "auto"
         try:
-            return int(value)
+            bits = int(value)
         except ValueError:
+            bits = 0
+        if not 2 <= bits <= 8:
             self.fail(f"{value!r} is not a number of bits (2..8) or 'auto'", param, ctx)
+        return bits
 
 
 @cli.command("quantize")

@@ -3,6 +3,7 @@ rounding of their integer path, and are chosen where they apply (no silent fallb
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -442,3 +443,20 @@ def test_codes_too_wide_for_this_cpus_onednn_sums_run_on_int_mm_or_the_cache(mon
         grouped.kernel = "onednn"
         grouped(x)
         assert grouped.last_kernel == "cache"
+
+
+def test_wide_codes_that_will_run_at_float_speed_are_named_at_quantize(monkeypatch):
+    """On an AVX2 CPU without VNNI, 8-bit W8A8 layers ran on the cached float weight with no word said
+    (a new user found every layer's last_kernel 'cache'): quantize now warns, naming the layers."""
+    import mmcompress.quant.kernel_select as select
+
+    monkeypatch.setattr(select, "integer_weight_bits", lambda: 7)
+    monkeypatch.setattr(select, "int_mm_fast", lambda: False)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"2 layer\(s\) with dynamic int8 inputs keep float speed .*: 0, 2"):
+        quantize(model, QuantConfig(weight_bits=8, activations="dynamic"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize(nn.Sequential(nn.Linear(16, 8)), QuantConfig(weight_bits=7, activations="dynamic"))
+        monkeypatch.setattr(select, "int_mm_fast", lambda: True)  # exact and fast enough: nothing to say
+        quantize(nn.Sequential(nn.Linear(16, 8)), QuantConfig(weight_bits=8, activations="dynamic"))

@@ -25,6 +25,7 @@ from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (publ
 from mmcompress.quant.fuse_act import fuse_activations
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.group_fit import fit_group_sizes
+from mmcompress.quant.kernel_select import warn_float_speed
 from mmcompress.quant.modules import FLOAT_TO_QUANT, QUANT_LAYERS, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
@@ -114,6 +115,7 @@ def quantize(
             UserWarning,
             stacklevel=2,
         )
+    warn_float_speed([(n, c.weight_bits) for n, m, c in chosen if c.activations == "dynamic" and type(m) is nn.Linear])
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     tie_quantized(model, built)  # tied float weights: one set of codes, stored once
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})

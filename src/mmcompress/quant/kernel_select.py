@@ -56,10 +56,12 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 
 import torch
 from torch import nn
 
+from mmcompress.core.cpu import integer_weight_bits
 from mmcompress.quant.kernels import (
     INTEGER_KERNELS,
     float_weight,
@@ -165,6 +167,29 @@ def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
     if kernel == "onednn" and not fits["onednn"] and fits["int_mm"] and not int_mm_fast():
         return "cache"  # the same numbers on the float weight, at float speed
     return kernel if fits[kernel] else other if fits[other] else "cache"
+
+
+def warn_float_speed(layers: list[tuple[str, int]]) -> None:
+    """Warn when W8A8 dynamic layers [(name, weight bits)] will run at float speed on this CPU:
+    codes wider than oneDNN sums exactly here (AVX2 without VNNI: 7 bits) and a slow `torch._int_mm`
+    leave them the cached float weight (the same numbers, no int8 speed-up).
+
+    Example:
+        >>> warn_float_speed([("encoder.fc1", 8)])  # warns on an AVX2-only CPU
+    """
+    exact = integer_weight_bits()
+    wide = [name for name, bits in layers if bits > exact]
+    if not wide or int_mm_fast():
+        return
+    shown = ", ".join(wide[:6]) + (f" and {len(wide) - 6} more" if len(wide) > 6 else "")
+    warnings.warn(
+        f"quantize: {len(wide)} layer(s) with dynamic int8 inputs keep float speed on this CPU: its int8 GEMMs "
+        f"(u8s8 without VNNI) sum weight codes of at most {exact} bits exactly and torch._int_mm is slower than "
+        f"float here, so wider codes run on the cached float weight (the same numbers); weight_bits 'auto' "
+        f"({exact} here) runs them on int8 GEMMs: {shown}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @functools.lru_cache(maxsize=1)
