@@ -141,13 +141,25 @@ def _time_gemv(module: nn.Module, x: torch.Tensor) -> bool:
         if runs["gemv"]() is None:  # it could not compile: the caller falls back on its own
             return False
         runs["float"]()
-        best = {name: math.inf for name in runs}
-        for _ in range(3):  # interleaved: drift hits both
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - start)
+        best = best_times(runs, rounds=3)
     return best["gemv"] < best["float"]
+
+
+def best_times(runs: dict, rounds: int) -> dict[str, float]:
+    """name -> the shortest of `rounds` timings (seconds) of each callable, the runs interleaved so
+    that drift hits them alike.
+
+    Example:
+        >>> sorted(best_times({"a": lambda: None, "b": lambda: None}, rounds=2))
+        ['a', 'b']
+    """
+    best = {name: math.inf for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
@@ -208,13 +220,8 @@ def int_mm_fast() -> bool:
     a, b = torch.ones(128, 384, dtype=torch.int8), torch.ones(384, 384, dtype=torch.int8)
     af, bf = a.float(), b.float()
     runs = {"int_mm": lambda: torch._int_mm(a, b), "float": lambda: af @ bf}
-    best = {name: math.inf for name in runs}
     try:
-        for _ in range(4):  # the first round warms up
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - start)
+        best = best_times(runs, rounds=4)  # the first round warms up
     except RuntimeError:  # a build without it
         return False
     return best["int_mm"] <= INT_MM_SLOWEST * best["float"]
