@@ -127,7 +127,9 @@ def test_quantize_command_runs_w8a8_with_onnx_and_rejects_bad_settings(tmp_path,
     assert stages["quantized"]["metrics"]["accuracy"] > stages["baseline"]["metrics"]["accuracy"] - 0.05
 
     bad = _run("quantize", "digits-cnn", "--bits", "4", "--activations", "static", "--out", str(tmp_path / "b"))
-    check_one_line_error(bad, "needs weight_bits 7 or 8")
+    check_one_line_error(bad, "--activations static needs --bits 7 or 8")  # in the flags' words
+    bad = _run("quantize", "digits-cnn", "--smoothquant", "2", "--activations", "dynamic", "--out", str(tmp_path / "b"))
+    check_one_line_error(bad, "--smoothquant: Input should be less than 1")
     assert not (tmp_path / "b").exists()
     for wrong in ("seven", "9", "1"):  # named at the flag, before any recipe is built
         bad = _run("quantize", "digits-cnn", "--bits", wrong, "--out", str(tmp_path / "c"))
@@ -176,7 +178,11 @@ def test_prune_command_structured_channels_shrink_and_export(tmp_path, digits_ca
     assert measured["compression"] == pytest.approx(1.0, abs=0.01)  # still float32
     assert measured["compression_vs_original"] > 1.3
     bad = _run("prune", "digits-cnn", "--pattern", "3:2", "--out", str(tmp_path / "b"), *args)
-    check_one_line_error(bad, "0 < N < M")
+    check_one_line_error(bad, "--pattern 3:2 needs 0 < N < M")  # in the flags' words, not the recipe's
+    bad = _run("prune", "digits-cnn", "--structured", "channels", "--max-ratio", "0.6", "--out", str(tmp_path / "b"))
+    check_one_line_error(bad, "--max-ratio caps a group under --scope global")
+    bad = _run("prune", "digits-cnn", "--structured", "channels", "--ratio", "1.5", "--out", str(tmp_path / "b"))
+    check_one_line_error(bad, "--ratio: Input should be less than 1 (got 1.5)")
     bad = _run("prune", "digits-cnn", "--reconstruct", "--out", str(tmp_path / "b"), *args)
     check_one_line_error(bad, "add --structured")
 

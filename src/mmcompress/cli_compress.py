@@ -3,6 +3,7 @@ one-off recipe: evaluate, compress, evaluate, export, and runs it like `mmcompre
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -88,6 +89,7 @@ def quantize_cmd(model, bits, granularity, group_size, scheme, method, activatio
 
     Example: mmcompress quantize py:my_models.py:build --data py:my_data.py:load --task agreement --bits 8
     """
+    from mmcompress.quant.config import QuantConfig
     from mmcompress.recipe.schema import load_recipe
 
     config = {
@@ -95,6 +97,7 @@ def quantize_cmd(model, bits, granularity, group_size, scheme, method, activatio
         "activations": activations, "act_granularity": act_granularity, "act_observer": act_observer,
         "smoothquant": smoothquant,
     }  # fmt: skip
+    _check_flags(QuantConfig, config, QUANT_FLAGS)
     quantize_stage = {"pass": "quantize", "config": config}
     if only:
         quantize_stage["targets"] = {key: {} for key in only}
@@ -108,6 +111,39 @@ def quantize_cmd(model, bits, granularity, group_size, scheme, method, activatio
         stages.append({"pass": "export_onnx"})
     recipe = _recipe(model, train_limit, test_limit, epochs, stages, data_spec, task, adapter)
     _run_recipe(load_recipe(recipe), "quantize", out, resume, quiet, data_dir, cache_dir, force)
+
+
+QUANT_FLAGS = {"weight_bits": "--bits", "granularity": "--granularity", "group_size": "--group-size",
+               "scheme": "--scheme", "method": "--method", "activations": "--activations",
+               "act_granularity": "--act-granularity", "act_observer": "--act-observer",
+               "smoothquant": "--smoothquant"}  # fmt: skip
+PRUNE_FLAGS = {"sparsity": "--sparsity", "method": "--method", "pattern": "--pattern", "ratio": "--ratio",
+               "unit": "--structured", "scope": "--scope", "max_ratio": "--max-ratio", "budget": "--budget",
+               "reconstruct": "--reconstruct"}  # fmt: skip
+
+
+def _check_flags(config_class: type, config: dict, flags: dict[str, str]) -> None:
+    """Settings that do not fit together are reported in the flags' words, before any work.
+
+    Example:
+        >>> from mmcompress.quant.config import QuantConfig
+        >>> _check_flags(QuantConfig, {"weight_bits": 8, "activations": "static"}, QUANT_FLAGS)
+    """
+    from pydantic import ValidationError
+
+    try:
+        config_class.model_validate(config)
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = re.sub(r" \(got \{.*\}\)$", "", first["msg"].rsplit("Value error, ", 1)[-1])
+        message = re.sub(rf"^'{config_class.__name__}\.(\w+)': ", r"\1: ", message)  # a field's own check
+        if first["loc"] and message.startswith("Input"):
+            message = f"{first['loc'][0]}: {message} (got {first['input']})"
+        for field, flag in flags.items():
+            message = re.sub(
+                rf"\b{field}\b( '?([\w.:]*)'?)?", lambda m, f=flag: f"{f} {m[2]}" if m[2] else f + (m[1] or ""), message
+            )
+        raise ConfigError(message) from None
 
 
 PRUNE_METHODS = ["magnitude", "taylor", "fisher", "wanda", "sparsegpt", "variance", "reconstruction", "ablation"]
@@ -161,6 +197,8 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ra
     Example: mmcompress prune digits-cnn --structured channels --ratio 0.3 --reconstruct
     (heads of all attention layers ranked together: --structured heads --method ablation --scope global)
     """
+    from mmcompress.prune.api import PruneConfig
+    from mmcompress.prune.structured import StructuredConfig
     from mmcompress.recipe.schema import load_recipe
 
     if structured:
@@ -175,12 +213,15 @@ def prune_cmd(model, sparsity, method, pattern, structured, ratio, scope, max_ra
             config["max_ratio"] = max_ratio
         if budget != "units":
             config["budget"] = budget
+        _check_flags(StructuredConfig, config, PRUNE_FLAGS)
         stage = {"pass": "prune_structured", "config": config}
     else:
         if reconstruct or method in ("variance", "reconstruction", "ablation"):
             what = "--reconstruct" if reconstruct else f"--method {method}"
             raise ConfigError(f"{what} is for structured pruning: add --structured channels|heads")
-        stage = {"pass": "prune", "config": {"sparsity": sparsity, "method": method or "magnitude", "pattern": pattern}}
+        config = {"sparsity": sparsity, "method": method or "magnitude", "pattern": pattern}
+        _check_flags(PruneConfig, config, PRUNE_FLAGS)
+        stage = {"pass": "prune", "config": config}
     if only:
         stage["targets"] = {key: {} for key in only}
     stages = [{"name": "baseline", "pass": "evaluate"}, stage]
