@@ -449,6 +449,7 @@ def test_wide_codes_that_will_run_at_float_speed_are_named_at_quantize(monkeypat
     """On an AVX2 CPU without VNNI, 8-bit W8A8 layers ran on the cached float weight with no word said
     (a new user found every layer's last_kernel 'cache'): quantize now warns, naming the layers."""
     import mmcompress.quant.kernel_select as select
+    import mmcompress.quant.kernels as kernels
 
     monkeypatch.setattr(select, "integer_weight_bits", lambda: 7)
     monkeypatch.setattr(select, "int_mm_fast", lambda: False)
@@ -460,3 +461,11 @@ def test_wide_codes_that_will_run_at_float_speed_are_named_at_quantize(monkeypat
         quantize(nn.Sequential(nn.Linear(16, 8)), QuantConfig(weight_bits=7, activations="dynamic"))
         monkeypatch.setattr(select, "int_mm_fast", lambda: True)  # exact and fast enough: nothing to say
         quantize(nn.Sequential(nn.Linear(16, 8)), QuantConfig(weight_bits=8, activations="dynamic"))
+        asymmetric = {"activations": "dynamic", "scheme": "asymmetric"}
+        quantize(nn.Sequential(nn.Linear(16, 8)), QuantConfig(weight_bits=6, **asymmetric))  # span 7: exact
+    monkeypatch.setattr(kernels, "integer_weight_bits", lambda: 7)  # as on AVX2, whatever this CPU
+    seven = nn.Sequential(nn.Linear(16, 8))  # 7 bits + a zero point span 8; _int_mm takes no zero points
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) .* keep float speed .*: 0"):
+        quantize(seven, QuantConfig(weight_bits=7, **asymmetric))
+    seven(torch.randn(3, 16))
+    assert seven[0].last_kernel == "cache"  # what the warning said

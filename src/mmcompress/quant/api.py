@@ -115,7 +115,8 @@ def quantize(
             UserWarning,
             stacklevel=2,
         )
-    warn_float_speed([(n, c.weight_bits) for n, m, c in chosen if c.activations == "dynamic" and type(m) is nn.Linear])
+    dynamic = [(n, c) for n, m, c in chosen if c.activations == "dynamic" and type(m) is nn.Linear]
+    warn_float_speed([(n, c.weight_bits, c.symmetric, c.granularity == "per_channel") for n, c in dynamic])
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
     tie_quantized(model, built)  # tied float weights: one set of codes, stored once
     record = Record("quantize", {k: (None if v is None else v.to_dict()) for k, v in mapping.items()})

@@ -181,24 +181,37 @@ def runnable(kernel: str, module: nn.Module, x: torch.Tensor) -> str:
     return kernel if fits[kernel] else other if fits[other] else "cache"
 
 
-def warn_float_speed(layers: list[tuple[str, int]]) -> None:
-    """Warn when W8A8 dynamic layers [(name, weight bits)] will run at float speed on this CPU:
-    codes wider than oneDNN sums exactly here (AVX2 without VNNI: 7 bits) and a slow `torch._int_mm`
-    leave them the cached float weight (the same numbers, no int8 speed-up).
+def warn_float_speed(layers: list[tuple[str, int, bool, bool]]) -> None:
+    """Warn when W8A8 dynamic layers [(name, weight bits, symmetric, per_channel)] will run at float
+    speed on this CPU: codes wider than oneDNN sums exactly here (the bits, plus one with a zero
+    point; AVX2 without VNNI: 7) that `torch._int_mm` cannot take instead (it takes symmetric
+    per-channel codes, where it is fast) run on the cached float weight (the same numbers, no int8
+    speed-up).
 
     Example:
-        >>> warn_float_speed([("encoder.fc1", 8)])  # warns on an AVX2-only CPU
+        >>> warn_float_speed([("encoder.fc1", 8, True, True)])  # warns on an AVX2-only CPU
     """
     exact = integer_weight_bits()
-    wide = [name for name, bits in layers if bits > exact]
-    if not wide or int_mm_fast():
+    int_mm = None  # timed only when a layer needs it
+
+    def float_speed(bits: int, symmetric: bool, per_channel: bool) -> bool:
+        nonlocal int_mm
+        if bits + (not symmetric) <= exact:
+            return False
+        if not (symmetric and per_channel):
+            return True
+        int_mm = int_mm_fast() if int_mm is None else int_mm
+        return not int_mm
+
+    wide = [name for name, *code in layers if float_speed(*code)]
+    if not wide:
         return
     shown = ", ".join(wide[:6]) + (f" and {len(wide) - 6} more" if len(wide) > 6 else "")
     warnings.warn(
         f"quantize: {len(wide)} layer(s) with dynamic int8 inputs keep float speed on this CPU: its int8 GEMMs "
-        f"(u8s8 without VNNI) sum weight codes of at most {exact} bits exactly and torch._int_mm is slower than "
-        f"float here, so wider codes run on the cached float weight (the same numbers); weight_bits 'auto' "
-        f"({exact} here) runs them on int8 GEMMs: {shown}",
+        f"(u8s8 without VNNI) sum weight codes (minus any zero point) of at most {exact} bits exactly and "
+        f"torch._int_mm is slower than float here or cannot take them, so they run on the cached float weight "
+        f"(the same numbers); weight_bits 'auto' ({exact} here, symmetric) runs them on int8 GEMMs: {shown}",
         UserWarning,
         stacklevel=3,
     )
