@@ -106,3 +106,26 @@ def test_auto_weight_bits_follow_the_cpu_integer_kernels(monkeypatch):
     assert QuantConfig.from_dict({"weight_bits": "auto", "activations": "static"}).weight_bits == 8
     with pytest.raises(ConfigError, match="weight_bits"):
         QuantConfig.from_dict({"weight_bits": "eight"})
+
+
+def test_auto_bits_give_layers_that_run_weight_only_eight_bits(monkeypatch):
+    """Under activations, "auto" bits (7 on AVX2 without VNNI) follow the int8 GEMMs' limit; layers whose
+    inputs stay float (embedding tables, Conv1d) run weight-only and get 8 bits; asked-for bits are kept."""
+    import mmcompress.quant.config as config
+
+    monkeypatch.setattr(config, "integer_weight_bits", lambda: 7)
+
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.conv, self.fc = nn.Embedding(50, 16), nn.Conv1d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, ids):
+            return self.fc(self.conv(self.emb(ids).transpose(1, 2)).transpose(1, 2))
+
+    with pytest.warns(UserWarning, match="activations stay float for 1 layer"):  # the Conv1d, as before
+        record = quantize(Tower(), QuantConfig(activations="dynamic"))
+    assert {name: e["bits"] for name, e in record.modules.items()} == {"emb": 8, "conv": 8, "fc": 7}
+    with pytest.warns(UserWarning, match="activations stay float"):
+        record = quantize(Tower(), QuantConfig(weight_bits=6, activations="dynamic"))
+    assert {e["bits"] for e in record.modules.values()} == {6}

@@ -115,6 +115,7 @@ def quantize(
             UserWarning,
             stacklevel=2,
         )
+    chosen = weight_only_auto_bits(chosen, {*weight_only, *float_input_convs})
     dynamic = [(n, c) for n, m, c in chosen if c.activations == "dynamic" and type(m) is nn.Linear]
     warn_float_speed([(n, c.weight_bits, c.symmetric, c.granularity == "per_channel") for n, c in dynamic])
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
@@ -137,6 +138,25 @@ def quantize(
         if joined:
             record.info["joint_qkv"] = joined
     return record
+
+
+def weight_only_auto_bits(chosen: list[tuple], float_inputs: set[str]) -> list[tuple]:
+    """(name, module, config) with "auto" bits made 8 where the layer runs weight-only although its
+    config quantizes activations (embedding tables, `float_inputs`): the integer-kernel limit that
+    picked fewer bits (7 on AVX2 without VNNI) does not apply to them.
+
+    Example:
+        >>> table = ("emb", nn.Embedding(9, 4), QuantConfig(activations="dynamic"))
+        >>> weight_only_auto_bits([table], set())[0][2].weight_bits
+        8
+    """
+    out = []
+    for name, module, cfg in chosen:
+        runs_weight_only = name in float_inputs or isinstance(module, nn.Embedding)
+        if cfg.weight_bits_auto and cfg.activations != "none" and runs_weight_only and cfg.weight_bits < 8:
+            cfg = cfg.model_copy(update={"weight_bits": 8})
+        out.append((name, module, cfg))
+    return out
 
 
 def _names(names: list[str], show: int = 6) -> str:

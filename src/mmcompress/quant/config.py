@@ -46,9 +46,10 @@ class QuantConfig(FrozenConfig):
             so the measured size is the packed size. "auto" (the default): with activations, the
             widest codes this CPU's integer kernels cannot saturate (8 with VNNI/AMX or off x86, 7
             on AVX2 without VNNI: `core.cpu.integer_weight_bits`; one bit less when asymmetric;
-            `quantize` records the choice under `info["integer_kernels"]`); weight-only, 8. It is
-            resolved per config, so with activations the embedding tables it targets get those
-            bits too (7 on AVX2: MiniLM cosine 0.9925 against 0.9927 with 8-bit tables).
+            `quantize` records the choice under `info["integer_kernels"]`); weight-only, 8. Layers
+            whose inputs stay float under activations (embedding tables, Conv1d, LSTM/GRU, and
+            convolutions whose codes integer convolutions cannot take) run weight-only, so `quantize`
+            gives them 8 bits (`weight_bits_auto` marks a config whose bits came from "auto").
         scheme: "symmetric" (zero point 0), "asymmetric" (an int8 zero point per step) or "auto"
             (the default): asymmetric for codes of `ASYMMETRIC_MAX_BITS` (4) bits or fewer, where 16
             levels cannot afford to waste half of them on a lopsided group's empty side (W4 g128 on
@@ -106,6 +107,7 @@ class QuantConfig(FrozenConfig):
     smoothquant: float | None = Field(None, gt=0, lt=1)
     method: Literal["rtn", "gptq"] = "rtn"
     gptq: GPTQConfig = GPTQConfig()
+    weight_bits_auto: bool = False  # set by "auto" (weight_bits then holds the bits it resolved to)
     layer_types: tuple[Literal["linear", "conv", "embedding", "recurrent"], ...] = (
         "linear",
         "conv",
@@ -121,7 +123,7 @@ class QuantConfig(FrozenConfig):
             bits = integer_weight_bits() if with_activations else 8
             if with_activations and data.get("scheme") == "asymmetric":  # ("auto" is symmetric at 7-8 bits)
                 bits -= 1  # codes minus their zero point span twice the range: one bit less
-            data = {**data, "weight_bits": bits}
+            data = {**data, "weight_bits": bits, "weight_bits_auto": True}
         return data
 
     @property
