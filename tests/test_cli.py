@@ -35,6 +35,16 @@ def test_unknown_model_is_one_line_error_with_valid_names(tmp_path):
     check_one_line_error(_run("train", "gpt", "--cache-dir", str(tmp_path)), "valid names: baseline-image")
 
 
+def test_measure_takes_a_model_spec_without_a_run(tmp_path):
+    """`measure MODEL` on a spec (no run folder: nothing to compare against) crashed on the missing
+    original size (a new user's first command)."""
+    table = _run("measure", "digits-cnn", "--cache-dir", str(tmp_path))
+    assert table.exit_code == 0, table.output
+    assert "compression 1.00x" in table.output and "against the original" not in table.output
+    measured = json.loads(_run("measure", "digits-cnn", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert measured["compression"] == pytest.approx(1.0, abs=0.01) and "compression_vs_original" not in measured
+
+
 def test_invalid_recipe_fails_before_writing_anything(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("stages:\n  - pass: prune\n    config: {sparsity: 1.5}\n")

@@ -164,7 +164,7 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
         example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
     result = measure(net, example)
     original = _original_float_bytes(target, adapter, cache_dir)
-    versus = result.total.stored_bytes and original / result.total.stored_bytes
+    versus = original / result.total.stored_bytes if original and result.total.stored_bytes else None  # runs only
     if as_json:
         extra = {"original_float32_bytes": original, "compression_vs_original": versus} if original else {}
         click.echo(json.dumps({**result.to_dict(), **extra}, indent=2))
