@@ -187,3 +187,30 @@ def test_plain_strings_use_the_encoders_tokenizer_and_compare_with_the_float_mod
 def test_plain_strings_without_a_tokenizer_name_the_problem(tmp_path):
     with pytest.raises(ModelError, match="plain strings.*no tokenizer.*EmbeddingTask"):
         compress(TinyBert().eval(), TEXT_RECIPE, data=(SENTENCES, SENTENCES), output_dir=tmp_path, progress=False)
+
+
+def test_sentence_embedding_fine_tuning_distils_from_the_reference():
+    """Fine-tuning a pruned sentence encoder on plain strings (`mmcompress prune minilm --data texts`)
+    failed with 'no labels to train on': the task's loss is 1 - cosine to its reference encoder."""
+    teacher = TinyBert().eval()
+    task = EmbeddingTask(load_minilm_tokenizer(), reference=teacher, max_length=16)
+    inputs, _ = task.batch(Sentences(SENTENCES), torch.arange(4))
+    assert float(task.loss(copy.deepcopy(teacher), inputs, None)) < 1e-6  # the reference itself: nothing to learn
+    torch.manual_seed(1)
+    student = TinyBert(layers=2)
+    loss = task.loss(student, inputs, None)
+    loss.backward()
+    assert 0.0 < float(loss) <= 2.0 and all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="no labels to train on; give the task a reference encoder"):
+        EmbeddingTask(load_minilm_tokenizer()).loss(student, inputs, None)
+
+
+def test_task_cosine_on_plain_strings_tokenizes_them_with_the_model():
+    """`--task cosine` with plain-string data failed at the baseline ('cannot take this batch (100
+    positional inputs)'); it now means the sentence-embedding task of the model's own tokenizer."""
+    from mmcompress.recipe.specs import resolve_task
+
+    model = TinyBert().eval()
+    model.mmcompress_tokenizer = load_minilm_tokenizer()
+    task = resolve_task("cosine", model, Sentences(SENTENCES))
+    assert isinstance(task, EmbeddingTask) and task.evaluate(model, Sentences(SENTENCES))["cosine"] > 0.9999

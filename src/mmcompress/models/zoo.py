@@ -295,7 +295,7 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
     for spec in MODELS.values():
         if type(model) is spec.build:
             return spec.make_task(model, dataset)
-    if _holds_text(dataset):
+    if holds_text(dataset):
         tokenizer = getattr(model, "mmcompress_tokenizer", None)
         if tokenizer is None:
             raise ModelError(
@@ -328,7 +328,13 @@ def _unlabelled(dataset: Any) -> bool:
     return item is not None and not is_labelled(item)  # (tokens, padding mask): two inputs, no label
 
 
-def _holds_text(dataset: Any) -> bool:
+def holds_text(dataset: Any) -> bool:
+    """Whether a dataset's items are plain strings (sentences for a model with its own tokenizer).
+
+    Example:
+        >>> holds_text(["a red coat"])
+        True
+    """
     try:
         return len(dataset) > 0 and isinstance(dataset[0], str)
     except (TypeError, IndexError, KeyError):

@@ -28,7 +28,15 @@ from mmcompress.data.registry import DATASETS, load_dataset
 from mmcompress.errors import ConfigError, MMCompressError, ModelError, unknown_name
 from mmcompress.models.adapter import Adapter, attach_adapter
 from mmcompress.models.hf.loading import MINILM_NAMES
-from mmcompress.models.zoo import MODELS, build_model, get_spec, load_model, task_for
+from mmcompress.models.zoo import (
+    MODELS,
+    build_model,
+    get_spec,
+    holds_text,
+    list_pretrained,
+    load_model,
+    task_for,
+)
 from mmcompress.recipe.runner import SPEC_ATTR, load_run, read_record
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.reference_tasks import AgreementTask, EvaluationTask, reference_task
@@ -153,7 +161,8 @@ def check_model_spec(spec: str) -> None:
         return
     if Path(text).is_dir():
         raise ModelError(f"{text!r} is a folder without record.json, not a run; a model spec is {MODEL_FORMS}")
-    raise ModelError(f"{unknown_name('model', text, list(MODELS))}; or a spec: {OTHER_FORMS}")
+    valid = [*MODELS, *list_pretrained()]  # built-in and packaged pretrained (minilm, hf:whisper-tiny.en, ...)
+    raise ModelError(f"{unknown_name('model', text, valid)}; or a spec: {OTHER_FORMS}")
 
 
 def load_run_folder(run_dir: str | Path, *, cache_dir: str | Path | None = None) -> nn.Module:
@@ -280,6 +289,8 @@ def resolve_task(spec: str | Task | Any, model: nn.Module, dataset: Any, data_ta
     if isinstance(spec, str) and not spec.startswith("py:"):
         if spec == "classification":
             return ClassificationTask()
+        if spec == "cosine" and dataset is not None and holds_text(dataset):  # sentences: tokenized by the model's
+            return task_for(model, dataset)  # own tokenizer, cosine to a copy of the model as it is now
         if spec in ("agreement", "cosine"):
             return reference_task(spec, copy.deepcopy(model).eval())
         raise ConfigError(f"unknown task {spec!r}; a task spec is one of {', '.join(TASK_NAMES)} or 'py:...:<factory>'")

@@ -62,7 +62,14 @@ class EmbeddingTask(Task):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, None
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
-        raise ConfigError("sentence embeddings have no labels to train on; distill from a teacher (mode embedding)")
+        """1 - cosine between the model's and the reference's embeddings: fine-tuning a compressed
+        encoder distils it from the float model (sentences have no labels)."""
+        if self.reference is None:
+            raise ConfigError("sentence embeddings have no labels to train on; give the task a reference encoder")
+        with torch.no_grad():
+            target = _embedding(call_model(self.reference, inputs)).float()
+        out = _embedding(call_model(model, inputs)).float()
+        return 1 - F.cosine_similarity(out, target.to(out.device), dim=-1).mean()
 
     @torch.no_grad()
     def embed(self, model: nn.Module, dataset: Any, batch_size: int = 64) -> torch.Tensor:
@@ -71,8 +78,7 @@ class EmbeddingTask(Task):
         out = []
         for start in range(0, len(dataset), batch_size):
             inputs, _ = self.batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
-            result = call_model(model, inputs)
-            out.append((result[0] if isinstance(result, (tuple, list)) else result).float().cpu())
+            out.append(_embedding(call_model(model, inputs)).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -83,3 +89,8 @@ class EmbeddingTask(Task):
             self._reference_cache = (dataset, self.embed(self.reference, dataset, batch_size))
         cos = F.cosine_similarity(self.embed(model, dataset, batch_size), self._reference_cache[1], dim=-1)
         return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+def _embedding(result: Any) -> torch.Tensor:
+    """The sentence embedding of an encoder's output (the first element of a tuple or list)."""
+    return result[0] if isinstance(result, (tuple, list)) else result
