@@ -195,6 +195,7 @@ def test_a_stage_that_loses_more_than_warn_drop_points_is_warned_and_recorded(tr
         res = compress(trained, recipe, data=digits, output_dir=tmp_path, progress=False)
     assert res.metrics("pruned")["drop_points"] > 2.0
     assert "drop_points" not in res.metrics("baseline")  # the reference itself
+    assert res.metrics("pruned")["compression_vs_baseline"] > 2  # its own `compression` stays ~1: float32
 
 
 def test_tune_quantized_stage_is_taught_by_the_starting_model_and_rebuilds(trained, digits, tmp_path):
@@ -219,3 +220,25 @@ def test_tune_quantized_stage_is_taught_by_the_starting_model_and_rebuilds(train
     assert ClassificationTask().evaluate(rebuilt, digits[1])["accuracy"] == pytest.approx(
         res.metrics("tuned")["accuracy"]
     )
+
+
+def test_a_finetune_that_only_hurts_gives_back_its_starting_weights(trained, digits, tmp_path):
+    """A fine-tune at a learning rate far too high (as 5e-4 was for MiniLM after Wanda: cosine 0.924 ->
+    0.899) must not end worse than it started on the training samples it checks: the starting weights
+    are kept, with a warning; `keep_best: false` trains as asked."""
+    start = {k: v.clone() for k, v in trained.state_dict().items()}
+    stages = [{"pass": "finetune", "config": {"epochs": 1, "lr": 5.0, "batch_size": 64, "check_samples": 128}},
+              {"name": "tuned", "pass": "evaluate", "config": {"latency_repeats": 1}}]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"finetune: the fine-tuned weights did not score better .* 128 training"):
+        res = compress(trained, {"stages": stages}, data=digits, output_dir=tmp_path / "a", progress=False)
+    assert res.metrics("finetune")["kept_epoch"] == 0
+    assert any("did not score better" in w for w in res.stages[0].warnings)  # kept for the report
+    from mmcompress.report.render import write_report
+
+    markdown, _ = write_report(tmp_path / "a")
+    assert "stage 'finetune' warned: finetune: the fine-tuned weights did not score better" in markdown.read_text()
+    assert all(torch.equal(v, start[k]) for k, v in trained.state_dict().items())  # compress edits in place
+    stages[0]["config"]["keep_best"] = False
+    res = compress(trained, {"stages": stages}, data=digits, output_dir=tmp_path / "b", progress=False)
+    assert "kept_epoch" not in res.metrics("finetune")
+    assert res.metrics("tuned")["accuracy"] < 0.5  # what lr 5 does

@@ -3,6 +3,10 @@ Pruning passes live in `prune_passes.py`."""
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
+import torch
 from pydantic import Field
 
 from mmcompress.core.config import FrozenConfig
@@ -15,6 +19,7 @@ from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import PASSES, Pass
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
+from mmcompress.train.reference_tasks import EvaluationTask
 
 
 class EvaluateConfig(FrozenConfig):
@@ -94,10 +99,20 @@ class QuantizePass(_TargetedPass):
 
 
 class FinetuneConfig(TrainConfig):
-    """Fine-tuning defaults: one short epoch at a lower learning rate."""
+    """Fine-tuning defaults: one short epoch at a lower learning rate.
+
+    keep_best: the task's metric is measured on the first `check_samples` training samples before
+        and after every epoch, and the best weights are kept, the starting ones included: a
+        fine-tune that only hurts (a learning rate too high for a pretrained transformer: MiniLM
+        50% Wanda, cosine 0.924 -> 0.899 after one epoch at 5e-4) gives back what it started from,
+        with a warning. Not for tasks whose metric is a user's evaluation function (it would
+        select on the test data).
+    """
 
     epochs: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
+    keep_best: bool = True
+    check_samples: int = Field(256, ge=1)
 
 
 @PASSES.register("finetune")
@@ -108,8 +123,42 @@ class FinetunePass(Pass):
 
     def run(self, ctx: RunContext) -> StageOutcome:
         cfg = self.config.model_copy(update={"seed": ctx.seed + self.config.seed})
-        result = fit(ctx.model, ctx.task, ctx.train_data, cfg, checkpoint_dir=ctx.stage_dir, progress=ctx.progress)
-        return StageOutcome({"final_loss": result.metrics.get("loss", float("nan"))}, extra={"history": result.history})
+        check = None
+        if cfg.keep_best and not isinstance(ctx.task, EvaluationTask):
+            check = first_samples(ctx.train_data, cfg.check_samples)
+            cfg = cfg.model_copy(update={"early_stopping": cfg.early_stopping or cfg.epochs})
+        result = fit(ctx.model, ctx.task, ctx.train_data, cfg, val_data=check, checkpoint_dir=ctx.stage_dir,
+                     progress=ctx.progress)  # fmt: skip
+        metrics = {"final_loss": result.history[-1].get("loss", float("nan")) if result.history else float("nan")}
+        if check is not None:
+            metrics["kept_epoch"] = float(result.best_epoch or 0)
+            _warn_if_start_kept(result, ctx.task.primary_metric, len(check))
+        return StageOutcome(metrics, extra={"history": result.history})
+
+
+def first_samples(data: Any, n: int) -> Any:
+    """The first `n` samples of a dataset (a `subset` of its own where it has one).
+
+    Example:
+        >>> len(first_samples(list(range(10)), 3))
+        3
+    """
+    if n >= len(data):
+        return data
+    return data.subset(n) if hasattr(data, "subset") else torch.utils.data.Subset(data, range(n))
+
+
+def _warn_if_start_kept(result: Any, metric: str, samples: int) -> None:
+    if result.best_epoch != 0 or not result.history:
+        return
+    before, last = result.metrics.get(metric, float("nan")), result.history[-1]  # metrics: the kept epoch's
+    warnings.warn(
+        f"finetune: the fine-tuned weights did not score better than the starting ones ({metric} {before:.4f} -> "
+        f"{last.get(metric, float('nan')):.4f} on {samples} training samples): the starting weights are "
+        "kept (try a lower lr)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 class ExportConfig(FrozenConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -54,6 +55,7 @@ class StageResult:
     seconds: float
     artifacts: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
+    warnings: list[str] = field(default_factory=list)  # what the stage warned the user (kept for the report)
 
 
 @dataclass
@@ -141,7 +143,9 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(recipe.seed + i)
         start = time.perf_counter()
-        outcome: StageOutcome = passes[i].run(ctx)
+        warned: list[str] = []
+        with shown_warnings(warned):
+            outcome: StageOutcome = passes[i].run(ctx)
         result = StageResult(
             i,
             stage.label,
@@ -151,6 +155,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
             outcome.record.to_dict() if outcome.record else None,
             time.perf_counter() - start,
             outcome.artifacts,
+            warnings=warned,
         )
         weights_sha = None
         if passes[i].changes_model:
@@ -158,6 +163,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
             weights_sha = file_sha256(ctx.stage_dir / WEIGHTS_FILE)
         (ctx.stage_dir / "last.pt").unlink(missing_ok=True)  # training checkpoint: the stage is done
         _check_drop(recipe.warn_drop, task, results, result)
+        _versus_first(results, result)
         atomic_write_json(
             ctx.stage_dir / STAGE_FILE, {"key": keys[i], "weights_sha256": weights_sha, **result.__dict__}
         )
@@ -169,6 +175,40 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
     record["record_sha256"] = json_digest(record, "record_sha256")
     record_path = atomic_write_json(out / "record.json", record)
     return RunResult(out, results, record_path)
+
+
+@contextlib.contextmanager
+def shown_warnings(into: list[str]):
+    """Collect the distinct messages of the UserWarnings a block shows (under the caller's filters)
+    into `into`, and show them as they would have been (also when the block raises).
+
+    Example:
+        >>> with shown_warnings(kept := []):
+        ...     warnings.warn("quantize: 2 layers stay float")
+        >>> kept
+        ['quantize: 2 layers stay float']
+    """
+    shown: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                yield
+            finally:
+                shown = list(caught)
+    finally:
+        for w in shown:
+            if issubclass(w.category, UserWarning) and str(w.message) not in into:
+                into.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _versus_first(earlier: list[StageResult], result: StageResult) -> None:
+    """`compression_vs_baseline`: the first evaluated stage's stored bytes over this stage's (the
+    stage's own `compression` compares with its float32 size: 1.0 for a pruned float model)."""
+    first = next((r.metrics["stored_bytes"] for r in earlier if "stored_bytes" in r.metrics), None)
+    now = result.metrics.get("stored_bytes")
+    if first and now:
+        result.metrics["compression_vs_baseline"] = round(first / now, 4)
 
 
 def _check_drop(warn_drop: float | None, task: Task, earlier: list[StageResult], result: StageResult) -> None:

@@ -80,9 +80,10 @@ def _short(value: Any, key: str = "") -> str | None:
 
 
 def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    """What a reader must not miss: stages that lose more than the recipe allows, layers left float
-    or kept at full width by structured pruning, ONNX files that disagree with PyTorch, compressed
-    stages slower than the first evaluation, latencies too noisy to compare."""
+    """What a reader must not miss: every warning a stage printed, stages that lose more than the
+    recipe allows, layers left float or kept at full width by structured pruning, ONNX files that
+    disagree with PyTorch, compressed stages slower than the first evaluation, latencies too noisy
+    to compare."""
     limit = record["recipe"].get("warn_drop")
     out = []
     timed = [s for s in stages if s["metrics"].get("latency_ms")]
@@ -97,6 +98,7 @@ def warnings_of(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[st
             )
     for s in stages:
         m, label = s["metrics"], s["label"]
+        out += [f"stage {label!r} warned: {text}" for text in s.get("warnings", [])]  # as printed in the run
         if limit is not None and m.get("drop_points", 0) > limit:
             out.append(f"stage {label!r} loses {m['drop_points']:.2f} points (the recipe allows {limit})")
         if m.get("float_left"):

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from mmcompress.errors import ConfigError
+from mmcompress.train.reference_tasks import LOWER_IS_BETTER
 
 
 class EarlyStopping:
     """Tracks the best value of a validation metric and the weights of that epoch.
 
-    Metrics whose name contains "loss" are minimised, the others maximised.
+    Metrics whose name reads lower-is-better (loss, wer, error, kl, ...: `LOWER_IS_BETTER`) are
+    minimised, the others maximised.
 
     Example:
         >>> stop = EarlyStopping("accuracy", patience=2)
@@ -24,7 +26,7 @@ class EarlyStopping:
 
     def __init__(self, metric: str, patience: int) -> None:
         self.metric, self.patience = metric, patience
-        self.minimise = "loss" in metric
+        self.minimise = any(word in metric.lower() for word in LOWER_IS_BETTER)
         self.best: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
