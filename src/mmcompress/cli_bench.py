@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -19,7 +20,8 @@ from mmcompress.cli_common import _data_options, _friendly, cli, console
 @click.option("--part", "parts", multiple=True, help="'model' or a tower name; repeatable (default: all).")
 @click.option("--repeats", type=int, default=30, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per timed process [default: OMP_NUM_THREADS when set, else 2].")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/bench"), show_default=True)
 @click.option("--data", "data_spec", default=None, help="Data spec of the timed batches (default: the run's/model's).")
 @click.option("--adapter", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -40,6 +42,7 @@ def bench_cmd(
 
     from mmcompress.evaluate.bench import bench
 
+    threads = threads or default_threads()
     runtimes = tuple(runtimes) or ("eager", "onnxruntime")
     rows = bench(
         model, out, run_dir=run_dir, batches=tuple(batches) or (1, 32), runtimes=runtimes,
@@ -67,3 +70,15 @@ def bench_cmd(
         table.add_row(r.variant, r.part, r.runtime, str(r.batch), *numbers)
     console.print(table)
     console.print(f"[green]done[/green]: {out / 'bench.json'}, {out / 'bench.png'}")
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS when it is a positive integer (a user who set it for a shared machine means it:
+    2 threads on 2 busy cores timed float MobileNetV2 at 2.1 s instead of 38 ms), else 2.
+
+    Example:
+        >>> default_threads() >= 1
+        True
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 2

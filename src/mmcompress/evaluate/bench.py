@@ -80,7 +80,15 @@ def tower_modules(model: nn.Module) -> dict[str, list[str]]:
     for tower, mods in adapter_for(model).towers.items():
         if mods and all(m in names for m in mods):
             towers[tower] = [m for m in mods if not any(m.startswith(o + ".") for o in mods if o != m)]
+            if _holds_every_parameter(model, towers[tower]):  # the tower is the model (a sentence encoder's
+                towers[tower] = [""]  # `st`, fed one dict): timed on the model's own inputs ("" names the root)
     return towers
+
+
+def _holds_every_parameter(model: nn.Module, module_names: list[str]) -> bool:
+    inside = {id(p) for name in module_names for p in model.get_submodule(name).parameters()}
+    every = {id(p) for p in model.parameters()}
+    return bool(every) and inside == every
 
 
 def part_inputs(model: nn.Module, batch: Any, module_name: str | None) -> dict[str, torch.Tensor]:
