@@ -8,6 +8,7 @@ from torch import nn
 from mmcompress.graph.export import export_onnx
 from mmcompress.graph.ort_module import OrtModule
 from mmcompress.quant.api import QuantConfig, quantize
+from mmcompress.quant.modules import QUANT_LAYERS
 
 MIN_COSINE = 0.9999
 MAX_ABS_ERR = 1e-4
@@ -87,6 +88,9 @@ def test_every_quantized_layer_ships_as_integers_even_with_batchnorm(tmp_path, c
         if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 1 and not i.name.endswith(("_steps", "_offset"))
     ]
     assert not float_weights
+    quantized = sum(isinstance(m, QUANT_LAYERS) for m in model.modules())  # every one counted, as it ships
+    eight = config.get("_default", config)["weight_bits"] == 8  # 4-bit codes ship nibble-packed (BitShift)
+    assert (res.int8_weights, res.nbit_weights) == ((quantized, 0) if eight else (0, quantized))
 
 
 def test_parity_warning_when_onnx_drifts(tmp_path):

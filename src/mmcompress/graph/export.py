@@ -49,7 +49,7 @@ class ExportResult:
     measured_bytes: int = 0  # what `measure` / the compact safetensors file store for the same model
     top1_agreement: float | None = None  # (N, C) outputs: share of rows whose argmax both runtimes agree on
     float_layers: tuple[str, ...] = ()  # quantized layers whose weights stayed float in the file
-    nbit_weights: int = 0  # weights stored as 2-7 bit codes (MatMulNBits), not counted in int8_weights
+    nbit_weights: int = 0  # weights stored as 2-7 bit codes (MatMulNBits, packed nibbles), not in int8_weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,7 +192,8 @@ def export_onnx(
     int8_weights = sum(  # weight codes are matrices or kernels; zero points are scalars or vectors
         1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2
     )
-    nbit_weights = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
+    # 2-7 bit codes: MatMulNBits (Linear) or nibble-packed bytes unpacked by one BitShift (grouped convs)
+    nbit_weights = sum(1 for n in proto.graph.node if n.op_type in ("MatMulNBits", "BitShift"))
     data = proto.SerializeToString()
     got = session.run(named)
     max_err, cosine = compare(reference, got)

@@ -95,14 +95,20 @@ def claim(out: Path, recipe_dict: dict, keys: list[str], *, force: bool) -> None
     """
     identity = recipe_identity(recipe_dict)
     held = _held_recipe(out)
-    if held is not None and held != identity:
-        if not force:
+    if held is not None and held != identity and _holds_work(out):  # (a run that failed before writing
+        if not force:  # anything, e.g. on wrong --data at its first stage, leaves nothing to keep)
             raise ConfigError(
                 f"{out} holds the run of another recipe; choose another --out, or --force to replace it "
                 "(stages the new recipe shares are kept, the rest is deleted)"
             )
         _clear(out, set(keys))
     atomic_write_json(out / RUN_FILE, {"recipe": identity})
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether any stage of the run in `out` wrote a file (a result, a checkpoint, a log)."""
+    stages = out / "stages"
+    return (out / "record.json").is_file() or (stages.is_dir() and any(p.is_file() for p in stages.rglob("*")))
 
 
 def _held_recipe(out: Path) -> str | None:
