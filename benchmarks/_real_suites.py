@@ -66,14 +66,15 @@ def mobilenet_suite(n_test: int = 300, n_calib: int = 64) -> Suite:
         logits = _batched_logits(model, test)
         return {"agreement": top1_agreement(reference, logits), "kl": mean_kl(reference, logits)}
 
-    def prune_channels(model: nn.Module, ratio: float):
+    def prune_channels(model: nn.Module, ratio: float, **allocation):
         """`ratio` of the hidden (expanded) channels of every inverted residual and of the 1280 features the
         classifier reads (the residual stream keeps its width), chosen by greedy OBS on the consumers' Gram
         matrices over 4096 other crops; consumers refit by sequential least squares, in one lockstep pass over
         the first 512 (the memory budget holds 16 batches of 32) and the classifier, which sees one row per
-        crop, streamed over all 4096."""
-        config = {"ratio": ratio, "reconstruct": True, "method": "reconstruction"}
-        targets = {MOBILENET_HIDDEN: config, "features.18.0": config, "_default": None}
+        crop, streamed over all 4096. `allocation`: e.g. scope "sensitivity" (each layer's share from
+        measured sensitivity) with budget "params" (`ratio` of the parameters instead of every layer's units)."""
+        config = {"ratio": ratio, "reconstruct": True, "method": "reconstruction", **allocation}
+        targets = {MOBILENET_CHANNELS: config, "_default": None}  # one target: one budget under "sensitivity"
         crops = photo_crops(PRUNE_CROPS, seed=7, split="calib")
         with _environment(MMCOMPRESS_REFIT_MEMORY_GB=str(LOCKSTEP_GB)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="reconstruct: the sequential refit holds")  # on purpose
@@ -128,7 +129,8 @@ def _environment(**values: str):
 
 TUNE_CROPS = 4096  # distillation tuning of W8A8 MobileNetV2: 300 steps of 16 crops (~8 min on 2 cores);
 # 1024 crops over-fit (training loss 0.027, held-out 0.040)
-MOBILENET_HIDDEN = r"re:features\.([2-9]|1[0-7])\.conv\.0\.0$"  # the expand conv of every inverted residual
+# the expand conv of every inverted residual and the last conv (the 1280 features the classifier reads)
+MOBILENET_CHANNELS = r"re:(features\.([2-9]|1[0-7])\.conv\.0\.0|features\.18\.0)$"
 REPAIR_CROPS, REPAIR_EPOCHS = 4096, 2  # MobileNetV2 repair: 512 steps of 16 crops (~10 min); 48 steps at lr 3e-4
 # lost top-1 (0.663 after BatchNorm re-estimation alone gave 0.750); 1e-4 keeps it and lowers KL; 1024 crops x 3
 # epochs gave 0.773 / KL 0.129, 4096 x 1 0.787 / 0.122

@@ -59,14 +59,16 @@ def _w4_int8_embeddings(method: str, inputs: dict | None = None):
     return run
 
 
-def _structured(ratio: float, unit: str = "channels", repair: bool = False):
+def _structured(ratio: float, unit: str = "channels", repair: bool = False, **allocation):
+    """`allocation`: scope/budget options (e.g. scope "sensitivity", budget "params") for the suite's targets."""
+
     def run(suite: Suite, model):
         teacher = suite.load() if repair else None
-        config = {"_default": {"ratio": ratio, "unit": unit, "reconstruct": True}}  # refit on the calibration set
+        config = {"_default": {"ratio": ratio, "unit": unit, "reconstruct": True, **allocation}}  # refit on calib
         if unit == "heads" and suite.prune_heads is not None:  # the suite's own ranking (Whisper: global)
             rec = suite.prune_heads(model, ratio)
         elif unit == "channels" and suite.prune_channels is not None:  # the suite's targets (MobileNetV2)
-            rec = suite.prune_channels(model, ratio)
+            rec = suite.prune_channels(model, ratio, **allocation)
         else:
             rec = mmcompress.prune_structured(model, config, example_inputs=suite.example, calib=suite.calib)
         if repair:  # no BatchNorm re-estimation: the sequential refit already restores each layer's output
@@ -157,8 +159,10 @@ TECHNIQUES = {  # name -> (suite, model) -> extra columns; the model is edited i
     ),  # fmt: skip
     "30% channels": _structured(0.3),
     "30% channels + repair": _structured(0.3, repair=True),
+    "30% params (sensitivity)": _structured(0.3, scope="sensitivity", budget="params", ablation_batches=4),
     "25% heads + repair": _structured(0.25, unit="heads", repair=True),
 }
+OWN_CHANNELS_ONLY = ("30% params (sensitivity)",)
 BATCHNORM_ONLY = (
     "fold BatchNorm",
     "W8 GPTQ + bias correction",
@@ -193,6 +197,8 @@ def _onnx(suite: Suite, model, folder: Path) -> dict:
 
 def run_cell(suite: Suite, name: str, folder: Path) -> dict:
     row = {"technique": name}
+    if name in OWN_CHANNELS_ONLY and suite.prune_channels is None:
+        return {**row, "status": "n/a (measured where the suite names its channel targets: MobileNetV2)"}
     if name.endswith("heads + repair") and not suite.heads:
         return {**row, "status": "n/a (no attention heads)"}
     if name in BATCHNORM_ONLY and not suite.batchnorm:
