@@ -37,6 +37,7 @@ from mmcompress.models.zoo import (
     load_model,
     task_for,
 )
+from mmcompress.recipe.builtin_passes import first_samples
 from mmcompress.recipe.runner import SPEC_ATTR, load_run, read_record
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.reference_tasks import AgreementTask, EvaluationTask, reference_task
@@ -324,13 +325,7 @@ def _required_args(fn: Any) -> int:
 
 
 def _limited(ds: Any, limit: int | None) -> Any:
-    if ds is None or limit is None or limit >= len(ds):
-        return ds
-    if hasattr(ds, "subset"):
-        return ds.subset(limit)
-    import torch.utils.data
-
-    return torch.utils.data.Subset(ds, range(limit))
+    return ds if ds is None or limit is None else first_samples(ds, limit)
 
 
 def _model_from_factory(spec: str) -> nn.Module:
