@@ -30,6 +30,18 @@ def check_one_line_error(result, pattern):
     assert pattern in lines[0]
 
 
+def test_quiet_silences_hugging_face_progress_bars_and_restores_them():
+    """`--quiet` showed transformers' "Loading weights" bar; the switch must not outlive the command."""
+    from transformers.utils import logging as tf_logging
+
+    from mmcompress.cli_common import third_party_bars_off
+
+    assert tf_logging.is_progress_bar_enabled()
+    with third_party_bars_off():
+        assert not tf_logging.is_progress_bar_enabled()
+    assert tf_logging.is_progress_bar_enabled()
+
+
 def test_unknown_model_is_one_line_error_with_valid_names(tmp_path):
     check_one_line_error(_run("eval", "gpt", "--cache-dir", str(tmp_path)), "unknown model 'gpt'; valid names:")
     check_one_line_error(_run("train", "gpt", "--cache-dir", str(tmp_path)), "valid names: baseline-image")

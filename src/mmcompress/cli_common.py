@@ -3,7 +3,9 @@ per-stage tables. Commands live in cli.py and cli_*.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             _check_folders(kwargs)
-            return fn(*args, **kwargs)
+            with third_party_bars_off() if kwargs.get("quiet") else contextlib.nullcontext():
+                return fn(*args, **kwargs)
         except MMCompressError as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(2)
@@ -47,6 +50,45 @@ def one_line_warnings(shown: set):
         err_console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
 
     return show
+
+
+@contextlib.contextmanager
+def third_party_bars_off():
+    """`--quiet` silences the progress bars of Hugging Face libraries too ("Loading weights", downloads):
+    through the environment for those not imported yet (they stay silent in this process: huggingface_hub
+    reads the variable once), their switches for those already imported (restored afterwards)."""
+    before = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    switches = _imported_bar_switches()
+    were_on = {name: is_on() for name, (is_on, _, _) in switches.items()}
+    for _, _, off in switches.values():
+        off()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = before
+        for name, (_, on, _) in switches.items():
+            if were_on[name]:
+                on()
+
+
+def _imported_bar_switches() -> dict[str, tuple]:
+    """Library -> (is_on, on, off) for the progress bars of transformers and huggingface_hub where imported."""
+    switches = {}
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import utils as hub
+
+        hub_on = lambda: not hub.are_progress_bars_disabled()  # noqa: E731
+        switches["huggingface_hub"] = (hub_on, hub.enable_progress_bars, hub.disable_progress_bars)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf = tf_logging
+        switches["transformers"] = (tf.is_progress_bar_enabled, tf.enable_progress_bar, tf.disable_progress_bar)
+    return switches
 
 
 def _check_folders(options: dict) -> None:

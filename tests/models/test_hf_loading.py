@@ -48,6 +48,9 @@ def test_unloadable_ids_and_folders_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="config.json"):
         load_model(f"hf:{tmp_path / 'empty'}")
+    for prefix in ("hf", "st"):  # a folder that does not exist is not a hub id to download
+        with pytest.raises(ModelError, match="no folder .*a hub id is 'owner/name'"):
+            load_model(f"{prefix}:{tmp_path / 'missing'}")
 
 
 class Backbone(nn.Module):

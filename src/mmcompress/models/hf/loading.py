@@ -35,7 +35,14 @@ def resolve(ref: str) -> tuple[str, bool]:
         if not (path / "config.json").is_file() and not is_ct2_whisper(path):
             raise ModelError(f"{ref!r} is a folder without config.json: not a Hugging Face model folder")
         return str(path), True
+    if _looks_like_a_path(ref):
+        raise ModelError(f"no folder {ref!r} (looked in {path.absolute()}): a hub id is 'owner/name'")
     return ref, False
+
+
+def _looks_like_a_path(ref: str) -> bool:
+    """A reference no hub id can be: absolute, relative to . or ~, or more than one '/' deep."""
+    return ref.startswith(("/", "./", "../", "~", ".\\")) or ref.count("/") > 1 or "\\" in ref
 
 
 def _unreachable(ref: str, err: Exception) -> ModelError:
