@@ -82,6 +82,8 @@ def test_search_caches_resumes_and_survives_failing_evaluations(tmp_path):
     first = search_plans("digits-cnn", tmp_path, max_trials=5, test_limit=120, metric_fn=flaky_metric,
                          progress=False)  # fmt: skip
     assert len(first.trials) == 5
+    opener = first.trials[0].plan.towers["image"]  # the safe plan first, not 5 random draws
+    assert (opener.bits, opener.sparsity, opener.channels, first.trials[0].plan.finetune_epochs) == (8, 0, 0, 0)
     failed = [t for t in first.trials if not t.ok]
     assert failed and all("finite" in t.error and t.plan.towers["image"].bits for t in failed)
     assert all(t.ok for t in first.trials if t.plan.towers["image"].bits == 0)

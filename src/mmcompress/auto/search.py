@@ -110,7 +110,8 @@ def search_plans(
 
     Measures per-tower quantization sensitivity first (it prunes the bit widths), then lets
     Optuna's multi-objective TPE sampler propose plans (bits, W7A8, sparsity, channels per tower,
-    fine-tuning); each plan runs as a recipe and its ONNX artifact is timed in ONNX Runtime.
+    fine-tuning), the first one always 8-bit weights with nothing pruned; each plan runs as a recipe
+    and its ONNX artifact is timed in ONNX Runtime.
     Trials are cached in `out_dir/trials` (a rerun resumes; a plan is never evaluated twice);
     a trial that raises or returns NaN is recorded as failed and the search goes on.
 
@@ -164,6 +165,7 @@ def search_plans(
     study = optuna.create_study(directions=["minimize", "minimize", "maximize"], sampler=sampler)
     for record in records.values():
         _add_cached(study, space, record, constraints, baseline)
+    study.enqueue_trial(space.first_params(), skip_if_exists=True)  # a cached one is told, not re-run
     threads = max(1, 2 // jobs)
     durations: list[float] = [r.seconds for r in records.values() if r.seconds]
     workers = Workers(backend, jobs)
@@ -174,26 +176,20 @@ def search_plans(
             expected = (sorted(durations)[len(durations) // 2] / 60) if durations else 0.0
             if elapsed + expected > time_budget_min:
                 break
-            asked = [study.ask() for _ in range(jobs)]
+            wanted = jobs if max_trials is None else min(jobs, max_trials - len(records))
+            asked = [study.ask() for _ in range(wanted)]
             plans = [space.suggest(t) for t in asked]
-            runs = []
+            runs, twins = [], []  # twins: trials that drew a plan already running in this round
             for trial, plan in zip(asked, plans, strict=True):
                 done = records.get(plan.key())
-                if done is None:
-                    args = (
-                        shared_model,
-                        plan,
-                        work.spec,
-                        shared_data,
-                        out / "runs" / plan.key(),
-                        latency_batch,
-                        threads,
-                        metric_fn,
-                        task,
-                    )
-                    runs.append((trial, plan, workers.submit(_run_trial, *args)))
-                else:
+                if done is not None:
                     _tell(study, trial, done, constraints, baseline)
+                elif any(plan.key() == other.key() for _, other, _ in runs):
+                    twins.append((trial, plan.key()))
+                else:
+                    args = (shared_model, plan, work.spec, shared_data, out / "runs" / plan.key(), latency_batch,
+                            threads, metric_fn, task)  # fmt: skip
+                    runs.append((trial, plan, workers.submit(_run_trial, *args)))
             for trial, plan, outcome in runs:
                 record = workers.result(outcome)
                 record.params = dict(trial.params)
@@ -203,6 +199,8 @@ def search_plans(
                 _tell(study, trial, record, constraints, baseline)
                 if progress:
                     _print_trial(len(records), record, baseline)
+            for trial, key in twins:
+                _tell(study, trial, records[key], constraints, baseline)
     finally:
         workers.close()
     trials = list(records.values())

@@ -40,6 +40,21 @@ class SearchSpace:
     sensitivity: dict[str, dict[int, float]] = field(default_factory=dict)
     layer_sensitivity: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
 
+    def first_params(self) -> dict[str, Any]:
+        """Trial parameters of the plan searched first: 8-bit weights everywhere, nothing pruned, no
+        tuning (the plan most likely to hold the metric; a short search must not be all random draws)."""
+        params: dict[str, Any] = {}
+        for name, space in self.towers.items():
+            params[f"{name}.bits"] = 8
+            if space.dynamic:
+                params[f"{name}.activations"] = "none"
+            params.update({f"{name}.sparsity": 0.0, f"{name}.channels": 0.0})
+            if space.embeddings:
+                params[f"{name}.embedding_bits"] = 8
+        if len(self.tune_steps) > 1:
+            params["tune_steps"] = 0
+        return params
+
     def suggest(self, trial: Any) -> Plan:
         """A plan drawn by an Optuna trial (define-by-run)."""
         towers = {}
