@@ -53,6 +53,11 @@ USER_CODE = textwrap.dedent(
         return {"mean_logit": float(model(**batch).mean())}
 
 
+    def logit_error(model):  # "error": lower is better
+        batch = {"image": torch.ones(4, 1, 8, 8), "input_ids": torch.arange(24).reshape(4, 6)}
+        return {"logit_error": float((model(**batch) - build()(**batch)).abs().mean())}
+
+
     def not_a_model():
         return 42
     """
@@ -263,6 +268,32 @@ def test_auto_searches_a_user_model(user):
         assert f"model: py:{user / 'user_model.py'}:build" in recipe and "task: agreement" in recipe
         assert f"adapter: {user / 'towers.yaml'}" in recipe  # absolute: chosen.yaml runs from any folder
         assert yaml.safe_load(recipe)["stages"][0]["name"] == "baseline"  # the report shows before -> after
+
+
+def test_a_resumed_run_keeps_the_user_metrics_name_and_direction(user):
+    """A run whose evaluations all resumed recorded the user function's metric as 'metric' (it names
+    itself only when it runs) and higher-is-better: the report then crashed with KeyError 'metric'."""
+    args = (
+        "run",
+        "mixed.yaml",
+        "--model",
+        "py:user_model.py:build",
+        "--data",
+        "py:user_model.py:data",
+        "--task",
+        "py:user_model.py:logit_error",
+        "--adapter",
+        "towers.yaml",
+        "--out",
+        user / "run",
+        "--quiet",
+    )
+    for _ in range(2):  # the second run resumes every stage
+        result = _run(*args)
+        assert result.exit_code == 0, result.output
+        record = json.loads((user / "run" / "record.json").read_text())
+        assert (record["primary_metric"], record["higher_is_better"]) == ("logit_error", False)
+    assert "resumed" in result.output and "logit_error" in (user / "run" / "report.md").read_text()
 
 
 def test_head_pruning_a_model_without_known_attention_fails_before_any_stage(user):

@@ -56,6 +56,7 @@ class StageResult:
     artifacts: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
     warnings: list[str] = field(default_factory=list)  # what the stage warned the user (kept for the report)
+    task_metric: str | None = None  # evaluate stages: the task's primary metric (named by a user's function)
 
 
 @dataclass
@@ -156,6 +157,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
             time.perf_counter() - start,
             outcome.artifacts,
             warnings=warned,
+            task_metric=task.primary_metric if stage.pass_ == "evaluate" else None,
         )
         weights_sha = None
         if passes[i].changes_model:
@@ -257,6 +259,9 @@ def _resume(ctx: RunContext, recipe: Recipe, passes: list, keys: list[str]) -> l
         done.append(StageResult(**{**info, "resumed": True}))
     if not done:
         return []
+    named = [r.task_metric for r in done if r.task_metric]
+    if named and hasattr(ctx.task, "learn_name"):  # a user's function names its metric when it runs
+        ctx.task.learn_name(named[0])
     for i, result in enumerate(done):
         if result.record:
             passes[i].replay(ctx, Record.from_dict(result.record))

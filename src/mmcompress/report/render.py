@@ -187,7 +187,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     metric = record.get("primary_metric") or primary_metric(stages)
     plots: dict[str, bytes] = {}
     if evals and metric:
-        points = [(s["label"], s["metrics"]["stored_bytes"] / 1e6, s["metrics"][metric]) for s in evals]
+        points = [(s["label"], s["metrics"]["stored_bytes"] / 1e6, s["metrics"][metric])
+                  for s in evals if metric in s["metrics"] and "stored_bytes" in s["metrics"]]  # fmt: skip
         plots["accuracy_vs_size.png"] = accuracy_vs_size(points, metric)
         towers = sorted({k.split(".", 1)[1] for s in evals for k in s["metrics"] if k.startswith("stored_bytes.")})
         sizes = {t: [s["metrics"].get(f"stored_bytes.{t}", 0.0) / 1e6 for s in evals] for t in towers}

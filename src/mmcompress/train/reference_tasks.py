@@ -141,8 +141,13 @@ class EvaluationTask(Task):
         metrics = {"metric": value} if isinstance(value, (int, float)) else dict(value or {})
         if not metrics or not all(isinstance(v, (int, float)) for v in metrics.values()):
             raise ConfigError(f"the evaluation function must return a number or {{name: number}}; got {value!r}")
-        if self.primary_metric == "metric" and "metric" not in metrics:
-            self.primary_metric = next(iter(metrics))
+        self.learn_name(next(iter(metrics)) if "metric" not in metrics else "metric")
+        return {k: float(v) for k, v in metrics.items()}
+
+    def learn_name(self, name: str) -> None:
+        """Take the primary metric's name (and its direction) from the function's first result, or
+        from a resumed run's saved evaluation, where the function did not run in this process."""
+        if self.primary_metric == "metric":
+            self.primary_metric = name
         if self.higher_is_better is None:
             self.higher_is_better = not any(word in self.primary_metric.lower() for word in LOWER_IS_BETTER)
-        return {k: float(v) for k, v in metrics.items()}
