@@ -136,6 +136,33 @@ def _export_target(name, model, x):
     return model, x
 
 
+class _DiffDecoder(torch.nn.Module):
+    """Like real Whisper tiny.en's decoder (its position ids go through torch.diff, which the
+    TorchScript exporter cannot write), with an encoder of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 4)
+
+    def get_encoder(self) -> torch.nn.Module:
+        return self.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).diff(dim=-1)
+
+
+def test_an_encoder_decoder_that_does_not_export_fails_in_one_line_that_says_what_to_export(tmp_path, capfd):
+    """The TorchScript exporter printed the whole IR graph on stdout before the error (thousands of
+    lines for real Whisper); the error did not say that the encoder alone exports."""
+    from mmcompress.errors import MMCompressError
+
+    capfd.readouterr()
+    with pytest.raises(MMCompressError, match=r"aten::diff.*encoder-decoder model: export its encoder alone"):
+        export_onnx(_DiffDecoder().eval(), torch.randn(2, 4), tmp_path / "w.onnx")
+    assert "graph" not in capfd.readouterr().out
+    assert export_onnx(_DiffDecoder().get_encoder(), torch.randn(2, 4), tmp_path / "e.onnx").cosine > 0.999
+
+
 @pytest.mark.parametrize("label", ["float", "w8a8", "w4"])
 def test_onnx_export_matches_pytorch(family, label, tmp_path):
     name, model, adapter, x, _ = family

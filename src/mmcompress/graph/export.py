@@ -8,9 +8,13 @@ integer form (a warning names any that cannot), the result reports the file's by
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import io
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,7 +170,10 @@ def export_onnx(
         model.eval()
         exported = _attention_split(model)
         keyword = isinstance(example_inputs, dict)
-        proto, reference, probes = _export_proto(exported, named, keyword, opset, static_format)
+        try:
+            proto, reference, probes = _export_proto(exported, named, keyword, opset, static_format)
+        except MMCompressError as err:
+            raise MMCompressError(f"{err}{_encoder_hint(model)}") from None
         session = _checked_session(proto)  # also runs the parity check below
         fixed = failing_axes(session.run, probes, min_cosine) if probes else {}
         if fixed:  # the exporter fixed a length the model accepts: export again with that length fixed
@@ -307,7 +314,7 @@ def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opse
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:  # nn.MultiheadAttention's inference fast path is one fused op the exporter cannot write
         torch.backends.mha.set_fastpath_enabled(False)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _native_stdout_silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper, tuple(named.values()), buffer, dynamo=False, input_names=list(named),
@@ -318,3 +325,35 @@ def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opse
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
+
+
+def _encoder_hint(model: nn.Module) -> str:
+    """What to export instead when a whole encoder-decoder model does not export (Whisper's decoder)."""
+    if not callable(getattr(model, "get_encoder", None)):
+        return ""
+    return (
+        ". This is an encoder-decoder model: export its encoder alone (export_onnx(model.get_encoder(), ...)), "
+        "or run it on ONNX Runtime with mmcompress.models.hf.speech_ort.encoder_on_onnxruntime(model, path) "
+        "(the decoder stays in PyTorch); in a recipe, leave out the export_onnx stage (on the command line: --no-onnx)"
+    )
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """Drop what native code prints on stdout: on a failed export, torch's TorchScript exporter prints
+    the whole IR graph there (thousands of lines for a transformer; its ONNX log switch is always on)
+    before raising; the error names the problem in one line."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedded interpreter): nothing to silence
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
