@@ -294,6 +294,13 @@ def test_a_resumed_run_keeps_the_user_metrics_name_and_direction(user):
         record = json.loads((user / "run" / "record.json").read_text())
         assert (record["primary_metric"], record["higher_is_better"]) == ("logit_error", False)
     assert "resumed" in result.output and "logit_error" in (user / "run" / "report.md").read_text()
+    from mmcompress.core.io import json_digest
+
+    record["primary_metric"] = "metric"  # what such runs recorded before: `report` crashed on it
+    record["record_sha256"] = json_digest(record, "record_sha256")
+    (user / "run" / "record.json").write_text(json.dumps(record))
+    redrawn = _run("report", user / "run")
+    assert redrawn.exit_code == 0 and "logit_error" in (user / "run" / "report.md").read_text(), redrawn.output
 
 
 def test_head_pruning_a_model_without_known_attention_fails_before_any_stage(user):

@@ -143,18 +143,23 @@ def quantize(
 def weight_only_auto_bits(chosen: list[tuple], float_inputs: set[str]) -> list[tuple]:
     """(name, module, config) with "auto" bits made 8 where the layer runs weight-only although its
     config quantizes activations (embedding tables, `float_inputs`): the integer-kernel limit that
-    picked fewer bits (7 on AVX2 without VNNI) does not apply to them.
+    picked fewer bits (7 on AVX2 without VNNI) does not apply to them. A table whose matrix is tied to
+    a layer on the integer kernels (Whisper's token table and `proj_out`) keeps that layer's bits.
 
     Example:
         >>> table = ("emb", nn.Embedding(9, 4), QuantConfig(activations="dynamic"))
         >>> weight_only_auto_bits([table], set())[0][2].weight_bits
         8
     """
+    weight_only = {name for name, module, _ in chosen if name in float_inputs or isinstance(module, nn.Embedding)}
+    kernels = [m for n, m, c in chosen if n not in weight_only and c.activations != "none"]
+    on_kernels = {id(m.weight) for m in kernels if isinstance(getattr(m, "weight", None), torch.Tensor)}
     out = []
     for name, module, cfg in chosen:
-        runs_weight_only = name in float_inputs or isinstance(module, nn.Embedding)
-        if cfg.weight_bits_auto and cfg.activations != "none" and runs_weight_only and cfg.weight_bits < 8:
-            cfg = cfg.model_copy(update={"weight_bits": 8})
+        weight = getattr(module, "weight", None)
+        tied = weight is not None and id(weight) in on_kernels  # one grid for a shared matrix: stored once
+        if cfg.weight_bits_auto and cfg.activations != "none" and name in weight_only and not tied:
+            cfg = cfg.model_copy(update={"weight_bits": max(cfg.weight_bits, 8)})
         out.append((name, module, cfg))
     return out
 

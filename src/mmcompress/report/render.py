@@ -32,7 +32,7 @@ def primary_metric(stages: list[dict[str, Any]]) -> str | None:
     for stage in stages:
         if stage["pass_name"] == "evaluate":
             for key in stage["metrics"]:
-                if key not in SIZE_KEYS and not key.startswith(("stored_bytes", "params", "float32")):
+                if key not in SIZE_KEYS and not key.startswith(("stored_bytes", "params", "float32", "compression")):
                     return key
     return None
 
@@ -184,12 +184,15 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     record = read_record(run_dir)
     stages = record["stages"]
     evals = [s for s in stages if s["pass_name"] == "evaluate"]
-    metric = record.get("primary_metric") or primary_metric(stages)
+    metric = record.get("primary_metric")
+    if not any(metric in s["metrics"] for s in evals):  # a record of an older run may name no saved metric
+        metric = primary_metric(stages)
     plots: dict[str, bytes] = {}
     if evals and metric:
         points = [(s["label"], s["metrics"]["stored_bytes"] / 1e6, s["metrics"][metric])
                   for s in evals if metric in s["metrics"] and "stored_bytes" in s["metrics"]]  # fmt: skip
-        plots["accuracy_vs_size.png"] = accuracy_vs_size(points, metric)
+        if points:
+            plots["accuracy_vs_size.png"] = accuracy_vs_size(points, metric)
         towers = sorted({k.split(".", 1)[1] for s in evals for k in s["metrics"] if k.startswith("stored_bytes.")})
         sizes = {t: [s["metrics"].get(f"stored_bytes.{t}", 0.0) / 1e6 for s in evals] for t in towers}
         plots["size_per_modality.png"] = size_per_modality([s["label"] for s in evals], sizes)
