@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from mmcompress.cli import cli
-from mmcompress.errors import ConfigError, ModelError
-from mmcompress.recipe.specs import load_data_spec, load_model_spec, resolve_task
+from mmcompress.errors import ConfigError, DataError, ModelError
+from mmcompress.recipe.specs import load_data_spec, load_model_spec, resolve_task, resolve_workload
 
 USER_CODE = textwrap.dedent(
     """
@@ -186,6 +186,11 @@ def test_spec_errors_name_the_problem(user):
         resolve_task("bleu", torch.nn.Linear(2, 2), None)
     result = _run("run", "mixed.yaml", "--out", user / "x")
     assert result.exit_code == 2 and "names no model" in result.output
+    # data made for another model: one line naming both, before any stage (real Whisper on spoken-digits
+    # crashed with a traceback from inside transformers)
+    items = [torch.randn(5) for _ in range(4)]
+    with pytest.raises(DataError, match=r"Linear does not run on a batch of the data \(one tensor \(2, 5\)\)"):
+        resolve_workload(torch.nn.Linear(3, 2), (items, items), "agreement")
     # --epochs trains a built-in's baseline: on a user's model it is refused, not silently ignored
     trained = _run("quantize", "py:user_model.py:build", "--data", "py:user_model.py:data", "--task", "agreement",
                    "--epochs", 3, "--out", user / "e")  # fmt: skip

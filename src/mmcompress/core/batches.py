@@ -146,3 +146,29 @@ def check_finite_weights(modules: Any, verb: str) -> None:
             if param.is_floating_point() and not torch.isfinite(param).all():
                 where = f"{name}.{pname}" if name else pname
                 raise DataError(f"parameter {where!r} has NaN or Inf values; the model cannot {verb}")
+
+
+def check_model_runs(model: nn.Module, inputs: Any, data_label: str) -> None:
+    """Run `model` once on a small batch of the data it was given, in eval mode and without gradients
+    (modes restored), so that data made for another model fails here in one line naming both, not
+    deep inside the model's forward at the first stage.
+
+    Example:
+        >>> check_model_runs(whisper, spoken_digits_batch, "spoken-digits")
+        DataError: WhisperForConditionalGeneration does not run on a batch of spoken-digits ...
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            call_model(model, inputs)
+    except DataError:
+        raise
+    except Exception as err:  # the model's own error on foreign data: any type
+        raise DataError(
+            f"{type(model).__name__} does not run on a batch of {data_label} ({_describe(inputs)}): "
+            f"{type(err).__name__}: {str(err)[:200]}; give data whose items are this model's inputs"
+        ) from None
+    finally:
+        for module, training in modes.items():
+            module.train(training)

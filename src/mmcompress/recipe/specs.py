@@ -226,7 +226,25 @@ def resolve_workload(
     if builtin:
         work.freeze, work.train_config = tuple(get_spec(spec).train.freeze), get_spec(spec).train
     work.task = resolve_task(task, net, train_ds if train_ds is not None else test_ds, data_task)
+    if not builtin and test_ds is not None and data is not None:
+        _check_fits(work, data)
     return work
+
+
+def _check_fits(work: Workload, data: Any) -> None:
+    """The model runs on two test items of the data (`check_model_runs`): data made for another
+    model is one line naming both, before any stage."""
+    import torch
+
+    from mmcompress.core.batches import check_model_runs
+
+    if not hasattr(work.test, "__len__") or len(work.test) == 0:
+        return
+    try:
+        inputs, _ = work.task.batch(work.test, torch.arange(min(2, len(work.test))))
+    except Exception:  # noqa: BLE001 - a task that batches otherwise reports its own problem at the first stage
+        return
+    check_model_runs(work.model, inputs, repr(data) if isinstance(data, str) else "the data")
 
 
 def load_data_spec(
