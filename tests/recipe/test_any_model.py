@@ -104,6 +104,7 @@ def test_user_model_goes_through_run_eval_measure_bench(user):
     assert record["recipe"]["dataset"] == f"py:{user / 'user_model.py'}:data"  # the folder works from anywhere
     quant = next(s for s in record["stages"] if s["pass_name"] == "quantize")
     assert quant["metrics"]["modules"] == 3  # conv (image), embedding + linear (text); the head stays float
+    assert (quant["metrics"]["weight_bits_min"], quant["metrics"]["weight_bits_max"]) == (4, 8)  # on the console
     assert "mmcompress report: py:user_model.py:build" in (out / "report.md").read_text()
     assert "fashion-clip" not in (out / "report.md").read_text()
 
@@ -293,6 +294,10 @@ def test_a_resumed_run_keeps_the_user_metrics_name_and_direction(user):
         user / "run",
         "--quiet",
     )
+    with pytest.warns(UserWarning, match="evaluation function that reads data of its own"):  # --test-limit
+        resolve_workload(
+            "py:user_model.py:build", "py:user_model.py:data", "py:user_model.py:logit_error", test_limit=4
+        )
     for _ in range(2):  # the second run resumes every stage
         result = _run(*args)
         assert result.exit_code == 0, result.output

@@ -92,6 +92,9 @@ class QuantizePass(_TargetedPass):
         record = quantize(ctx.model, self.mapping(), calib=calib)
         sqnr = [m["sqnr_db"] for m in record.modules.values()]
         metrics = {**record.metrics, "min_weight_sqnr_db": min(sqnr) if sqnr else float("nan")}
+        bits = [m["bits"] for m in record.modules.values() if isinstance(m.get("bits"), (int, float))]
+        if bits:  # what `weight_bits: auto` resolved to, on the console's stage table
+            metrics.update(weight_bits_min=float(min(bits)), weight_bits_max=float(max(bits)))
         return StageOutcome(metrics, record)
 
     def replay(self, ctx: RunContext, record: Record) -> None:

@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,13 @@ def resolve_workload(
     work.task = resolve_task(task, net, train_ds if train_ds is not None else test_ds, data_task)
     if not builtin and test_ds is not None and data is not None:
         _check_fits(work, data)
+    if test_limit is not None and isinstance(work.task, EvaluationTask):
+        warnings.warn(
+            f"test_limit {test_limit} (--test-limit) limits the test data, but the task is an evaluation "
+            "function that reads data of its own: it scores what it chooses",
+            UserWarning,
+            stacklevel=2,
+        )
     return work
 
 
