@@ -84,9 +84,8 @@ def _imported_bar_switches() -> dict[str, tuple]:
         hub_on = lambda: not hub.are_progress_bars_disabled()  # noqa: E731
         switches["huggingface_hub"] = (hub_on, hub.enable_progress_bars, hub.disable_progress_bars)
     if "transformers" in sys.modules:
-        from transformers.utils import logging as tf_logging
+        from transformers.utils import logging as tf
 
-        tf = tf_logging
         switches["transformers"] = (tf.is_progress_bar_enabled, tf.enable_progress_bar, tf.disable_progress_bar)
     return switches
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from mmcompress.core.batches import check_model_runs
 from mmcompress.data.registry import DATASETS, load_dataset
 from mmcompress.errors import ConfigError, MMCompressError, ModelError, unknown_name
 from mmcompress.models.adapter import Adapter, attach_adapter
@@ -242,10 +244,6 @@ def resolve_workload(
 def _check_fits(work: Workload, data: Any) -> None:
     """The model runs on two test items of the data (`check_model_runs`): data made for another
     model is one line naming both, before any stage."""
-    import torch
-
-    from mmcompress.core.batches import check_model_runs
-
     if not hasattr(work.test, "__len__") or len(work.test) == 0:
         return
     try:
