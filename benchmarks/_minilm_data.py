@@ -7,16 +7,12 @@ templated captions with real technical prose of 6 to 40 words.
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 import numpy as np
 import torch
 
 from mmcompress.data.captions import caption_vocabulary
+from mmcompress.data.prose import prose_sentences
 from mmcompress.models.minilm import load_minilm_tokenizer
-
-CODE_CHARS = r"[*=()\[\]{}`|>\"'-]"  # sentences with these are code or markup, not prose
 
 
 def short_sentences() -> list[str]:
@@ -26,16 +22,7 @@ def short_sentences() -> list[str]:
 
 def varied_sentences(n: int = 200) -> list[str]:
     """`n` prose sentences from the bundled Python docs, chosen by a stable hash (same on every run)."""
-    from pydoc_data.topics import topics
-
-    text = re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics)))
-    candidates = {
-        s
-        for s in re.split(r"(?<=[.!?])\s+", text)
-        if 6 <= len(s.split()) <= 40 and s[:1].isupper() and s.endswith(".") and not re.search(CODE_CHARS, s)
-    }
-    ranked = sorted(candidates, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-    return ranked[:n]
+    return list(prose_sentences(n))
 
 
 def evaluation_sentences() -> list[str]:

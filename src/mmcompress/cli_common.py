@@ -152,7 +152,8 @@ def _spec_options(fn):
     )(fn)  # fmt: skip
     fn = click.option(
         "--task", default=None,
-        help="classification | agreement (top-1 vs the float model, no labels) | cosine | py:FILE.py:FACTORY.",
+        help="classification | agreement (top-1 vs the float model, no labels) | cosine | wer (speech "
+        "recognizers on recordings with transcripts: --data real-speech) | py:FILE.py:FACTORY.",
     )(fn)  # fmt: skip
     fn = click.option(
         "--data", "data_spec", default=None,

@@ -61,10 +61,11 @@ def test_failed_download_says_how_to_get_data(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_valid_names():
-    names = "digits, fashion-captions, fashion-mnist, photo-crops, spoken-digits"
+    names = "digits, fashion-captions, fashion-mnist, photo-crops, real-speech, spoken-digits"
     with pytest.raises(DataError, match=f"valid names: {names}"):
         load_dataset("cifar")
-    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist", "photo-crops", "spoken-digits"}
+    assert set(list_datasets()) == {"digits", "fashion-captions", "fashion-mnist", "photo-crops", "real-speech",
+                                    "spoken-digits"}  # fmt: skip
 
 
 def test_digits_split_is_disjoint_and_complete():

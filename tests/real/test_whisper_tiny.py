@@ -111,3 +111,35 @@ def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, fl
     out = w8.proj_out
     won = kernel_select.GEMV_TIMED[(tuple(out.qweight.shape), tuple(out.scale.shape), torch.get_num_threads())]
     assert out.last_kernel == ("gemv" if won else "cache")
+
+
+def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisper):
+    """`--data real-speech` (no py: data file): WER on the transcribed clips, teacher-forced batches
+    (the untranscribed window labelled by the float model), a distillation loss that is 0 for the
+    float model itself, latency timed as transcription; misuse is one clear error."""
+    from mmcompress.audio.speech_task import SpeechTask
+    from mmcompress.core.batches import ModelCall
+    from mmcompress.errors import ConfigError, ModelError
+    from mmcompress.recipe.specs import resolve_workload
+
+    work = resolve_workload(whisper, "real-speech", test_limit=1)
+    assert isinstance(work.task, SpeechTask) and work.task.primary_metric == "wer" and not work.task.higher_is_better
+    inputs, _ = work.task.batch(work.train, torch.tensor([0]))  # the 4 unlabeled recordings: pseudo-labelled
+    label = work.task.transcripts([work.train[0]])[0]
+    assert label == transcribe(whisper, [work.train[0]])[0] and "forward" in label.lower()
+    assert inputs["decoder_input_ids"].shape == inputs["decoder_attention_mask"].shape
+    noisy = copy.deepcopy(whisper)
+    with torch.no_grad():
+        noisy.model.decoder.layers[0].fc1.weight.mul_(1.5)
+        assert float(work.task.loss(whisper, inputs, None)) == pytest.approx(0.0, abs=1e-6)
+        assert float(work.task.loss(noisy, inputs, None)) > 1e-3
+    metrics = work.task.evaluate(whisper, work.test)
+    refs = [work.test[0].text]
+    assert metrics["wer"] == word_error_rate(refs, transcribe(whisper, [work.test[0]]))
+    assert set(metrics) == {"wer", "wer_normalized", "empty_transcripts"} and metrics["empty_transcripts"] == 0
+    timed = work.task.latency_call(work.test)
+    assert isinstance(timed, ModelCall) and "transcription" in timed.what
+    with pytest.raises(ConfigError, match="task 'wer' needs recordings with transcripts"):
+        resolve_workload(whisper, "digits", "wer", test_limit=2)
+    with pytest.raises(ModelError, match="need a speech-recognition model with a tokenizer"):
+        resolve_workload(torch.nn.Linear(4, 2), "real-speech", test_limit=1)

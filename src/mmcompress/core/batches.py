@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,22 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What latency times in place of one forward pass on a batch: `fn(model)`, e.g. transcribing
+    one clip with greedy decoding, where a forward pass is a single decoder step. At most
+    `repeats` timed calls after `warmup` (a call can take seconds).
+
+    Example:
+        >>> latency_ms(whisper, ModelCall(lambda m: transcribe(m, clips[:1]), "transcribe 1 clip"))
+    """
+
+    fn: Callable[[nn.Module], Any]
+    what: str
+    repeats: int = 5
+    warmup: int = 1
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

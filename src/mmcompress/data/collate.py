@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.data.real_speech import pack
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, describe_missing
 
@@ -85,21 +86,10 @@ def speech_batches(utterances: list, batch_size: int = 2, pack_seconds: float | 
     untranscribed = [u.id for u in utterances if not u.text.strip()]
     if untranscribed:
         raise DataError(f"recordings without a transcript: {untranscribed}; label them first (pseudo_label)")
-    pairs = [(u.audio.float().flatten(), u.text.strip()) for u in utterances]
     if pack_seconds is not None:
-        pairs = _pack(pairs, int(pack_seconds * 16000))
+        utterances = pack(utterances, pack_seconds)
+    pairs = [(u.audio.float().flatten(), u.text.strip()) for u in utterances]
     return [
         {"audio": [a for a, _ in chunk], "text": [t for _, t in chunk]}
         for chunk in (pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size))
     ]
-
-
-def _pack(pairs: list[tuple[torch.Tensor, str]], samples: int) -> list[tuple[torch.Tensor, str]]:
-    """Consecutive (waveform, text) pairs joined into windows of at most `samples` (a longer one alone)."""
-    windows: list[list[tuple[torch.Tensor, str]]] = []
-    for pair in pairs:
-        if windows and sum(a.numel() for a, _ in windows[-1]) + pair[0].numel() <= samples:
-            windows[-1].append(pair)
-        else:
-            windows.append([pair])
-    return [(torch.cat([a for a, _ in w]), " ".join(t for _, t in w)) for w in windows]

@@ -38,6 +38,12 @@ def _photos(split: str, data_dir: Path | None, download_dir: Path | None) -> Any
     return load_photo_crops(split)
 
 
+def _speech(split: str, data_dir: Path | None, download_dir: Path | None) -> Any:
+    from mmcompress.data.real_speech import load_real_speech_split
+
+    return load_real_speech_split(split)
+
+
 DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
     "fashion-mnist": (_fashion, "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale images, 10 classes"),
     "fashion-captions": (_captions, "Fashion-MNIST images paired with varied, sometimes ambiguous captions"),
@@ -47,6 +53,11 @@ DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
         _photos,
         "ImageNet-normalised 224x224 crops of the bundled sample photos (512 train / 300 test), "
         "no labels: use --task agreement (for MobileNetV2 and other ImageNet models)",
+    ),
+    "real-speech": (
+        _speech,
+        "real English speech for speech recognizers (hf:whisper-tiny.en): 10 transcribed pocketsphinx "
+        "recordings to test (word error rate), 4 other recordings + 96 espeak-ng sentences to calibrate",
     ),
 }
 

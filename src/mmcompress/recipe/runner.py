@@ -57,6 +57,7 @@ class StageResult:
     resumed: bool = False
     warnings: list[str] = field(default_factory=list)  # what the stage warned the user (kept for the report)
     task_metric: str | None = None  # evaluate stages: the task's primary metric (named by a user's function)
+    latency_of: str | None = None  # evaluate stages: what latency_ms timed ("batch of 8", "greedy transcription ...")
 
 
 @dataclass
@@ -158,6 +159,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
             outcome.artifacts,
             warnings=warned,
             task_metric=task.primary_metric if stage.pass_ == "evaluate" else None,
+            latency_of=outcome.extra.get("latency_of"),
         )
         weights_sha = None
         if passes[i].changes_model:

@@ -5,7 +5,8 @@ id>`, `py:<module or file.py>:<factory>` (the factory returns an `nn.Module`, or
 adapter)`), or a run folder (its compressed model). A data spec is a built-in dataset name or
 `py:...:<factory>` returning `(train, test)`, `(train, test, task)` or a dict with those keys. A
 task spec is `classification`, `agreement` (top-1 agreement with the float model: no labels
-needed), `cosine` (output cosine to the float model) or `py:...:<name>` naming a `Task`, an
+needed), `cosine` (output cosine to the float model), `wer` (word error rate of a speech
+recognizer on recordings with transcripts, e.g. `real-speech`) or `py:...:<name>` naming a `Task`, an
 evaluation function `fn(model) -> metrics` the user already has (WER, retrieval, ...), or a
 factory without arguments returning either.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcompress.audio.speech_task import SpeechTask
 from mmcompress.core.batches import check_model_runs
 from mmcompress.data.registry import DATASETS, load_dataset
 from mmcompress.errors import ConfigError, MMCompressError, ModelError, unknown_name
@@ -35,6 +37,7 @@ from mmcompress.models.zoo import (
     MODELS,
     build_model,
     get_spec,
+    holds_speech,
     holds_text,
     list_pretrained,
     load_model,
@@ -51,7 +54,7 @@ MODEL_FORMS = (
     "'py:<module or file.py>:<factory>' or a run folder"
 )
 OTHER_FORMS = "'hf:<folder or hub id>', 'st:<folder or id>', 'py:<module or file.py>:<factory>' or a run folder"
-TASK_NAMES = ("classification", "agreement", "cosine")
+TASK_NAMES = ("classification", "agreement", "cosine", "wer")
 
 
 @dataclass
@@ -318,6 +321,11 @@ def resolve_task(spec: str | Task | Any, model: nn.Module, dataset: Any, data_ta
             return task_for(model, dataset)  # own tokenizer, cosine to a copy of the model as it is now
         if spec in ("agreement", "cosine"):
             return reference_task(spec, copy.deepcopy(model).eval())
+        if spec == "wer":
+            if dataset is not None and not holds_speech(dataset):
+                raise ConfigError("task 'wer' needs recordings with transcripts: --data real-speech, or a py: "
+                                  "data factory returning mmcompress.audio.speech.Utterance items")  # fmt: skip
+            return SpeechTask(copy.deepcopy(model).eval())
         raise ConfigError(f"unknown task {spec!r}; a task spec is one of {', '.join(TASK_NAMES)} or 'py:...:<factory>'")
     value = _task_object(spec) if isinstance(spec, str) else spec
     if isinstance(value, Task):

@@ -207,6 +207,7 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
     if len(evals) < 2 or not metric:
         return []
     first, last = evals[0]["metrics"], evals[-1]["metrics"]
+    timed = evals[-1].get("latency_of") or "batch of 8"  # runs from before it was recorded timed 8
     change = 100 * (last[metric] - first[metric])
     threads = last.get("latency_threads")
     pinned = f", {int(threads)} threads" if threads == threads and threads else ""  # NaN: not recorded
@@ -216,7 +217,7 @@ def _summary(evals: list[dict[str, Any]], metric: str | None) -> list[str]:
         f"compression (the original's float32 bytes / stored bytes) {original / first['stored_bytes']:.2f}x -> "
         f"**{original / last['stored_bytes']:.2f}x**",
         f"- {metric}: {first[metric]:.4f} -> {last[metric]:.4f} ({change:+.2f} points)",
-        f"- PyTorch latency (median, batch of 8{pinned}): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
+        f"- PyTorch latency (median, {timed}{pinned}): {first['latency_ms']:.1f} ms -> {last['latency_ms']:.1f} ms",
     ]
     return lines
 

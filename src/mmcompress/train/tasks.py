@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcompress.core.batches import call_model, prediction
+from mmcompress.core.batches import ModelCall, call_model, prediction
 from mmcompress.evaluate.metrics import accuracy
 
 
@@ -24,6 +24,7 @@ class Task(abc.ABC):
 
     primary_metric: str = "accuracy"
     higher_is_better: bool | None = True  # of the primary metric (None: known after the first evaluate)
+    finetune_defaults: dict[str, Any] = {}  # TrainConfig fields a fine-tune takes unless the user set them
 
     @abc.abstractmethod
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
@@ -39,6 +40,11 @@ class Task(abc.ABC):
 
     def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
         """Called once before training starts (e.g. to cache frozen features)."""
+
+    def latency_call(self, dataset: Any) -> ModelCall | None:
+        """What latency should time on this task's data instead of a forward pass on a batch (e.g.
+        a speech recognizer's greedy transcription of one clip); None: a forward pass."""
+        return None
 
 
 class ClassificationTask(Task):

@@ -1,0 +1,122 @@
+"""`real-speech`: real English speech for speech-recognition models (Whisper), offline.
+
+- test: the 10 transcribed recordings of Debian's pocketsphinx-testdata (5 LibriVox sentences,
+  5 playing-card names), scored by corpus word error rate (`audio.speech_task.SpeechTask`).
+- train (calibration and repair): the package's 4 other real recordings (no transcript: the task
+  labels them with the float model's own transcript) and `SENTENCES` sentences of Python-docs
+  prose read by espeak-ng with their text, packed into windows of at most 29 s, because Whisper
+  encodes 30 s windows and a 3 s clip alone leaves 90% of the encoder rows silent padding.
+
+No train item is a test recording. Synthesized speech is cached like the spoken digits.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from mmcompress.audio.speech import Utterance, load_real_speech, load_unlabeled_speech
+from mmcompress.data.prose import prose_sentences
+from mmcompress.errors import DataError
+
+SENTENCES = 96  # read sentences in the train split (about 25 windows)
+FIRST_SENTENCE = 300  # prose_sentences()[300:396]: not the MiniLM benchmark's evaluation or calibration prose
+VOICES = ("en-us", "en", "en-gb-x-rp")
+WINDOW_SECONDS = 29.0
+SAMPLE_RATE = 16_000
+CACHE_VERSION = 1
+
+
+class SpeechClips(Sequence):
+    """Recordings with transcripts (`Utterance`: id, 16 kHz waveform, text; text "" when unknown).
+
+    Example:
+        >>> clips = load_dataset("real-speech", "test")
+        >>> clips[1].text
+        'he was not an ill disposed young man'
+    """
+
+    def __init__(self, utterances: Sequence[Utterance], name: str = "real-speech") -> None:
+        self.utterances, self.name = list(utterances), name
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> Utterance:
+        return self.utterances[index]
+
+    def subset(self, limit: int | None) -> SpeechClips:
+        """The first `limit` recordings (all when None)."""
+        return self if limit is None or limit >= len(self) else SpeechClips(self.utterances[:limit], self.name)
+
+
+def load_real_speech_split(split: str = "test", cache_dir: Path | None = None) -> SpeechClips:
+    """One split of `real-speech` (see the module docstring).
+
+    Example:
+        >>> [u.id for u in load_real_speech_split("test")][:2]
+        ['librivox/1089-134686-0000', 'librivox/1089-134686-0007']
+    """
+    if split == "test":
+        return SpeechClips(load_real_speech())
+    if split != "train":
+        raise DataError(f"unknown split {split!r}; valid splits: train, test")
+    recorded = load_unlabeled_speech()
+    window = Utterance("pocketsphinx/unlabeled", torch.cat([u.audio for u in recorded]), "")
+    return SpeechClips([window, *pack(read_sentences(cache_dir), WINDOW_SECONDS)])
+
+
+def read_sentences(cache_dir: Path | None = None) -> list[Utterance]:
+    """`SENTENCES` prose sentences read by espeak-ng (three voices, speeds 140-180), with their text.
+
+    Example:
+        >>> read_sentences()[0].text == prose_sentences(FIRST_SENTENCE + 1)[-1]
+        True
+    """
+    from mmcompress.core.io import atomic_write_bytes
+    from mmcompress.data.spoken_digits import synthesize
+    from mmcompress.models.cache import default_cache_dir
+
+    texts = prose_sentences(FIRST_SENTENCE + SENTENCES)[FIRST_SENTENCE:]
+    path = (cache_dir or default_cache_dir()) / "data" / f"read-sentences-v{CACHE_VERSION}-{SENTENCES}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return [_utterance(i, text, wave) for i, (text, wave) in enumerate(zip(texts, saved, strict=True))]
+        except Exception:  # a damaged cache file is rebuilt
+            path.unlink()
+    settings = [(text, VOICES[i % 3], 140 + 10 * (i % 5), 40 + 5 * (i % 5)) for i, text in enumerate(texts)]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # espeak-ng runs as separate processes
+        waves = [(w.clamp(-1, 1) * 32767).round().to(torch.int16) for w in pool.map(lambda s: synthesize(*s), settings)]
+    buffer = io.BytesIO()
+    torch.save(waves, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return [_utterance(i, text, wave) for i, (text, wave) in enumerate(zip(texts, waves, strict=True))]
+
+
+def _utterance(i: int, text: str, pcm: torch.Tensor) -> Utterance:
+    return Utterance(f"espeak/{i}", pcm.float() / 32767.0, text)
+
+
+def pack(utterances: Sequence[Utterance], seconds: float) -> list[Utterance]:
+    """Consecutive utterances joined into windows of at most `seconds` (a longer one stays alone),
+    their texts joined by spaces.
+
+    Example:
+        >>> [len(u.audio) for u in pack([Utterance("a", torch.zeros(8), "a")] * 3, 16 / 16000)]
+        [16, 8]
+    """
+    limit, windows = int(seconds * SAMPLE_RATE), []
+    for utt in utterances:
+        if windows and sum(len(u.audio) for u in windows[-1]) + len(utt.audio) <= limit:
+            windows[-1].append(utt)
+        else:
+            windows.append([utt])
+    return [
+        Utterance("+".join(u.id for u in w), torch.cat([u.audio for u in w]), " ".join(u.text for u in w))
+        for w in windows
+    ]
