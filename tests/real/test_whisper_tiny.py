@@ -113,7 +113,7 @@ def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, fl
     assert out.last_kernel == ("gemv" if won else "cache")
 
 
-def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisper):
+def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisper, monkeypatch):
     """`--data real-speech` (no py: data file): WER on the transcribed clips, teacher-forced batches
     (the untranscribed window labelled by the float model), a distillation loss that is 0 for the
     float model itself, latency timed as transcription; misuse is one clear error."""
@@ -137,6 +137,11 @@ def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisp
     refs = [work.test[0].text]
     assert metrics["wer"] == word_error_rate(refs, transcribe(whisper, [work.test[0]]))
     assert set(metrics) == {"wer", "wer_normalized", "empty_transcripts"} and metrics["empty_transcripts"] == 0
+    from mmcompress.audio import speech_task
+
+    monkeypatch.setattr(speech_task, "transcribe", lambda model, clips: [""] * len(clips))  # what a broken model says
+    with pytest.warns(UserWarning, match="1 of 1 transcripts are empty: the model no longer transcribes"):
+        assert work.task.evaluate(whisper, work.test)["empty_transcripts"] == 1.0
     timed = work.task.latency_call(work.test)
     assert isinstance(timed, ModelCall) and "transcription" in timed.what
     with pytest.raises(ConfigError, match="task 'wer' needs recordings with transcripts"):

@@ -246,16 +246,16 @@ def test_a_finetune_that_only_hurts_gives_back_its_starting_weights(trained, dig
 
 def test_a_task_suggests_the_finetune_settings_a_recipe_leaves_unset(trained, digits, tmp_path):
     """A speech recognizer's task asks for small batches at a low learning rate; a task's
-    `finetune_defaults` apply where the recipe says nothing, and what the recipe sets wins."""
+    `pass_defaults` apply where the recipe says nothing, and what the recipe sets wins."""
 
     class TooHot(ClassificationTask):
-        finetune_defaults = {"lr": 5.0}
+        pass_defaults = {"finetune": {"lr": 5.0}}
 
     start = {k: v.clone() for k, v in trained.state_dict().items()}
     stages = [{"pass": "finetune", "config": {"epochs": 1, "batch_size": 64, "keep_best": False}},
               {"name": "tuned", "pass": "evaluate", "config": {"latency_repeats": 1}}]  # fmt: skip
     res = compress(trained, {"stages": stages}, data=digits, task=TooHot(), output_dir=tmp_path / "a", progress=False)
-    assert res.metrics("tuned")["accuracy"] < 0.5  # the task's lr 5 was used
+    assert res.metrics("tuned")["accuracy"] < 0.5 and res.stages[0].config["lr"] == 5.0  # the task's, recorded
     trained.load_state_dict(start)
     stages[0]["config"]["lr"] = 1e-5
     res = compress(trained, {"stages": stages}, data=digits, task=TooHot(), output_dir=tmp_path / "b", progress=False)

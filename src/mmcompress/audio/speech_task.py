@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -44,7 +45,11 @@ class SpeechTask(Task):
 
     primary_metric = "wer"
     higher_is_better = False
-    finetune_defaults = {"batch_size": 2, "lr": 1e-4}  # 30 s windows; Adam at 5e-4 knocks a pretrained decoder off
+    pass_defaults = {  # 30 s windows are heavy: few per batch; AdamW at 5e-4 knocks a pretrained decoder off
+        "finetune": {"batch_size": 2, "lr": 1e-4},
+        "prune_structured": {"data_batch_size": 4, "ablation_batches": 1},  # 72 heads x 1 batch of 4 windows
+        "prune": {"data_batch_size": 4},
+    }
 
     def __init__(self, reference: nn.Module) -> None:
         check_speech_model(reference)
@@ -76,10 +81,18 @@ class SpeechTask(Task):
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 0) -> dict[str, float]:
         clips = utterances_of(dataset, range(len(dataset)))
         references, texts = self.transcripts(clips), transcribe(model.eval(), clips)
+        empty = sum(not t.strip() for t in texts)
+        if empty * 2 >= len(texts):
+            warnings.warn(
+                f"{empty} of {len(texts)} transcripts are empty: the model no longer transcribes (the decoder "
+                "ends at once); a compression this strong needs a repair or a gentler setting",
+                UserWarning,
+                stacklevel=2,
+            )
         return {
             "wer": word_error_rate(references, texts),
             "wer_normalized": word_error_rate(references, texts, normalize=True),
-            "empty_transcripts": sum(not t.strip() for t in texts) / len(texts),
+            "empty_transcripts": empty / len(texts),
         }
 
     def latency_call(self, dataset: Any) -> ModelCall | None:

@@ -123,15 +123,12 @@ class FinetuneConfig(TrainConfig):
 
 @PASSES.register("finetune")
 class FinetunePass(Pass):
-    """Train with the task loss; pruning masks are kept; resumes from its per-epoch checkpoint. The
-    task's `finetune_defaults` (a speech recognizer: batches of 2 windows at lr 1e-4) replace the
-    settings the recipe does not set."""
+    """Train with the task loss; pruning masks are kept; resumes from its per-epoch checkpoint."""
 
     Config = FinetuneConfig
 
     def run(self, ctx: RunContext) -> StageOutcome:
-        suggested = {k: v for k, v in ctx.task.finetune_defaults.items() if k not in self.config.model_fields_set}
-        cfg = self.config.model_copy(update={**suggested, "seed": ctx.seed + self.config.seed})
+        cfg = self.config.model_copy(update={"seed": ctx.seed + self.config.seed})
         check = None
         if cfg.keep_best and not isinstance(ctx.task, EvaluationTask):
             check = first_samples(ctx.train_data, cfg.check_samples)

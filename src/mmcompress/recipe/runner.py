@@ -30,6 +30,7 @@ from mmcompress.errors import ConfigError, ModelError
 from mmcompress.graph.storage import load_compact, save_compact
 from mmcompress.models.zoo import task_for
 from mmcompress.recipe.context import RunContext, StageOutcome
+from mmcompress.recipe.passes import with_suggestions
 from mmcompress.recipe.run_folder import claim, locked
 from mmcompress.recipe.schema import Recipe, load_recipe
 from mmcompress.recipe.stages import build_pass
@@ -116,6 +117,8 @@ def compress(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out = ensure_writable_dir(output_dir)
     passes = [build_pass(stage, f"recipe.stages[{i}]") for i, stage in enumerate(recipe.stages)]
+    for stage, p in zip(recipe.stages, passes, strict=True):  # what the task asks for where the recipe is silent
+        p.config = with_suggestions(p.config, task.pass_defaults.get(stage.pass_, {}))
     keys = _stage_keys(recipe, model_fingerprint(model))
     with locked(out):
         claim(out, recipe.to_dict(), keys, force=force)

@@ -24,7 +24,7 @@ class Task(abc.ABC):
 
     primary_metric: str = "accuracy"
     higher_is_better: bool | None = True  # of the primary metric (None: known after the first evaluate)
-    finetune_defaults: dict[str, Any] = {}  # TrainConfig fields a fine-tune takes unless the user set them
+    pass_defaults: dict[str, dict[str, Any]] = {}  # pass name -> settings a recipe stage takes unless it sets them
 
     @abc.abstractmethod
     def batch(self, dataset: Any, index: torch.Tensor) -> tuple[Any, Any]:
