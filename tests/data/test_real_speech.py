@@ -43,3 +43,18 @@ def test_the_test_split_is_the_transcribed_recordings_and_train_never_holds_one(
 def _contains(long: torch.Tensor, short: torch.Tensor) -> bool:
     starts = (long[: len(long) - len(short) + 1] == short[0]).nonzero().flatten()
     return any(torch.equal(long[s : s + len(short)], short) for s in starts[:1000].tolist())
+
+
+def test_auto_robustness_adds_noise_to_recordings_at_10_db():
+    from mmcompress.auto.robustness import corrupt, why_not_corrupted
+    from mmcompress.data.real_speech import SpeechClips
+
+    gen = torch.Generator().manual_seed(0)
+    clips = SpeechClips([Utterance(str(i), torch.randn(16000, generator=gen) * 0.1, "a b") for i in range(3)])
+    a, b = corrupt(clips, "audio_noise", seed=0), corrupt(clips, "audio_noise", seed=0)
+    assert isinstance(a, SpeechClips) and [u.text for u in a] == ["a b"] * 3
+    assert all(torch.equal(x.audio, y.audio) for x, y in zip(a, b, strict=True))  # deterministic
+    noise = torch.cat([x.audio - u.audio for x, u in zip(a, clips, strict=True)])
+    signal = torch.cat([u.audio for u in clips])
+    assert 10 * torch.log10(signal.pow(2).mean() / noise.pow(2).mean()) == pytest.approx(10.0, abs=0.2)
+    assert corrupt(clips, "image_noise") is None and why_not_corrupted(clips, "text_typos") == "recordings hold no text"

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmcompress.data.real_speech import SpeechClips
+
 CORRUPTIONS = {
     "image_noise": ("image", "Gaussian pixel noise, sigma 0.1 of the range"),
     "image_blur": ("image", "Gaussian blur, sigma 1 pixel"),
@@ -21,7 +23,8 @@ CORRUPTIONS = {
 
 def corrupt(dataset: Any, kind: str, seed: int = 0) -> Any | None:
     """A corrupted copy of a test set laid out as the built-in ones are (a dataclass with `images`,
-    `captions` or `audio`; a `torch.utils.data.Subset` of one); None when it has no such modality
+    `captions` or `audio`; recordings with transcripts, `real-speech`; a `torch.utils.data.Subset`
+    of one); None when it has no such modality
     or another layout (`why_not_corrupted` says which).
 
     Example:
@@ -35,20 +38,28 @@ def corrupt(dataset: Any, kind: str, seed: int = 0) -> Any | None:
     if why_not_corrupted(dataset, kind) is not None:
         return None
     g = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, SpeechClips):  # recordings with transcripts: noise on each waveform
+        noisy = [dataclasses.replace(u, audio=_with_noise(u.audio.float(), g)) for u in dataset]
+        return SpeechClips(noisy, dataset.name)
     if kind.startswith("image"):
         return dataclasses.replace(dataset, images=_corrupt_images(dataset.images, kind, g))
     if kind.startswith("text"):
         edit = _typo if kind == "text_typos" else _drop
         return dataclasses.replace(dataset, captions=[edit(c, g) for c in dataset.captions])
-    audio = dataset.audio.float()
-    power = audio.pow(2).mean(-1, keepdim=True)
-    noisy = audio + torch.randn(audio.shape, generator=g) * (power / 10 ** (10 / 10)).sqrt()
+    noisy = _with_noise(dataset.audio.float(), g)
     if dataset.audio.dtype == torch.int16:
         noisy = noisy.clamp(-32767, 32767).round()
     return dataclasses.replace(dataset, audio=noisy.to(dataset.audio.dtype))
 
 
 FIELDS = {"image": "images", "text": "captions", "audio": "audio"}
+SNR_DB = 10.0
+
+
+def _with_noise(audio: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """White noise at `SNR_DB` of each waveform's (last dimension's) own power."""
+    power = audio.pow(2).mean(-1, keepdim=True)
+    return audio + torch.randn(audio.shape, generator=g) * (power / 10 ** (SNR_DB / 10)).sqrt()
 
 
 def why_not_corrupted(dataset: Any, kind: str) -> str | None:
@@ -60,6 +71,8 @@ def why_not_corrupted(dataset: Any, kind: str) -> str | None:
     """
     if isinstance(dataset, torch.utils.data.Subset):
         return why_not_corrupted(dataset.dataset, kind)
+    if isinstance(dataset, SpeechClips):
+        return None if kind == "audio_noise" else f"recordings hold no {CORRUPTIONS[kind][0]}"
     field = FIELDS[CORRUPTIONS[kind][0]]
     value = getattr(dataset, field, None) if dataclasses.is_dataclass(dataset) else None
     if value is None:
