@@ -55,6 +55,8 @@ def test_measure_takes_a_model_spec_without_a_run(tmp_path):
     assert "compression 1.00x" in table.output and "against the original" not in table.output
     measured = json.loads(_run("measure", "digits-cnn", "--json", "--cache-dir", str(tmp_path)).stdout)
     assert measured["compression"] == pytest.approx(1.0, abs=0.01) and "compression_vs_original" not in measured
+    timed = json.loads(_run("measure", "digits-cnn", "--json", "--data", "digits", "--repeats", "2").stdout)
+    assert timed["latency_of"] == "batch 8" and timed["latency_ms"]["median"] > 0
 
 
 def test_invalid_recipe_fails_before_writing_anything(tmp_path):

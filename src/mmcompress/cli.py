@@ -142,9 +142,11 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--data", "data_spec", default=None, help="Data spec for the latency batch (default: the adapter's).")
 @click.option("--adapter", type=click.Path(path_type=Path), default=None, help="YAML describing the model's towers.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed calls (after 3 warm-up calls); a task that times something slower takes fewer.")  # fmt: skip
 @_data_options
 @_friendly
-def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir):
+def measure_cmd(model, run_dir, as_json, data_spec, adapter, repeats, data_dir, cache_dir):
     """Parameters, non-zeros, stored bytes per modality tower, and latency of MODEL (a spec or a run folder).
 
     Example: mmcompress measure runs/quantize
@@ -158,15 +160,21 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
     data_spec, task, _ = _run_specs(model, run_dir, data_spec, None, adapter)
     target = run_dir or model
     net = load_model_spec(target, pretrained=False, cache_dir=cache_dir, adapter=adapter)  # size needs no training
-    example = None
+    example, timed = None, "batch 8"
     if data_spec:
         work = resolve_workload(net, data_spec, task, data_dir=data_dir, test_limit=8, progress=False)
-        example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
-    result = measure(net, example)
+        example = work.task.latency_call(work.test)  # e.g. a speech recognizer's transcription of one clip
+        if example is None:
+            example = work.task.batch(work.test, torch.arange(min(8, len(work.test))))[0]
+            timed = f"batch {min(8, len(work.test))}"
+        else:
+            timed = example.what
+    result = measure(net, example, repeats=repeats)
     original = _original_float_bytes(target, adapter, cache_dir)
     versus = original / result.total.stored_bytes if original and result.total.stored_bytes else None  # runs only
     if as_json:
         extra = {"original_float32_bytes": original, "compression_vs_original": versus} if original else {}
+        extra.update({"latency_of": timed} if result.latency_ms else {})
         click.echo(json.dumps({**result.to_dict(), **extra}, indent=2))
         return
     against = f"; {versus:.2f}x against the original model's float32 size" if original else ""
@@ -183,7 +191,7 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, data_dir, cache_dir
         )
     console.print(table)
     if result.latency_ms:
-        console.print(_table("latency (ms, batch 8)", result.latency_ms))
+        console.print(_table(f"latency (ms, {timed})", result.latency_ms))
     else:
         console.print("latency: not measured (no example inputs: give --data, or an adapter that builds them)")
 
