@@ -148,3 +148,30 @@ def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisp
         resolve_workload(whisper, "digits", "wer", test_limit=2)
     with pytest.raises(ModelError, match="need a speech-recognition model with a tokenizer"):
         resolve_workload(torch.nn.Linear(4, 2), "real-speech", test_limit=1)
+
+
+def test_a_w8_run_on_real_speech_exports_the_encoder_and_scores_wer_on_onnxruntime(whisper, tmp_path):
+    """What `mmcompress quantize hf:whisper-tiny.en --data real-speech --bits 8` runs (one clip here):
+    the export stage sends the encoder (int8 weights) to ONNX Runtime and scores WER with the decoder
+    in PyTorch, where exporting the whole model failed at the end of the run."""
+    from mmcompress.recipe.runner import compress
+    from mmcompress.recipe.specs import resolve_workload
+    from mmcompress.report.render import write_report
+
+    work = resolve_workload(copy.deepcopy(whisper), "real-speech", test_limit=1)
+    quick = {"latency_repeats": 1}
+    recipe = {"stages": [{"name": "baseline", "pass": "evaluate", "config": quick},
+                         {"pass": "quantize", "config": {"weight_bits": 8}},
+                         {"name": "quantized", "pass": "evaluate", "config": quick},
+                         {"pass": "export_onnx"}]}  # fmt: skip
+    data = (work.train, work.test)
+    res = compress(work.model, recipe, data=data, task=work.task, output_dir=tmp_path, progress=False)
+    exported = res.metrics("export_onnx")
+    assert exported["encoder_only"] == 1 and exported["int8_weights"] > 0 and exported["output_cosine"] > 0.99
+    assert exported["ort_wer"] == pytest.approx(exported["torch_wer"], abs=0.05)
+    words = len(work.test[0].text.split())
+    assert res.metrics("quantized")["wer"] <= res.metrics("baseline")["wer"] + W8_EXTRA_WORDS / words
+    assert res.stages[0].latency_of == "greedy transcription of 1 clip"
+    markdown = write_report(tmp_path)[0].read_text()
+    assert "ONNX Runtime artifact (the encoder; the decoder runs in PyTorch): wer" in markdown
+    assert "PyTorch latency (median, greedy transcription of 1 clip" in markdown

@@ -17,6 +17,7 @@ from mmcompress.graph.export import export_onnx
 from mmcompress.quant.api import QuantConfig, quantize, replay_quantize
 from mmcompress.recipe.context import RunContext, StageOutcome
 from mmcompress.recipe.passes import PASSES, Pass
+from mmcompress.recipe.speech_export import export_speech_encoder, is_speech_encoder_decoder
 from mmcompress.train.config import TrainConfig
 from mmcompress.train.loop import fit
 from mmcompress.train.reference_tasks import EvaluationTask
@@ -178,7 +179,8 @@ class ExportConfig(FrozenConfig):
 
 @PASSES.register("export_onnx")
 class ExportPass(Pass):
-    """Export to ONNX (int8 weights stay int8), check it, and evaluate the ONNX Runtime artifact."""
+    """Export to ONNX (int8 weights stay int8), check it, and evaluate the ONNX Runtime artifact. A
+    Whisper-style speech model exports its encoder, evaluated with the decoder in PyTorch."""
 
     Config = ExportConfig
     changes_model = False
@@ -187,11 +189,13 @@ class ExportPass(Pass):
         from mmcompress.graph.ort_module import OrtModule
 
         path = ctx.output_dir / self.config.filename
+        subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
+        if is_speech_encoder_decoder(ctx.model):  # the decoder's growing cache does not export: the encoder does
+            return export_speech_encoder(ctx, path, subset, self.config.check_batch)
         res = export_onnx(ctx.model, ctx.example_batch(self.config.check_batch), path, opset=self.config.opset)
         metrics = {"file_bytes": float(res.file_bytes), "int8_weights": float(res.int8_weights)}
         metrics["nbit_weights"] = float(res.nbit_weights)  # 4-bit codes (MatMulNBits)
         metrics.update(max_abs_error=res.max_abs_error, output_cosine=res.cosine)
-        subset = ctx.test_data.subset(self.config.eval_limit) if hasattr(ctx.test_data, "subset") else ctx.test_data
         deployed = OrtModule.load(path, ctx.model)
         batch = ctx.example_batch(8)
         metrics["ort_latency_ms"] = latency_ms(deployed, batch, repeats=9, warmup=2)["median"]  # same batch

@@ -227,13 +227,14 @@ def _deployed(stages: list[dict[str, Any]], metric: str | None) -> list[str]:
     lines = []
     for s in stages:
         m = s["metrics"]
+        encoder_only = " (the encoder; the decoder runs in PyTorch)" if m.get("encoder_only") else ""
+        artifact = f"ONNX Runtime artifact{encoder_only}"
         if s["pass_name"] == "export_onnx" and metric and f"ort_{metric}" in m:
-            lines.append(
-                f"- ONNX Runtime artifact: {metric} {m[f'ort_{metric}']:.4f} (PyTorch {m[f'torch_{metric}']:.4f})"
-            )
+            lines.append(f"- {artifact}: {metric} {m[f'ort_{metric}']:.4f} (PyTorch {m[f'torch_{metric}']:.4f})")
         if s["pass_name"] == "export_onnx" and "ort_latency_ms" in m:
             lines.append(
-                f"- Latency of the final model, batch of 8: ONNX Runtime {m['ort_latency_ms']:.1f} ms, "
+                f"- Latency of the final model, {s.get('latency_of') or 'batch of 8'}: ONNX Runtime "
+                f"{m['ort_latency_ms']:.1f} ms, "
                 f"PyTorch {m['torch_latency_ms']:.1f} ms"
             )
     return lines
