@@ -31,7 +31,7 @@ from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
 from mmcompress.quant.siblings import link_siblings
 from mmcompress.quant.skipped import warn_float_left
-from mmcompress.quant.tied import tie_quantized, tie_replayed
+from mmcompress.quant.tied import tie_quantized, tie_replayed, with_tied_partners
 
 QUANT_LAYER_TYPES = {  # `layer_types` name -> the layer types `quantize` selects with it
     "linear": (nn.Linear,),
@@ -93,7 +93,7 @@ def quantize(
             "wrap it (model = nn.Sequential(layer)) and quantize that"
         )
     require_matches(chosen, mapping, model)
-    chosen = fit_group_sizes(chosen)
+    chosen = with_tied_partners(model, fit_group_sizes(chosen), mapping, supported)  # one matrix, one grid
     float_left = warn_float_left(model, mapping, supported, adapter.modality_of)
     weight_only = [  # embeddings look rows up: they have no input activation to quantize
         n for n, m, c in chosen if c.activations != "none" and not isinstance(m, (*ACT_TYPES, nn.Embedding))

@@ -9,12 +9,41 @@ per-row steps and per-group steps split the same columns, so one set of codes se
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
 from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 
 SHARED_BUFFERS = ("qweight", "scale", "zero_point")
+
+
+def with_tied_partners(
+    model: nn.Module, chosen: list[tuple], mapping: Mapping[str, Any], supported: Callable[[nn.Module], bool]
+) -> list[tuple]:
+    """`chosen` (name, module, config) plus the float layers whose weight is one tensor with a chosen
+    layer's and that no target chose: each takes that layer's grid, weight-only, so `tie_quantized`
+    gives both one set of codes. Without this a table quantized alone (auto's embedding stage on
+    Whisper's token table) left its tied `proj_out` float, then a later pass quantized it again: the
+    51864 x 384 matrix stored twice (58.9 MB instead of 38.8). A partner the mapping skips by its
+    exact name (`{"proj_out": None}`) stays float, with `tie_quantized`'s warning.
+
+    Example:
+        >>> [n for n, _, _ in with_tied_partners(whisper, [("model.decoder.embed_tokens", emb, cfg)], {}, ok)]
+        ['model.decoder.embed_tokens', 'proj_out']
+    """
+    names = {name for name, _, _ in chosen}
+    sharing = modules_sharing_weight(model)
+    partners = []
+    for name, _, cfg in chosen:
+        for other in sharing.get(name, ()):
+            module = model.get_submodule(other)
+            if other in names or (other in mapping and mapping[other] is None) or not supported(module):
+                continue
+            partners.append((other, module, cfg.model_copy(update={"activations": "none", "smoothquant": None})))
+            names.add(other)
+    return [*chosen, *partners]
 
 
 def tie_quantized(model: nn.Module, built: dict[str, tuple[nn.Module, dict]]) -> list[list[str]]:
