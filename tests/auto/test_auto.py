@@ -247,3 +247,43 @@ def test_robustness_notes_what_it_cannot_corrupt_and_never_crashes_on_user_data(
     table = robustness({"float32": Picky()}, lambda ds: ClassificationTask(), normalised, notes=notes)
     assert "clean" in table and "image_noise" in table and "image_blur" not in table
     assert any(n.startswith("image_blur: the evaluation failed") for n in notes)
+
+
+def test_a_lower_is_better_metric_counts_a_rise_as_a_loss_in_the_sensitivity_and_the_report():
+    """Whisper's WER through auto: 3-bit towers that raised WER by 55-122 points read as gains
+    ("loses -121.74 points"), so the search kept 3 bits for them, and the report called a WER that
+    fell from 0.120 to 0.098 a drop of +2.17 points."""
+    from mmcompress.auto.report import drop_points
+    from mmcompress.auto.space import tower_drops
+    from mmcompress.core.batches import call_model
+    from mmcompress.models.adapter import adapter_for
+    from mmcompress.models.zoo import build_model
+    from mmcompress.train.tasks import Task
+
+    class OutputError(Task):  # lower is better, as WER is
+        primary_metric, higher_is_better = "error", False
+
+        def __init__(self, reference):
+            self.reference = reference
+
+        def batch(self, dataset, index):
+            raise NotImplementedError
+
+        def loss(self, model, inputs, targets):
+            raise NotImplementedError
+
+        def evaluate(self, model, dataset, batch_size=0):
+            with torch.no_grad():
+                return {"error": float((call_model(model, dataset) - call_model(self.reference, dataset)).abs().mean())}
+
+    torch.manual_seed(0)
+    model = build_model("fusion-late").eval()
+    inputs = adapter_for(model).example_inputs(8)
+    drops = tower_drops(model, {"image": 0, "text": 0}, OutputError(model), inputs)
+    text = drops["text"]
+    assert text[3] > text[4] > text[8] > 0  # fewer bits: more error, a larger (positive) loss
+    assert drop_points({"metric": 0.12, "higher_is_better": -1.0}, 0.10) == pytest.approx(-2.0)
+    assert drop_points({"metric": 0.90}, 0.88) == pytest.approx(2.0)
+    baseline = {"metric": 0.12, "higher_is_better": -1.0, "size_mb": 10.0, "latency_ms": 10.0}
+    worse, better = _record(2.0, 5, 0.20), _record(5.0, 5, 0.11)
+    assert choose([worse, better], baseline, Constraints(max_drop=1.0))[0] == 1

@@ -29,7 +29,9 @@ def pareto_plot(result: AutoResult) -> bytes:
     if result.chosen is not None:
         m = result.trials[result.chosen].metrics
         ax.scatter([m["size_mb"]], [m["metric"]], marker="*", s=300, color="orange", label="chosen")
-    ax.axhline(result.baseline["metric"] - result.constraints.max_drop / 100, color="gray", ls="--", label="max drop")
+    sign = result.baseline.get("higher_is_better", 1.0)  # -1: lower is better (WER): the limit lies above
+    ax.axhline(result.baseline["metric"] - sign * result.constraints.max_drop / 100, color="gray", ls="--",
+               label="max drop")  # fmt: skip
     ax.scatter([result.baseline["size_mb"]], [result.baseline["metric"]], marker="s", color="black", label="float32")
     ax.set_xscale("log")
     ax.set_xlabel("stored size (MB, log)")
@@ -40,11 +42,21 @@ def pareto_plot(result: AutoResult) -> bytes:
     return _png(fig)
 
 
+def drop_points(baseline: dict[str, float], metric: float) -> float:
+    """Points lost against the baseline: positive is worse, for a lower-is-better metric (WER) too.
+
+    Example:
+        >>> round(drop_points({"metric": 0.12, "higher_is_better": -1.0}, 0.10), 6)   # WER 0.12 -> 0.10
+        -2.0
+    """
+    return 100 * baseline.get("higher_is_better", 1.0) * (baseline["metric"] - metric)
+
+
 def trial_table(result: AutoResult) -> list[list[str]]:
     rows = [["#", "plan", "MB", "ms", "metric", "drop (pt)", "frontier", "status"]]
     for i, t in enumerate(result.trials):
         m = t.metrics
-        drop = f"{100 * (result.baseline['metric'] - m['metric']):+.2f}" if t.ok else "-"
+        drop = f"{drop_points(result.baseline, m['metric']):+.2f}" if t.ok else "-"
         rows.append([
             str(i + 1), t.plan.describe(), f"{m['size_mb']:.2f}" if t.ok else "-",
             f"{m['latency_ms']:.1f}" if t.ok else "-", f"{m['metric']:.4f}" if t.ok else "-", drop,
@@ -89,7 +101,7 @@ def recommendation(result: AutoResult) -> list[str]:
     lines.append(
         f"Chosen plan: {t.plan.describe()} — {base['size_mb'] / m['size_mb']:.1f}x smaller "
         f"({m['size_mb']:.2f} MB), {base['latency_ms'] / m['latency_ms']:.2f}x the float32 ONNX Runtime speed, "
-        f"metric {m['metric']:.4f} on the {where} ({100 * (base['metric'] - m['metric']):+.2f} points drop; limit "
+        f"metric {m['metric']:.4f} on the {where} ({drop_points(base, m['metric']):+.2f} points drop; limit "
         f"{result.constraints.max_drop:.2f}). It is the smallest of the plans that meet every constraint."
     )
     for tower, drops in sorted(result.space.sensitivity.items()):

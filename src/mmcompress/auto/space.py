@@ -132,12 +132,14 @@ def build_space(model: nn.Module, calib: list[Any], task: Any, val: Any, max_tow
 
 
 def tower_drops(model: nn.Module, groups: dict[str, int], task: Any, val: Any) -> dict[str, dict[int, float]]:
-    """Points of the task metric lost when only one tower is quantized, per tower and bit width."""
+    """Points of the task metric lost when only one tower is quantized, per tower and bit width
+    (positive: worse, also for a lower-is-better metric such as WER)."""
     import copy
 
     from mmcompress.quant.api import quantize
 
     base = task.evaluate(model, val)[task.primary_metric]
+    sign = -1.0 if getattr(task, "higher_is_better", True) is False else 1.0
     drops: dict[str, dict[int, float]] = {}
     for tower, group in groups.items():
         if tower == "fusion":
@@ -145,7 +147,7 @@ def tower_drops(model: nn.Module, groups: dict[str, int], task: Any, val: Any) -
         for bits in (8, 4, 3):
             candidate = copy.deepcopy(model)
             quantize(candidate, {f"modality:{tower}": _config(bits, group), "_default": None})
-            drops.setdefault(tower, {})[bits] = 100 * (base - task.evaluate(candidate, val)[task.primary_metric])
+            drops.setdefault(tower, {})[bits] = 100 * sign * (base - task.evaluate(candidate, val)[task.primary_metric])
     return drops
 
 
