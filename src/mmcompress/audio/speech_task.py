@@ -22,6 +22,8 @@ from mmcompress.errors import DataError, ModelError
 from mmcompress.models.adapter import adapter_for
 from mmcompress.train.tasks import Task
 
+MAX_NEW_TOKENS = 224  # Whisper's own sample length (half its 448 positions): a packed 29 s window needs ~80
+
 
 class SpeechTask(Task):
     """Items are `Utterance`s (id, 16 kHz waveform, transcript). Batches are the model's
@@ -67,7 +69,8 @@ class SpeechTask(Task):
         """Each recording's transcript, or the reference model's own where it has none (cached by id)."""
         missing = [u for u in clips if not u.text.strip() and u.id not in self._labels]
         if missing:
-            self._labels.update(zip([u.id for u in missing], transcribe(self.reference, missing), strict=True))
+            labels = transcribe(self.reference, missing, MAX_NEW_TOKENS)
+            self._labels.update(zip([u.id for u in missing], labels, strict=True))
         return [u.text.strip() or self._labels[u.id] for u in clips]
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
@@ -80,7 +83,7 @@ class SpeechTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 0) -> dict[str, float]:
         clips = utterances_of(dataset, range(len(dataset)))
-        references, texts = self.transcripts(clips), transcribe(model.eval(), clips)
+        references, texts = self.transcripts(clips), transcribe(model.eval(), clips, MAX_NEW_TOKENS)
         empty = sum(not t.strip() for t in texts)
         if empty * 2 >= len(texts):
             warnings.warn(
