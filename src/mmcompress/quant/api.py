@@ -25,7 +25,7 @@ from mmcompress.quant.config import GPTQConfig, QuantConfig  # noqa: F401  (publ
 from mmcompress.quant.fuse_act import fuse_activations
 from mmcompress.quant.gptq_apply import gptq_params
 from mmcompress.quant.group_fit import fit_group_sizes
-from mmcompress.quant.kernel_select import warn_float_speed
+from mmcompress.quant.kernel_select import warn_auto_bits, warn_float_speed
 from mmcompress.quant.modules import FLOAT_TO_QUANT, QUANT_LAYERS, WeightGrid
 from mmcompress.quant.primitives import sqnr_db
 from mmcompress.quant.recurrent import rnn_flat_weight
@@ -116,6 +116,7 @@ def quantize(
             stacklevel=2,
         )
     chosen = weight_only_auto_bits(chosen, {*weight_only, *float_input_convs})
+    warn_auto_bits([n for n, _, c in chosen if c.weight_bits_auto and c.activations != "none" and c.weight_bits < 8])
     dynamic = [(n, c) for n, m, c in chosen if c.activations == "dynamic" and type(m) is nn.Linear]
     warn_float_speed([(n, c.weight_bits, c.symmetric, c.granularity == "per_channel") for n, c in dynamic])
     built = _build_quantized(model, chosen, calib, adapter.modality_of, max_calib_batches)
