@@ -23,6 +23,16 @@ class UnsupportedError(MMCompressError):
     """An algorithm was asked to handle a layer type it cannot handle."""
 
 
+def shortened(names: list[str], show: int = 6) -> str:
+    """The first `show` names, comma-separated, and how many more (for warnings that name layers).
+
+    Example:
+        >>> shortened(["a", "b", "c"], show=2)
+        'a, b and 1 more'
+    """
+    return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
+
+
 def unknown_name(kind: str, name: str, valid: list[str]) -> str:
     """Build the standard 'unknown X' message that lists valid names.
 

@@ -24,7 +24,7 @@ from mmcompress.data.prose import prose_sentences
 from mmcompress.errors import DataError
 
 SENTENCES = 96  # read sentences in the train split (about 25 windows)
-FIRST_SENTENCE = 300  # prose_sentences()[300:396]: not the MiniLM benchmark's evaluation or calibration prose
+FIRST_SENTENCE = 300  # prose_sentences()[300:396] (the MiniLM benchmark calibrates a text model on 200-455)
 VOICES = ("en-us", "en", "en-gb-x-rp")
 WINDOW_SECONDS = 29.0
 SAMPLE_RATE = 16_000
@@ -82,7 +82,8 @@ def read_sentences(cache_dir: Path | None = None) -> list[Utterance]:
     from mmcompress.models.cache import default_cache_dir
 
     texts = prose_sentences(FIRST_SENTENCE + SENTENCES)[FIRST_SENTENCE:]
-    path = (cache_dir or default_cache_dir()) / "data" / f"read-sentences-v{CACHE_VERSION}-{SENTENCES}.pt"
+    name = f"read-sentences-v{CACHE_VERSION}-{FIRST_SENTENCE}-{SENTENCES}.pt"  # which sentences: the audio's text
+    path = (cache_dir or default_cache_dir()) / "data" / name
     if path.is_file():
         try:
             saved = torch.load(path, weights_only=True)

@@ -15,7 +15,7 @@ from mmcompress.core.cpu import integer_kernel_info
 from mmcompress.core.record import Record
 from mmcompress.core.shared_params import modules_sharing_weight, weight_groups
 from mmcompress.core.targets import as_mapping, resolve_targets
-from mmcompress.errors import ConfigError, DataError
+from mmcompress.errors import ConfigError, DataError, shortened
 from mmcompress.models.adapter import adapter_for, require_matches
 from mmcompress.models.split_attention import projection_targets, split_attention, split_targeted
 from mmcompress.quant.act_calibration import smoothed, smoothquant_factors, static_ranges
@@ -101,7 +101,7 @@ def quantize(
     if weight_only:
         warnings.warn(
             f"quantize: activations stay float for {len(weight_only)} layer(s) whose type has weight-only "
-            f"kernels (Conv1d, LSTM/GRU): {_names(weight_only)}",
+            f"kernels (Conv1d, LSTM/GRU): {shortened(weight_only)}",
             UserWarning,
             stacklevel=2,
         )
@@ -111,7 +111,7 @@ def quantize(
     if float_input_convs:
         warnings.warn(
             f"quantize: activations stay float for {len(float_input_convs)} convolution(s): integer convolutions "
-            f"need symmetric per-channel 7/8-bit weights: {_names(float_input_convs)}",
+            f"need symmetric per-channel 7/8-bit weights: {shortened(float_input_convs)}",
             UserWarning,
             stacklevel=2,
         )
@@ -163,10 +163,6 @@ def weight_only_auto_bits(chosen: list[tuple], float_inputs: set[str]) -> list[t
             cfg = cfg.model_copy(update={"weight_bits": max(cfg.weight_bits, 8)})
         out.append((name, module, cfg))
     return out
-
-
-def _names(names: list[str], show: int = 6) -> str:
-    return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
 
 
 def _build_quantized(model, chosen, calib, modality_of, max_batches) -> dict[str, tuple[nn.Module, dict]]:
@@ -242,7 +238,7 @@ def _gptq_params(model, chosen, calib, modality_of, max_batches) -> dict:
     if skipped:
         warnings.warn(
             f"GPTQ solves Linear, Conv1d and Conv2d only; rounding to nearest for {len(skipped)} layer(s) "
-            f"(embeddings, LSTM/GRU): {_names(skipped)}",
+            f"(embeddings, LSTM/GRU): {shortened(skipped)}",
             UserWarning,
             stacklevel=3,
         )
@@ -266,7 +262,7 @@ def _tied_to_unsolved(model: nn.Module, wanted: dict, quantized: set[str]) -> li
     if tied:
         warnings.warn(
             f"GPTQ: rounding to nearest for {len(tied)} layer(s) whose weight is tied to a layer GPTQ does "
-            f"not solve (one set of codes serves both): {_names(tied)}",
+            f"not solve (one set of codes serves both): {shortened(tied)}",
             UserWarning,
             stacklevel=4,
         )

@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import nn
 
+from mmcompress.errors import shortened
+
 
 def row_lengths(module: nn.Module) -> list[int]:
     """Inputs per output row of every weight matrix a layer quantizes (LSTM/GRU: one per matrix).
@@ -55,10 +57,9 @@ def fit_group_sizes(chosen: list[tuple[str, nn.Module, object]]) -> list[tuple[s
             cfg = cfg.model_copy(update={"granularity": "per_channel"})
         out.append((name, module, cfg))
     if misfits:
-        shown = ", ".join(misfits[:6]) + (f" and {len(misfits) - 6} more" if len(misfits) > 6 else "")
         warnings.warn(
             f"quantize: the group size does not divide the inputs of {len(misfits)} layer(s); they get one step "
-            f"per output channel instead: {shown}",
+            f"per output channel instead: {shortened(misfits)}",
             UserWarning,
             stacklevel=3,
         )

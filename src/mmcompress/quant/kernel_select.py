@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from mmcompress.core.cpu import integer_weight_bits
+from mmcompress.errors import shortened
 from mmcompress.quant.kernels import (
     INTEGER_KERNELS,
     float_weight,
@@ -206,12 +207,11 @@ def warn_float_speed(layers: list[tuple[str, int, bool, bool]]) -> None:
     wide = [name for name, *code in layers if float_speed(*code)]
     if not wide:
         return
-    shown = ", ".join(wide[:6]) + (f" and {len(wide) - 6} more" if len(wide) > 6 else "")
     warnings.warn(
         f"quantize: {len(wide)} layer(s) with dynamic int8 inputs keep float speed on this CPU: its int8 GEMMs "
         f"(u8s8 without VNNI) sum weight codes (minus any zero point) of at most {exact} bits exactly and "
         f"torch._int_mm is slower than float here or cannot take them, so they run on the cached float weight "
-        f"(the same numbers); weight_bits 'auto' ({exact} here, symmetric) runs them on int8 GEMMs: {shown}",
+        f"(the same numbers); weight_bits 'auto' ({exact} here, symmetric) runs them on int8 GEMMs: {shortened(wide)}",
         UserWarning,
         stacklevel=3,
     )
@@ -228,12 +228,11 @@ def warn_auto_bits(narrowed: list[str]) -> None:
     bits = integer_weight_bits()
     if not narrowed or bits >= 8:
         return
-    shown = ", ".join(narrowed[:6]) + (f" and {len(narrowed) - 6} more" if len(narrowed) > 6 else "")
     warnings.warn(
         f"quantize: weight_bits 'auto' gave {len(narrowed)} layer(s) with integer inputs {bits}-bit weights: this "
         f"CPU's int8 GEMMs (u8s8 without VNNI) sum codes of at most {bits} bits exactly, so {bits} bits keep them on "
         f"the integer kernels at some accuracy (real Whisper tiny.en: WER +4 to +5 points); weight_bits 8 (--bits 8) "
-        f"keeps 8 bits at float speed: {shown}",
+        f"keeps 8 bits at float speed: {shortened(narrowed)}",
         UserWarning,
         stacklevel=3,
     )

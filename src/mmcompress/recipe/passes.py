@@ -60,6 +60,5 @@ def with_suggestions(config: FrozenConfig, suggested: dict[str, Any]) -> FrozenC
             updated = type(config).model_validate({**config.model_dump(exclude_unset=True), key: value})
         except ValidationError:
             continue
-        config = config.model_copy(update={key: getattr(updated, key)})
-        config.model_fields_set.add(key)
+        config = config.model_copy(update={key: getattr(updated, key)})  # marks the key set too
     return config
