@@ -1,5 +1,5 @@
 """`real-speech`: the real pocketsphinx recordings to test on, other real recordings and espeak-ng
-sentences packed into windows to calibrate and repair on."""
+sentences, one per item as the test clips are, to calibrate and repair on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmcompress.audio.speech import SPEECH_DIR, Utterance
-from mmcompress.data.real_speech import WINDOW_SECONDS, pack
+from mmcompress.data.real_speech import pack
 from mmcompress.data.registry import list_datasets, load_dataset
 
 needs_data = pytest.mark.skipif(
@@ -32,9 +32,9 @@ def test_the_test_split_is_the_transcribed_recordings_and_train_never_holds_one(
     assert len(test) == 10 and all(u.text for u in test)
     assert test[1].text == "he was not an ill disposed young man"
     assert len(load_dataset("real-speech", "test", limit=2)) == 2
-    assert all(len(u.audio) <= WINDOW_SECONDS * 16000 for u in train) and len(train) > 10
-    assert train[0].text == "" and train[0].id == "pocketsphinx/unlabeled"  # the task labels it
-    assert all(u.text and u.id.startswith("espeak/") for u in train.utterances[1:])
+    assert all(len(u.audio) <= 30 * 16000 for u in train) and len(train) == 100  # each fits Whisper's window
+    assert [u.text for u in train][:4] == [""] * 4 and train[0].id == "goforward"  # the task labels them
+    assert all(u.text and u.id.startswith("espeak/") for u in train.utterances[4:])
     test_audio = [u.audio for u in test]
     for window in train:  # no test recording hides in a train window
         assert not any(len(a) <= len(window.audio) and _contains(window.audio, a) for a in test_audio)

@@ -115,7 +115,7 @@ def test_w8_with_integer_encoder_gemms_keeps_the_transcripts(whisper, speech, fl
 
 def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisper, monkeypatch):
     """`--data real-speech` (no py: data file): WER on the transcribed clips, teacher-forced batches
-    (the untranscribed window labelled by the float model), a distillation loss that is 0 for the
+    (an untranscribed recording labelled by the float model), a distillation loss that is 0 for the
     float model itself, latency timed as transcription; misuse is one clear error."""
     from mmcompress.audio.speech_task import SpeechTask
     from mmcompress.core.batches import ModelCall
@@ -124,7 +124,7 @@ def test_real_speech_data_gives_whisper_a_wer_task_that_distils_from_float(whisp
 
     work = resolve_workload(whisper, "real-speech", test_limit=1)
     assert isinstance(work.task, SpeechTask) and work.task.primary_metric == "wer" and not work.task.higher_is_better
-    inputs, _ = work.task.batch(work.train, torch.tensor([0]))  # the 4 unlabeled recordings: pseudo-labelled
+    inputs, _ = work.task.batch(work.train, torch.tensor([0]))  # an unlabeled recording: pseudo-labelled
     label = work.task.transcripts([work.train[0]])[0]
     assert label == transcribe(whisper, [work.train[0]])[0] and "forward" in label.lower()
     assert inputs["decoder_input_ids"].shape == inputs["decoder_attention_mask"].shape

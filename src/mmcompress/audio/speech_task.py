@@ -51,6 +51,7 @@ class SpeechTask(Task):
         "finetune": {"batch_size": 2, "lr": 1e-4},
         "prune_structured": {"data_batch_size": 4, "ablation_batches": 1},  # 72 heads x 1 batch of 4 windows
         "prune": {"data_batch_size": 4},
+        **{p: {"calib_batch_size": 8} for p in ("quantize", "analyze_quant", "quantize_mixed")},  # memory only
     }
 
     def __init__(self, reference: nn.Module) -> None:
