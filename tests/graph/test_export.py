@@ -95,8 +95,11 @@ def test_every_quantized_layer_ships_as_integers_even_with_batchnorm(tmp_path, c
 
 def test_parity_warning_when_onnx_drifts(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
-    with pytest.warns(UserWarning, match="differs from PyTorch"):
+    with pytest.warns(UserWarning, match=r"differs from PyTorch .*top-1 agreement 1 \(4 of 4 rows\).* / 0.99"):
         export_onnx(model, torch.randn(4, 8), tmp_path / "m.onnx", min_cosine=1.01)  # unreachable threshold
+    frames = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Unflatten(1, (2, 2)))  # no logits: no top-1
+    with pytest.warns(UserWarning, match=r"\(cosine 1.0000, max abs error .*\); threshold 1.01$"):
+        export_onnx(frames, torch.randn(4, 8), tmp_path / "f.onnx", min_cosine=1.01)
 
 
 class _Normalized(torch.nn.Module):

@@ -215,8 +215,9 @@ def export_onnx(
         )
         warnings.warn(
             f"export: ONNX Runtime output differs from PyTorch on the example batch (cosine {cosine:.4f}, "
-            f"{_top1_text(top1, len(reference[0]))}, max abs error {max_err:.3g}); "
-            f"thresholds {min_cosine} / {min_top1}{hint}",
+            f"{_top1_text(top1, len(reference[0]))}max abs error {max_err:.3g}); "
+            f"{'thresholds' if top1 is not None else 'threshold'} {min_cosine}"
+            f"{f' / {min_top1}' if top1 is not None else ''}{hint}",
             stacklevel=2,
         )
     atomic_write_bytes(path, data)
@@ -303,10 +304,11 @@ def _top1(reference: torch.Tensor, got: np.ndarray) -> float | None:
 
 
 def _top1_text(top1: float | None, rows: int) -> str:
-    """'top-1 agreement 0.5 (1 of 2 rows)': the count shows how much a small example batch says."""
+    """'top-1 agreement 0.5 (1 of 2 rows), ': the count shows how much a small example batch says;
+    nothing for outputs that are not logits (embeddings, a speech encoder's frames)."""
     if top1 is None:
-        return "top-1 agreement n/a"
-    return f"top-1 agreement {top1:.3g} ({round(top1 * rows)} of {rows} rows)"
+        return ""
+    return f"top-1 agreement {top1:.3g} ({round(top1 * rows)} of {rows} rows), "
 
 
 def _trace(wrapper: nn.Module, named: dict, outputs: list[str], axes: dict, opset: int) -> bytes:
