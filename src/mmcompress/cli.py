@@ -112,10 +112,11 @@ def train(model, epochs, batch_size, lr, amp, seed, limit, out, quiet, data_dir,
 @click.argument("model")
 @_run_option("Evaluate the compressed model of this run folder instead of the baseline.")
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N test samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON ({model, metrics}) instead of a table.")
 @_spec_options
 @_data_options
 @_friendly
-def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_dir):
+def evaluate(model, run_dir, limit, as_json, data_spec, task, adapter, data_dir, cache_dir):
     """Evaluate MODEL (a spec or a run folder), or with --run a run's compressed version, on its test data.
 
     Example: mmcompress eval py:my_models.py:build --data py:my_data.py:load --task agreement --run runs/w8
@@ -133,7 +134,11 @@ def evaluate(model, run_dir, limit, data_spec, task, adapter, data_dir, cache_di
     net = load_model_spec(run_dir, cache_dir=cache_dir) if run_dir else work.model
     shown_run = run_dir or (model if is_run_folder(model) else None)  # a run folder evaluates its compressed model
     name = f"{work.name} (run {shown_run})" if shown_run else work.name
-    console.print(_table(f"{name} test metrics", work.task.evaluate(net, work.test)))
+    metrics = work.task.evaluate(net, work.test)
+    if as_json:
+        click.echo(json.dumps({"model": name, "metrics": {k: float(v) for k, v in metrics.items()}}, indent=2))
+    else:
+        console.print(_table(f"{name} test metrics", metrics))
 
 
 @cli.command(name="measure")
