@@ -111,6 +111,9 @@ def test_run_quick_recipe_end_to_end_then_resume_measure_and_report(tmp_path):
     assert measured.exit_code == 0, measured.output
     sizes = json.loads(measured.output[measured.output.index("{") :])
     assert sizes["total"]["stored_bytes"] == pytest.approx(stages["compressed"]["stored_bytes"], rel=0.01)
+    table = _run("measure", "fashion-clip", "--run", str(out), "--cache-dir", str(cache)).output
+    assert "codes that round to 0 are zeros too" in " ".join(table.split())  # not pruning
+    assert "round to 0" not in _run("measure", "digits-cnn", "--cache-dir", str(cache)).output
 
     (out / "report.md").unlink()
     shutil.rmtree(out / "plots")
