@@ -49,7 +49,7 @@ class SpeechTask(Task):
     higher_is_better = False
     pass_defaults = {  # 30 s windows are heavy: few per batch; AdamW at 5e-4 knocks a pretrained decoder off
         "finetune": {"batch_size": 2, "lr": 1e-4},
-        "prune_structured": {"data_batch_size": 4, "ablation_batches": 1},  # 72 heads x 1 batch of 4 windows
+        "prune_structured": {"data_batch_size": 16, "ablation_batches": 1},  # 72 heads x 1 batch of 16 utterances
         "prune": {"data_batch_size": 4},
         **{p: {"calib_batch_size": 8} for p in ("quantize", "analyze_quant", "quantize_mixed")},  # memory only
     }

@@ -7,7 +7,8 @@
   prose read by espeak-ng with their text. Each is one item, padded to Whisper's 30 s window as
   a test clip is: calibration must see what the model will run on. Packed into 29 s windows (23
   items, almost no silence), W4 g128 GPTQ calibrated on them gave WER 0.196-0.239; one utterance
-  per window, 0.130 (float 0.120).
+  per window, 0.120-0.130 (float 0.120; docs/benchmarks.md, "Whisper tiny.en through the command
+  line").
 
 No train item is a test recording. Synthesized speech is cached like the spoken digits.
 """
