@@ -194,7 +194,9 @@ def measure_cmd(model, run_dir, as_json, data_spec, adapter, repeats, data_dir, 
             f"{size.stored_bytes / 1e6:.3f}",
             f"{size.float32_bytes / 1e6:.3f}",
         )
-    if any(not t.is_floating_point() and t.dim() >= 2 for t in net.state_dict().values()):
+    from mmcompress.quant.modules import QUANT_MODULES
+
+    if any(isinstance(m, QUANT_MODULES) for m in net.modules()):  # layers that hold integer codes
         table.caption = "non-zeros of quantized layers count their integer codes: codes that round to 0 are zeros too"
     console.print(table)
     if result.latency_ms:
