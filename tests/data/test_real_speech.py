@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mmcompress.audio.speech import SPEECH_DIR, Utterance
-from mmcompress.data.real_speech import pack
+from mmcompress.audio.speech import SPEECH_DIR, Utterance, pack
 from mmcompress.data.registry import list_datasets, load_dataset
 
 needs_data = pytest.mark.skipif(

@@ -260,3 +260,24 @@ def test_a_task_suggests_the_finetune_settings_a_recipe_leaves_unset(trained, di
     stages[0]["config"]["lr"] = 1e-5
     res = compress(trained, {"stages": stages}, data=digits, task=TooHot(), output_dir=tmp_path / "b", progress=False)
     assert res.metrics("tuned")["accuracy"] > 0.9  # the recipe's lr
+
+
+def test_a_task_gives_each_pass_the_training_data_it_needs(trained, digits, tmp_path):
+    """A task may hand a pass another form of the training data (a speech task packs recordings
+    into full windows for training): the fine-tune here trains on the task's form, one class only,
+    and forgets the others; the evaluation still reads the test set."""
+    train, _ = digits
+    only_zeros = [i for i in range(len(train)) if int(train[i][1]) == 0]
+    seen: list[tuple[str, int]] = []
+
+    class OneClassTraining(ClassificationTask):
+        def pass_data(self, pass_name, dataset):
+            seen.append((pass_name, len(dataset)))
+            return torch.utils.data.Subset(dataset, only_zeros) if pass_name == "finetune" else dataset
+
+    stages = [{"pass": "finetune", "config": {"epochs": 3, "batch_size": 16, "lr": 0.05, "keep_best": False}},
+              {"name": "tuned", "pass": "evaluate", "config": {"latency_repeats": 1}}]  # fmt: skip
+    task = OneClassTraining()
+    res = compress(trained, {"stages": stages}, data=digits, task=task, output_dir=tmp_path, progress=False)
+    assert seen == [("finetune", len(train)), ("evaluate", len(train))]
+    assert res.metrics("tuned")["accuracy"] < 0.2  # every digit read as a 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from mmcompress.audio.normalize import normalize_english
 from mmcompress.errors import DataError
 
+SAMPLE_RATE = 16_000
 SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
 SETS = ("librivox", "cards")
 UNLABELED = ("goforward.raw", "numbers.raw", "something.raw", "tidigits/dhd.2934z.raw")  # 16-bit 16 kHz PCM
@@ -85,6 +87,26 @@ def pseudo_label(model: torch.nn.Module, utterances: list[Utterance]) -> list[Ut
     """
     texts = transcribe(model, utterances)
     return [Utterance(u.id, u.audio, t) for u, t in zip(utterances, texts, strict=True)]
+
+
+def pack(utterances: Sequence[Utterance], seconds: float) -> list[Utterance]:
+    """Consecutive utterances joined into windows of at most `seconds` (a longer one stays alone),
+    their texts joined by spaces.
+
+    Example:
+        >>> [len(u.audio) for u in pack([Utterance("a", torch.zeros(8), "a")] * 3, 16 / 16000)]
+        [16, 8]
+    """
+    limit, windows = int(seconds * SAMPLE_RATE), []
+    for utt in utterances:
+        if windows and sum(len(u.audio) for u in windows[-1]) + len(utt.audio) <= limit:
+            windows[-1].append(utt)
+        else:
+            windows.append([utt])
+    return [
+        Utterance("+".join(u.id for u in w), torch.cat([u.audio for u in w]), " ".join(u.text for u in w))
+        for w in windows
+    ]
 
 
 def word_error_rate(references: list[str], hypotheses: list[str], normalize: bool = False) -> float:

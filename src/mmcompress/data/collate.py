@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcompress.data.real_speech import pack
+from mmcompress.audio.speech import pack
 from mmcompress.errors import ConfigError, DataError
 from mmcompress.models.adapter import adapter_for, describe_missing
 

@@ -29,7 +29,6 @@ from mmcompress.errors import DataError
 SENTENCES = 96  # read sentences in the train split (1 to 10 s each)
 FIRST_SENTENCE = 300  # prose_sentences()[300:396] (the MiniLM benchmark calibrates a text model on 200-455)
 VOICES = ("en-us", "en", "en-gb-x-rp")
-SAMPLE_RATE = 16_000
 CACHE_VERSION = 1
 
 
@@ -101,23 +100,3 @@ def read_sentences(cache_dir: Path | None = None) -> list[Utterance]:
 
 def _utterance(i: int, text: str, pcm: torch.Tensor) -> Utterance:
     return Utterance(f"espeak/{i}", pcm.float() / 32767.0, text)
-
-
-def pack(utterances: Sequence[Utterance], seconds: float) -> list[Utterance]:
-    """Consecutive utterances joined into windows of at most `seconds` (a longer one stays alone),
-    their texts joined by spaces.
-
-    Example:
-        >>> [len(u.audio) for u in pack([Utterance("a", torch.zeros(8), "a")] * 3, 16 / 16000)]
-        [16, 8]
-    """
-    limit, windows = int(seconds * SAMPLE_RATE), []
-    for utt in utterances:
-        if windows and sum(len(u.audio) for u in windows[-1]) + len(utt.audio) <= limit:
-            windows[-1].append(utt)
-        else:
-            windows.append([utt])
-    return [
-        Utterance("+".join(u.id for u in w), torch.cat([u.audio for u in w]), " ".join(u.text for u in w))
-        for w in windows
-    ]

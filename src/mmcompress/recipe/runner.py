@@ -145,6 +145,7 @@ def _run_stages(model, recipe, passes, keys, task, train_data, test_data, out, r
     for i in range(len(done), len(passes)):
         stage = recipe.stages[i]
         ctx.stage_dir = _stage_dir(out, i, stage.label)
+        ctx.train_data = task.pass_data(stage.pass_, train_data)
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(recipe.seed + i)
         start = time.perf_counter()

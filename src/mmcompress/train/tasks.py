@@ -41,6 +41,12 @@ class Task(abc.ABC):
     def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
         """Called once before training starts (e.g. to cache frozen features)."""
 
+    def pass_data(self, pass_name: str, dataset: Any) -> Any:
+        """The training data a recipe pass (`pass_name`, e.g. "finetune") works on: `dataset`
+        itself unless the task knows a better form for that pass (a speech task packs short
+        recordings into full windows for pruning and training, and calibrates on them one by one)."""
+        return dataset
+
     def latency_call(self, dataset: Any) -> ModelCall | None:
         """What latency should time on this task's data instead of a forward pass on a batch (e.g.
         a speech recognizer's greedy transcription of one clip); None: a forward pass."""
