@@ -6,6 +6,7 @@ import json
 import os
 import re
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,18 @@ def test_recipe_is_checked_against_the_model_before_any_stage(user):
     nm = _run("prune", "py:user_model.py:build", "--data", "py:user_model.py:data", "--task", "agreement",
               "--pattern", "2:4", "--out", out)  # fmt: skip
     assert nm.exit_code == 2 and "image.0" in nm.output and "multiple of 4" in nm.output
+
+
+def test_a_group_size_that_does_not_fit_is_warned_once(user):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run("quantize", "py:user_model.py:build", "--data", "py:user_model.py:data", "--task",
+                      "agreement", "--bits", 4, "--granularity", "per_group", "--group-size", 5, "--no-onnx",
+                      "--out", user / "g5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    misfits = [str(w.message) for w in caught if "does not divide" in str(w.message)]
+    assert len(misfits) == 1, misfits  # the stage's own warning, no second copy from the recipe check
+    assert "image.0 (9 inputs)" in misfits[0] and "per output channel" in misfits[0]
 
 
 def test_spec_errors_name_the_problem(user):

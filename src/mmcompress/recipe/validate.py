@@ -1,15 +1,14 @@
 """Check a recipe against the model before the first stage runs (not minutes later, after the baseline).
 
 Errors: a target that matches no module, a `modality:` target on a model without that tower, an
-N:M pattern whose group does not divide a targeted layer's inputs. Warnings (printed, the run goes
-on): per-group quantization whose group size does not divide a layer's inputs (it gets per-channel
-steps).
+N:M pattern whose group does not divide a targeted layer's inputs. What works differently from what a
+recipe asked (a group size that does not divide a layer's inputs gives it per-channel steps) is
+warned by the stage that does it, once, when it runs: quantize's own warning names the layers.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Any
 
 from torch import nn
@@ -19,7 +18,6 @@ from mmcompress.errors import ConfigError
 from mmcompress.models.adapter import adapter_for, describe_missing
 from mmcompress.models.split_attention import SplitMultiheadAttention
 from mmcompress.prune.structured import no_attention_message
-from mmcompress.quant.group_fit import fits, row_lengths
 from mmcompress.recipe.schema import Recipe
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -39,16 +37,14 @@ HANDLED = {  # layer types a pass works on when a target names one module exactl
 }
 
 
-def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
-    """Raise ConfigError for what cannot work on `model`; warn (and return) what works differently.
+def check_recipe(recipe: Recipe, model: nn.Module) -> None:
+    """Raise ConfigError for what cannot work on `model`, before the first stage runs.
 
     Example:
-        >>> check_recipe(load_recipe("recipes/w8.yaml"), model)
-        []
+        >>> check_recipe(load_recipe("recipes/w8.yaml"), model)  # raises ConfigError if a target misses
     """
     adapter = adapter_for(model)
     modules = dict(model.named_modules())
-    notes: list[str] = []
     for i, stage in enumerate(recipe.stages):
         where = f"recipe.stages[{i}] ({stage.label})"
         targets = stage.targets or {}
@@ -69,15 +65,9 @@ def check_recipe(recipe: Recipe, model: nn.Module) -> list[str]:
             if missing:
                 raise ConfigError(f"{where}: {missing}")
         for name, module, config in _targeted(stage.config, targets, modules, adapter):
-            problem = _misfit(stage.pass_, config, name, module)
-            if problem and stage.pass_ == "prune":
-                raise ConfigError(f"{where}: {problem}")
+            problem = _pattern_misfit(stage.pass_, config, name, module)
             if problem:
-                notes.append(f"{where}: {problem}")
-    if notes:
-        shown = "; ".join(notes[:4]) + (f" (and {len(notes) - 4} more)" if len(notes) > 4 else "")
-        warnings.warn(f"recipe check: {shown}", UserWarning, stacklevel=2)
-    return notes
+                raise ConfigError(f"{where}: {problem}")
 
 
 def _matches_any(key: str, modules: dict[str, nn.Module], adapter) -> bool:
@@ -112,12 +102,7 @@ def _targeted(config: dict[str, Any], targets: dict, modules: dict[str, nn.Modul
             yield name, module, {**config, **value}
 
 
-def _misfit(pass_name: str, config: dict[str, Any], name: str, module: nn.Module) -> str | None:
-    if pass_name in ("quantize", "analyze_quant") and config.get("granularity") == "per_group":
-        size = int(config.get("group_size", 128))
-        if not fits(size, row_lengths(module)):
-            inputs = row_lengths(module)[0]
-            return f"group size {size} does not divide the {inputs} inputs of {name!r} (per-channel steps)"
+def _pattern_misfit(pass_name: str, config: dict[str, Any], name: str, module: nn.Module) -> str | None:
     pattern = str(config.get("pattern", "unstructured"))
     if pass_name == "prune" and ":" in pattern:
         m = int(pattern.split(":")[1])
